@@ -1,1 +1,70 @@
-//! placeholder, being written
+//! The crate's only `unsafe`: thin, documented wrappers over `poll(2)` and `sigaction(2)`.
+
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+fn poll_one(fd: RawFd, events: libc::c_short, timeout: Option<Duration>) -> io::Result<bool> {
+    let ms: libc::c_int = match timeout {
+        None => -1,
+        Some(d) => d.as_millis().min(libc::c_int::MAX as u128) as libc::c_int,
+    };
+    loop {
+        let mut pfd = libc::pollfd {
+            fd,
+            events,
+            revents: 0,
+        };
+        // SAFETY: `pfd` is a valid, exclusively borrowed pollfd array of length 1 that lives
+        // for the whole call; poll does not retain the pointer.
+        let r = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        // Readiness, hang-up and errors all mean "try the operation now".
+        return Ok(r > 0);
+    }
+}
+
+/// Waits until `fd` is readable (or hung up / in error). `None` waits forever. Returns false
+/// on timeout.
+pub(crate) fn wait_readable(fd: RawFd, timeout: Option<Duration>) -> io::Result<bool> {
+    poll_one(fd, libc::POLLIN, timeout)
+}
+
+/// Waits until `fd` is writable (or hung up / in error). Returns false on timeout.
+pub(crate) fn wait_writable(fd: RawFd, timeout: Option<Duration>) -> io::Result<bool> {
+    poll_one(fd, libc::POLLOUT, timeout)
+}
+
+static TERMINATE: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_sig: libc::c_int) {
+    // Only an atomic store: async-signal-safe.
+    TERMINATE.store(true, Ordering::SeqCst);
+}
+
+/// Installs handlers for SIGINT and SIGTERM that set a flag, and returns the flag.
+pub(crate) fn termination_flag() -> io::Result<&'static AtomicBool> {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: a zeroed sigaction is a valid "no flags, empty mask" value; we set a handler
+        // that only performs an atomic store, which is async-signal-safe; the struct outlives
+        // the call and the kernel copies it.
+        let r = unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_signal as *const () as libc::sighandler_t;
+            libc::sigemptyset(&mut sa.sa_mask);
+            sa.sa_flags = libc::SA_RESTART;
+            libc::sigaction(sig, &sa, std::ptr::null_mut())
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(&TERMINATE)
+}

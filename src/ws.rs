@@ -1,1 +1,846 @@
-//! placeholder, being written
+//! One WebSocket, used at the same time by a dedicated reader thread and a dedicated writer
+//! thread, over plain TCP or native-tls, as a client or as a server.
+//!
+//! tungstenite needs `&mut` to read and to write, and a TLS stream can be neither cloned nor
+//! used from two threads at once, so the socket lives in a mutex. After the (blocking)
+//! handshake the TCP socket is made non-blocking:
+//!
+//! * the **reader** calls `read()` under the lock until it returns `WouldBlock`, then waits for
+//!   readability with `poll(2)` *outside* the lock, with no timeout: an idle connection costs
+//!   no wake-ups. It polls only after `WouldBlock`, never after a message (the next frame may
+//!   already sit in tungstenite's or OpenSSL's buffer), and after a `Ping` it reads again at
+//!   once (the `Pong` is written by that call);
+//! * the **writer** blocks on a bounded channel and takes the lock only to send; on
+//!   `WouldBlock` it waits for `POLLOUT` outside the lock and flushes;
+//! * [`WsSender::send_now`] writes from the calling thread under the same lock, with no
+//!   hand-off: the caller-audio lane uses it to forward each frame with one thread wake-up;
+//! * a `try_clone` of the `TcpStream` kept aside lets any thread `shutdown` the socket, which
+//!   wakes the reader's `poll`.
+//!
+//! ```no_run
+//! use twilio_realtime::ws::{ClientRequest, Incoming, WsConfig, WsConn};
+//!
+//! let req = ClientRequest::new("wss://api.openai.com/v1/realtime?model=gpt-realtime").bearer("sk-...");
+//! let conn = WsConn::connect(&req, &WsConfig::default()).unwrap();
+//! let (duplex, incoming) = conn.spawn_channel("model").unwrap();
+//! duplex.sender().send_text(r#"{"type":"response.create"}"#.to_string()).unwrap();
+//! while let Ok(msg) = incoming.recv() {
+//!     match msg {
+//!         Incoming::Text(t) => println!("{}", t.as_str()),
+//!         Incoming::Closed(_) | Incoming::Error(_) => break,
+//!         _ => {}
+//!     }
+//! }
+//! duplex.close();
+//! duplex.join();
+//! ```
+
+use std::fmt;
+use std::io::{self, Write};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use crossbeam_channel::{bounded, select, unbounded, Receiver, Sender, TrySendError};
+use tungstenite::client::IntoClientRequest;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::{Message, WebSocket};
+
+use crate::http::{self, HttpLimits, RequestHead};
+use crate::sys;
+
+const LOG: &str = "twilio_realtime::ws";
+
+type Ws = WebSocket<MaybeTlsStream<TcpStream>>;
+
+/// Settings of one duplex WebSocket.
+#[derive(Clone)]
+pub struct WsConfig {
+    /// tungstenite's read buffer (allocated up front per socket). Default 16 KiB — sized for
+    /// ~400-byte frames, not tungstenite's 128 KiB default.
+    pub read_buffer_size: usize,
+    /// Bytes buffered before a write goes to the socket (0: every message at once). Default 0.
+    pub write_buffer_size: usize,
+    /// Most bytes queued inside tungstenite when the peer does not read. Default 4 MiB.
+    pub max_write_buffer_size: usize,
+    /// Largest incoming message. Default 1 MiB.
+    pub max_message_size: usize,
+    /// Messages queued for the writer thread. Default 1024.
+    pub outbound_capacity: usize,
+    /// Messages queued for a channel consumer ([`WsConn::spawn_channel`]). Default 1024.
+    pub inbound_capacity: usize,
+    /// TCP connect timeout (client). Default 10 s.
+    pub connect_timeout: Duration,
+    /// TLS + WebSocket handshake timeout. Default 10 s.
+    pub handshake_timeout: Duration,
+    /// How long a write may wait for a peer that does not read before the connection is
+    /// given up. Default 10 s.
+    pub write_timeout: Duration,
+    /// How long a graceful close waits for the peer's close frame. Default 1 s.
+    pub close_timeout: Duration,
+    /// Stack size of the reader and writer threads. Default 256 KiB.
+    pub thread_stack_size: usize,
+    /// TLS settings for `wss://` (default: the system's roots).
+    pub tls_connector: Option<native_tls::TlsConnector>,
+}
+
+impl fmt::Debug for WsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WsConfig")
+            .field("read_buffer_size", &self.read_buffer_size)
+            .field("max_message_size", &self.max_message_size)
+            .field("outbound_capacity", &self.outbound_capacity)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("custom_tls", &self.tls_connector.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for WsConfig {
+    fn default() -> Self {
+        WsConfig {
+            read_buffer_size: 16 * 1024,
+            write_buffer_size: 0,
+            max_write_buffer_size: 4 * 1024 * 1024,
+            max_message_size: 1024 * 1024,
+            outbound_capacity: 1024,
+            inbound_capacity: 1024,
+            connect_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(10),
+            close_timeout: Duration::from_secs(1),
+            thread_stack_size: 256 * 1024,
+            tls_connector: None,
+        }
+    }
+}
+
+impl WsConfig {
+    fn tungstenite(&self) -> WebSocketConfig {
+        WebSocketConfig::default()
+            .read_buffer_size(self.read_buffer_size)
+            .write_buffer_size(self.write_buffer_size)
+            .max_write_buffer_size(self.max_write_buffer_size.max(self.write_buffer_size + 1))
+            .max_message_size(Some(self.max_message_size))
+            .max_frame_size(Some(self.max_message_size))
+    }
+}
+
+/// Errors of the WebSocket layer.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum WsError {
+    /// The URL is not a valid `ws://` or `wss://` URL.
+    BadUrl(String),
+    /// No address of the host accepted a TCP connection.
+    Connect(io::Error),
+    /// The TLS handshake failed.
+    Tls(String),
+    /// The server refused the upgrade with this HTTP status.
+    Rejected {
+        /// The HTTP status.
+        status: u16,
+    },
+    /// The request is not a valid WebSocket upgrade.
+    NotAnUpgrade(&'static str),
+    /// The WebSocket handshake failed.
+    Handshake(String),
+    /// The HTTP request could not be read.
+    Http(http::HttpError),
+    /// A WebSocket protocol error (bad frame, message too big, …).
+    Protocol(tungstenite::Error),
+    /// A socket error.
+    Io(io::Error),
+    /// The peer did not read for longer than the write timeout.
+    WriteTimeout,
+    /// The connection is closed.
+    Closed,
+    /// The outbound queue is full (the peer is not keeping up).
+    QueueFull,
+}
+
+impl fmt::Display for WsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WsError::BadUrl(u) => write!(f, "bad websocket url: {u}"),
+            WsError::Connect(e) => write!(f, "connect failed: {e}"),
+            WsError::Tls(e) => write!(f, "tls failed: {e}"),
+            WsError::Rejected { status } => write!(f, "upgrade rejected with HTTP {status}"),
+            WsError::NotAnUpgrade(why) => write!(f, "not a websocket upgrade: {why}"),
+            WsError::Handshake(e) => write!(f, "websocket handshake failed: {e}"),
+            WsError::Http(e) => write!(f, "http: {e}"),
+            WsError::Protocol(e) => write!(f, "websocket protocol error: {e}"),
+            WsError::Io(e) => write!(f, "socket error: {e}"),
+            WsError::WriteTimeout => f.write_str("peer stopped reading (write timeout)"),
+            WsError::Closed => f.write_str("connection closed"),
+            WsError::QueueFull => f.write_str("outbound queue full"),
+        }
+    }
+}
+
+impl std::error::Error for WsError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            WsError::Connect(e) | WsError::Io(e) => Some(e),
+            WsError::Http(e) => Some(e),
+            WsError::Protocol(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+fn is_would_block(e: &tungstenite::Error) -> bool {
+    matches!(e, tungstenite::Error::Io(io) if io.kind() == io::ErrorKind::WouldBlock)
+}
+
+/// The close code and reason a peer sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseInfo {
+    /// The WebSocket close code.
+    pub code: u16,
+    /// The reason text.
+    pub reason: String,
+}
+
+impl fmt::Display for CloseInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "closed with code {}", self.code)?;
+        if !self.reason.is_empty() {
+            write!(f, " ({})", self.reason)?;
+        }
+        Ok(())
+    }
+}
+
+/// What the reader thread hands over.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Incoming {
+    /// A text message.
+    Text(tungstenite::Utf8Bytes),
+    /// A binary message.
+    Binary(tungstenite::Bytes),
+    /// The connection closed (with the peer's close frame, if it sent one). Last message.
+    Closed(Option<CloseInfo>),
+    /// The connection failed. Last message.
+    Error(WsError),
+}
+
+/// A client connection request.
+#[derive(Debug, Clone)]
+pub struct ClientRequest {
+    url: String,
+    bearer: Option<String>,
+    headers: Vec<(String, String)>,
+}
+
+impl ClientRequest {
+    /// A request for a `ws://` or `wss://` URL.
+    pub fn new(url: impl Into<String>) -> ClientRequest {
+        ClientRequest {
+            url: url.into(),
+            bearer: None,
+            headers: Vec::new(),
+        }
+    }
+
+    /// Sends `Authorization: Bearer <token>`.
+    pub fn bearer(mut self, token: impl Into<String>) -> ClientRequest {
+        self.bearer = Some(token.into());
+        self
+    }
+
+    /// Adds a header.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> ClientRequest {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// The URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+/// A handshaken WebSocket whose threads have not started yet.
+pub struct WsConn {
+    ws: Ws,
+    tcp: TcpStream,
+    cfg: WsConfig,
+}
+
+impl fmt::Debug for WsConn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WsConn")
+            .field("peer", &self.tcp.peer_addr().ok())
+            .finish()
+    }
+}
+
+fn tcp_of(s: &MaybeTlsStream<TcpStream>) -> io::Result<TcpStream> {
+    match s {
+        MaybeTlsStream::Plain(t) => t.try_clone(),
+        MaybeTlsStream::NativeTls(t) => t.get_ref().try_clone(),
+        _ => Err(io::Error::other("unsupported stream kind")),
+    }
+}
+
+impl WsConn {
+    /// Connects as a client: resolves the host, connects with a timeout, sets TCP_NODELAY,
+    /// does TLS for `wss://`, and the WebSocket handshake with the bearer token and headers.
+    pub fn connect(req: &ClientRequest, cfg: &WsConfig) -> Result<WsConn, WsError> {
+        let mut request = req
+            .url
+            .as_str()
+            .into_client_request()
+            .map_err(|_| WsError::BadUrl(req.url.clone()))?;
+        let uri = request.uri().clone();
+        let tls = match uri.scheme_str() {
+            Some("wss") => true,
+            Some("ws") => false,
+            _ => return Err(WsError::BadUrl(req.url.clone())),
+        };
+        let host = uri
+            .host()
+            .ok_or_else(|| WsError::BadUrl(req.url.clone()))?
+            .to_owned();
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        {
+            let h = request.headers_mut();
+            if let Some(token) = &req.bearer {
+                let v = format!("Bearer {token}")
+                    .parse()
+                    .map_err(|_| WsError::Handshake("invalid bearer token".into()))?;
+                h.insert("Authorization", v);
+            }
+            for (k, v) in &req.headers {
+                let name: tungstenite::http::HeaderName = k
+                    .parse()
+                    .map_err(|_| WsError::Handshake(format!("invalid header name {k}")))?;
+                let value = v
+                    .parse()
+                    .map_err(|_| WsError::Handshake(format!("invalid value for {k}")))?;
+                h.insert(name, value);
+            }
+        }
+        let addrs: Vec<_> = (host.as_str(), port)
+            .to_socket_addrs()
+            .map_err(WsError::Connect)?
+            .collect();
+        let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
+        let mut tcp = None;
+        for a in addrs {
+            match TcpStream::connect_timeout(&a, cfg.connect_timeout) {
+                Ok(t) => {
+                    tcp = Some(t);
+                    break;
+                }
+                Err(e) => last = e,
+            }
+        }
+        let tcp = tcp.ok_or(WsError::Connect(last))?;
+        tcp.set_nodelay(true).map_err(WsError::Io)?;
+        tcp.set_read_timeout(Some(cfg.handshake_timeout))
+            .map_err(WsError::Io)?;
+        tcp.set_write_timeout(Some(cfg.handshake_timeout))
+            .map_err(WsError::Io)?;
+        let keep = tcp.try_clone().map_err(WsError::Io)?;
+        let stream = if tls {
+            let connector = match &cfg.tls_connector {
+                Some(c) => c.clone(),
+                None => native_tls::TlsConnector::new().map_err(|e| WsError::Tls(e.to_string()))?,
+            };
+            let s = connector
+                .connect(&host, tcp)
+                .map_err(|e| WsError::Tls(e.to_string()))?;
+            MaybeTlsStream::NativeTls(s)
+        } else {
+            MaybeTlsStream::Plain(tcp)
+        };
+        let (ws, _resp) =
+            tungstenite::client::client_with_config(request, stream, Some(cfg.tungstenite()))
+                .map_err(|e| match e {
+                    tungstenite::HandshakeError::Failure(tungstenite::Error::Http(r)) => {
+                        WsError::Rejected {
+                            status: r.status().as_u16(),
+                        }
+                    }
+                    tungstenite::HandshakeError::Failure(tungstenite::Error::Io(io))
+                        if matches!(
+                            io.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        WsError::Handshake("timed out".into())
+                    }
+                    other => WsError::Handshake(other.to_string()),
+                })?;
+        log::debug!(target: LOG, "connected to {host}:{port}");
+        Ok(WsConn {
+            ws,
+            tcp: keep,
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// Accepts a WebSocket upgrade whose HTTP head was already read (so one port can serve
+    /// plain HTTP routes and the upgrade): checks it, answers `101`, and keeps the bytes read
+    /// past the head.
+    pub fn accept_head(
+        stream: MaybeTlsStream<TcpStream>,
+        head: &RequestHead,
+        leftover: Vec<u8>,
+        cfg: &WsConfig,
+    ) -> Result<WsConn, WsError> {
+        let mut stream = stream;
+        if head.method != "GET" {
+            return Err(WsError::NotAnUpgrade("method is not GET"));
+        }
+        if !head.is_websocket_upgrade() {
+            return Err(WsError::NotAnUpgrade(
+                "no Upgrade: websocket / Connection: upgrade",
+            ));
+        }
+        if head.header("sec-websocket-version").map(str::trim) != Some("13") {
+            return Err(WsError::NotAnUpgrade("Sec-WebSocket-Version is not 13"));
+        }
+        let key = head
+            .header("sec-websocket-key")
+            .ok_or(WsError::NotAnUpgrade("no Sec-WebSocket-Key"))?;
+        let accept = tungstenite::handshake::derive_accept_key(key.trim().as_bytes());
+        let resp = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+        );
+        let tcp = tcp_of(&stream).map_err(WsError::Io)?;
+        tcp.set_nodelay(true).map_err(WsError::Io)?;
+        tcp.set_write_timeout(Some(cfg.handshake_timeout))
+            .map_err(WsError::Io)?;
+        stream.write_all(resp.as_bytes()).map_err(WsError::Io)?;
+        stream.flush().map_err(WsError::Io)?;
+        let ws =
+            WebSocket::from_partially_read(stream, leftover, Role::Server, Some(cfg.tungstenite()));
+        Ok(WsConn {
+            ws,
+            tcp,
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// Accepts a connection on an accepted `TcpStream`: optional TLS handshake, reads the
+    /// request head (with the handshake timeout) and upgrades. The head is returned so the
+    /// caller can check the path and headers (e.g. `X-Twilio-Signature`).
+    pub fn accept(
+        tcp: TcpStream,
+        tls: Option<&native_tls::TlsAcceptor>,
+        cfg: &WsConfig,
+    ) -> Result<(WsConn, RequestHead), WsError> {
+        tcp.set_read_timeout(Some(cfg.handshake_timeout))
+            .map_err(WsError::Io)?;
+        tcp.set_write_timeout(Some(cfg.handshake_timeout))
+            .map_err(WsError::Io)?;
+        let mut stream = match tls {
+            Some(acceptor) => MaybeTlsStream::NativeTls(
+                acceptor
+                    .accept(tcp)
+                    .map_err(|e| WsError::Tls(e.to_string()))?,
+            ),
+            None => MaybeTlsStream::Plain(tcp),
+        };
+        let (head, leftover) =
+            http::read_head(&mut stream, &HttpLimits::default()).map_err(WsError::Http)?;
+        if !head.is_websocket_upgrade() {
+            let _ = http::write_response(
+                &mut stream,
+                400,
+                "text/plain",
+                &[],
+                b"expected a websocket upgrade\n",
+            );
+            return Err(WsError::NotAnUpgrade(
+                "no Upgrade: websocket / Connection: upgrade",
+            ));
+        }
+        let conn = WsConn::accept_head(stream, &head, leftover, cfg)?;
+        Ok((conn, head))
+    }
+
+    fn prepare(self) -> Result<(Arc<Shared>, WsConfig), WsError> {
+        self.tcp.set_read_timeout(None).map_err(WsError::Io)?;
+        self.tcp.set_write_timeout(None).map_err(WsError::Io)?;
+        self.tcp.set_nonblocking(true).map_err(WsError::Io)?;
+        let fd = self.tcp.as_raw_fd();
+        Ok((
+            Arc::new(Shared {
+                ws: Mutex::new(self.ws),
+                tcp: self.tcp,
+                fd,
+                closed: AtomicBool::new(false),
+                write_timeout: self.cfg.write_timeout,
+            }),
+            self.cfg,
+        ))
+    }
+
+    /// Starts the reader and writer threads (named `{name}-rd`, `{name}-wr`). `on_message`
+    /// runs on the reader thread for every text and binary message, then once with
+    /// [`Incoming::Closed`] or [`Incoming::Error`].
+    pub fn spawn<F>(self, name: &str, on_message: F) -> Result<Duplex, WsError>
+    where
+        F: FnMut(Incoming) + Send + 'static,
+    {
+        let (shared, cfg) = self.prepare()?;
+        let (tx, rx) = bounded::<Out>(cfg.outbound_capacity.max(1));
+        let (stop_tx, stop_rx) = unbounded::<()>();
+        let writer = {
+            let shared = shared.clone();
+            let close_timeout = cfg.close_timeout;
+            thread::Builder::new()
+                .name(format!("{name}-wr"))
+                .stack_size(cfg.thread_stack_size)
+                .spawn(move || writer_loop(&shared, &rx, &stop_rx, close_timeout))
+                .map_err(WsError::Io)?
+        };
+        let reader = {
+            let shared = shared.clone();
+            let stop = stop_tx.clone();
+            let spawned = thread::Builder::new()
+                .name(format!("{name}-rd"))
+                .stack_size(cfg.thread_stack_size)
+                .spawn(move || reader_loop(&shared, on_message, &stop));
+            match spawned {
+                Ok(h) => h,
+                Err(e) => {
+                    let _ = stop_tx.send(());
+                    let _ = writer.join();
+                    return Err(WsError::Io(e));
+                }
+            }
+        };
+        Ok(Duplex {
+            sender: WsSender {
+                tx,
+                stop_tx,
+                shared,
+            },
+            reader: Some(reader),
+            writer: Some(writer),
+        })
+    }
+
+    /// Starts the threads with a handler that forwards every message into a bounded channel
+    /// (`inbound_capacity`); the reader waits when the consumer falls behind.
+    pub fn spawn_channel(self, name: &str) -> Result<(Duplex, Receiver<Incoming>), WsError> {
+        let (tx, rx) = bounded(self.cfg.inbound_capacity.max(1));
+        let d = self.spawn(name, move |m| {
+            let _ = tx.send(m);
+        })?;
+        Ok((d, rx))
+    }
+}
+
+struct Shared {
+    ws: Mutex<Ws>,
+    tcp: TcpStream,
+    fd: std::os::fd::RawFd,
+    closed: AtomicBool,
+    write_timeout: Duration,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Ws> {
+        self.ws.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes (or queues inside tungstenite) one message and flushes it, waiting for
+    /// writability outside the lock.
+    fn write(&self, msg: Message) -> Result<(), WsError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(WsError::Closed);
+        }
+        let first = self.lock().send(msg);
+        match first {
+            Ok(()) => return Ok(()),
+            Err(e) if is_would_block(&e) => {}
+            Err(e) => return Err(map_err(e)),
+        }
+        let deadline = std::time::Instant::now() + self.write_timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(WsError::WriteTimeout);
+            }
+            sys::wait_writable(self.fd, Some(left)).map_err(WsError::Io)?;
+            if self.closed.load(Ordering::Acquire) {
+                return Err(WsError::Closed);
+            }
+            match self.lock().flush() {
+                Ok(()) => return Ok(()),
+                Err(e) if is_would_block(&e) => continue,
+                Err(e) => return Err(map_err(e)),
+            }
+        }
+    }
+
+    fn shutdown(&self) {
+        self.closed.store(true, Ordering::Release);
+        let _ = self.tcp.shutdown(Shutdown::Both);
+    }
+}
+
+fn map_err(e: tungstenite::Error) -> WsError {
+    match e {
+        tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => WsError::Closed,
+        tungstenite::Error::Io(io) => WsError::Io(io),
+        other => WsError::Protocol(other),
+    }
+}
+
+enum Out {
+    Msg(Message),
+    Close(Option<CloseFrame>),
+}
+
+fn writer_loop(
+    shared: &Shared,
+    rx: &Receiver<Out>,
+    stop_rx: &Receiver<()>,
+    close_timeout: Duration,
+) {
+    loop {
+        select! {
+            recv(rx) -> m => match m {
+                Ok(Out::Msg(msg)) => {
+                    if let Err(e) = shared.write(msg) {
+                        if !matches!(e, WsError::Closed) {
+                            log::debug!(target: LOG, "write failed: {e}");
+                        }
+                        shared.shutdown();
+                        return;
+                    }
+                }
+                Ok(Out::Close(frame)) => {
+                    // Graceful: our close frame, then wait (bounded) for the reader to see the
+                    // peer's reply, then close the socket either way.
+                    let sent = shared.lock().close(frame);
+                    let flushed = match sent {
+                        Ok(()) => Ok(()),
+                        Err(e) if is_would_block(&e) => Ok(()),
+                        Err(e) => Err(e),
+                    };
+                    if flushed.is_ok() {
+                        let _ = shared.write_pending();
+                        let _ = stop_rx.recv_timeout(close_timeout);
+                    }
+                    shared.shutdown();
+                    return;
+                }
+                Err(_) => {
+                    shared.shutdown();
+                    return;
+                }
+            },
+            recv(stop_rx) -> _ => {
+                shared.shutdown();
+                return;
+            }
+        }
+    }
+}
+
+impl Shared {
+    fn write_pending(&self) -> Result<(), WsError> {
+        let deadline = std::time::Instant::now() + Duration::from_millis(500);
+        loop {
+            match self.lock().flush() {
+                Ok(()) => return Ok(()),
+                Err(e) if is_would_block(&e) => {}
+                Err(e) => return Err(map_err(e)),
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(WsError::WriteTimeout);
+            }
+            sys::wait_writable(self.fd, Some(left)).map_err(WsError::Io)?;
+        }
+    }
+}
+
+fn reader_loop<F: FnMut(Incoming)>(shared: &Shared, mut on_message: F, stop_tx: &Sender<()>) {
+    let last = loop {
+        let r = shared.lock().read();
+        match r {
+            Ok(Message::Text(t)) => on_message(Incoming::Text(t)),
+            Ok(Message::Binary(b)) => on_message(Incoming::Binary(b)),
+            // Read again at once: that call writes the queued Pong.
+            Ok(Message::Ping(_)) | Ok(Message::Pong(_)) | Ok(Message::Frame(_)) => {}
+            Ok(Message::Close(frame)) => {
+                // tungstenite queued the close reply; push it out (best effort).
+                let _ = shared.write_pending();
+                break Incoming::Closed(frame.map(|f| CloseInfo {
+                    code: u16::from(f.code),
+                    reason: f.reason.to_string(),
+                }));
+            }
+            Err(e) if is_would_block(&e) => {
+                if shared.closed.load(Ordering::Acquire) {
+                    break Incoming::Closed(None);
+                }
+                if let Err(e) = sys::wait_readable(shared.fd, None) {
+                    break Incoming::Error(WsError::Io(e));
+                }
+            }
+            Err(tungstenite::Error::ConnectionClosed) | Err(tungstenite::Error::AlreadyClosed) => {
+                break Incoming::Closed(None)
+            }
+            Err(e) => {
+                if shared.closed.load(Ordering::Acquire) {
+                    // We closed it ourselves: not an error.
+                    break Incoming::Closed(None);
+                }
+                break Incoming::Error(map_err(e));
+            }
+        }
+    };
+    log::debug!(target: LOG, "reader done: {last:?}");
+    shared.shutdown();
+    let _ = stop_tx.send(());
+    on_message(last);
+}
+
+/// A running duplex WebSocket: its sender and its two threads.
+pub struct Duplex {
+    sender: WsSender,
+    reader: Option<JoinHandle<()>>,
+    writer: Option<JoinHandle<()>>,
+}
+
+impl fmt::Debug for Duplex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Duplex")
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+impl Duplex {
+    /// A sender for this connection (cheap to clone).
+    pub fn sender(&self) -> WsSender {
+        self.sender.clone()
+    }
+
+    /// Closes gracefully (see [`WsSender::close`]).
+    pub fn close(&self) {
+        self.sender.close();
+    }
+
+    /// True once the connection is closed or closing.
+    pub fn is_closed(&self) -> bool {
+        self.sender.is_closed()
+    }
+
+    /// Waits for both threads to exit (call [`Duplex::close`] first to make them).
+    pub fn join(mut self) {
+        for h in [self.writer.take(), self.reader.take()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Sends on a duplex WebSocket from any thread.
+#[derive(Clone)]
+pub struct WsSender {
+    tx: Sender<Out>,
+    stop_tx: Sender<()>,
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for WsSender {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WsSender")
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+impl WsSender {
+    /// Queues a message for the writer thread, waiting while the queue is full.
+    pub fn send(&self, msg: Message) -> Result<(), WsError> {
+        if self.is_closed() {
+            return Err(WsError::Closed);
+        }
+        self.tx.send(Out::Msg(msg)).map_err(|_| WsError::Closed)
+    }
+
+    /// Queues a message for the writer thread; fails at once when the queue is full.
+    pub fn try_send(&self, msg: Message) -> Result<(), WsError> {
+        if self.is_closed() {
+            return Err(WsError::Closed);
+        }
+        self.tx.try_send(Out::Msg(msg)).map_err(|e| match e {
+            TrySendError::Full(_) => WsError::QueueFull,
+            TrySendError::Disconnected(_) => WsError::Closed,
+        })
+    }
+
+    /// Queues a text message.
+    pub fn send_text(&self, text: String) -> Result<(), WsError> {
+        self.send(Message::text(text))
+    }
+
+    /// Writes a message directly from the calling thread, under the socket lock, with no
+    /// hand-off to the writer thread. Its order relative to messages still waiting in the
+    /// writer's queue is not defined; messages sent with `send_now` from one thread keep their
+    /// order. Waits (bounded by the write timeout) if the socket is full.
+    pub fn send_now(&self, msg: Message) -> Result<(), WsError> {
+        let r = self.shared.write(msg);
+        if let Err(e) = &r {
+            if !matches!(e, WsError::Closed) {
+                self.abort();
+            }
+        }
+        r
+    }
+
+    /// Closes gracefully: queued messages go out, then a close frame; the socket is shut
+    /// down when the peer answers or after the close timeout. Idempotent.
+    pub fn close(&self) {
+        self.close_with(CloseCode::Normal.into(), "");
+    }
+
+    /// Like [`WsSender::close`] with a close code and reason.
+    pub fn close_with(&self, code: u16, reason: &str) {
+        if self.is_closed() {
+            return;
+        }
+        let frame = CloseFrame {
+            code: CloseCode::from(code),
+            reason: reason.to_owned().into(),
+        };
+        if self.tx.try_send(Out::Close(Some(frame))).is_err() {
+            self.abort();
+        }
+    }
+
+    /// Shuts the socket down at once (no close frame); both threads exit promptly.
+    pub fn abort(&self) {
+        self.shared.shutdown();
+        let _ = self.stop_tx.send(());
+    }
+
+    /// True once the connection is closed or closing.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::Acquire)
+    }
+}

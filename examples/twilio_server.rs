@@ -1,0 +1,78 @@
+//! The example bridge server: Twilio's call webhook, the Media Streams WebSocket and a voice
+//! agent with one tool, on one port.
+//!
+//! ```text
+//! OPENAI_API_KEY=sk-... cargo run --release --example twilio_server
+//! ```
+//!
+//! Environment: `PORT` (5050), `BIND_ADDR` (127.0.0.1), `OPENAI_API_KEY`,
+//! `OPENAI_REALTIME_URL` (default wss://api.openai.com/v1/realtime?model=gpt-realtime),
+//! `PUBLIC_URL` (the https origin Twilio reaches, e.g. your tunnel), `TWILIO_AUTH_TOKEN`
+//! (verify X-Twilio-Signature), `GREETING` (said before the stream connects), `RUST_LOG`.
+
+use std::sync::Arc;
+
+use serde_json::json;
+use twilio_realtime::agent::{Agent, FunctionTool};
+use twilio_realtime::server::{stop_on_signals, Server, ServerConfig};
+
+fn agent() -> Agent {
+    let weather = FunctionTool::new(
+        "get_weather",
+        "Get the current weather for a location.",
+        json!({
+            "type": "object",
+            "properties": {"location": {"type": "string", "description": "City name"}},
+            "required": ["location"],
+            "additionalProperties": false
+        }),
+        |call| {
+            let location = call.arguments["location"].as_str().unwrap_or("").trim();
+            if location.is_empty() {
+                return Err("no location given".into());
+            }
+            // A real agent would call a weather service here.
+            Ok(format!(
+                "The weather in {location} is 18 degrees and sunny."
+            ))
+        },
+    );
+    Agent::new(
+        "Assistant",
+        "You are a friendly phone assistant. Keep answers short: the caller is listening, not \
+         reading. Use get_weather when asked about the weather.",
+    )
+    .voice("marin")
+    .tool(weather)
+}
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cfg = ServerConfig::from_env();
+    if cfg.session.model.api_key.is_none()
+        && cfg.session.model.url.starts_with("wss://api.openai.com")
+    {
+        log::warn!("OPENAI_API_KEY is not set: calls will fail to reach the model");
+    }
+    if cfg.twilio_auth_token.is_none() {
+        log::warn!("TWILIO_AUTH_TOKEN is not set: requests are not authenticated");
+    }
+    let server = match Server::bind(cfg, Arc::new(agent)) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("cannot listen: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = stop_on_signals(server.stopper()) {
+        log::warn!("no signal handling: {e}");
+    }
+    println!("twilio_server listening on http://{}", server.local_addr());
+    match server.run() {
+        Ok(stats) => log::info!("stopped: {stats:?}"),
+        Err(e) => {
+            eprintln!("server failed: {e}");
+            std::process::exit(1);
+        }
+    }
+}

@@ -1,0 +1,1314 @@
+//! The call core: every decision of one call, as a plain state machine with no sockets,
+//! threads or clocks.
+//!
+//! Feed it what happened — a Twilio message, a model event, a tool result, a guardrail
+//! verdict, an application [`Command`], the passing of time — each with the current
+//! [`Instant`]; then drain [`CallCore::poll_output`] for what to do (frames for Twilio, events
+//! for the model, [`SessionEvent`]s for the application, tools and guardrails to run) and call
+//! [`CallCore::handle_timeout`] at [`CallCore::next_deadline`]. The threaded shell in
+//! [`crate::session`] does exactly that; tests do it with a fake clock.
+//!
+//! Caller audio (`media` frames) does not pass through here: it takes the one-wake-up lane of
+//! [`crate::inbound::InboundAudio`]. The core tells that lane when the model is ready
+//! ([`Output::ModelReady`]) and when the caller speaks ([`Output::CallerSpeaking`]).
+//!
+//! ```
+//! use std::time::Instant;
+//! use twilio_realtime::agent::Agent;
+//! use twilio_realtime::call::{CallCore, CallOptions, Output};
+//! use twilio_realtime::model::ServerEvent;
+//!
+//! let now = Instant::now();
+//! let mut core = CallCore::new(Agent::new("Assistant", "Be brief."), CallOptions::default(), now);
+//! let created = ServerEvent::parse(r#"{"type":"session.created","event_id":"e1","session":{}}"#).unwrap();
+//! core.handle_model(now, created);
+//! let outputs: Vec<Output> = std::iter::from_fn(|| core.poll_output()).collect();
+//! assert!(matches!(outputs.last(), Some(Output::ModelReady)));
+//! ```
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::agent::{handoff_tool_name, Agent, FunctionTool, OutputGuardrail, ToolCall};
+use crate::events::{
+    CloseReason, ErrorSource, HistoryItem, HistoryKind, InterruptCause, SessionEvent,
+};
+use crate::model::{AudioFormat, ClientEvent, Item, ServerEvent, SessionConfig};
+use crate::mulaw;
+use crate::playback::{MarkOutcome, PlaybackLedger};
+use crate::twilio::{TwilioCommand, TwilioMessage};
+
+const LOG: &str = "twilio_realtime::session";
+const TOOLS_LOG: &str = "twilio_realtime::tools";
+
+/// Options of a call (and of the session built on it).
+#[derive(Debug, Clone)]
+pub struct CallOptions {
+    /// Base model session settings (turn detection, transcription, …). Instructions, voice and
+    /// tools come from the current agent; the audio format is always `audio/pcmu` both ways.
+    pub session: SessionConfig,
+    /// Round trip to Twilio assumed until the call has measured it. Default 100 ms.
+    pub default_rtt: Duration,
+    /// How often to re-measure the round trip while nothing plays. Default 10 s.
+    pub rtt_probe_interval: Duration,
+    /// Run output guardrails every this many new characters of agent text (and on the final
+    /// text). Default 100.
+    pub guardrail_debounce_chars: usize,
+    /// Also tell the model about DTMF digits, as a user message. Default false.
+    pub forward_dtmf: bool,
+    /// After the model connection is lost, how long to wait for the audio already sent to
+    /// finish playing before ending the Twilio stream. Default 5 s.
+    pub drain_timeout: Duration,
+    /// Timeout for tools that set none. Default 30 s.
+    pub tool_timeout: Duration,
+    /// Emit [`SessionEvent::Audio`] for every chunk of agent audio. Default false.
+    pub audio_events: bool,
+}
+
+impl Default for CallOptions {
+    fn default() -> Self {
+        CallOptions {
+            session: SessionConfig::new(),
+            default_rtt: Duration::from_millis(100),
+            rtt_probe_interval: Duration::from_secs(10),
+            guardrail_debounce_chars: 100,
+            forward_dtmf: false,
+            drain_timeout: Duration::from_secs(5),
+            tool_timeout: Duration::from_secs(30),
+            audio_events: false,
+        }
+    }
+}
+
+/// What the application can ask of a running call.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Command {
+    /// Add a user text message and ask for a response.
+    SendMessage(String),
+    /// Stop the agent talking now (like a barge-in). Does nothing when nothing plays.
+    Interrupt,
+    /// Run a tool call that waits for approval.
+    Approve(String),
+    /// Refuse a tool call that waits for approval; the model is told so.
+    Reject {
+        /// The call id.
+        call_id: String,
+        /// What the model is told (a default sentence if `None`).
+        message: Option<String>,
+    },
+    /// Switch to another agent (instructions, voice, tools) without a handoff.
+    UpdateAgent(Agent),
+    /// End the call.
+    Close,
+}
+
+/// A tool call to run on a worker thread; report with [`CallCore::handle_tool_result`].
+#[derive(Debug, Clone)]
+pub struct ToolRun {
+    /// The call as the model made it.
+    pub call: ToolCall,
+    /// The tool to invoke.
+    pub tool: FunctionTool,
+}
+
+/// Guardrails to run on a text off the session thread; report with
+/// [`CallCore::handle_guardrail_result`].
+#[derive(Debug, Clone)]
+pub struct GuardrailRun {
+    /// Identifies this run in the result.
+    pub id: u64,
+    /// The agent's text so far.
+    pub text: String,
+    /// The guardrails to run, in order; the first trip wins.
+    pub guardrails: Vec<OutputGuardrail>,
+}
+
+impl GuardrailRun {
+    /// Runs every guardrail in order on the calling thread; the first trip is returned as
+    /// (guardrail name, reason).
+    pub fn run(&self) -> Option<(String, String)> {
+        self.guardrails
+            .iter()
+            .find_map(|g| match g.check(&self.text) {
+                crate::agent::Verdict::Pass => None,
+                crate::agent::Verdict::Trip { reason } => Some((g.name().to_owned(), reason)),
+            })
+    }
+}
+
+/// Something for the shell to do.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Output {
+    /// Send this to Twilio (always with a real streamSid).
+    Twilio(TwilioCommand),
+    /// Send this to the model.
+    Model(ClientEvent),
+    /// Tell the application.
+    Event(SessionEvent),
+    /// The model session is configured: start sending caller audio (flush what was kept).
+    /// Everything before this in the output order must be written to the model first.
+    ModelReady,
+    /// The model connection is gone for now (reconnecting): keep caller audio.
+    ModelNotReady,
+    /// The server's VAD says the caller started (`true`) or stopped speaking.
+    CallerSpeaking(bool),
+    /// Run a tool on a worker thread.
+    RunTool(ToolRun),
+    /// Run output guardrails off the session thread.
+    RunGuardrails(GuardrailRun),
+    /// Open a new model connection (after `session_expired`); report with
+    /// [`CallCore::handle_model_connected`] / [`CallCore::handle_model_connect_failed`].
+    ConnectModel,
+    /// Close the model connection.
+    CloseModel,
+    /// Close the Twilio stream (ends `<Connect><Stream>`).
+    CloseTwilio,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ModelState {
+    Connecting,
+    Ready,
+    Reconnecting,
+    Gone,
+}
+
+#[derive(Debug)]
+enum PendingTwilio {
+    Audio {
+        response_id: String,
+        item_id: String,
+        content_index: u32,
+        payload: String,
+    },
+    Done {
+        item_id: String,
+        content_index: u32,
+    },
+}
+
+#[derive(Debug)]
+struct PendingTool {
+    call: ToolCall,
+    tool: Option<FunctionTool>,
+    deadline: Option<Instant>,
+    awaiting_approval: bool,
+}
+
+#[derive(Debug, Default)]
+struct AgentText {
+    response_id: String,
+    text: String,
+    checked: usize,
+}
+
+/// The state machine of one call. See the module docs.
+#[derive(Debug)]
+pub struct CallCore {
+    opts: CallOptions,
+    agent: Agent,
+    agents: Vec<Agent>,
+    stream_sid: Option<String>,
+    call_sid: Option<String>,
+    pending_twilio: Vec<PendingTwilio>,
+    model: ModelState,
+    pending_model: Vec<ClientEvent>,
+    ledger: PlaybackLedger,
+    active_response: Option<String>,
+    response_requested: Option<String>,
+    next_event_seq: u64,
+    cut_responses: HashSet<String>,
+    needs_response: bool,
+    speaking_items: HashSet<String>,
+    audio_reported: bool,
+    assistant_audio_seen: bool,
+    tools: HashMap<String, PendingTool>,
+    agent_text: HashMap<String, AgentText>,
+    response_text: HashMap<String, String>,
+    guardrail_runs: HashMap<u64, String>,
+    next_guardrail_id: u64,
+    tripped_responses: HashSet<String>,
+    history: Vec<HistoryItem>,
+    reconnect_pending: bool,
+    draining: Option<(Instant, CloseReason)>,
+    next_probe_at: Option<Instant>,
+    ended: Option<CloseReason>,
+    outputs: VecDeque<Output>,
+}
+
+impl CallCore {
+    /// A new call that will speak as `agent`. The model connection is assumed to be opening
+    /// now; report it with [`CallCore::handle_model_connected`] (optional) and feed the
+    /// model's events.
+    pub fn new(agent: Agent, opts: CallOptions, _now: Instant) -> CallCore {
+        let ledger = PlaybackLedger::new(opts.default_rtt);
+        let agents = agent.reachable();
+        CallCore {
+            opts,
+            agent,
+            agents,
+            stream_sid: None,
+            call_sid: None,
+            pending_twilio: Vec::new(),
+            model: ModelState::Connecting,
+            pending_model: Vec::new(),
+            ledger,
+            active_response: None,
+            response_requested: None,
+            next_event_seq: 0,
+            cut_responses: HashSet::new(),
+            needs_response: false,
+            speaking_items: HashSet::new(),
+            audio_reported: false,
+            assistant_audio_seen: false,
+            tools: HashMap::new(),
+            agent_text: HashMap::new(),
+            response_text: HashMap::new(),
+            guardrail_runs: HashMap::new(),
+            next_guardrail_id: 0,
+            tripped_responses: HashSet::new(),
+            history: Vec::new(),
+            reconnect_pending: false,
+            draining: None,
+            next_probe_at: None,
+            ended: None,
+            outputs: VecDeque::new(),
+        }
+    }
+
+    /// The next thing to do, in order.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// The conversation so far.
+    pub fn history(&self) -> &[HistoryItem] {
+        &self.history
+    }
+
+    /// The current agent.
+    pub fn agent(&self) -> &Agent {
+        &self.agent
+    }
+
+    /// Twilio's stream id, once `start` arrived.
+    pub fn stream_sid(&self) -> Option<&str> {
+        self.stream_sid.as_deref()
+    }
+
+    /// Twilio's call id, once `start` arrived.
+    pub fn call_sid(&self) -> Option<&str> {
+        self.call_sid.as_deref()
+    }
+
+    /// The playback ledger (what was sent to Twilio and confirmed played).
+    pub fn ledger(&self) -> &PlaybackLedger {
+        &self.ledger
+    }
+
+    /// The active response, if any.
+    pub fn active_response(&self) -> Option<&str> {
+        self.active_response.as_deref()
+    }
+
+    /// Why the call ended, once it has.
+    pub fn ended(&self) -> Option<&CloseReason> {
+        self.ended.as_ref()
+    }
+
+    /// When [`CallCore::handle_timeout`] should next be called.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        if self.ended.is_some() {
+            return None;
+        }
+        let tools = self.tools.values().filter_map(|t| t.deadline);
+        let drain = self.draining.as_ref().map(|d| d.0);
+        tools.chain(drain).chain(self.next_probe_at).min()
+    }
+
+    fn out(&mut self, o: Output) {
+        self.outputs.push_back(o);
+    }
+
+    fn event(&mut self, e: SessionEvent) {
+        self.outputs.push_back(Output::Event(e));
+    }
+
+    fn error(&mut self, source: ErrorSource, message: impl Into<String>) {
+        self.event(SessionEvent::Error {
+            source,
+            message: message.into(),
+        });
+    }
+
+    fn to_model(&mut self, ev: ClientEvent) {
+        match self.model {
+            ModelState::Ready => self.out(Output::Model(ev)),
+            ModelState::Connecting | ModelState::Reconnecting => self.pending_model.push(ev),
+            ModelState::Gone => {
+                log::debug!(target: LOG, "model gone; dropping {}", ev.event_type())
+            }
+        }
+    }
+
+    fn session_config(&mut self) -> SessionConfig {
+        let mut cfg = self
+            .opts
+            .session
+            .clone()
+            .instructions(self.agent.instructions())
+            .tools(self.agent.tool_definitions())
+            .input_format(AudioFormat::Pcmu)
+            .output_format(AudioFormat::Pcmu);
+        if let Some(v) = self.agent.voice_name() {
+            if self.assistant_audio_seen {
+                log::info!(
+                    target: LOG,
+                    "keeping the current voice: the model cannot change voice after it has spoken"
+                );
+            } else {
+                cfg = cfg.voice(v);
+            }
+        }
+        cfg
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Twilio side
+
+    /// A message from Twilio other than `media` (caller audio takes the
+    /// [`crate::inbound::InboundAudio`] lane; a `media` given here is ignored).
+    pub fn handle_twilio(&mut self, now: Instant, msg: TwilioMessage) {
+        if self.ended.is_some() {
+            return;
+        }
+        match msg {
+            TwilioMessage::Connected(_) | TwilioMessage::Media(_) | TwilioMessage::Unknown(_) => {}
+            TwilioMessage::Start(start) => {
+                if self.stream_sid.is_some() {
+                    log::warn!(target: LOG, "second start on one stream ignored");
+                    self.error(ErrorSource::Twilio, "a second start event was ignored");
+                    return;
+                }
+                log::info!(target: LOG, "stream started call={}", start.start.call_sid);
+                self.stream_sid = Some(start.stream_sid.clone());
+                self.call_sid = Some(start.start.call_sid.clone());
+                if let Some(name) = self.ledger.start_probe(now) {
+                    self.twilio_mark(name);
+                }
+                for p in std::mem::take(&mut self.pending_twilio) {
+                    match p {
+                        PendingTwilio::Audio {
+                            response_id,
+                            item_id,
+                            content_index,
+                            payload,
+                        } => self.send_audio(now, &response_id, &item_id, content_index, payload),
+                        PendingTwilio::Done {
+                            item_id,
+                            content_index,
+                        } => self.send_audio_done(&item_id, content_index),
+                    }
+                }
+            }
+            TwilioMessage::Dtmf(d) => {
+                let digit = d.dtmf.digit;
+                if self.opts.forward_dtmf {
+                    self.to_model(ClientEvent::ConversationItemCreate {
+                        event_id: None,
+                        previous_item_id: None,
+                        item: Item::user_text(format!("The caller pressed the key {digit}.")),
+                    });
+                    self.needs_response = true;
+                    self.maybe_create_response();
+                }
+                self.event(SessionEvent::Dtmf { digit });
+            }
+            TwilioMessage::Mark(m) => self.on_mark(now, &m.mark.name),
+            TwilioMessage::Stop(_) => {
+                log::info!(target: LOG, "twilio sent stop");
+                self.out(Output::CloseModel);
+                self.finish(CloseReason::TwilioStopped);
+            }
+        }
+    }
+
+    /// The Twilio WebSocket closed or failed.
+    pub fn handle_twilio_closed(&mut self, _now: Instant, why: &str) {
+        if self.ended.is_some() {
+            return;
+        }
+        log::info!(target: LOG, "twilio disconnected: {why}");
+        self.out(Output::CloseModel);
+        self.finish(CloseReason::TwilioDisconnected(why.to_owned()));
+    }
+
+    fn twilio_mark(&mut self, name: String) {
+        if let Some(sid) = &self.stream_sid {
+            let stream_sid = sid.clone();
+            self.out(Output::Twilio(TwilioCommand::Mark { stream_sid, name }));
+        }
+    }
+
+    fn on_mark(&mut self, now: Instant, name: &str) {
+        match self.ledger.on_mark(now, name) {
+            MarkOutcome::Played => {}
+            MarkOutcome::ItemFinished { item_id, .. } => {
+                log::trace!(target: LOG, "item {item_id} played out");
+                self.maybe_audio_stopped();
+            }
+            MarkOutcome::Probe => {
+                log::debug!(target: LOG, "twilio round trip {:?}", self.ledger.rtt().get());
+                self.next_probe_at = Some(now + self.opts.rtt_probe_interval);
+            }
+            MarkOutcome::Stale => log::trace!(target: LOG, "stale mark ignored"),
+            MarkOutcome::Unknown => {
+                log::warn!(target: LOG, "mark nobody sent ignored: {name:?}")
+            }
+        }
+        if self.draining.is_some() && !self.ledger.is_playing() {
+            self.finish_drain();
+        }
+    }
+
+    fn maybe_audio_stopped(&mut self) {
+        if self.audio_reported && !self.ledger.is_playing() && self.active_response.is_none() {
+            self.audio_reported = false;
+            self.event(SessionEvent::AudioStopped);
+        }
+    }
+
+    fn send_audio(
+        &mut self,
+        now: Instant,
+        response_id: &str,
+        item_id: &str,
+        content_index: u32,
+        payload: String,
+    ) {
+        let Some(sid) = self.stream_sid.clone() else {
+            self.pending_twilio.push(PendingTwilio::Audio {
+                response_id: response_id.to_owned(),
+                item_id: item_id.to_owned(),
+                content_index,
+                payload,
+            });
+            return;
+        };
+        let bytes = mulaw::base64_decoded_len(&payload) as u64;
+        if self.speaking_items.insert(item_id.to_owned()) {
+            self.event(SessionEvent::AudioStart {
+                item_id: item_id.to_owned(),
+            });
+        }
+        self.audio_reported = true;
+        if self.opts.audio_events {
+            self.event(SessionEvent::Audio {
+                item_id: item_id.to_owned(),
+                payload: payload.clone(),
+            });
+        }
+        self.out(Output::Twilio(TwilioCommand::Media {
+            stream_sid: sid,
+            payload,
+        }));
+        let mark = self
+            .ledger
+            .record_chunk(now, response_id, item_id, content_index, bytes);
+        self.twilio_mark(mark);
+        self.next_probe_at = None;
+    }
+
+    fn send_audio_done(&mut self, item_id: &str, content_index: u32) {
+        if self.stream_sid.is_none() {
+            self.pending_twilio.push(PendingTwilio::Done {
+                item_id: item_id.to_owned(),
+                content_index,
+            });
+            return;
+        }
+        if let Some(mark) = self.ledger.complete(item_id, content_index) {
+            self.twilio_mark(mark);
+        }
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Model side
+
+    /// The model WebSocket is open (its `session.created` is still to come).
+    pub fn handle_model_connected(&mut self, _now: Instant) {
+        log::debug!(target: LOG, "model socket open");
+    }
+
+    /// The model connection could not be opened.
+    pub fn handle_model_connect_failed(&mut self, _now: Instant, why: &str) {
+        if self.ended.is_some() {
+            return;
+        }
+        log::warn!(target: LOG, "model connection failed: {why}");
+        self.model = ModelState::Gone;
+        self.error(
+            ErrorSource::Transport,
+            format!("model connection failed: {why}"),
+        );
+        self.out(Output::CloseTwilio);
+        self.finish(CloseReason::ModelConnectFailed(why.to_owned()));
+    }
+
+    /// The model WebSocket closed or failed.
+    pub fn handle_model_closed(&mut self, now: Instant, why: &str) {
+        if self.ended.is_some() || self.model == ModelState::Gone {
+            return;
+        }
+        self.active_response = None;
+        self.response_requested = None;
+        if self.reconnect_pending {
+            self.reconnect_pending = false;
+            log::info!(target: LOG, "model session expired; reconnecting");
+            self.model = ModelState::Reconnecting;
+            self.out(Output::ModelNotReady);
+            self.out(Output::ConnectModel);
+            return;
+        }
+        log::warn!(target: LOG, "model disconnected: {why}");
+        self.model = ModelState::Gone;
+        self.out(Output::ModelNotReady);
+        self.error(ErrorSource::Transport, format!("model disconnected: {why}"));
+        let reason = CloseReason::ModelDisconnected(why.to_owned());
+        if self.ledger.is_playing() && self.stream_sid.is_some() {
+            self.draining = Some((now + self.opts.drain_timeout, reason));
+        } else {
+            self.out(Output::CloseTwilio);
+            self.finish(reason);
+        }
+    }
+
+    fn finish_drain(&mut self) {
+        if let Some((_, reason)) = self.draining.take() {
+            self.out(Output::CloseTwilio);
+            self.finish(reason);
+        }
+    }
+
+    fn finish(&mut self, reason: CloseReason) {
+        if self.ended.is_some() {
+            return;
+        }
+        self.model = ModelState::Gone;
+        self.ended = Some(reason.clone());
+        self.event(SessionEvent::Closed { reason });
+    }
+
+    /// An event from the model.
+    pub fn handle_model(&mut self, now: Instant, ev: ServerEvent) {
+        if self.ended.is_some() {
+            return;
+        }
+        match ev {
+            ServerEvent::SessionCreated(_) => self.on_session_created(),
+            ServerEvent::Error(e) => self.on_model_error(
+                e.error.kind,
+                e.error.code,
+                e.error.message,
+                e.error.event_id,
+            ),
+            ServerEvent::SpeechStarted(_) => {
+                self.out(Output::CallerSpeaking(true));
+                self.barge_in(now, InterruptCause::CallerSpeech);
+            }
+            ServerEvent::SpeechStopped(_) => self.out(Output::CallerSpeaking(false)),
+            ServerEvent::ConversationItemAdded(e) => self.history_add(e.previous_item_id, &e.item),
+            ServerEvent::ConversationItemCreated(e) => {
+                self.history_add(e.previous_item_id, &e.item)
+            }
+            ServerEvent::ConversationItemDone(e) => self.history_done(&e.item),
+            ServerEvent::ConversationItemTruncated(e) => {
+                if let Some(h) = self.history.iter_mut().find(|h| h.item_id == e.item_id) {
+                    h.truncated = Some(e.audio_end_ms);
+                    self.history_updated();
+                }
+            }
+            ServerEvent::ConversationItemDeleted(e) => {
+                let before = self.history.len();
+                self.history.retain(|h| h.item_id != e.item_id);
+                if self.history.len() != before {
+                    self.history_updated();
+                }
+            }
+            ServerEvent::InputAudioTranscriptionCompleted(e) => {
+                if let Some(h) = self.history.iter_mut().find(|h| h.item_id == e.item_id) {
+                    h.text = e.transcript;
+                    self.history_updated();
+                }
+            }
+            ServerEvent::ResponseCreated(e) => {
+                let id = e.response.id;
+                self.response_requested = None;
+                self.active_response = Some(id);
+                let agent = self.agent.name().to_owned();
+                self.event(SessionEvent::AgentStart { agent });
+            }
+            ServerEvent::OutputAudioDelta(d) => {
+                if self.cut_responses.contains(&d.response_id) {
+                    log::trace!(target: LOG, "late audio of a cut response dropped");
+                    return;
+                }
+                self.assistant_audio_seen = true;
+                self.send_audio(now, &d.response_id, &d.item_id, d.content_index, d.delta);
+            }
+            ServerEvent::OutputAudioDone(d) => {
+                if !self.cut_responses.contains(&d.response_id) {
+                    self.send_audio_done(&d.item_id, d.content_index);
+                }
+            }
+            ServerEvent::OutputAudioTranscriptDelta(d) => {
+                self.agent_text(&d.response_id, &d.item_id, &d.delta, false)
+            }
+            ServerEvent::OutputAudioTranscriptDone(d) => {
+                self.agent_text(&d.response_id, &d.item_id, &d.transcript, true)
+            }
+            ServerEvent::OutputTextDelta(d) => {
+                self.agent_text(&d.response_id, &d.item_id, &d.delta, false)
+            }
+            ServerEvent::OutputTextDone(d) => {
+                self.agent_text(&d.response_id, &d.item_id, &d.text, true)
+            }
+            ServerEvent::OutputItemDone(e) => {
+                if is_function_call(&e.item) {
+                    self.on_function_call(now, &e.item);
+                }
+            }
+            ServerEvent::ResponseDone(e) => self.on_response_done(&e.response),
+            _ => {}
+        }
+    }
+
+    fn on_session_created(&mut self) {
+        let first = self.model == ModelState::Connecting;
+        if self.model == ModelState::Ready {
+            return;
+        }
+        let cfg = self.session_config();
+        self.out(Output::Model(ClientEvent::SessionUpdate {
+            event_id: None,
+            session: cfg,
+        }));
+        if !first {
+            // A fresh model session after `session_expired`: carry the conversation over as
+            // text so the agent remembers it.
+            let mut replay = Vec::new();
+            for h in &self.history {
+                if h.text.is_empty() {
+                    continue;
+                }
+                let item = match &h.kind {
+                    HistoryKind::User => Item::user_text(h.text.clone()),
+                    HistoryKind::Assistant => Item::assistant_text(h.text.clone()),
+                    HistoryKind::System => Item::system_text(h.text.clone()),
+                    HistoryKind::FunctionCallOutput { .. } => {
+                        Item::system_text(format!("Earlier tool result: {}", h.text))
+                    }
+                    _ => continue,
+                };
+                replay.push(item);
+            }
+            log::info!(target: LOG, "replaying {} history items into the new model session", replay.len());
+            for item in replay {
+                self.out(Output::Model(ClientEvent::ConversationItemCreate {
+                    event_id: None,
+                    previous_item_id: None,
+                    item,
+                }));
+            }
+        }
+        self.model = ModelState::Ready;
+        for ev in std::mem::take(&mut self.pending_model) {
+            self.out(Output::Model(ev));
+        }
+        self.out(Output::ModelReady);
+        self.maybe_create_response();
+    }
+
+    fn on_model_error(
+        &mut self,
+        kind: String,
+        code: Option<String>,
+        message: String,
+        event_id: Option<String>,
+    ) {
+        if event_id.is_some() && event_id == self.response_requested {
+            // Our response.create was refused: allow another one later.
+            self.response_requested = None;
+        }
+        match code.as_deref() {
+            Some("session_expired") => self.reconnect_pending = true,
+            Some("response_cancel_not_active") => {
+                log::debug!(target: LOG, "cancel raced with the end of the response");
+                return;
+            }
+            _ => {}
+        }
+        log::warn!(target: LOG, "model error {kind} {code:?}: {message}");
+        self.error(ErrorSource::Model { code }, message);
+    }
+
+    fn on_response_done(&mut self, response: &crate::model::Response) {
+        let id = response.id.clone();
+        if self.active_response.as_deref() == Some(id.as_str()) {
+            self.active_response = None;
+        }
+        self.cut_responses.remove(&id);
+        self.tripped_responses.remove(&id);
+        self.agent_text.retain(|_, t| t.response_id != id);
+        let text = self.response_text.remove(&id).unwrap_or_default();
+        if response.status.as_deref() == Some("failed") {
+            let details = response
+                .status_details
+                .as_ref()
+                .map(|d| d.to_string())
+                .unwrap_or_default();
+            self.error(
+                ErrorSource::Model { code: None },
+                format!("response failed: {details}"),
+            );
+        }
+        let agent = self.agent.name().to_owned();
+        self.event(SessionEvent::AgentEnd { agent, text });
+        self.maybe_audio_stopped();
+        self.maybe_create_response();
+    }
+
+    fn maybe_create_response(&mut self) {
+        if !self.needs_response
+            || self.model != ModelState::Ready
+            || self.active_response.is_some()
+            || self.response_requested.is_some()
+            || !self.tools.is_empty()
+        {
+            return;
+        }
+        self.needs_response = false;
+        self.next_event_seq += 1;
+        let id = format!("tr_resp_{}", self.next_event_seq);
+        self.response_requested = Some(id.clone());
+        self.out(Output::Model(ClientEvent::ResponseCreate {
+            event_id: Some(id),
+            response: None,
+        }));
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Barge-in
+
+    fn barge_in(&mut self, now: Instant, cause: InterruptCause) {
+        let playing = self.ledger.is_playing() || !self.pending_twilio.is_empty();
+        let response = self.active_response.clone();
+        if !playing && response.is_none() {
+            return;
+        }
+        if self.ledger.is_playing() {
+            if let Some(sid) = self.stream_sid.clone() {
+                self.out(Output::Twilio(TwilioCommand::Clear { stream_sid: sid }));
+            }
+        }
+        self.pending_twilio.clear();
+        if let Some(r) = &response {
+            let server_cancels =
+                cause == InterruptCause::CallerSpeech && self.opts.session.interrupt_response();
+            if !server_cancels {
+                self.to_model(ClientEvent::ResponseCancel {
+                    event_id: None,
+                    response_id: Some(r.clone()),
+                });
+            }
+            self.cut_responses.insert(r.clone());
+        }
+        let truncations = self.ledger.truncations(now);
+        let mut heard = Vec::with_capacity(truncations.len());
+        for t in truncations {
+            log::debug!(
+                target: LOG,
+                "truncate {} at {} ms of {} ms sent",
+                t.item_id,
+                t.audio_end_ms,
+                t.sent_ms
+            );
+            heard.push((t.item_id.clone(), t.audio_end_ms));
+            self.to_model(ClientEvent::ConversationItemTruncate {
+                event_id: None,
+                item_id: t.item_id,
+                content_index: t.content_index,
+                audio_end_ms: t.audio_end_ms,
+            });
+        }
+        self.ledger.clear();
+        self.speaking_items.clear();
+        self.audio_reported = false;
+        self.event(SessionEvent::AudioInterrupted { cause, heard });
+        if self.draining.is_some() {
+            self.finish_drain();
+        }
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Tools and handoffs
+
+    fn on_function_call(&mut self, now: Instant, item: &Item) {
+        let name = item.name.clone().unwrap_or_default();
+        let call_id = item.call_id.clone().unwrap_or_default();
+        let raw = item.arguments.clone().unwrap_or_default();
+        if call_id.is_empty() || self.tools.contains_key(&call_id) {
+            log::warn!(target: TOOLS_LOG, "function call without a usable call id ignored");
+            return;
+        }
+        let arguments = if raw.trim().is_empty() {
+            Ok(Value::Object(Default::default()))
+        } else {
+            serde_json::from_str::<Value>(&raw)
+        };
+        let agent_name = self.agent.name().to_owned();
+        if let Some(target) = self.handoff_target(&name) {
+            self.handoff(&call_id, target);
+            return;
+        }
+        let Some(tool) = self.agent.find_tool(&name).cloned() else {
+            log::warn!(target: TOOLS_LOG, "model called unknown tool {name}");
+            self.error(
+                ErrorSource::Tool,
+                format!("the model called an unknown tool: {name}"),
+            );
+            self.tool_output(
+                &agent_name,
+                &name,
+                &call_id,
+                format!("Error: there is no tool named {name}."),
+                true,
+            );
+            return;
+        };
+        let arguments = match arguments {
+            Ok(v) => v,
+            Err(e) => {
+                self.tool_output(
+                    &agent_name,
+                    &name,
+                    &call_id,
+                    format!("Error: the arguments are not valid JSON ({e})."),
+                    true,
+                );
+                return;
+            }
+        };
+        let call = ToolCall {
+            call_id: call_id.clone(),
+            name: name.clone(),
+            arguments,
+            raw_arguments: raw.clone(),
+        };
+        if tool.requires_approval() {
+            self.tools.insert(
+                call_id.clone(),
+                PendingTool {
+                    call,
+                    tool: Some(tool),
+                    deadline: None,
+                    awaiting_approval: true,
+                },
+            );
+            self.event(SessionEvent::ToolApprovalRequested {
+                agent: agent_name,
+                tool: name,
+                call_id,
+                arguments: raw,
+            });
+            return;
+        }
+        self.start_tool(now, call, tool);
+    }
+
+    fn start_tool(&mut self, now: Instant, call: ToolCall, tool: FunctionTool) {
+        let timeout = tool.call_timeout().unwrap_or(self.opts.tool_timeout);
+        log::debug!(target: TOOLS_LOG, "running tool {} ({})", call.name, call.call_id);
+        self.event(SessionEvent::ToolStart {
+            agent: self.agent.name().to_owned(),
+            tool: call.name.clone(),
+            call_id: call.call_id.clone(),
+            arguments: call.raw_arguments.clone(),
+        });
+        self.out(Output::RunTool(ToolRun {
+            call: call.clone(),
+            tool,
+        }));
+        self.tools.insert(
+            call.call_id.clone(),
+            PendingTool {
+                call,
+                tool: None,
+                deadline: Some(now + timeout),
+                awaiting_approval: false,
+            },
+        );
+    }
+
+    fn tool_output(
+        &mut self,
+        agent: &str,
+        tool: &str,
+        call_id: &str,
+        output: String,
+        is_error: bool,
+    ) {
+        self.to_model(ClientEvent::ConversationItemCreate {
+            event_id: None,
+            previous_item_id: None,
+            item: Item::function_call_output(call_id, output.clone()),
+        });
+        self.event(SessionEvent::ToolEnd {
+            agent: agent.to_owned(),
+            tool: tool.to_owned(),
+            call_id: call_id.to_owned(),
+            output,
+            is_error,
+        });
+        self.needs_response = true;
+        self.maybe_create_response();
+    }
+
+    /// A tool run finished (`Ok(output)` or `Err(message)`). Results of calls that timed out
+    /// or are unknown are ignored.
+    pub fn handle_tool_result(
+        &mut self,
+        _now: Instant,
+        call_id: &str,
+        result: Result<String, String>,
+    ) {
+        if self.ended.is_some() {
+            return;
+        }
+        let Some(p) = self.tools.get(call_id) else {
+            log::debug!(target: TOOLS_LOG, "late or unknown tool result for {call_id} ignored");
+            return;
+        };
+        if p.awaiting_approval {
+            return;
+        }
+        let Some(p) = self.tools.remove(call_id) else {
+            return;
+        };
+        let agent = self.agent.name().to_owned();
+        let (output, is_error) = match result {
+            Ok(s) => (s, false),
+            Err(e) => {
+                log::info!(target: TOOLS_LOG, "tool {} failed: {e}", p.call.name);
+                (format!("Error: {e}"), true)
+            }
+        };
+        self.tool_output(&agent, &p.call.name, call_id, output, is_error);
+    }
+
+    fn handoff_target(&self, tool_name: &str) -> Option<Agent> {
+        if !tool_name.starts_with("transfer_to_") {
+            return None;
+        }
+        let target = self
+            .agent
+            .handoff_names()
+            .into_iter()
+            .find(|n| handoff_tool_name(n) == tool_name)?;
+        self.agents.iter().find(|a| a.name() == target).cloned()
+    }
+
+    fn handoff(&mut self, call_id: &str, target: Agent) {
+        let from = self.agent.name().to_owned();
+        let to = target.name().to_owned();
+        log::info!(target: LOG, "handoff {from} -> {to}");
+        self.set_agent(target);
+        self.to_model(ClientEvent::ConversationItemCreate {
+            event_id: None,
+            previous_item_id: None,
+            item: Item::function_call_output(
+                call_id,
+                serde_json::json!({ "assistant": to }).to_string(),
+            ),
+        });
+        self.event(SessionEvent::Handoff { from, to });
+        self.needs_response = true;
+        self.maybe_create_response();
+    }
+
+    fn set_agent(&mut self, agent: Agent) {
+        self.agent = agent;
+        for a in self.agent.reachable() {
+            if !self.agents.iter().any(|x| x.name() == a.name()) {
+                self.agents.push(a);
+            }
+        }
+        let cfg = self.session_config();
+        self.to_model(ClientEvent::SessionUpdate {
+            event_id: None,
+            session: cfg,
+        });
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Agent text, guardrails, history
+
+    fn agent_text(&mut self, response_id: &str, item_id: &str, text: &str, done: bool) {
+        let entry = self
+            .response_text
+            .entry(response_id.to_owned())
+            .or_default();
+        if done {
+            // The final text replaces the deltas of this item.
+            let t = self
+                .agent_text
+                .get(item_id)
+                .map(|t| t.text.len())
+                .unwrap_or(0);
+            entry.truncate(entry.len().saturating_sub(t));
+            entry.push_str(text);
+        } else {
+            entry.push_str(text);
+        }
+        let at = self
+            .agent_text
+            .entry(item_id.to_owned())
+            .or_insert_with(|| AgentText {
+                response_id: response_id.to_owned(),
+                ..Default::default()
+            });
+        if done {
+            at.text = text.to_owned();
+        } else {
+            at.text.push_str(text);
+        }
+        // Keep the history's transcript current (it survives truncation).
+        let snapshot = at.text.clone();
+        if let Some(h) = self.history.iter_mut().find(|h| h.item_id == item_id) {
+            h.text = snapshot.clone();
+        }
+        if done {
+            self.history_updated();
+        }
+        let guardrails = self.agent.guardrails().to_vec();
+        if guardrails.is_empty()
+            || self.tripped_responses.contains(response_id)
+            || self.cut_responses.contains(response_id)
+        {
+            return;
+        }
+        let Some(at) = self.agent_text.get_mut(item_id) else {
+            return;
+        };
+        if !done && at.text.len() < at.checked + self.opts.guardrail_debounce_chars {
+            return;
+        }
+        at.checked = at.text.len();
+        self.next_guardrail_id += 1;
+        let id = self.next_guardrail_id;
+        self.guardrail_runs.insert(id, response_id.to_owned());
+        self.out(Output::RunGuardrails(GuardrailRun {
+            id,
+            text: snapshot,
+            guardrails,
+        }));
+    }
+
+    /// The result of a [`GuardrailRun`]: `None` if every guardrail passed, else the first
+    /// trip as (guardrail name, reason).
+    pub fn handle_guardrail_result(
+        &mut self,
+        now: Instant,
+        run: &GuardrailRun,
+        trip: Option<(String, String)>,
+    ) {
+        let Some(response_id) = self.guardrail_runs.remove(&run.id) else {
+            return;
+        };
+        let Some((guardrail, reason)) = trip else {
+            return;
+        };
+        if self.ended.is_some() || !self.tripped_responses.insert(response_id.clone()) {
+            return;
+        }
+        log::info!(target: LOG, "output guardrail {guardrail} tripped");
+        self.event(SessionEvent::GuardrailTripped {
+            guardrail: guardrail.clone(),
+            reason: reason.clone(),
+            text: run.text.clone(),
+        });
+        self.barge_in(now, InterruptCause::Guardrail);
+        self.to_model(ClientEvent::ConversationItemCreate {
+            event_id: None,
+            previous_item_id: None,
+            item: Item::system_text(format!(
+                "Your last reply was stopped because it broke the rule \"{guardrail}\" ({reason}). \
+                 Briefly apologise and answer again without breaking that rule."
+            )),
+        });
+        self.needs_response = true;
+        self.maybe_create_response();
+    }
+
+    fn history_add(&mut self, previous: Option<String>, item: &Item) {
+        let Some(id) = item.id.clone() else { return };
+        if self.history.iter().any(|h| h.item_id == id) {
+            self.history_done(item);
+            return;
+        }
+        let h = history_item(item);
+        let pos = previous
+            .and_then(|p| self.history.iter().position(|h| h.item_id == p))
+            .map(|i| i + 1)
+            .unwrap_or(self.history.len());
+        self.history.insert(pos, h.clone());
+        self.event(SessionEvent::HistoryAdded(h));
+    }
+
+    fn history_done(&mut self, item: &Item) {
+        let Some(id) = item.id.as_deref() else { return };
+        let fresh = history_item(item);
+        let Some(h) = self.history.iter_mut().find(|h| h.item_id == id) else {
+            self.history_add(None, item);
+            return;
+        };
+        if !fresh.text.is_empty() && h.truncated.is_none() {
+            h.text = fresh.text;
+        }
+        h.status = fresh.status;
+        h.kind = fresh.kind;
+        self.history_updated();
+    }
+
+    fn history_updated(&mut self) {
+        let h = self.history.clone();
+        self.event(SessionEvent::HistoryUpdated(h));
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Commands and time
+
+    /// A command from the application.
+    pub fn handle_command(&mut self, now: Instant, cmd: Command) {
+        if self.ended.is_some() {
+            return;
+        }
+        match cmd {
+            Command::SendMessage(text) => {
+                self.to_model(ClientEvent::ConversationItemCreate {
+                    event_id: None,
+                    previous_item_id: None,
+                    item: Item::user_text(text),
+                });
+                self.needs_response = true;
+                self.maybe_create_response();
+            }
+            Command::Interrupt => self.barge_in(now, InterruptCause::Application),
+            Command::Approve(call_id) => match self.tools.get(&call_id) {
+                Some(p) if p.awaiting_approval => {
+                    let Some(mut p) = self.tools.remove(&call_id) else {
+                        return;
+                    };
+                    match p.tool.take() {
+                        Some(tool) => self.start_tool(now, p.call, tool),
+                        None => {
+                            log::warn!(target: TOOLS_LOG, "approved call {call_id} has no tool")
+                        }
+                    }
+                }
+                _ => log::warn!(target: TOOLS_LOG, "approve: no call {call_id} waits for approval"),
+            },
+            Command::Reject { call_id, message } => match self.tools.get(&call_id) {
+                Some(p) if p.awaiting_approval => {
+                    let Some(p) = self.tools.remove(&call_id) else {
+                        return;
+                    };
+                    let agent = self.agent.name().to_owned();
+                    let msg = message.unwrap_or_else(|| {
+                        "The caller's operator did not allow this tool call.".into()
+                    });
+                    self.tool_output(&agent, &p.call.name, &call_id, msg, true);
+                }
+                _ => log::warn!(target: TOOLS_LOG, "reject: no call {call_id} waits for approval"),
+            },
+            Command::UpdateAgent(agent) => self.set_agent(agent),
+            Command::Close => {
+                self.out(Output::CloseModel);
+                self.out(Output::CloseTwilio);
+                self.finish(CloseReason::Closed);
+            }
+        }
+    }
+
+    /// Time passed: tool timeouts, the end of a drain, round-trip probes.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.ended.is_some() {
+            return;
+        }
+        let expired: Vec<String> = self
+            .tools
+            .iter()
+            .filter(|(_, p)| p.deadline.is_some_and(|d| d <= now))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for call_id in expired {
+            if let Some(p) = self.tools.remove(&call_id) {
+                log::warn!(target: TOOLS_LOG, "tool {} timed out", p.call.name);
+                let agent = self.agent.name().to_owned();
+                self.error(ErrorSource::Tool, format!("tool {} timed out", p.call.name));
+                self.tool_output(
+                    &agent,
+                    &p.call.name,
+                    &call_id,
+                    "Error: the tool timed out.".into(),
+                    true,
+                );
+            }
+        }
+        if self.draining.as_ref().is_some_and(|d| d.0 <= now) {
+            self.finish_drain();
+        }
+        if self.next_probe_at.is_some_and(|t| t <= now) {
+            self.next_probe_at = None;
+            if let Some(name) = self.ledger.start_probe(now) {
+                self.twilio_mark(name);
+            }
+        }
+    }
+}
+
+fn is_function_call(item: &Item) -> bool {
+    item.kind.as_str() == "function_call"
+}
+
+fn history_item(item: &Item) -> HistoryItem {
+    let kind = match (item.kind.as_str(), item.role.as_deref()) {
+        ("message", Some("user")) => HistoryKind::User,
+        ("message", Some("assistant")) => HistoryKind::Assistant,
+        ("message", Some("system")) => HistoryKind::System,
+        ("function_call", _) => HistoryKind::FunctionCall {
+            name: item.name.clone().unwrap_or_default(),
+            call_id: item.call_id.clone().unwrap_or_default(),
+        },
+        ("function_call_output", _) => HistoryKind::FunctionCallOutput {
+            call_id: item.call_id.clone().unwrap_or_default(),
+        },
+        (other, _) => HistoryKind::Other(other.to_owned()),
+    };
+    let text = match &kind {
+        HistoryKind::FunctionCall { .. } => item.arguments.clone().unwrap_or_default(),
+        HistoryKind::FunctionCallOutput { .. } => item.output.clone().unwrap_or_default(),
+        _ => item.text().unwrap_or_default(),
+    };
+    HistoryItem {
+        item_id: item.id.clone().unwrap_or_default(),
+        kind,
+        text,
+        status: item.status.clone(),
+        truncated: None,
+    }
+}

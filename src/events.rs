@@ -1,0 +1,233 @@
+//! What a session tells the application: [`SessionEvent`], the conversation [`HistoryItem`]s,
+//! and why a call ended ([`CloseReason`]).
+
+use std::fmt;
+
+/// One entry of the conversation history, kept from the model's `conversation.item.*` events
+/// and transcripts. Transcripts survive truncation: the server forgets the text of audio the
+/// caller did not hear, the history keeps it and marks the item [`HistoryItem::truncated`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryItem {
+    /// The model's item id.
+    pub item_id: String,
+    /// What the item is.
+    pub kind: HistoryKind,
+    /// The item's text: typed text or the audio transcript (for messages), the arguments (for
+    /// function calls), the output (for function call outputs).
+    pub text: String,
+    /// The item's status as last reported (`in_progress`, `completed`, `incomplete`), if any.
+    pub status: Option<String>,
+    /// Set when the audio was cut at a barge-in: the caller heard `audio_end_ms` of it.
+    pub truncated: Option<u64>,
+}
+
+/// The kind of a [`HistoryItem`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HistoryKind {
+    /// Something the caller said or the application sent as the user.
+    User,
+    /// Something the agent said.
+    Assistant,
+    /// A system message.
+    System,
+    /// A function call by the model.
+    FunctionCall {
+        /// The tool's name.
+        name: String,
+        /// The call id.
+        call_id: String,
+    },
+    /// The output of a function call.
+    FunctionCallOutput {
+        /// The call id.
+        call_id: String,
+    },
+    /// Any other item type (kept for completeness).
+    Other(String),
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// Twilio sent `stop`: the caller hung up or the stream was stopped.
+    TwilioStopped,
+    /// The Twilio WebSocket closed or failed without a `stop`.
+    TwilioDisconnected(String),
+    /// The model connection could not be opened.
+    ModelConnectFailed(String),
+    /// The model connection closed or failed mid-call; the caller's stream was ended after the
+    /// last audio played.
+    ModelDisconnected(String),
+    /// The application called `close()`.
+    Closed,
+    /// A fatal error in the bridge itself (e.g. a socket that stopped taking data).
+    Failed(String),
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CloseReason::TwilioStopped => f.write_str("twilio stream stopped"),
+            CloseReason::TwilioDisconnected(e) => write!(f, "twilio disconnected: {e}"),
+            CloseReason::ModelConnectFailed(e) => write!(f, "model connection failed: {e}"),
+            CloseReason::ModelDisconnected(e) => write!(f, "model disconnected: {e}"),
+            CloseReason::Closed => f.write_str("closed by the application"),
+            CloseReason::Failed(e) => write!(f, "failed: {e}"),
+        }
+    }
+}
+
+/// Where an error reported in [`SessionEvent::Error`] came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorSource {
+    /// The model sent an `error` event (`code` is its code, if any).
+    Model {
+        /// The server's error code, e.g. `invalid_value`.
+        code: Option<String>,
+    },
+    /// The Twilio side sent something we could not use.
+    Twilio,
+    /// A tool failed, timed out or was unknown.
+    Tool,
+    /// A socket failed.
+    Transport,
+}
+
+/// Why the agent's audio stopped early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum InterruptCause {
+    /// The caller started speaking (the server's VAD).
+    CallerSpeech,
+    /// The application called `interrupt()`.
+    Application,
+    /// An output guardrail tripped.
+    Guardrail,
+}
+
+/// An event of a session, in the order it happened.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum SessionEvent {
+    /// The model started a response as `agent`.
+    AgentStart {
+        /// The current agent.
+        agent: String,
+    },
+    /// The model finished a response as `agent`; `text` is what it said (transcript or text).
+    AgentEnd {
+        /// The current agent.
+        agent: String,
+        /// The response's transcript or text.
+        text: String,
+    },
+    /// The call moved from one agent to another.
+    Handoff {
+        /// The agent handing off.
+        from: String,
+        /// The agent taking over.
+        to: String,
+    },
+    /// A tool call started on a worker thread.
+    ToolStart {
+        /// The current agent.
+        agent: String,
+        /// The tool's name.
+        tool: String,
+        /// The model's call id.
+        call_id: String,
+        /// The arguments as the model sent them.
+        arguments: String,
+    },
+    /// A tool call ended; `output` is what the model was told.
+    ToolEnd {
+        /// The current agent.
+        agent: String,
+        /// The tool's name.
+        tool: String,
+        /// The model's call id.
+        call_id: String,
+        /// The output text sent to the model.
+        output: String,
+        /// True if the tool failed, timed out, was rejected or unknown.
+        is_error: bool,
+    },
+    /// A tool call waits for `approve(call_id)` or `reject(call_id)`.
+    ToolApprovalRequested {
+        /// The current agent.
+        agent: String,
+        /// The tool's name.
+        tool: String,
+        /// The model's call id.
+        call_id: String,
+        /// The arguments as the model sent them.
+        arguments: String,
+    },
+    /// The agent's audio for an item started going to the caller.
+    AudioStart {
+        /// The item being spoken.
+        item_id: String,
+    },
+    /// A chunk of the agent's audio (base64 µ-law), only with `audio_events` enabled.
+    Audio {
+        /// The item being spoken.
+        item_id: String,
+        /// Base64 µ-law, 8 kHz.
+        payload: String,
+    },
+    /// The caller has heard everything the agent said (playback confirmed by Twilio).
+    AudioStopped,
+    /// The agent's audio was cut off.
+    AudioInterrupted {
+        /// What caused it.
+        cause: InterruptCause,
+        /// Per truncated item: (item id, milliseconds the caller heard).
+        heard: Vec<(String, u64)>,
+    },
+    /// An output guardrail tripped; the agent was interrupted and told why.
+    GuardrailTripped {
+        /// The guardrail's name.
+        guardrail: String,
+        /// The reason it gave.
+        reason: String,
+        /// The text it judged.
+        text: String,
+    },
+    /// A new item joined the history.
+    HistoryAdded(HistoryItem),
+    /// The history changed; the whole history as it now is.
+    HistoryUpdated(Vec<HistoryItem>),
+    /// The caller pressed a key.
+    Dtmf {
+        /// The digit (`0`–`9`, `*`, `#`).
+        digit: String,
+    },
+    /// Something went wrong; the call goes on unless a [`SessionEvent::Closed`] follows.
+    Error {
+        /// Where it came from.
+        source: ErrorSource,
+        /// What happened (never contains audio or keys).
+        message: String,
+    },
+    /// A raw message from one of the two sockets, as JSON text (see the session options for
+    /// which ones are reported).
+    Transport(TransportEvent),
+    /// The session ended; every thread of the call has exited or is about to.
+    Closed {
+        /// Why.
+        reason: CloseReason,
+    },
+}
+
+/// A raw message seen on one of the call's sockets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TransportEvent {
+    /// A message Twilio sent (the TypeScript SDK's `twilio_message`).
+    TwilioMessage(String),
+    /// An event the model sent.
+    ModelEvent(String),
+}

@@ -1,0 +1,557 @@
+//! A ready-made bridge server: one port serving Twilio's call webhook (TwiML), a health check
+//! and the Media Streams WebSocket, a thread per connection, a session per call.
+//!
+//! * `POST /incoming-call` answers TwiML: an optional `<Say>` greeting, then
+//!   `<Connect><Stream url="wss://HOST/media-stream">` with the caller's number as a
+//!   `<Parameter name="caller">`.
+//! * `GET /healthz` answers `ok`.
+//! * `GET /media-stream` with a WebSocket upgrade runs a call; without one it is a 400.
+//! * With an auth token configured, `X-Twilio-Signature` is checked on the webhook (URL +
+//!   sorted form parameters) and on the upgrade (the `wss://` URL from the TwiML, with or
+//!   without a trailing slash); a missing or wrong signature gets a 403. URLs are built from
+//!   the configured public URL, never from proxy-rewritten headers, when one is set.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use twilio_realtime::agent::Agent;
+//! use twilio_realtime::server::{Server, ServerConfig};
+//!
+//! let cfg = ServerConfig::from_env();
+//! let server = Server::bind(cfg, Arc::new(|| Agent::new("Assistant", "Be helpful."))).unwrap();
+//! println!("listening on {}", server.local_addr());
+//! server.run().unwrap();
+//! ```
+
+use std::io::{self, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use tungstenite::stream::MaybeTlsStream;
+
+use crate::agent::Agent;
+use crate::events::SessionEvent;
+use crate::http::{self, HttpError, HttpLimits, RequestHead};
+use crate::session::{Session, SessionHandle, SessionOptions};
+use crate::signature;
+use crate::ws::{WsConfig, WsConn};
+
+const LOG: &str = "twilio_realtime::server";
+
+/// Builds the agent for each new call.
+pub type AgentFactory = Arc<dyn Fn() -> Agent + Send + Sync>;
+
+/// Sees every event of every call (call number, event). Runs on the call's own thread.
+pub type EventHook = Arc<dyn Fn(u64, &SessionEvent) + Send + Sync>;
+
+/// Settings of the bridge server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address to listen on. Default `127.0.0.1:5050`.
+    pub bind: SocketAddr,
+    /// The public `https://` origin Twilio reaches (e.g. a tunnel's URL). Used for the TwiML
+    /// stream URL and for signature checks; without it the request's `Host` is used.
+    pub public_url: Option<String>,
+    /// Twilio auth token: when set, signatures are required on the webhook and the upgrade.
+    pub twilio_auth_token: Option<String>,
+    /// Said to the caller (`<Say>`) before the stream connects.
+    pub greeting: Option<String>,
+    /// Session settings for every call (model URL and key, call options).
+    pub session: SessionOptions,
+    /// Socket settings for the Twilio side.
+    pub twilio_ws: WsConfig,
+    /// How long a client may take to send its request head. Default 10 s.
+    pub header_timeout: Duration,
+    /// On stop, how long live calls may go on before they are closed. Default 30 s.
+    pub shutdown_grace: Duration,
+    /// Largest webhook body accepted. Default 64 KiB.
+    pub max_body: usize,
+}
+
+impl ServerConfig {
+    /// Settings from the environment: `PORT` (5050), `BIND_ADDR` (127.0.0.1),
+    /// `OPENAI_API_KEY`, `OPENAI_REALTIME_URL`, `PUBLIC_URL`, `TWILIO_AUTH_TOKEN`, `GREETING`.
+    pub fn from_env() -> ServerConfig {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let port: u16 = env("PORT").and_then(|p| p.parse().ok()).unwrap_or(5050);
+        let ip = env("BIND_ADDR")
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+        ServerConfig {
+            bind: SocketAddr::new(ip, port),
+            public_url: env("PUBLIC_URL"),
+            twilio_auth_token: env("TWILIO_AUTH_TOKEN"),
+            greeting: env("GREETING"),
+            session: SessionOptions::new(env("OPENAI_API_KEY")),
+            twilio_ws: WsConfig::default(),
+            header_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(30),
+            max_body: 64 * 1024,
+        }
+    }
+}
+
+/// Counters of a server run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServerStats {
+    /// Connections accepted.
+    pub connections: u64,
+    /// Calls (media streams) started.
+    pub calls: u64,
+    /// Requests refused for a missing or wrong signature.
+    pub forbidden: u64,
+}
+
+#[derive(Default)]
+struct Shared {
+    stop: AtomicBool,
+    live_calls: AtomicUsize,
+    connections: AtomicU64,
+    calls: AtomicU64,
+    forbidden: AtomicU64,
+    sessions: Mutex<Vec<(u64, crossbeam_channel::Sender<()>)>>,
+}
+
+/// Stops a running [`Server`] from any thread.
+#[derive(Clone)]
+pub struct Stopper {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+}
+
+impl std::fmt::Debug for Stopper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stopper").field("addr", &self.addr).finish()
+    }
+}
+
+impl Stopper {
+    /// Stops accepting; live calls get the grace period to finish.
+    pub fn stop(&self) {
+        if !self.shared.stop.swap(true, Ordering::SeqCst) {
+            // Wake the blocking accept().
+            let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        }
+    }
+
+    /// Calls in progress.
+    pub fn live_calls(&self) -> usize {
+        self.shared.live_calls.load(Ordering::SeqCst)
+    }
+}
+
+/// The bridge server. See the module docs.
+pub struct Server {
+    listener: TcpListener,
+    cfg: Arc<ServerConfig>,
+    agent: AgentFactory,
+    hook: Option<EventHook>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// Binds the listening socket.
+    pub fn bind(cfg: ServerConfig, agent: AgentFactory) -> io::Result<Server> {
+        let listener = TcpListener::bind(cfg.bind)?;
+        Ok(Server {
+            listener,
+            cfg: Arc::new(cfg),
+            agent,
+            hook: None,
+            shared: Arc::new(Shared::default()),
+        })
+    }
+
+    /// Sees every event of every call.
+    pub fn on_event(mut self, hook: EventHook) -> Server {
+        self.hook = Some(hook);
+        self
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or_else(|_| self.cfg.bind)
+    }
+
+    /// A handle that stops the server.
+    pub fn stopper(&self) -> Stopper {
+        Stopper {
+            shared: self.shared.clone(),
+            addr: self.local_addr(),
+        }
+    }
+
+    /// Serves until stopped, then waits (up to the grace period) for live calls to end and
+    /// closes the rest.
+    pub fn run(self) -> io::Result<ServerStats> {
+        let addr = self.local_addr();
+        log::info!(target: LOG, "listening on {addr}");
+        for stream in self.listener.incoming() {
+            if self.shared.stop.load(Ordering::SeqCst) {
+                break;
+            }
+            let stream = match stream {
+                Ok(s) => s,
+                Err(e) => {
+                    log::warn!(target: LOG, "accept failed: {e}");
+                    if e.kind() == io::ErrorKind::WouldBlock {
+                        thread::sleep(Duration::from_millis(10));
+                    }
+                    continue;
+                }
+            };
+            self.shared.connections.fetch_add(1, Ordering::Relaxed);
+            let ctx = ConnCtx {
+                cfg: self.cfg.clone(),
+                agent: self.agent.clone(),
+                hook: self.hook.clone(),
+                shared: self.shared.clone(),
+            };
+            let spawned = thread::Builder::new()
+                .name("conn".into())
+                .stack_size(256 * 1024)
+                .spawn(move || ctx.serve(stream));
+            if let Err(e) = spawned {
+                log::error!(target: LOG, "could not spawn a connection thread: {e}");
+            }
+        }
+        log::info!(target: LOG, "stopped accepting; {} live calls", self.shared.live_calls.load(Ordering::SeqCst));
+        let deadline = Instant::now() + self.cfg.shutdown_grace;
+        while self.shared.live_calls.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(20));
+        }
+        if self.shared.live_calls.load(Ordering::SeqCst) > 0 {
+            log::warn!(target: LOG, "grace period over; closing live calls");
+            if let Ok(s) = self.shared.sessions.lock() {
+                for (_, closer) in s.iter() {
+                    let _ = closer.send(());
+                }
+            }
+            let hard = Instant::now() + Duration::from_secs(5);
+            while self.shared.live_calls.load(Ordering::SeqCst) > 0 && Instant::now() < hard {
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(ServerStats {
+            connections: self.shared.connections.load(Ordering::Relaxed),
+            calls: self.shared.calls.load(Ordering::Relaxed),
+            forbidden: self.shared.forbidden.load(Ordering::Relaxed),
+        })
+    }
+}
+
+struct ConnCtx {
+    cfg: Arc<ServerConfig>,
+    agent: AgentFactory,
+    hook: Option<EventHook>,
+    shared: Arc<Shared>,
+}
+
+fn respond(stream: &mut TcpStream, status: u16, ctype: &str, body: &str) {
+    if let Err(e) = http::write_response(stream, status, ctype, &[], body.as_bytes()) {
+        log::debug!(target: LOG, "response not written: {e}");
+    }
+    let _ = stream.flush();
+}
+
+impl ConnCtx {
+    fn serve(self, mut stream: TcpStream) {
+        let _ = stream.set_nodelay(true);
+        let _ = stream.set_read_timeout(Some(self.cfg.header_timeout));
+        let limits = HttpLimits::default();
+        let (head, leftover) = match http::read_head(&mut stream, &limits) {
+            Ok(x) => x,
+            Err(HttpError::Timeout) => {
+                log::debug!(target: LOG, "request head timed out");
+                respond(&mut stream, 408, "text/plain", "request timeout\n");
+                return;
+            }
+            Err(e @ HttpError::HeadTooLarge { .. }) => {
+                log::debug!(target: LOG, "bad request: {e}");
+                respond(
+                    &mut stream,
+                    431,
+                    "text/plain",
+                    "request header fields too large\n",
+                );
+                return;
+            }
+            Err(e) => {
+                log::debug!(target: LOG, "bad request: {e}");
+                respond(&mut stream, 400, "text/plain", "bad request\n");
+                return;
+            }
+        };
+        match (head.method.as_str(), head.path()) {
+            ("POST", "/incoming-call") => self.incoming_call(stream, &head, leftover),
+            (_, "/incoming-call") => {
+                respond(&mut stream, 405, "text/plain", "method not allowed\n")
+            }
+            ("GET", "/healthz") => respond(&mut stream, 200, "text/plain", "ok\n"),
+            (_, "/healthz") => respond(&mut stream, 405, "text/plain", "method not allowed\n"),
+            ("GET", "/media-stream") | ("GET", "/media-stream/") => {
+                if !head.is_websocket_upgrade() {
+                    respond(
+                        &mut stream,
+                        400,
+                        "text/plain",
+                        "expected a WebSocket upgrade\n",
+                    );
+                    return;
+                }
+                self.media_stream(stream, &head, leftover);
+            }
+            (_, "/media-stream") => respond(&mut stream, 405, "text/plain", "method not allowed\n"),
+            _ => respond(&mut stream, 404, "text/plain", "not found\n"),
+        }
+    }
+
+    /// The public origin (`https://host`) for URLs Twilio used.
+    fn origin(&self, head: &RequestHead) -> Option<String> {
+        if let Some(u) = &self.cfg.public_url {
+            return Some(u.trim_end_matches('/').to_owned());
+        }
+        head.header("host").map(|h| format!("https://{h}"))
+    }
+
+    fn forbidden(&self, stream: &mut TcpStream, what: &str) {
+        self.shared.forbidden.fetch_add(1, Ordering::Relaxed);
+        log::warn!(target: LOG, "rejected {what}: missing or invalid X-Twilio-Signature");
+        respond(stream, 403, "text/plain", "forbidden\n");
+    }
+
+    fn incoming_call(&self, mut stream: TcpStream, head: &RequestHead, leftover: Vec<u8>) {
+        let body = match http::read_body(&mut stream, head, leftover, self.cfg.max_body) {
+            Ok(b) => b,
+            Err(e) => {
+                log::debug!(target: LOG, "webhook body unreadable: {e}");
+                respond(&mut stream, 400, "text/plain", "bad request\n");
+                return;
+            }
+        };
+        let form = http::parse_form(&body);
+        if let Some(token) = &self.cfg.twilio_auth_token {
+            let ok = match (self.origin(head), head.header("x-twilio-signature")) {
+                (Some(origin), Some(sig)) => {
+                    let url = format!("{origin}{}", head.target);
+                    let params: Vec<(&str, &str)> =
+                        form.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                    signature::validate_lenient(token, &url, &params, sig)
+                }
+                _ => false,
+            };
+            if !ok {
+                self.forbidden(&mut stream, "webhook");
+                return;
+            }
+        }
+        let Some(origin) = self.origin(head) else {
+            respond(
+                &mut stream,
+                400,
+                "text/plain",
+                "no Host header and no PUBLIC_URL\n",
+            );
+            return;
+        };
+        let caller = form
+            .iter()
+            .find(|(k, _)| k == "From")
+            .map(|(_, v)| v.as_str())
+            .unwrap_or("");
+        let twiml = twiml(&stream_url(&origin), self.cfg.greeting.as_deref(), caller);
+        log::info!(target: LOG, "incoming call webhook answered");
+        respond(&mut stream, 200, "text/xml", &twiml);
+    }
+
+    fn media_stream(self, stream: TcpStream, head: &RequestHead, leftover: Vec<u8>) {
+        let mut stream = stream;
+        if let Some(token) = &self.cfg.twilio_auth_token {
+            let ok = match (self.origin(head), head.header("x-twilio-signature")) {
+                (Some(origin), Some(sig)) => {
+                    let url = format!(
+                        "{}{}",
+                        stream_url(&origin).trim_end_matches("/media-stream"),
+                        head.target
+                    );
+                    signature::validate_lenient(token, &url, &[], sig)
+                }
+                _ => false,
+            };
+            if !ok {
+                self.forbidden(&mut stream, "media stream upgrade");
+                return;
+            }
+        }
+        let _ = stream.set_read_timeout(None);
+        let conn = match WsConn::accept_head(
+            MaybeTlsStream::Plain(stream),
+            head,
+            leftover,
+            &self.cfg.twilio_ws,
+        ) {
+            Ok(c) => c,
+            Err(e) => {
+                log::warn!(target: LOG, "media stream upgrade failed: {e}");
+                return;
+            }
+        };
+        let call_no = self.shared.calls.fetch_add(1, Ordering::Relaxed) + 1;
+        self.shared.live_calls.fetch_add(1, Ordering::SeqCst);
+        let _guard = LiveGuard(self.shared.clone(), call_no);
+        log::info!(target: LOG, "call {call_no}: media stream connected");
+        let handle = match Session::start(conn, (self.agent)(), self.cfg.session.clone()) {
+            Ok(h) => h,
+            Err(e) => {
+                log::error!(target: LOG, "call {call_no}: session did not start: {e}");
+                return;
+            }
+        };
+        let (close_tx, close_rx) = crossbeam_channel::bounded::<()>(1);
+        if let Ok(mut s) = self.shared.sessions.lock() {
+            s.push((call_no, close_tx));
+        }
+        self.pump(call_no, &handle, &close_rx);
+        handle.join();
+    }
+
+    fn pump(
+        &self,
+        call_no: u64,
+        handle: &SessionHandle,
+        close_rx: &crossbeam_channel::Receiver<()>,
+    ) {
+        loop {
+            crossbeam_channel::select! {
+                recv(handle.events()) -> ev => match ev {
+                    Ok(ev) => {
+                        if let Some(h) = &self.hook {
+                            h(call_no, &ev);
+                        }
+                        if let SessionEvent::Closed { reason } = &ev {
+                            log::info!(target: LOG, "call {call_no}: ended ({reason})");
+                            return;
+                        }
+                    }
+                    Err(_) => return,
+                },
+                recv(close_rx) -> _ => handle.close(),
+            }
+        }
+    }
+}
+
+struct LiveGuard(Arc<Shared>, u64);
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.0.sessions.lock() {
+            s.retain(|(n, _)| *n != self.1);
+        }
+        self.0.live_calls.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Stops the server on SIGINT (Ctrl-C) or SIGTERM: it stops accepting and lets live calls
+/// finish within the grace period. A watcher thread checks the signal flag every 50 ms.
+pub fn stop_on_signals(stopper: Stopper) -> io::Result<()> {
+    let flag = crate::sys::termination_flag()?;
+    thread::Builder::new()
+        .name("signals".into())
+        .stack_size(64 * 1024)
+        .spawn(move || loop {
+            if flag.load(Ordering::SeqCst) {
+                log::info!(target: LOG, "termination signal: stopping");
+                stopper.stop();
+                return;
+            }
+            if stopper.shared.stop.load(Ordering::SeqCst) {
+                return;
+            }
+            thread::sleep(Duration::from_millis(50));
+        })?;
+    Ok(())
+}
+
+/// The `wss://…/media-stream` URL for a public `https://` (or `http://`) origin.
+pub fn stream_url(origin: &str) -> String {
+    let origin = origin.trim_end_matches('/');
+    let host = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"))
+        .or_else(|| origin.strip_prefix("wss://"))
+        .or_else(|| origin.strip_prefix("ws://"))
+        .unwrap_or(origin);
+    format!("wss://{host}/media-stream")
+}
+
+/// TwiML that connects the call to `stream_url`, after an optional greeting, passing the
+/// caller's number as the `caller` parameter.
+pub fn twiml(stream_url: &str, greeting: Option<&str>, caller: &str) -> String {
+    let mut x = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response>\n");
+    if let Some(g) = greeting {
+        x.push_str(&format!("  <Say>{}</Say>\n", xml_escape(g)));
+    }
+    x.push_str(&format!(
+        "  <Connect>\n    <Stream url=\"{}\">\n      <Parameter name=\"caller\" value=\"{}\"/>\n    </Stream>\n  </Connect>\n</Response>\n",
+        xml_escape(stream_url),
+        xml_escape(caller)
+    ));
+    x
+}
+
+fn xml_escape(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => o.push_str("&amp;"),
+            '<' => o.push_str("&lt;"),
+            '>' => o.push_str("&gt;"),
+            '"' => o.push_str("&quot;"),
+            '\'' => o.push_str("&apos;"),
+            c => o.push(c),
+        }
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_urls() {
+        assert_eq!(
+            stream_url("https://abc.ngrok.app/"),
+            "wss://abc.ngrok.app/media-stream"
+        );
+        assert_eq!(
+            stream_url("http://localhost:5050"),
+            "wss://localhost:5050/media-stream"
+        );
+    }
+
+    #[test]
+    fn twiml_escapes_and_carries_the_caller() {
+        let x = twiml(
+            "wss://h/media-stream",
+            Some("Hi & welcome <3"),
+            "+1555\"0100",
+        );
+        assert!(x.contains("<Say>Hi &amp; welcome &lt;3</Say>"));
+        assert!(x.contains("<Stream url=\"wss://h/media-stream\">"));
+        assert!(x.contains("<Parameter name=\"caller\" value=\"+1555&quot;0100\"/>"));
+        let x = twiml("wss://h/media-stream", None, "");
+        assert!(!x.contains("<Say>"));
+    }
+}

@@ -1,0 +1,737 @@
+//! The threaded shell that runs one call: sockets and threads around [`CallCore`].
+//!
+//! Per call: a reader and a writer thread for the Twilio socket, a reader and a writer thread
+//! for the model socket, one session thread that owns the [`CallCore`] and waits with
+//! `crossbeam_channel::select!` on its inputs and the next deadline, and a short-lived worker
+//! thread per tool call or guardrail run. Caller audio takes a lane with one thread wake-up
+//! per frame: the Twilio reader thread runs [`InboundAudio`] and writes the
+//! `input_audio_buffer.append` straight to the model socket. When the call ends every socket
+//! thread exits and [`SessionHandle::join`] returns.
+//!
+//! ```no_run
+//! use std::net::TcpListener;
+//! use twilio_realtime::agent::Agent;
+//! use twilio_realtime::session::{Session, SessionOptions};
+//! use twilio_realtime::ws::{WsConfig, WsConn};
+//!
+//! let listener = TcpListener::bind("127.0.0.1:5050").unwrap();
+//! let (tcp, _) = listener.accept().unwrap();
+//! let (twilio, _head) = WsConn::accept(tcp, None, &WsConfig::default()).unwrap();
+//! let agent = Agent::new("Assistant", "You are a friendly phone assistant.");
+//! let opts = SessionOptions::new(std::env::var("OPENAI_API_KEY").ok());
+//! let session = Session::start(twilio, agent, opts).unwrap();
+//! for event in session.events().iter() {
+//!     println!("{event:?}");
+//! }
+//! session.join();
+//! ```
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{after, never, select, unbounded, Receiver, Sender};
+use tungstenite::Message;
+
+use crate::agent::Agent;
+use crate::call::{CallCore, CallOptions, Command, GuardrailRun, Output};
+use crate::events::{CloseReason, ErrorSource, HistoryItem, SessionEvent, TransportEvent};
+use crate::inbound::{InboundAudio, InboundConfig, InboundStats};
+use crate::model::{write_append_json, ServerEvent};
+use crate::twilio::{write_mark_json, write_media_json, TwilioCommand, TwilioMessage};
+use crate::ws::{ClientRequest, Duplex, Incoming, WsConfig, WsConn, WsSender};
+
+const LOG: &str = "twilio_realtime::session";
+const TWILIO_LOG: &str = "twilio_realtime::twilio";
+const MODEL_LOG: &str = "twilio_realtime::model";
+
+/// The default model endpoint.
+pub const DEFAULT_REALTIME_URL: &str = "wss://api.openai.com/v1/realtime?model=gpt-realtime";
+
+/// Which raw socket messages are reported as [`SessionEvent::Transport`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum TransportEvents {
+    /// None.
+    None,
+    /// Every message except audio (Twilio `media`, model `response.output_audio.delta`).
+    #[default]
+    Control,
+    /// Every message, audio included (50+ events a second per call).
+    All,
+}
+
+/// How to reach the model.
+#[derive(Debug, Clone)]
+pub struct ModelOptions {
+    /// `ws://` or `wss://` URL of the Realtime endpoint (the model is in its query).
+    pub url: String,
+    /// Sent as `Authorization: Bearer …` when set.
+    pub api_key: Option<String>,
+    /// Socket settings for the model connection.
+    pub ws: WsConfig,
+}
+
+/// Everything a session needs besides the Twilio socket and the agent.
+#[derive(Debug, Clone)]
+pub struct SessionOptions {
+    /// The model endpoint and key.
+    pub model: ModelOptions,
+    /// Call behaviour (barge-in, tools, guardrails, …).
+    pub call: CallOptions,
+    /// The caller-audio lane (early buffer, padding).
+    pub inbound: InboundConfig,
+    /// Which raw socket messages become events.
+    pub transport_events: TransportEvents,
+}
+
+impl SessionOptions {
+    /// Defaults with the given API key, the model URL from `OPENAI_REALTIME_URL` if set, else
+    /// [`DEFAULT_REALTIME_URL`].
+    pub fn new(api_key: Option<String>) -> SessionOptions {
+        let url = std::env::var("OPENAI_REALTIME_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+            .unwrap_or_else(|| DEFAULT_REALTIME_URL.to_owned());
+        SessionOptions {
+            model: ModelOptions {
+                url,
+                api_key,
+                ws: WsConfig::default(),
+            },
+            call: CallOptions::default(),
+            inbound: InboundConfig::default(),
+            transport_events: TransportEvents::default(),
+        }
+    }
+
+    /// Use this model URL.
+    pub fn url(mut self, url: impl Into<String>) -> SessionOptions {
+        self.model.url = url.into();
+        self
+    }
+}
+
+/// Errors starting a session.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// A thread could not be spawned.
+    Spawn(std::io::Error),
+    /// The Twilio socket threads could not start.
+    Twilio(crate::ws::WsError),
+}
+
+impl std::fmt::Display for SessionError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SessionError::Spawn(e) => write!(f, "could not spawn a session thread: {e}"),
+            SessionError::Twilio(e) => write!(f, "could not start the twilio socket: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for SessionError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SessionError::Spawn(e) => Some(e),
+            SessionError::Twilio(e) => Some(e),
+        }
+    }
+}
+
+/// What the socket threads, workers and the application tell the session thread.
+enum ShellMsg {
+    Twilio(TwilioMessage),
+    TwilioBad(String),
+    TwilioClosed(String),
+    ModelConnected(u64, WsConn),
+    ModelConnectFailed(u64, String),
+    Model(u64, ServerEvent),
+    ModelBad(u64, String),
+    ModelClosed(u64, String),
+    ToolDone(String, Result<String, String>),
+    GuardrailDone(GuardrailRun, Option<(String, String)>),
+    Command(Command),
+    History(Sender<Vec<HistoryItem>>),
+}
+
+/// The caller-audio lane shared by the Twilio reader (per frame) and the session thread
+/// (readiness, speech, inactivity timer).
+struct Lane {
+    inbound: InboundAudio,
+    model: Option<WsSender>,
+    buf: String,
+}
+
+impl Lane {
+    fn sink<'a>(model: &Option<WsSender>, buf: &'a mut String) -> impl FnMut(&str) + 'a {
+        let model = model.clone();
+        move |b64: &str| {
+            let Some(m) = &model else { return };
+            buf.clear();
+            write_append_json(buf, b64);
+            if let Err(e) = m.send_now(Message::text(buf.as_str())) {
+                log::debug!(target: MODEL_LOG, "append not sent: {e}");
+            }
+        }
+    }
+
+    fn on_media(&mut self, now: Instant, payload: &str, ts: Option<u64>) {
+        let Lane {
+            inbound,
+            model,
+            buf,
+        } = self;
+        inbound.on_media(now, payload, ts, &mut Lane::sink(model, buf));
+    }
+
+    fn set_ready(&mut self, ready: bool) {
+        let Lane {
+            inbound,
+            model,
+            buf,
+        } = self;
+        inbound.set_ready(ready, &mut Lane::sink(model, buf));
+    }
+
+    fn on_timeout(&mut self, now: Instant) {
+        let Lane {
+            inbound,
+            model,
+            buf,
+        } = self;
+        inbound.on_timeout(now, &mut Lane::sink(model, buf));
+    }
+}
+
+fn lock(lane: &Mutex<Lane>) -> MutexGuard<'_, Lane> {
+    // A panic while holding the lane cannot leave it inconsistent in a way that matters more
+    // than losing the call; keep going with the inner value.
+    lane.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Starts sessions.
+#[derive(Debug)]
+pub struct Session;
+
+impl Session {
+    /// Runs a call on an accepted Twilio WebSocket (see [`WsConn::accept`]): opens the model
+    /// connection at once, starts the call's threads and returns a handle.
+    pub fn start(
+        twilio: WsConn,
+        agent: Agent,
+        opts: SessionOptions,
+    ) -> Result<SessionHandle, SessionError> {
+        let (shell_tx, shell_rx) = unbounded::<ShellMsg>();
+        let (event_tx, event_rx) = unbounded::<SessionEvent>();
+        let lane = Arc::new(Mutex::new(Lane {
+            inbound: InboundAudio::new(opts.inbound.clone()),
+            model: None,
+            buf: String::with_capacity(512),
+        }));
+
+        // Model connection first: it is the slow part.
+        spawn_model_connect(0, &opts.model, shell_tx.clone());
+
+        let twilio_duplex = {
+            let tx = shell_tx.clone();
+            let lane = lane.clone();
+            let events = event_tx.clone();
+            let transport = opts.transport_events;
+            twilio
+                .spawn("twilio", move |inc| {
+                    twilio_incoming(inc, &tx, &lane, &events, transport)
+                })
+                .map_err(SessionError::Twilio)?
+        };
+
+        let start = Instant::now();
+        let core = CallCore::new(agent, opts.call.clone(), start);
+        let shell = Shell {
+            core,
+            lane: lane.clone(),
+            twilio: twilio_duplex,
+            model: None,
+            model_gen: 0,
+            model_opts: opts.model.clone(),
+            shell_tx: shell_tx.clone(),
+            events: event_tx,
+            transport: opts.transport_events,
+            out_buf: String::with_capacity(512),
+            started: start,
+            model_ready_logged: false,
+        };
+        let thread = thread::Builder::new()
+            .name("session".into())
+            .stack_size(256 * 1024)
+            .spawn(move || shell.run(shell_rx))
+            .map_err(SessionError::Spawn)?;
+        Ok(SessionHandle {
+            events: event_rx,
+            tx: shell_tx,
+            thread: Some(thread),
+            lane,
+        })
+    }
+}
+
+fn spawn_model_connect(gen: u64, opts: &ModelOptions, tx: Sender<ShellMsg>) {
+    let mut req = ClientRequest::new(opts.url.clone());
+    if let Some(k) = &opts.api_key {
+        req = req.bearer(k.clone());
+    }
+    let cfg = opts.ws.clone();
+    let res = thread::Builder::new()
+        .name("model-connect".into())
+        .stack_size(256 * 1024)
+        .spawn(move || {
+            let msg = match WsConn::connect(&req, &cfg) {
+                Ok(conn) => ShellMsg::ModelConnected(gen, conn),
+                Err(e) => ShellMsg::ModelConnectFailed(gen, e.to_string()),
+            };
+            let _ = tx.send(msg);
+        });
+    if let Err(e) = res {
+        log::error!(target: LOG, "could not spawn the model connector: {e}");
+    }
+}
+
+/// Runs on the Twilio reader thread for every message.
+fn twilio_incoming(
+    inc: Incoming,
+    tx: &Sender<ShellMsg>,
+    lane: &Mutex<Lane>,
+    events: &Sender<SessionEvent>,
+    transport: TransportEvents,
+) {
+    match inc {
+        Incoming::Text(text) => {
+            let text: &str = text.as_ref();
+            match TwilioMessage::parse(text) {
+                Ok(TwilioMessage::Media(m)) => {
+                    if transport == TransportEvents::All {
+                        let _ = events.send(SessionEvent::Transport(
+                            TransportEvent::TwilioMessage(text.to_owned()),
+                        ));
+                    }
+                    let ts = m.media.timestamp_ms();
+                    lock(lane).on_media(Instant::now(), &m.media.payload, ts);
+                }
+                Ok(msg) => {
+                    if transport != TransportEvents::None {
+                        let _ = events.send(SessionEvent::Transport(
+                            TransportEvent::TwilioMessage(text.to_owned()),
+                        ));
+                    }
+                    let _ = tx.send(ShellMsg::Twilio(msg));
+                }
+                Err(e) => {
+                    log::warn!(target: TWILIO_LOG, "bad message from twilio: {e}");
+                    let _ = tx.send(ShellMsg::TwilioBad(e.to_string()));
+                }
+            }
+        }
+        Incoming::Binary(_) => {
+            log::warn!(target: TWILIO_LOG, "binary frame from twilio ignored");
+            let _ = tx.send(ShellMsg::TwilioBad("binary frame ignored".into()));
+        }
+        Incoming::Closed(_) => {
+            let _ = tx.send(ShellMsg::TwilioClosed("closed by twilio".into()));
+        }
+        Incoming::Error(e) => {
+            let _ = tx.send(ShellMsg::TwilioClosed(e.to_string()));
+        }
+    }
+}
+
+struct Shell {
+    core: CallCore,
+    lane: Arc<Mutex<Lane>>,
+    twilio: Duplex,
+    model: Option<Duplex>,
+    model_gen: u64,
+    model_opts: ModelOptions,
+    shell_tx: Sender<ShellMsg>,
+    events: Sender<SessionEvent>,
+    transport: TransportEvents,
+    out_buf: String,
+    started: Instant,
+    model_ready_logged: bool,
+}
+
+impl Shell {
+    fn run(mut self, rx: Receiver<ShellMsg>) {
+        loop {
+            let deadline = {
+                let lane_deadline = lock(&self.lane).inbound.next_deadline();
+                match (self.core.next_deadline(), lane_deadline) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            };
+            let timer = match deadline {
+                Some(d) => after(d.saturating_duration_since(Instant::now())),
+                None => never(),
+            };
+            select! {
+                recv(rx) -> msg => match msg {
+                    Ok(m) => self.handle(m),
+                    Err(_) => break,
+                },
+                recv(timer) -> _ => {
+                    let now = Instant::now();
+                    self.core.handle_timeout(now);
+                    lock(&self.lane).on_timeout(now);
+                }
+            }
+            if self.drain_outputs() {
+                break;
+            }
+        }
+        self.shutdown();
+    }
+
+    fn handle(&mut self, msg: ShellMsg) {
+        let now = Instant::now();
+        match msg {
+            ShellMsg::Twilio(m) => self.core.handle_twilio(now, m),
+            ShellMsg::TwilioBad(e) => self.emit(SessionEvent::Error {
+                source: ErrorSource::Twilio,
+                message: e,
+            }),
+            ShellMsg::TwilioClosed(why) => self.core.handle_twilio_closed(now, &why),
+            ShellMsg::ModelConnected(gen, conn) => {
+                if gen != self.model_gen || self.core.ended().is_some() {
+                    return;
+                }
+                let tx = self.shell_tx.clone();
+                let events = self.events.clone();
+                let transport = self.transport;
+                let spawned = conn.spawn("model", move |inc| {
+                    model_incoming(gen, inc, &tx, &events, transport)
+                });
+                match spawned {
+                    Ok(d) => {
+                        lock(&self.lane).model = Some(d.sender());
+                        self.model = Some(d);
+                        self.core.handle_model_connected(now);
+                    }
+                    Err(e) => self.core.handle_model_connect_failed(now, &e.to_string()),
+                }
+            }
+            ShellMsg::ModelConnectFailed(gen, why) => {
+                if gen == self.model_gen {
+                    self.core.handle_model_connect_failed(now, &why);
+                }
+            }
+            ShellMsg::Model(gen, ev) => {
+                if gen == self.model_gen {
+                    self.core.handle_model(now, ev);
+                }
+            }
+            ShellMsg::ModelBad(gen, e) => {
+                if gen == self.model_gen {
+                    self.emit(SessionEvent::Error {
+                        source: ErrorSource::Model { code: None },
+                        message: e,
+                    });
+                }
+            }
+            ShellMsg::ModelClosed(gen, why) => {
+                if gen == self.model_gen {
+                    self.core.handle_model_closed(now, &why);
+                }
+            }
+            ShellMsg::ToolDone(call_id, result) => {
+                self.core.handle_tool_result(now, &call_id, result)
+            }
+            ShellMsg::GuardrailDone(run, trip) => {
+                self.core.handle_guardrail_result(now, &run, trip)
+            }
+            ShellMsg::Command(c) => self.core.handle_command(now, c),
+            ShellMsg::History(reply) => {
+                let _ = reply.send(self.core.history().to_vec());
+            }
+        }
+    }
+
+    fn emit(&self, e: SessionEvent) {
+        let _ = self.events.send(e);
+    }
+
+    /// Performs the core's outputs; true once the call has ended.
+    fn drain_outputs(&mut self) -> bool {
+        let mut ended = false;
+        while let Some(o) = self.core.poll_output() {
+            match o {
+                Output::Twilio(cmd) => self.send_twilio(&cmd),
+                Output::Model(ev) => {
+                    // Written from this thread, in order with the caller-audio flush below.
+                    if let Some(m) = &self.model {
+                        if let Err(e) = m.sender().send_now(Message::text(ev.to_json())) {
+                            log::debug!(target: MODEL_LOG, "{} not sent: {e}", ev.event_type());
+                        }
+                    }
+                }
+                Output::Event(e) => {
+                    if let SessionEvent::Closed { reason } = &e {
+                        log::info!(
+                            target: LOG,
+                            "call {} ended after {:.1} s: {reason}",
+                            self.core.call_sid().unwrap_or("-"),
+                            self.started.elapsed().as_secs_f64()
+                        );
+                        ended = true;
+                    }
+                    self.emit(e);
+                }
+                Output::ModelReady => {
+                    if !self.model_ready_logged {
+                        self.model_ready_logged = true;
+                        log::info!(
+                            target: LOG,
+                            "model ready after {} ms",
+                            self.started.elapsed().as_millis()
+                        );
+                    }
+                    lock(&self.lane).set_ready(true);
+                }
+                Output::ModelNotReady => {
+                    let mut l = lock(&self.lane);
+                    l.set_ready(false);
+                    l.model = None;
+                }
+                Output::CallerSpeaking(s) => lock(&self.lane).inbound.set_caller_speaking(s),
+                Output::RunTool(run) => {
+                    let tx = self.shell_tx.clone();
+                    let res = thread::Builder::new().name("tool".into()).spawn(move || {
+                        let result = run.tool.invoke(&run.call);
+                        let _ = tx.send(ShellMsg::ToolDone(run.call.call_id, result));
+                    });
+                    if let Err(e) = res {
+                        log::error!(target: LOG, "could not spawn a tool worker: {e}");
+                    }
+                }
+                Output::RunGuardrails(run) => {
+                    let tx = self.shell_tx.clone();
+                    let res = thread::Builder::new()
+                        .name("guardrail".into())
+                        .spawn(move || {
+                            let trip = run.run();
+                            let _ = tx.send(ShellMsg::GuardrailDone(run, trip));
+                        });
+                    if let Err(e) = res {
+                        log::error!(target: LOG, "could not spawn a guardrail worker: {e}");
+                    }
+                }
+                Output::ConnectModel => {
+                    if let Some(m) = self.model.take() {
+                        m.close();
+                        m.join();
+                    }
+                    self.model_gen += 1;
+                    spawn_model_connect(self.model_gen, &self.model_opts, self.shell_tx.clone());
+                }
+                Output::CloseModel => {
+                    if let Some(m) = &self.model {
+                        m.close();
+                    }
+                }
+                Output::CloseTwilio => self.twilio.close(),
+            }
+        }
+        ended
+    }
+
+    fn send_twilio(&mut self, cmd: &TwilioCommand) {
+        self.out_buf.clear();
+        match cmd {
+            TwilioCommand::Media {
+                stream_sid,
+                payload,
+            } => write_media_json(&mut self.out_buf, stream_sid, payload),
+            TwilioCommand::Mark { stream_sid, name } => {
+                write_mark_json(&mut self.out_buf, stream_sid, name)
+            }
+            other => self.out_buf.push_str(&other.to_json()),
+        }
+        if let Err(e) = self
+            .twilio
+            .sender()
+            .try_send(Message::text(self.out_buf.as_str()))
+        {
+            log::warn!(target: TWILIO_LOG, "twilio frame not queued: {e}");
+            if !self.twilio.is_closed() {
+                self.core.handle_twilio_closed(
+                    Instant::now(),
+                    &format!("twilio is not taking audio: {e}"),
+                );
+                self.twilio.close();
+            }
+        }
+    }
+
+    fn shutdown(mut self) {
+        // Give the writer a moment to flush the last frames, then close both sockets.
+        if let Some(m) = self.model.take() {
+            m.close();
+            m.join();
+        }
+        lock(&self.lane).model = None;
+        self.twilio.close();
+        self.twilio.join();
+        log::debug!(target: LOG, "session threads done");
+    }
+}
+
+/// Runs on the model reader thread for every message.
+fn model_incoming(
+    gen: u64,
+    inc: Incoming,
+    tx: &Sender<ShellMsg>,
+    events: &Sender<SessionEvent>,
+    transport: TransportEvents,
+) {
+    match inc {
+        Incoming::Text(text) => {
+            let text: &str = text.as_ref();
+            match ServerEvent::parse(text) {
+                Ok(ev) => {
+                    let audio = matches!(ev, ServerEvent::OutputAudioDelta(_));
+                    if transport == TransportEvents::All
+                        || (transport == TransportEvents::Control && !audio)
+                    {
+                        let _ = events.send(SessionEvent::Transport(TransportEvent::ModelEvent(
+                            text.to_owned(),
+                        )));
+                    }
+                    let _ = tx.send(ShellMsg::Model(gen, ev));
+                }
+                Err(e) => {
+                    log::warn!(target: MODEL_LOG, "bad event from the model: {e}");
+                    let _ = tx.send(ShellMsg::ModelBad(gen, e.to_string()));
+                }
+            }
+        }
+        Incoming::Binary(_) => {
+            log::warn!(target: MODEL_LOG, "binary frame from the model ignored");
+        }
+        Incoming::Closed(c) => {
+            let why = c.map(|c| c.to_string()).unwrap_or_else(|| "closed".into());
+            let _ = tx.send(ShellMsg::ModelClosed(gen, why));
+        }
+        Incoming::Error(e) => {
+            let _ = tx.send(ShellMsg::ModelClosed(gen, e.to_string()));
+        }
+    }
+}
+
+/// The application's handle on a running call.
+#[derive(Debug)]
+pub struct SessionHandle {
+    events: Receiver<SessionEvent>,
+    tx: Sender<ShellMsg>,
+    thread: Option<JoinHandle<()>>,
+    lane: Arc<Mutex<Lane>>,
+}
+
+impl std::fmt::Debug for ShellMsg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ShellMsg")
+    }
+}
+
+impl std::fmt::Debug for Lane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lane")
+            .field("inbound", &self.inbound)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SessionHandle {
+    /// The session's events, in order. The last one is [`SessionEvent::Closed`]. Events
+    /// accumulate until read; drop interest by never calling this (they are freed with the
+    /// handle).
+    pub fn events(&self) -> &Receiver<SessionEvent> {
+        &self.events
+    }
+
+    fn command(&self, c: Command) {
+        let _ = self.tx.send(ShellMsg::Command(c));
+    }
+
+    /// Adds a user text message and asks for a response.
+    pub fn send_message(&self, text: impl Into<String>) {
+        self.command(Command::SendMessage(text.into()));
+    }
+
+    /// Stops the agent talking (like a barge-in). Does nothing when nothing plays.
+    pub fn interrupt(&self) {
+        self.command(Command::Interrupt);
+    }
+
+    /// Runs a tool call that waits for approval.
+    pub fn approve(&self, call_id: impl Into<String>) {
+        self.command(Command::Approve(call_id.into()));
+    }
+
+    /// Refuses a tool call that waits for approval; the model is told `message` (or a
+    /// default sentence).
+    pub fn reject(&self, call_id: impl Into<String>, message: Option<String>) {
+        self.command(Command::Reject {
+            call_id: call_id.into(),
+            message,
+        });
+    }
+
+    /// Switches to another agent (instructions, voice, tools).
+    pub fn update_agent(&self, agent: Agent) {
+        self.command(Command::UpdateAgent(agent));
+    }
+
+    /// The conversation so far (empty once the call has ended).
+    pub fn history(&self) -> Vec<HistoryItem> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        if self.tx.send(ShellMsg::History(tx)).is_err() {
+            return Vec::new();
+        }
+        rx.recv_timeout(Duration::from_secs(5)).unwrap_or_default()
+    }
+
+    /// Counters of the caller-audio lane.
+    pub fn inbound_stats(&self) -> InboundStats {
+        lock(&self.lane).inbound.stats().clone()
+    }
+
+    /// Ends the call: both sockets are closed and the threads exit.
+    pub fn close(&self) {
+        self.command(Command::Close);
+    }
+
+    /// Waits until every socket thread of the call has exited.
+    pub fn join(mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    /// True once the session thread has exited.
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+}
+
+/// Why a session closed, from its event stream: waits for [`SessionEvent::Closed`].
+pub fn wait_closed(events: &Receiver<SessionEvent>, timeout: Duration) -> Option<CloseReason> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match events.recv_timeout(left) {
+            Ok(SessionEvent::Closed { reason }) => return Some(reason),
+            Ok(_) => {}
+            Err(_) => return None,
+        }
+    }
+}

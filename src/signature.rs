@@ -1,0 +1,148 @@
+//! Twilio request signatures (`X-Twilio-Signature`).
+//!
+//! Twilio signs every webhook and the Media Streams WebSocket upgrade with the account's auth
+//! token: base64 of HMAC-SHA1 over the full URL Twilio used, followed (for form POSTs) by each
+//! POST parameter's name and value, sorted by name. For the WebSocket upgrade the URL is the
+//! `wss://` URL as written in the TwiML. Build URLs from your configured public origin, not
+//! from headers a proxy may rewrite.
+//!
+//! ```
+//! use twilio_realtime::signature::{compute, validate};
+//!
+//! // The vector from Twilio's documentation.
+//! let params = [
+//!     ("CallSid", "CA1234567890ABCDE"),
+//!     ("Caller", "+12349013030"),
+//!     ("Digits", "1234"),
+//!     ("From", "+12349013030"),
+//!     ("To", "+18005551212"),
+//! ];
+//! let url = "https://mycompany.com/myapp.php?foo=1&bar=2";
+//! assert_eq!(compute("12345", url, &params), "0/KCTR6DLpKmkAf8muzZqo1nDgQ=");
+//! assert!(validate("12345", url, &params, "0/KCTR6DLpKmkAf8muzZqo1nDgQ="));
+//! assert!(!validate("12345", url, &params, "AAAATR6DLpKmkAf8muzZqo1nDgQ="));
+//! ```
+
+use base64::Engine;
+use hmac::{Hmac, KeyInit, Mac};
+use sha1::Sha1;
+
+type HmacSha1 = Hmac<Sha1>;
+
+fn mac(token: &str, url: &str, params: &[(&str, &str)]) -> HmacSha1 {
+    // HMAC accepts keys of any length, so this cannot fail.
+    let mut m = <HmacSha1 as KeyInit>::new_from_slice(token.as_bytes())
+        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+    m.update(url.as_bytes());
+    let mut sorted: Vec<&(&str, &str)> = params.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(b.0).then(a.1.cmp(b.1)));
+    for (k, v) in sorted {
+        m.update(k.as_bytes());
+        m.update(v.as_bytes());
+    }
+    m
+}
+
+/// The signature Twilio would send for `url` and the form `params` (empty for a GET or the
+/// WebSocket upgrade).
+pub fn compute(token: &str, url: &str, params: &[(&str, &str)]) -> String {
+    let tag = mac(token, url, params).finalize().into_bytes();
+    base64::engine::general_purpose::STANDARD.encode(tag)
+}
+
+/// True if `signature` is Twilio's signature of `url` and `params` (compared in constant time).
+pub fn validate(token: &str, url: &str, params: &[(&str, &str)], signature: &str) -> bool {
+    let Ok(expected) = base64::engine::general_purpose::STANDARD.decode(signature.trim()) else {
+        return false;
+    };
+    mac(token, url, params).verify_slice(&expected).is_ok()
+}
+
+/// Like [`validate`], also accepting the URL with or without a trailing slash on its path
+/// (Twilio signs the URL exactly as configured, which operators write both ways).
+pub fn validate_lenient(token: &str, url: &str, params: &[(&str, &str)], signature: &str) -> bool {
+    if validate(token, url, params, signature) {
+        return true;
+    }
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let other = match base.strip_suffix('/') {
+        Some(b) => b.to_owned(),
+        None => format!("{base}/"),
+    };
+    let other = match query {
+        Some(q) => format!("{other}?{q}"),
+        None => other,
+    };
+    validate(token, &other, params, signature)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PARAMS: [(&str, &str); 5] = [
+        ("To", "+18005551212"),
+        ("CallSid", "CA1234567890ABCDE"),
+        ("From", "+12349013030"),
+        ("Digits", "1234"),
+        ("Caller", "+12349013030"),
+    ];
+    const URL: &str = "https://mycompany.com/myapp.php?foo=1&bar=2";
+
+    #[test]
+    fn documented_vector_in_any_parameter_order() {
+        assert_eq!(
+            compute("12345", URL, &PARAMS),
+            "0/KCTR6DLpKmkAf8muzZqo1nDgQ="
+        );
+    }
+
+    #[test]
+    fn wrong_token_url_params_or_garbage_fail() {
+        let sig = "0/KCTR6DLpKmkAf8muzZqo1nDgQ=";
+        assert!(validate("12345", URL, &PARAMS, sig));
+        assert!(!validate("12346", URL, &PARAMS, sig));
+        assert!(!validate(
+            "12345",
+            "https://mycompany.com/myapp.php?foo=1&bar=3",
+            &PARAMS,
+            sig
+        ));
+        assert!(!validate("12345", URL, &PARAMS[1..], sig));
+        assert!(!validate("12345", URL, &PARAMS, "not base64!"));
+        assert!(!validate("12345", URL, &PARAMS, ""));
+    }
+
+    #[test]
+    fn websocket_url_with_or_without_trailing_slash() {
+        let sig = compute("tok", "wss://example.com/media-stream", &[]);
+        assert!(validate_lenient(
+            "tok",
+            "wss://example.com/media-stream/",
+            &[],
+            &sig
+        ));
+        assert!(validate_lenient(
+            "tok",
+            "wss://example.com/media-stream",
+            &[],
+            &sig
+        ));
+        let sig = compute("tok", "wss://example.com/media-stream/", &[]);
+        assert!(validate_lenient(
+            "tok",
+            "wss://example.com/media-stream",
+            &[],
+            &sig
+        ));
+        assert!(!validate_lenient(
+            "tok",
+            "wss://example.com/other",
+            &[],
+            &sig
+        ));
+    }
+}

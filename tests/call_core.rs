@@ -1,0 +1,1012 @@
+//! The call core's rules, one test each, driven with an injected clock (no sockets).
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use twilio_realtime::agent::{Agent, FunctionTool, OutputGuardrail, Verdict};
+use twilio_realtime::call::{CallCore, CallOptions, Command, Output};
+use twilio_realtime::events::{CloseReason, InterruptCause, SessionEvent};
+use twilio_realtime::model::{ClientEvent, ServerEvent};
+use twilio_realtime::twilio::{TwilioCommand, TwilioMessage};
+
+const SID: &str = "MZ18ad3ab5a668481ce02b83e7395059f0";
+
+struct H {
+    core: CallCore,
+    now: Instant,
+    out: Vec<Output>,
+}
+
+fn weather_tool() -> FunctionTool {
+    FunctionTool::new(
+        "get_weather",
+        "Weather in a city",
+        json!({"type":"object","properties":{"location":{"type":"string"}},"required":["location"]}),
+        |c| {
+            Ok(format!(
+                "sunny in {}",
+                c.arguments["location"].as_str().unwrap_or("?")
+            ))
+        },
+    )
+}
+
+impl H {
+    fn new(agent: Agent) -> H {
+        H::with(agent, CallOptions::default())
+    }
+
+    fn with(agent: Agent, opts: CallOptions) -> H {
+        let now = Instant::now();
+        H {
+            core: CallCore::new(agent, opts, now),
+            now,
+            out: vec![],
+        }
+    }
+
+    /// A call with the model ready and Twilio started, outputs drained.
+    fn ready(agent: Agent) -> H {
+        let mut h = H::new(agent);
+        h.model(json!({"type":"session.created","event_id":"e0","session":{"type":"realtime"}}));
+        h.start();
+        h.drain();
+        h
+    }
+
+    fn ms(&mut self, n: u64) {
+        self.now += Duration::from_millis(n);
+    }
+
+    fn model(&mut self, v: Value) {
+        let ev = ServerEvent::parse(&v.to_string()).expect("valid server event");
+        self.core.handle_model(self.now, ev);
+        self.collect();
+    }
+
+    fn twilio(&mut self, v: Value) {
+        let m = TwilioMessage::parse(&v.to_string()).expect("valid twilio message");
+        self.core.handle_twilio(self.now, m);
+        self.collect();
+    }
+
+    fn start(&mut self) {
+        self.twilio(
+            json!({"event":"start","sequenceNumber":"1","streamSid":SID,"start":{
+            "accountSid":"AC123","streamSid":SID,"callSid":"CA123","tracks":["inbound"],
+            "customParameters":{"caller":"+15550100"},
+            "mediaFormat":{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1}}}),
+        );
+    }
+
+    fn mark(&mut self, name: &str) {
+        self.twilio(
+            json!({"event":"mark","sequenceNumber":"9","streamSid":SID,"mark":{"name":name}}),
+        );
+    }
+
+    fn cmd(&mut self, c: Command) {
+        self.core.handle_command(self.now, c);
+        self.collect();
+    }
+
+    fn tick(&mut self) {
+        self.core.handle_timeout(self.now);
+        self.collect();
+    }
+
+    fn collect(&mut self) {
+        while let Some(o) = self.core.poll_output() {
+            self.out.push(o);
+        }
+    }
+
+    fn drain(&mut self) -> Vec<Output> {
+        self.collect();
+        std::mem::take(&mut self.out)
+    }
+
+    fn response_created(&mut self, id: &str) {
+        self.model(json!({"type":"response.created","event_id":"e","response":{"id":id,"object":"realtime.response","status":"in_progress","output":[]}}));
+    }
+
+    fn response_done(&mut self, id: &str, status: &str) {
+        self.model(json!({"type":"response.done","event_id":"e","response":{"id":id,"object":"realtime.response","status":status,"output":[]}}));
+    }
+
+    fn delta(&mut self, resp: &str, item: &str, content_index: u32, payload: &str) {
+        self.model(
+            json!({"type":"response.output_audio.delta","event_id":"e","response_id":resp,
+            "item_id":item,"output_index":0,"content_index":content_index,"delta":payload}),
+        );
+    }
+
+    fn audio_done(&mut self, resp: &str, item: &str) {
+        self.model(
+            json!({"type":"response.output_audio.done","event_id":"e","response_id":resp,
+            "item_id":item,"output_index":0,"content_index":0}),
+        );
+    }
+
+    fn function_call(&mut self, resp: &str, item: &str, call_id: &str, name: &str, args: &str) {
+        self.model(json!({"type":"response.output_item.done","event_id":"e","response_id":resp,"output_index":0,
+            "item":{"id":item,"object":"realtime.item","type":"function_call","status":"completed",
+            "name":name,"call_id":call_id,"arguments":args}}));
+    }
+}
+
+/// base64 of `n` µ-law bytes (all 0x55).
+fn audio(n: usize) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(vec![0x55u8; n])
+}
+
+fn model_events(out: &[Output]) -> Vec<Value> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Model(ev) => Some(serde_json::from_str(&ev.to_json()).unwrap()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn types(out: &[Output]) -> Vec<String> {
+    model_events(out)
+        .iter()
+        .map(|v| v["type"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn twilio_cmds(out: &[Output]) -> Vec<TwilioCommand> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Twilio(c) => Some(c.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn marks(out: &[Output]) -> Vec<String> {
+    twilio_cmds(out)
+        .into_iter()
+        .filter_map(|c| match c {
+            TwilioCommand::Mark { name, .. } => Some(name),
+            _ => None,
+        })
+        .collect()
+}
+
+fn events(out: &[Output]) -> Vec<SessionEvent> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Event(e) => Some(e.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn assert_pcmu(session: &Value) {
+    assert_eq!(session["type"], "realtime");
+    assert_eq!(
+        session["audio"]["input"]["format"]["type"], "audio/pcmu",
+        "{session}"
+    );
+    assert_eq!(
+        session["audio"]["output"]["format"]["type"], "audio/pcmu",
+        "{session}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Start fast, lose nothing; 2. formats
+
+#[test]
+fn first_session_update_is_pcmu_with_empty_tools_then_ready() {
+    let mut h = H::new(Agent::new("A", "Be brief."));
+    assert!(
+        h.drain().is_empty(),
+        "nothing before the model session exists"
+    );
+    h.model(json!({"type":"session.created","event_id":"e0","session":{}}));
+    let out = h.drain();
+    let evs = model_events(&out);
+    assert_eq!(evs.len(), 1);
+    assert_eq!(evs[0]["type"], "session.update");
+    assert_pcmu(&evs[0]["session"]);
+    assert_eq!(evs[0]["session"]["tools"], json!([]));
+    assert_eq!(evs[0]["session"]["instructions"], "Be brief.");
+    assert!(
+        matches!(out.last(), Some(Output::ModelReady)),
+        "ready comes after the update"
+    );
+}
+
+#[test]
+fn commands_before_ready_wait_for_the_session_update() {
+    let mut h = H::new(Agent::new("A", "x"));
+    h.cmd(Command::SendMessage("hello".into()));
+    assert!(model_events(&h.drain()).is_empty());
+    h.model(json!({"type":"session.created","event_id":"e0","session":{}}));
+    assert_eq!(
+        types(&h.drain()),
+        [
+            "session.update",
+            "conversation.item.create",
+            "response.create"
+        ]
+    );
+}
+
+#[test]
+fn agent_audio_before_start_waits_for_stream_sid() {
+    let mut h = H::new(Agent::new("A", "x"));
+    h.model(json!({"type":"session.created","event_id":"e0","session":{}}));
+    h.response_created("r1");
+    h.delta("r1", "i1", 0, &audio(160));
+    h.delta("r1", "i1", 0, &audio(320));
+    h.audio_done("r1", "i1");
+    assert!(
+        twilio_cmds(&h.drain()).is_empty(),
+        "nothing may go out with a null streamSid"
+    );
+    h.start();
+    let cmds = twilio_cmds(&h.drain());
+    // probe mark, then media+mark, media+mark, done mark, all with the real streamSid
+    let kinds: Vec<&str> = cmds
+        .iter()
+        .map(|c| match c {
+            TwilioCommand::Media { stream_sid, .. } => {
+                assert_eq!(stream_sid, SID);
+                "media"
+            }
+            TwilioCommand::Mark { stream_sid, .. } => {
+                assert_eq!(stream_sid, SID);
+                "mark"
+            }
+            _ => "other",
+        })
+        .collect();
+    assert_eq!(kinds, ["mark", "media", "mark", "media", "mark", "mark"]);
+}
+
+#[test]
+fn handoff_and_update_agent_keep_pcmu_and_send_empty_tools() {
+    let billing = Agent::new("Billing", "You do billing.");
+    let mut h = H::ready(
+        Agent::new("Front", "You route.")
+            .tool(weather_tool())
+            .handoff(&billing),
+    );
+    h.response_created("r1");
+    h.function_call("r1", "fc1", "call_1", "transfer_to_billing", "{}");
+    let out = h.drain();
+    let evs = model_events(&out);
+    let upd = evs
+        .iter()
+        .find(|e| e["type"] == "session.update")
+        .expect("session.update on handoff");
+    assert_pcmu(&upd["session"]);
+    assert_eq!(upd["session"]["tools"], json!([]), "billing has no tools");
+    assert_eq!(upd["session"]["instructions"], "You do billing.");
+    let output = evs
+        .iter()
+        .find(|e| e["type"] == "conversation.item.create")
+        .unwrap();
+    assert_eq!(output["item"]["type"], "function_call_output");
+    assert_eq!(output["item"]["call_id"], "call_1");
+    assert!(events(&out).contains(&SessionEvent::Handoff {
+        from: "Front".into(),
+        to: "Billing".into()
+    }));
+    assert!(
+        !types(&out).contains(&"response.create".to_owned()),
+        "response still active"
+    );
+    h.response_done("r1", "completed");
+    assert_eq!(types(&h.drain()), ["response.create"]);
+
+    h.cmd(Command::UpdateAgent(
+        Agent::new("Other", "New rules.").tool(weather_tool()),
+    ));
+    let evs = model_events(&h.drain());
+    assert_pcmu(&evs[0]["session"]);
+    assert_eq!(evs[0]["session"]["tools"][0]["name"], "get_weather");
+}
+
+#[test]
+fn voice_is_not_changed_after_the_assistant_spoke() {
+    let b = Agent::new("B", "b").voice("cedar");
+    let mut h = H::new(Agent::new("A", "a").voice("marin").handoff(&b));
+    h.model(json!({"type":"session.created","event_id":"e0","session":{}}));
+    let first = model_events(&h.drain());
+    assert_eq!(first[0]["session"]["audio"]["output"]["voice"], "marin");
+    h.start();
+    h.response_created("r1");
+    h.delta("r1", "i1", 0, &audio(160));
+    h.function_call("r1", "fc", "c1", "transfer_to_b", "");
+    let evs = model_events(&h.drain());
+    let upd = evs.iter().find(|e| e["type"] == "session.update").unwrap();
+    assert!(
+        upd["session"]["audio"]["output"].get("voice").is_none(),
+        "{upd}"
+    );
+    assert_pcmu(&upd["session"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Pass-through; 4. playback ledger
+
+#[test]
+fn deltas_pass_through_byte_exact_with_a_mark_each_and_a_done_mark() {
+    let mut h = H::ready(Agent::new("A", "x"));
+    h.response_created("r1");
+    let payloads = [audio(800), audio(1600), audio(7)];
+    for p in &payloads {
+        h.delta("r1", "item_1", 0, p);
+    }
+    h.audio_done("r1", "item_1");
+    let cmds = twilio_cmds(&h.drain());
+    let media: Vec<&String> = cmds
+        .iter()
+        .filter_map(|c| match c {
+            TwilioCommand::Media { payload, .. } => Some(payload),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(media, payloads.iter().collect::<Vec<_>>());
+    let names = marks(&h.out);
+    let names: Vec<String> = cmds
+        .iter()
+        .filter_map(|c| match c {
+            TwilioCommand::Mark { name, .. } => Some(name.clone()),
+            _ => None,
+        })
+        .chain(names)
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "0:0:800:item_1",
+            "0:0:2400:item_1",
+            "0:0:2407:item_1",
+            "0:0:done:item_1"
+        ]
+    );
+    let e = &h.core.ledger().entries()[0];
+    assert_eq!((e.sent, e.acked), (2407, 0));
+    h.ms(120);
+    h.mark("0:0:800:item_1");
+    assert_eq!(h.core.ledger().entries()[0].acked, 800);
+}
+
+#[test]
+fn audio_stopped_after_the_last_done_mark_echoes() {
+    let mut h = H::ready(Agent::new("A", "x"));
+    h.response_created("r1");
+    h.delta("r1", "i1", 0, &audio(800));
+    h.audio_done("r1", "i1");
+    h.response_done("r1", "completed");
+    let out = h.drain();
+    assert!(events(&out).contains(&SessionEvent::AudioStart {
+        item_id: "i1".into()
+    }));
+    assert!(
+        !events(&out).contains(&SessionEvent::AudioStopped),
+        "still playing at Twilio"
+    );
+    h.ms(150);
+    h.mark("0:0:800:i1");
+    h.mark("0:0:done:i1");
+    assert!(events(&h.drain()).contains(&SessionEvent::AudioStopped));
+}
+
+#[test]
+fn unknown_and_foreign_marks_are_ignored() {
+    let mut h = H::ready(Agent::new("A", "x"));
+    h.mark("somebody-elses-mark");
+    h.mark("7:0:100:nope");
+    h.mark("0:0:100:unknown_item");
+    let out = h.drain();
+    assert!(out.is_empty(), "{out:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Barge-in
+
+fn speech_started(h: &mut H) {
+    h.model(json!({"type":"input_audio_buffer.speech_started","event_id":"e","audio_start_ms":1000,"item_id":"u1"}));
+}
+
+#[test]
+fn barge_in_clears_first_then_truncates_at_what_was_heard() {
+    let mut h = H::ready(Agent::new("A", "x"));
+    // measure the round trip: the probe sent at start echoes 60 ms later
+    let probe = marks(&{
+        let mut g = H::new(Agent::new("A", "x"));
+        g.model(json!({"type":"session.created","event_id":"e0","session":{}}));
+        g.start();
+        g.drain()
+    });
+    assert_eq!(probe, ["rtt:1"]);
+    h.ms(60);
+    h.mark("rtt:1");
+    assert_eq!(h.core.ledger().rtt().get(), Duration::from_millis(60));
+
+    h.response_created("r1");
+    // 2 s of audio arrives in a burst at t=0
+    for _ in 0..10 {
+        h.delta("r1", "i1", 0, &audio(1600));
+    }
+    h.drain();
+    // first chunk (200 ms) arrives after 30 ms, plays to 230 ms, echo at 260 ms
+    h.ms(260);
+    h.mark("0:0:1600:i1");
+    // barge-in at 700 ms: clear lands at 730 ms, playback began at 30 ms → 700 ms heard
+    h.ms(440);
+    speech_started(&mut h);
+    let out = h.drain();
+    let first_twilio = out
+        .iter()
+        .position(|o| matches!(o, Output::Twilio(_)))
+        .unwrap();
+    let first_model = out
+        .iter()
+        .position(|o| matches!(o, Output::Model(_)))
+        .unwrap();
+    assert!(
+        first_twilio < first_model,
+        "clear goes out before anything else"
+    );
+    assert!(matches!(twilio_cmds(&out)[0], TwilioCommand::Clear { .. }));
+    let evs = model_events(&out);
+    let trunc: Vec<&Value> = evs
+        .iter()
+        .filter(|e| e["type"] == "conversation.item.truncate")
+        .collect();
+    assert_eq!(trunc.len(), 1);
+    assert_eq!(trunc[0]["item_id"], "i1");
+    assert_eq!(trunc[0]["content_index"], 0);
+    assert_eq!(
+        trunc[0]["audio_end_ms"],
+        json!(700),
+        "an integer, what was heard"
+    );
+    // default server VAD cancels the response itself
+    assert!(!evs.iter().any(|e| e["type"] == "response.cancel"));
+    assert!(events(&out).contains(&SessionEvent::AudioInterrupted {
+        cause: InterruptCause::CallerSpeech,
+        heard: vec![("i1".into(), 700)]
+    }));
+    assert!(!h.core.ledger().is_playing());
+}
+
+#[test]
+fn truncation_never_passes_what_was_sent() {
+    let mut h = H::ready(Agent::new("A", "x"));
+    h.response_created("r1");
+    h.delta("r1", "i1", 0, &audio(803)); // 100.375 ms
+    h.ms(5000);
+    speech_started(&mut h);
+    let evs = model_events(&h.drain());
+    let t = evs
+        .iter()
+        .find(|e| e["type"] == "conversation.item.truncate")
+        .unwrap();
+    assert_eq!(t["audio_end_ms"], json!(100));
+}
+
+#[test]
+fn barge_in_after_model_finished_sending_still_clears() {
+    // The peers' bug: the model is done, Twilio is still playing.
+    let mut h = H::ready(Agent::new("A", "x"));
+    h.response_created("r1");
+    h.delta("r1", "i1", 0, &audio(8000));
+    h.audio_done("r1", "i1");
+    h.response_done("r1", "completed");
+    h.drain();
+    h.ms(300);
+    speech_started(&mut h);
+    let out = h.drain();
+    assert!(matches!(twilio_cmds(&out)[0], TwilioCommand::Clear { .. }));
+    assert_eq!(types(&out), ["conversation.item.truncate"]);
+}
+
+#[test]
+fn interrupt_cancels_the_active_response_and_late_audio_is_dropped() {
+    let mut h = H::ready(Agent::new("A", "x"));
+    h.response_created("r1");
+    h.delta("r1", "i1", 0, &audio(800));
+    h.ms(50);
+    h.cmd(Command::Interrupt);
+    let out = h.drain();
+    assert_eq!(
+        types(&out),
+        ["response.cancel", "conversation.item.truncate"]
+    );
+    assert_eq!(model_events(&out)[0]["response_id"], "r1");
+    // late deltas of r1 are dropped until its response.done
+    h.delta("r1", "i1", 0, &audio(800));
+    h.audio_done("r1", "i1");
+    assert!(twilio_cmds(&h.drain()).is_empty());
+    h.response_done("r1", "cancelled");
+    h.drain();
+    // a new response plays again, in the next generation
+    h.response_created("r2");
+    h.delta("r2", "i2", 0, &audio(800));
+    assert_eq!(marks(&h.drain()), ["1:0:800:i2"]);
+}
+
+#[test]
+fn second_interrupt_with_nothing_playing_does_nothing() {
+    let mut h = H::ready(Agent::new("A", "x"));
+    h.response_created("r1");
+    h.delta("r1", "i1", 0, &audio(800));
+    h.cmd(Command::Interrupt);
+    assert!(!h.drain().is_empty());
+    h.response_done("r1", "cancelled");
+    h.drain();
+    h.cmd(Command::Interrupt);
+    speech_started(&mut h);
+    let out: Vec<Output> = h
+        .drain()
+        .into_iter()
+        .filter(|o| !matches!(o, Output::CallerSpeaking(_)))
+        .collect();
+    assert!(out.is_empty(), "{out:?}");
+}
+
+#[test]
+fn stale_mark_echoes_from_a_clear_are_ignored() {
+    let mut h = H::ready(Agent::new("A", "x"));
+    h.response_created("r1");
+    h.delta("r1", "i1", 0, &audio(800));
+    h.delta("r1", "i1", 0, &audio(800));
+    h.cmd(Command::Interrupt);
+    h.response_done("r1", "cancelled");
+    h.response_created("r2");
+    h.delta("r2", "i2", 0, &audio(800));
+    h.drain();
+    // Twilio echoes the flushed marks after the new audio was sent
+    h.mark("0:0:800:i1");
+    h.mark("0:0:1600:i1");
+    assert_eq!(h.core.ledger().entries().len(), 1);
+    assert_eq!(h.core.ledger().entries()[0].acked, 0);
+    h.mark("1:0:800:i2");
+    assert_eq!(h.core.ledger().entries()[0].acked, 800);
+}
+
+#[test]
+fn several_items_and_content_indexes_each_get_a_truncate() {
+    let mut h = H::ready(Agent::new("A", "x"));
+    h.response_created("r1");
+    h.delta("r1", "a", 0, &audio(800));
+    h.delta("r1", "a", 1, &audio(800));
+    h.delta("r1", "b", 0, &audio(800));
+    h.cmd(Command::Interrupt);
+    let evs = model_events(&h.drain());
+    let t: Vec<(String, u64)> = evs
+        .iter()
+        .filter(|e| e["type"] == "conversation.item.truncate")
+        .map(|e| {
+            (
+                format!("{}/{}", e["item_id"].as_str().unwrap(), e["content_index"]),
+                e["audio_end_ms"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(t.len(), 3, "{t:?}");
+    assert_eq!(
+        t.iter().map(|x| x.0.as_str()).collect::<Vec<_>>(),
+        ["a/0", "a/1", "b/0"]
+    );
+}
+
+#[test]
+fn server_vad_without_interrupt_response_gets_a_cancel() {
+    use twilio_realtime::model::{SessionConfig, TurnDetection};
+    let mut opts = CallOptions::default();
+    opts.session = SessionConfig::new().turn_detection(TurnDetection::ServerVad {
+        threshold: None,
+        prefix_padding_ms: None,
+        silence_duration_ms: None,
+        create_response: None,
+        interrupt_response: Some(false),
+        idle_timeout_ms: None,
+    });
+    let mut h = H::with(Agent::new("A", "x"), opts);
+    h.model(json!({"type":"session.created","event_id":"e0","session":{}}));
+    h.start();
+    h.response_created("r1");
+    h.delta("r1", "i1", 0, &audio(800));
+    h.drain();
+    speech_started(&mut h);
+    assert_eq!(
+        types(&h.drain()),
+        ["response.cancel", "conversation.item.truncate"]
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. Tools; 8. handoffs
+
+#[test]
+fn tool_round_trip_answers_after_the_response_is_done() {
+    let mut h = H::ready(Agent::new("A", "x").tool(weather_tool()));
+    h.response_created("r1");
+    h.function_call(
+        "r1",
+        "fc1",
+        "call_1",
+        "get_weather",
+        r#"{"location":"Paris"}"#,
+    );
+    let out = h.drain();
+    let run = out
+        .iter()
+        .find_map(|o| match o {
+            Output::RunTool(r) => Some(r.clone()),
+            _ => None,
+        })
+        .expect("tool runs");
+    assert_eq!(run.call.arguments["location"], "Paris");
+    assert!(events(&out)
+        .iter()
+        .any(|e| matches!(e, SessionEvent::ToolStart { tool, .. } if tool == "get_weather")));
+    let result = run.tool.invoke(&run.call);
+    h.core.handle_tool_result(h.now, "call_1", result);
+    let out = h.drain();
+    let evs = model_events(&out);
+    assert_eq!(
+        evs.len(),
+        1,
+        "output at once, no response.create while r1 is active"
+    );
+    assert_eq!(evs[0]["item"]["output"], "sunny in Paris");
+    h.response_done("r1", "completed");
+    assert_eq!(types(&h.drain()), ["response.create"]);
+}
+
+#[test]
+fn parallel_tools_then_one_response_create() {
+    let mut h = H::ready(Agent::new("A", "x").tool(weather_tool()));
+    h.response_created("r1");
+    h.function_call("r1", "f1", "c1", "get_weather", r#"{"location":"A"}"#);
+    h.function_call("r1", "f2", "c2", "get_weather", r#"{"location":"B"}"#);
+    h.response_done("r1", "completed");
+    let runs = h
+        .drain()
+        .into_iter()
+        .filter(|o| matches!(o, Output::RunTool(_)))
+        .count();
+    assert_eq!(runs, 2, "both run at once");
+    h.core.handle_tool_result(h.now, "c2", Ok("b".into()));
+    assert_eq!(types(&h.drain()), ["conversation.item.create"]);
+    h.core.handle_tool_result(h.now, "c1", Ok("a".into()));
+    assert_eq!(
+        types(&h.drain()),
+        ["conversation.item.create", "response.create"]
+    );
+    // the model's refusal of our response.create lets a later one go out
+    h.model(json!({"type":"error","event_id":"e","error":{"type":"invalid_request_error","code":"conversation_already_has_active_response","message":"busy","param":null,"event_id":"tr_resp_1"}}));
+    h.cmd(Command::SendMessage("hi".into()));
+    assert_eq!(
+        types(&h.drain()),
+        ["conversation.item.create", "response.create"]
+    );
+}
+
+#[test]
+fn tool_timeout_and_errors_become_outputs() {
+    let slow = FunctionTool::new("slow", "d", json!({"type":"object"}), |_| Ok("late".into()))
+        .timeout(Duration::from_secs(2));
+    let mut h = H::ready(Agent::new("A", "x").tool(slow));
+    h.function_call("r1", "f1", "c1", "slow", "{}");
+    h.drain();
+    assert_eq!(h.core.next_deadline(), Some(h.now + Duration::from_secs(2)));
+    h.ms(2000);
+    h.tick();
+    let out = h.drain();
+    let evs = model_events(&out);
+    assert_eq!(evs[0]["item"]["output"], "Error: the tool timed out.");
+    assert_eq!(evs[1]["type"], "response.create");
+    // the late result is ignored
+    h.core.handle_tool_result(h.now, "c1", Ok("late".into()));
+    assert!(h.drain().is_empty());
+    // unknown tool
+    h.response_done("r-none", "completed");
+    h.function_call("r2", "f2", "c2", "nope", "{}");
+    let out = h.drain();
+    assert!(model_events(&out)[0]["item"]["output"]
+        .as_str()
+        .unwrap()
+        .contains("no tool named nope"));
+    assert!(events(&out)
+        .iter()
+        .any(|e| matches!(e, SessionEvent::Error { .. })));
+    // bad JSON arguments
+    let mut h = H::ready(Agent::new("A", "x").tool(weather_tool()));
+    h.function_call("r1", "f1", "c1", "get_weather", "{not json");
+    let out = h.drain();
+    assert!(!out.iter().any(|o| matches!(o, Output::RunTool(_))));
+    assert!(model_events(&out)[0]["item"]["output"]
+        .as_str()
+        .unwrap()
+        .contains("not valid JSON"));
+    // failing tool
+    h.function_call("r1", "f2", "c2", "get_weather", "{}");
+    h.drain();
+    h.core
+        .handle_tool_result(h.now, "c2", Err("service down".into()));
+    let out = h.drain();
+    assert_eq!(
+        model_events(&out)[0]["item"]["output"],
+        "Error: service down"
+    );
+    assert!(events(&out)
+        .iter()
+        .any(|e| matches!(e, SessionEvent::ToolEnd { is_error: true, .. })));
+}
+
+#[test]
+fn approval_holds_the_call_until_approved_or_rejected() {
+    let t = weather_tool().needs_approval(true);
+    let mut h = H::ready(Agent::new("A", "x").tool(t));
+    h.function_call("r1", "f1", "c1", "get_weather", r#"{"location":"X"}"#);
+    let out = h.drain();
+    assert!(events(&out).iter().any(
+        |e| matches!(e, SessionEvent::ToolApprovalRequested { call_id, .. } if call_id == "c1")
+    ));
+    assert!(model_events(&out).is_empty() && !out.iter().any(|o| matches!(o, Output::RunTool(_))));
+    h.core.handle_tool_result(h.now, "c1", Ok("sneaky".into()));
+    assert!(h.drain().is_empty(), "nothing before approval");
+    h.cmd(Command::Approve("c1".into()));
+    assert!(h.drain().iter().any(|o| matches!(o, Output::RunTool(_))));
+
+    h.function_call("r1", "f2", "c2", "get_weather", r#"{"location":"Y"}"#);
+    h.drain();
+    h.cmd(Command::Reject {
+        call_id: "c2".into(),
+        message: Some("not allowed".into()),
+    });
+    let evs = model_events(&h.drain());
+    assert_eq!(evs[0]["item"]["output"], "not allowed");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 9. Guardrails
+
+#[test]
+fn guardrail_runs_debounced_and_a_trip_interrupts_and_reprompts() {
+    let g = OutputGuardrail::new("no_secret", |t: &str| {
+        if t.contains("secret") {
+            Verdict::trip("said the secret")
+        } else {
+            Verdict::Pass
+        }
+    });
+    let mut h = H::ready(Agent::new("A", "x").output_guardrail(g));
+    h.response_created("r1");
+    h.delta("r1", "i1", 0, &audio(800));
+    let piece = |h: &mut H, t: &str| {
+        h.model(json!({"type":"response.output_audio_transcript.delta","event_id":"e","response_id":"r1","item_id":"i1","output_index":0,"content_index":0,"delta":t}));
+    };
+    piece(&mut h, &"a".repeat(60));
+    let runs = |out: &[Output]| -> Vec<twilio_realtime::call::GuardrailRun> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::RunGuardrails(r) => Some(r.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    assert!(runs(&h.drain()).is_empty(), "under 100 characters");
+    piece(&mut h, &format!("{} the secret", "b".repeat(40)));
+    let r = runs(&h.drain());
+    assert_eq!(r.len(), 1);
+    let trip = r[0].run();
+    assert_eq!(trip, Some(("no_secret".into(), "said the secret".into())));
+    h.ms(100);
+    h.core.handle_guardrail_result(h.now, &r[0], trip);
+    let out = h.drain();
+    assert!(events(&out).iter().any(|e| matches!(e, SessionEvent::GuardrailTripped { guardrail, .. } if guardrail == "no_secret")));
+    assert!(matches!(twilio_cmds(&out)[0], TwilioCommand::Clear { .. }));
+    assert_eq!(
+        types(&out),
+        [
+            "response.cancel",
+            "conversation.item.truncate",
+            "conversation.item.create"
+        ]
+    );
+    assert_eq!(model_events(&out)[2]["item"]["role"], "system");
+    h.response_done("r1", "cancelled");
+    assert_eq!(types(&h.drain()), ["response.create"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 10. History
+
+#[test]
+fn history_follows_items_and_transcripts_survive_truncation() {
+    let mut h = H::ready(Agent::new("A", "x"));
+    h.model(json!({"type":"conversation.item.added","event_id":"e","previous_item_id":null,"item":{"id":"u1","object":"realtime.item","type":"message","status":"completed","role":"user","content":[{"type":"input_audio","transcript":null}]}}));
+    h.model(json!({"type":"conversation.item.input_audio_transcription.completed","event_id":"e","item_id":"u1","content_index":0,"transcript":"What's the weather?"}));
+    h.model(json!({"type":"conversation.item.added","event_id":"e","previous_item_id":"u1","item":{"id":"a1","object":"realtime.item","type":"message","status":"in_progress","role":"assistant","content":[]}}));
+    h.response_created("r1");
+    h.delta("r1", "a1", 0, &audio(800));
+    h.model(json!({"type":"response.output_audio_transcript.delta","event_id":"e","response_id":"r1","item_id":"a1","output_index":0,"content_index":0,"delta":"It is sunny "}));
+    h.model(json!({"type":"response.output_audio_transcript.delta","event_id":"e","response_id":"r1","item_id":"a1","output_index":0,"content_index":0,"delta":"and warm."}));
+    h.cmd(Command::Interrupt);
+    h.model(json!({"type":"conversation.item.truncated","event_id":"e","item_id":"a1","content_index":0,"audio_end_ms":40}));
+    h.model(json!({"type":"conversation.item.done","event_id":"e","previous_item_id":"u1","item":{"id":"a1","object":"realtime.item","type":"message","status":"incomplete","role":"assistant","content":[{"type":"output_audio","transcript":""}]}}));
+    let hist = h.core.history();
+    assert_eq!(hist.len(), 2);
+    assert_eq!(hist[0].text, "What's the weather?");
+    assert_eq!(hist[1].text, "It is sunny and warm.");
+    assert_eq!(hist[1].truncated, Some(40));
+    assert_eq!(hist[1].status.as_deref(), Some("incomplete"));
+    let out = h.drain();
+    assert!(events(&out)
+        .iter()
+        .any(|e| matches!(e, SessionEvent::HistoryAdded(i) if i.item_id == "u1")));
+    h.model(json!({"type":"conversation.item.deleted","event_id":"e","item_id":"u1"}));
+    assert_eq!(h.core.history().len(), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 11. Endings; 12. DTMF
+
+#[test]
+fn twilio_stop_closes_the_model() {
+    let mut h = H::ready(Agent::new("A", "x"));
+    h.twilio(json!({"event":"stop","sequenceNumber":"5","streamSid":SID,"stop":{"accountSid":"AC1","callSid":"CA1"}}));
+    let out = h.drain();
+    assert!(matches!(out[0], Output::CloseModel));
+    assert_eq!(
+        events(&out),
+        [SessionEvent::Closed {
+            reason: CloseReason::TwilioStopped
+        }]
+    );
+    assert_eq!(h.core.next_deadline(), None);
+}
+
+#[test]
+fn model_loss_ends_the_stream_after_the_last_mark() {
+    let mut h = H::ready(Agent::new("A", "x"));
+    h.response_created("r1");
+    h.delta("r1", "i1", 0, &audio(800));
+    h.audio_done("r1", "i1");
+    h.drain();
+    h.core.handle_model_closed(h.now, "connection reset");
+    let out = h.drain();
+    assert!(
+        !out.iter().any(|o| matches!(o, Output::CloseTwilio)),
+        "goodbye still playing"
+    );
+    assert!(events(&out)
+        .iter()
+        .any(|e| matches!(e, SessionEvent::Error { .. })));
+    h.ms(120);
+    h.mark("0:0:800:i1");
+    assert!(!h.drain().iter().any(|o| matches!(o, Output::CloseTwilio)));
+    h.mark("0:0:done:i1");
+    let out = h.drain();
+    assert!(out.iter().any(|o| matches!(o, Output::CloseTwilio)));
+    assert!(matches!(
+        events(&out).last(),
+        Some(SessionEvent::Closed {
+            reason: CloseReason::ModelDisconnected(_)
+        })
+    ));
+}
+
+#[test]
+fn model_loss_drain_is_bounded() {
+    let mut h = H::ready(Agent::new("A", "x"));
+    h.response_created("r1");
+    h.delta("r1", "i1", 0, &audio(800));
+    h.core.handle_model_closed(h.now, "gone");
+    h.drain();
+    h.ms(5000);
+    h.tick();
+    assert!(h.drain().iter().any(|o| matches!(o, Output::CloseTwilio)));
+}
+
+#[test]
+fn model_loss_while_idle_ends_at_once_and_connect_failure_too() {
+    let mut h = H::ready(Agent::new("A", "x"));
+    h.core.handle_model_closed(h.now, "gone");
+    assert!(h.drain().iter().any(|o| matches!(o, Output::CloseTwilio)));
+    let mut h = H::new(Agent::new("A", "x"));
+    h.core
+        .handle_model_connect_failed(h.now, "401 Unauthorized");
+    let out = h.drain();
+    assert!(out.iter().any(|o| matches!(o, Output::CloseTwilio)));
+    assert!(matches!(
+        events(&out).last(),
+        Some(SessionEvent::Closed {
+            reason: CloseReason::ModelConnectFailed(_)
+        })
+    ));
+}
+
+#[test]
+fn session_expired_reconnects_and_replays_the_conversation() {
+    let mut h = H::ready(Agent::new("A", "Be kind.").tool(weather_tool()));
+    h.model(json!({"type":"conversation.item.added","event_id":"e","previous_item_id":null,"item":{"id":"u1","object":"realtime.item","type":"message","status":"completed","role":"user","content":[{"type":"input_text","text":"Hi there"}]}}));
+    h.model(json!({"type":"conversation.item.added","event_id":"e","previous_item_id":"u1","item":{"id":"a1","object":"realtime.item","type":"message","status":"completed","role":"assistant","content":[{"type":"output_audio","transcript":"Hello!"}]}}));
+    h.model(json!({"type":"error","event_id":"e","error":{"type":"invalid_request_error","code":"session_expired","message":"Your session hit the maximum duration of 60 minutes."}}));
+    h.core.handle_model_closed(h.now, "closed");
+    let out = h.drain();
+    assert!(out.iter().any(|o| matches!(o, Output::ModelNotReady)));
+    assert!(out.iter().any(|o| matches!(o, Output::ConnectModel)));
+    assert!(!out.iter().any(|o| matches!(o, Output::CloseTwilio)));
+    h.core.handle_model_connected(h.now);
+    h.model(json!({"type":"session.created","event_id":"e9","session":{}}));
+    let out = h.drain();
+    let evs = model_events(&out);
+    assert_eq!(evs[0]["type"], "session.update");
+    assert_pcmu(&evs[0]["session"]);
+    assert_eq!(evs[0]["session"]["tools"][0]["name"], "get_weather");
+    assert_eq!(evs[1]["item"]["content"][0]["text"], "Hi there");
+    assert_eq!(evs[1]["item"]["role"], "user");
+    assert_eq!(evs[2]["item"]["role"], "assistant");
+    assert!(matches!(out.last(), Some(Output::ModelReady)));
+}
+
+#[test]
+fn dtmf_is_an_event_and_optionally_a_message() {
+    let mut h = H::ready(Agent::new("A", "x"));
+    let dtmf = json!({"event":"dtmf","streamSid":SID,"sequenceNumber":"5","dtmf":{"track":"inbound_track","digit":"7"}});
+    h.twilio(dtmf.clone());
+    let out = h.drain();
+    assert_eq!(events(&out), [SessionEvent::Dtmf { digit: "7".into() }]);
+    assert!(model_events(&out).is_empty());
+    let opts = CallOptions {
+        forward_dtmf: true,
+        ..CallOptions::default()
+    };
+    let mut h = H::with(Agent::new("A", "x"), opts);
+    h.model(json!({"type":"session.created","event_id":"e0","session":{}}));
+    h.start();
+    h.drain();
+    h.twilio(dtmf);
+    assert_eq!(
+        types(&h.drain()),
+        ["conversation.item.create", "response.create"]
+    );
+}
+
+#[test]
+fn close_command_closes_both_sides() {
+    let mut h = H::ready(Agent::new("A", "x"));
+    h.cmd(Command::Close);
+    let out = h.drain();
+    assert!(out.iter().any(|o| matches!(o, Output::CloseModel)));
+    assert!(out.iter().any(|o| matches!(o, Output::CloseTwilio)));
+    assert_eq!(
+        events(&out),
+        [SessionEvent::Closed {
+            reason: CloseReason::Closed
+        }]
+    );
+    h.cmd(Command::SendMessage("ignored".into()));
+    assert!(h.drain().is_empty());
+}
+
+#[test]
+fn every_model_event_the_core_sends_is_a_known_client_event() {
+    // Round trip through the crate's own parser (the schema test validates the shapes).
+    let mut h = H::ready(Agent::new("A", "x").tool(weather_tool()));
+    h.response_created("r1");
+    h.delta("r1", "i1", 0, &audio(800));
+    h.function_call("r1", "f1", "c1", "get_weather", "{}");
+    h.cmd(Command::Interrupt);
+    for o in h.drain() {
+        if let Output::Model(ev) = o {
+            let back = ClientEvent::parse(&ev.to_json()).unwrap();
+            assert_eq!(back.to_json(), ev.to_json());
+        }
+    }
+}
