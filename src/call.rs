@@ -345,7 +345,7 @@ impl CallCore {
         });
     }
 
-    fn to_model(&mut self, ev: ClientEvent) {
+    fn send_model(&mut self, ev: ClientEvent) {
         match self.model {
             ModelState::Ready => self.out(Output::Model(ev)),
             ModelState::Connecting | ModelState::Reconnecting => self.pending_model.push(ev),
@@ -418,7 +418,7 @@ impl CallCore {
             TwilioMessage::Dtmf(d) => {
                 let digit = d.dtmf.digit;
                 if self.opts.forward_dtmf {
-                    self.to_model(ClientEvent::ConversationItemCreate {
+                    self.send_model(ClientEvent::ConversationItemCreate {
                         event_id: None,
                         previous_item_id: None,
                         item: Item::user_text(format!("The caller pressed the key {digit}.")),
@@ -660,10 +660,8 @@ impl CallCore {
                 self.assistant_audio_seen = true;
                 self.send_audio(now, &d.response_id, &d.item_id, d.content_index, d.delta);
             }
-            ServerEvent::OutputAudioDone(d) => {
-                if !self.cut_responses.contains(&d.response_id) {
-                    self.send_audio_done(&d.item_id, d.content_index);
-                }
+            ServerEvent::OutputAudioDone(d) if !self.cut_responses.contains(&d.response_id) => {
+                self.send_audio_done(&d.item_id, d.content_index);
             }
             ServerEvent::OutputAudioTranscriptDelta(d) => {
                 self.agent_text(&d.response_id, &d.item_id, &d.delta, false)
@@ -677,10 +675,8 @@ impl CallCore {
             ServerEvent::OutputTextDone(d) => {
                 self.agent_text(&d.response_id, &d.item_id, &d.text, true)
             }
-            ServerEvent::OutputItemDone(e) => {
-                if is_function_call(&e.item) {
-                    self.on_function_call(now, &e.item);
-                }
+            ServerEvent::OutputItemDone(e) if is_function_call(&e.item) => {
+                self.on_function_call(now, &e.item);
             }
             ServerEvent::ResponseDone(e) => self.on_response_done(&e.response),
             _ => {}
@@ -820,7 +816,7 @@ impl CallCore {
             let server_cancels =
                 cause == InterruptCause::CallerSpeech && self.opts.session.interrupt_response();
             if !server_cancels {
-                self.to_model(ClientEvent::ResponseCancel {
+                self.send_model(ClientEvent::ResponseCancel {
                     event_id: None,
                     response_id: Some(r.clone()),
                 });
@@ -838,7 +834,7 @@ impl CallCore {
                 t.sent_ms
             );
             heard.push((t.item_id.clone(), t.audio_end_ms));
-            self.to_model(ClientEvent::ConversationItemTruncate {
+            self.send_model(ClientEvent::ConversationItemTruncate {
                 event_id: None,
                 item_id: t.item_id,
                 content_index: t.content_index,
@@ -962,7 +958,7 @@ impl CallCore {
         output: String,
         is_error: bool,
     ) {
-        self.to_model(ClientEvent::ConversationItemCreate {
+        self.send_model(ClientEvent::ConversationItemCreate {
             event_id: None,
             previous_item_id: None,
             item: Item::function_call_output(call_id, output.clone()),
@@ -1027,7 +1023,7 @@ impl CallCore {
         let to = target.name().to_owned();
         log::info!(target: LOG, "handoff {from} -> {to}");
         self.set_agent(target);
-        self.to_model(ClientEvent::ConversationItemCreate {
+        self.send_model(ClientEvent::ConversationItemCreate {
             event_id: None,
             previous_item_id: None,
             item: Item::function_call_output(
@@ -1048,7 +1044,7 @@ impl CallCore {
             }
         }
         let cfg = self.session_config();
-        self.to_model(ClientEvent::SessionUpdate {
+        self.send_model(ClientEvent::SessionUpdate {
             event_id: None,
             session: cfg,
         });
@@ -1142,7 +1138,7 @@ impl CallCore {
             text: run.text.clone(),
         });
         self.barge_in(now, InterruptCause::Guardrail);
-        self.to_model(ClientEvent::ConversationItemCreate {
+        self.send_model(ClientEvent::ConversationItemCreate {
             event_id: None,
             previous_item_id: None,
             item: Item::system_text(format!(
@@ -1199,7 +1195,7 @@ impl CallCore {
         }
         match cmd {
             Command::SendMessage(text) => {
-                self.to_model(ClientEvent::ConversationItemCreate {
+                self.send_model(ClientEvent::ConversationItemCreate {
                     event_id: None,
                     previous_item_id: None,
                     item: Item::user_text(text),

@@ -604,8 +604,7 @@ fn several_items_and_content_indexes_each_get_a_truncate() {
 #[test]
 fn server_vad_without_interrupt_response_gets_a_cancel() {
     use twilio_realtime::model::{SessionConfig, TurnDetection};
-    let mut opts = CallOptions::default();
-    opts.session = SessionConfig::new().turn_detection(TurnDetection::ServerVad {
+    let session = SessionConfig::new().turn_detection(TurnDetection::ServerVad {
         threshold: None,
         prefix_padding_ms: None,
         silence_duration_ms: None,
@@ -613,6 +612,10 @@ fn server_vad_without_interrupt_response_gets_a_cancel() {
         interrupt_response: Some(false),
         idle_timeout_ms: None,
     });
+    let opts = CallOptions {
+        session,
+        ..CallOptions::default()
+    };
     let mut h = H::with(Agent::new("A", "x"), opts);
     h.model(json!({"type":"session.created","event_id":"e0","session":{}}));
     h.start();
