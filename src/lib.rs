@@ -51,6 +51,7 @@ pub mod playback;
 pub mod server;
 pub mod session;
 pub mod signature;
+pub mod sim;
 mod sys;
 pub mod twilio;
 pub mod ws;

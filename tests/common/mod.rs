@@ -127,3 +127,83 @@ pub fn client_schema(ty: &str) -> &'static str {
         other => panic!("not a GA client event: {other}"),
     }
 }
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use twilio_realtime::agent::Agent;
+use twilio_realtime::events::SessionEvent;
+use twilio_realtime::server::{Server, ServerConfig, ServerStats, Stopper};
+use twilio_realtime::sim::fake_model::{FakeModel, FakeModelConfig};
+
+/// A fake model plus the bridge server on 127.0.0.1, collecting every session event.
+pub struct Rig {
+    pub model: FakeModel,
+    pub addr: SocketAddr,
+    pub stopper: Stopper,
+    pub events: Arc<Mutex<Vec<(u64, SessionEvent)>>>,
+    server: Option<JoinHandle<std::io::Result<ServerStats>>>,
+}
+
+impl Rig {
+    pub fn start(model: FakeModelConfig, agent: fn() -> Agent) -> Rig {
+        Rig::start_with(model, agent, |_| {})
+    }
+
+    pub fn start_with(
+        model: FakeModelConfig,
+        agent: fn() -> Agent,
+        tweak: impl FnOnce(&mut ServerConfig),
+    ) -> Rig {
+        let model = FakeModel::start(model).expect("fake model");
+        let mut cfg = ServerConfig::from_env();
+        cfg.bind = "127.0.0.1:0".parse().unwrap();
+        cfg.public_url = None;
+        cfg.twilio_auth_token = None;
+        cfg.session.model.url = model.url();
+        cfg.session.model.api_key = Some("test-key".into());
+        cfg.shutdown_grace = std::time::Duration::from_secs(5);
+        tweak(&mut cfg);
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let ev = events.clone();
+        let server = Server::bind(cfg, Arc::new(agent))
+            .expect("bind")
+            .on_event(Arc::new(move |n, e: &SessionEvent| {
+                ev.lock().unwrap().push((n, e.clone()))
+            }));
+        let addr = server.local_addr();
+        let stopper = server.stopper();
+        let server = std::thread::spawn(move || server.run());
+        Rig {
+            model,
+            addr,
+            stopper,
+            events,
+            server: Some(server),
+        }
+    }
+
+    pub fn events(&self) -> Vec<SessionEvent> {
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, e)| e.clone())
+            .collect()
+    }
+
+    /// Waits until the server has no live call (the session shut down).
+    pub fn wait_idle(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while self.stopper.live_calls() > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(self.stopper.live_calls(), 0, "the call did not end");
+    }
+
+    pub fn stop(mut self) -> ServerStats {
+        self.stopper.stop();
+        self.server.take().unwrap().join().unwrap().unwrap()
+    }
+}

@@ -1,0 +1,865 @@
+//! A fake OpenAI Realtime server on 127.0.0.1 that speaks complete GA events.
+//!
+//! It runs an energy VAD over the µ-law it receives (speech started/stopped, committed, the
+//! user item), answers each turn from a script (audio paced faster than real time with
+//! transcript deltas, or a function call), handles `conversation.item.truncate` and
+//! `response.cancel` like the real server (including the `invalid_value` error past the end of
+//! an item and `conversation_already_has_active_response`), records everything it received,
+//! and can inject faults.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::{json, Value};
+use tungstenite::Message;
+
+use crate::http::{self, HttpLimits};
+use crate::model::{ClientEvent, Item};
+use crate::mulaw;
+use crate::ws::{Incoming, WsConfig, WsConn, WsSender};
+
+const LOG: &str = "twilio_realtime::sim";
+
+/// One scripted response.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    /// The agent speaks for `ms` milliseconds; `transcript` is streamed alongside.
+    Audio {
+        /// What it "says".
+        transcript: String,
+        /// How long the audio lasts.
+        ms: u32,
+    },
+    /// The agent calls a function; the next reply plays after the output and a
+    /// `response.create`.
+    FunctionCall {
+        /// The tool's name (e.g. `transfer_to_billing` for a handoff).
+        name: String,
+        /// The arguments (JSON text).
+        arguments: String,
+    },
+}
+
+impl Reply {
+    /// A spoken reply.
+    pub fn say(transcript: impl Into<String>, ms: u32) -> Reply {
+        Reply::Audio {
+            transcript: transcript.into(),
+            ms,
+        }
+    }
+
+    /// A function call.
+    pub fn call(name: impl Into<String>, arguments: impl Into<String>) -> Reply {
+        Reply::FunctionCall {
+            name: name.into(),
+            arguments: arguments.into(),
+        }
+    }
+}
+
+/// Faults to inject, timed from the connection's start.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// Wait this long before completing the WebSocket handshake (a slow model).
+    pub accept_delay: Duration,
+    /// Close the socket after this long.
+    pub close_after: Option<Duration>,
+    /// Send these `error` events at these times.
+    pub errors: Vec<(Duration, Value)>,
+    /// Send a frame that is not JSON after this long.
+    pub malformed_after: Option<Duration>,
+    /// Send a `session_expired` error after this long, then close.
+    pub session_expired_after: Option<Duration>,
+    /// Refuse the upgrade with this HTTP status.
+    pub reject_status: Option<u16>,
+}
+
+/// Settings of the fake model.
+#[derive(Debug, Clone)]
+pub struct FakeModelConfig {
+    /// Replies, one per response, in order (shared by all connections). When empty, a short
+    /// default reply.
+    pub script: Vec<Reply>,
+    /// Spoken as soon as the first `session.update` arrives.
+    pub greeting: Option<Reply>,
+    /// How much faster than real time audio is sent. Default 4.
+    pub audio_speed: f32,
+    /// Audio per delta. Default 100 ms.
+    pub chunk_ms: u32,
+    /// Mean |sample| above which a 20 ms frame counts as speech. Default 800.
+    pub vad_threshold: f32,
+    /// Loud audio needed to start a turn. Default 60 ms.
+    pub vad_start_ms: u32,
+    /// Quiet audio that ends a turn (unless the session sets `silence_duration_ms`). Default 500 ms.
+    pub silence_ms: u32,
+    /// Require `Authorization: Bearer <key>`.
+    pub require_key: Option<String>,
+    /// Faults.
+    pub faults: Faults,
+}
+
+impl Default for FakeModelConfig {
+    fn default() -> Self {
+        FakeModelConfig {
+            script: Vec::new(),
+            greeting: None,
+            audio_speed: 4.0,
+            chunk_ms: 100,
+            vad_threshold: 800.0,
+            vad_start_ms: 60,
+            silence_ms: 500,
+            require_key: None,
+            faults: Faults::default(),
+        }
+    }
+}
+
+/// A truncation the fake model received.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TruncationRecord {
+    /// When it arrived.
+    pub at: Instant,
+    /// The item.
+    pub item_id: String,
+    /// The claimed `audio_end_ms`.
+    pub audio_end_ms: u64,
+    /// How much audio of the item the model had sent.
+    pub item_ms: u64,
+    /// False when it was refused (`invalid_value`).
+    pub accepted: bool,
+}
+
+/// What the fake model saw.
+#[derive(Debug, Clone, Default)]
+pub struct ModelRecording {
+    /// Connections accepted.
+    pub connections: u64,
+    /// Every client event received: (when, raw JSON).
+    pub events: Vec<(Instant, String)>,
+    /// Every `session.update`'s `session`.
+    pub session_updates: Vec<Value>,
+    /// µ-law bytes appended.
+    pub appended_bytes: u64,
+    /// The appended audio itself (capped at 10 minutes).
+    pub appended_audio: Vec<u8>,
+    /// Truncations received.
+    pub truncations: Vec<TruncationRecord>,
+    /// `function_call_output`s received: (call id, output).
+    pub function_outputs: Vec<(String, String)>,
+    /// User texts received.
+    pub user_texts: Vec<String>,
+    /// Responses started / cancelled.
+    pub responses: u64,
+    /// Responses cancelled.
+    pub cancelled: u64,
+    /// Error codes sent back.
+    pub errors_sent: Vec<String>,
+    /// Client events that did not parse or broke a rule.
+    pub violations: Vec<String>,
+    /// Audio bytes sent as deltas.
+    pub audio_sent_bytes: u64,
+    /// Speech turns detected: (start ms, end ms) in the appended stream.
+    pub turns: Vec<(u64, Option<u64>)>,
+}
+
+/// A running fake model. Stops when dropped.
+pub struct FakeModel {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    rec: Arc<Mutex<ModelRecording>>,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for FakeModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FakeModel")
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+struct Shared {
+    cfg: FakeModelConfig,
+    script: Mutex<VecDeque<Reply>>,
+    rec: Arc<Mutex<ModelRecording>>,
+    ids: AtomicU64,
+    stop: Arc<AtomicBool>,
+}
+
+impl Shared {
+    fn id(&self, prefix: &str) -> String {
+        format!("{prefix}_{:08}", self.ids.fetch_add(1, Ordering::Relaxed))
+    }
+    fn rec(&self) -> std::sync::MutexGuard<'_, ModelRecording> {
+        self.rec.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl FakeModel {
+    /// Starts listening on 127.0.0.1 (a free port).
+    pub fn start(cfg: FakeModelConfig) -> std::io::Result<FakeModel> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let rec = Arc::new(Mutex::new(ModelRecording::default()));
+        let shared = Arc::new(Shared {
+            script: Mutex::new(cfg.script.iter().cloned().collect()),
+            cfg,
+            rec: rec.clone(),
+            ids: AtomicU64::new(1),
+            stop: stop.clone(),
+        });
+        let accept = thread::Builder::new()
+            .name("fake-model".into())
+            .spawn(move || {
+                for s in listener.incoming() {
+                    if shared.stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(s) = s else { continue };
+                    let sh = shared.clone();
+                    let _ = thread::Builder::new()
+                        .name("fake-model-conn".into())
+                        .spawn(move || connection(sh, s));
+                }
+            })?;
+        Ok(FakeModel {
+            addr,
+            stop,
+            rec,
+            accept: Some(accept),
+        })
+    }
+
+    /// `ws://127.0.0.1:PORT/v1/realtime?model=gpt-realtime`.
+    pub fn url(&self) -> String {
+        format!("ws://{}/v1/realtime?model=gpt-realtime", self.addr)
+    }
+
+    /// The listening address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// A copy of what it saw so far.
+    pub fn recording(&self) -> ModelRecording {
+        self.rec.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Stops accepting (live connections end with their peers).
+    pub fn stop(&mut self) {
+        if !self.stop.swap(true, Ordering::SeqCst) {
+            let _ = std::net::TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        }
+        if let Some(h) = self.accept.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for FakeModel {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn connection(sh: Arc<Shared>, tcp: std::net::TcpStream) {
+    let _ = tcp.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut tcp = tcp;
+    let Ok((head, leftover)) = http::read_head(&mut tcp, &HttpLimits::default()) else {
+        return;
+    };
+    if sh.stop.load(Ordering::SeqCst) {
+        return;
+    }
+    if let Some(status) = sh.cfg.faults.reject_status {
+        let _ = http::write_response(
+            &mut tcp,
+            status,
+            "application/json",
+            &[],
+            b"{\"error\":\"rejected\"}",
+        );
+        return;
+    }
+    if let Some(key) = &sh.cfg.require_key {
+        if head.header("authorization") != Some(&format!("Bearer {key}")) {
+            let _ = http::write_response(
+                &mut tcp,
+                401,
+                "application/json",
+                &[],
+                b"{\"error\":\"bad key\"}",
+            );
+            return;
+        }
+    }
+    thread::sleep(sh.cfg.faults.accept_delay);
+    let conn = match WsConn::accept_head(
+        tungstenite::stream::MaybeTlsStream::Plain(tcp),
+        &head,
+        leftover,
+        &WsConfig::default(),
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            log::warn!(target: LOG, "fake model upgrade failed: {e}");
+            return;
+        }
+    };
+    let Ok((duplex, rx)) = conn.spawn_channel("fm") else {
+        return;
+    };
+    sh.rec().connections += 1;
+    let mut e = Engine::new(sh.clone(), duplex.sender());
+    e.send(json!({"type":"session.created","event_id": sh.id("event"),
+        "session": {"type":"realtime","object":"realtime.session","id": sh.id("sess"),"model":"gpt-realtime",
+            "audio":{"input":{"format":{"type":"audio/pcm","rate":24000}},"output":{"format":{"type":"audio/pcm","rate":24000},"voice":"alloy"}}}}));
+    loop {
+        let timeout = e
+            .next_deadline()
+            .map(|d| d.saturating_duration_since(Instant::now()))
+            .unwrap_or(Duration::from_millis(200));
+        match rx.recv_timeout(timeout) {
+            Ok(Incoming::Text(t)) => e.on_client(t.as_str()),
+            Ok(Incoming::Binary(_)) => e.violation("binary frame".into()),
+            Ok(Incoming::Closed(_)) | Ok(Incoming::Error(_)) => break,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+            Err(_) => break,
+        }
+        if !e.tick() || sh.stop.load(Ordering::SeqCst) {
+            duplex.close();
+            break;
+        }
+    }
+    duplex.join();
+}
+
+struct ActiveResponse {
+    id: String,
+    item_id: Option<String>,
+    queue: VecDeque<(Instant, Value)>,
+    audio_item: Option<(String, u64)>,
+}
+
+struct Engine {
+    sh: Arc<Shared>,
+    out: WsSender,
+    started: Instant,
+    // session
+    session: Value,
+    updates: u64,
+    // VAD over the appended stream
+    offset: u64,
+    frame: Vec<u8>,
+    speaking: bool,
+    loud_ms: u64,
+    quiet_ms: u64,
+    speech_start: u64,
+    user_item: Option<String>,
+    // conversation
+    items: HashMap<String, u64>,
+    last_item: Option<String>,
+    active: Option<ActiveResponse>,
+    // faults fired
+    fired: Vec<bool>,
+    closed_fault: bool,
+    malformed_done: bool,
+    expired_done: bool,
+}
+
+impl Engine {
+    fn new(sh: Arc<Shared>, out: WsSender) -> Engine {
+        let n = sh.cfg.faults.errors.len();
+        Engine {
+            sh,
+            out,
+            started: Instant::now(),
+            session: json!({}),
+            updates: 0,
+            offset: 0,
+            frame: Vec::with_capacity(160),
+            speaking: false,
+            loud_ms: 0,
+            quiet_ms: 0,
+            speech_start: 0,
+            user_item: None,
+            items: HashMap::new(),
+            last_item: None,
+            active: None,
+            fired: vec![false; n],
+            closed_fault: false,
+            malformed_done: false,
+            expired_done: false,
+        }
+    }
+
+    fn send(&self, v: Value) {
+        let _ = self.out.send(Message::text(v.to_string()));
+    }
+
+    fn error(&self, code: &str, message: String, event_id: Option<String>) {
+        self.sh.rec().errors_sent.push(code.to_owned());
+        self.send(json!({"type":"error","event_id": self.sh.id("event"),
+            "error":{"type":"invalid_request_error","code":code,"message":message,"param":null,"event_id":event_id}}));
+    }
+
+    fn violation(&self, what: String) {
+        log::warn!(target: LOG, "fake model: protocol violation: {what}");
+        self.sh.rec().violations.push(what.clone());
+        self.error("invalid_request_error", what, None);
+    }
+
+    fn turn_cfg(&self) -> &Value {
+        &self.session["audio"]["input"]["turn_detection"]
+    }
+
+    fn vad_on(&self) -> bool {
+        // server VAD is the default until a session.update sets null
+        !(self.updates > 0
+            && self.turn_cfg().is_null()
+            && self.session["audio"]["input"]
+                .get("turn_detection")
+                .is_some())
+    }
+
+    fn flag(&self, name: &str) -> bool {
+        self.turn_cfg()
+            .get(name)
+            .and_then(Value::as_bool)
+            .unwrap_or(true)
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.active
+            .as_ref()
+            .and_then(|a| a.queue.front().map(|q| q.0))
+    }
+
+    fn on_client(&mut self, text: &str) {
+        self.sh.rec().events.push((Instant::now(), text.to_owned()));
+        let ev = match ClientEvent::parse(text) {
+            Ok(ev) => ev,
+            Err(e) => return self.violation(format!("unparseable client event: {e}")),
+        };
+        match ev {
+            ClientEvent::SessionUpdate { session, .. } => {
+                let v = serde_json::to_value(&session).unwrap_or(Value::Null);
+                self.sh.rec().session_updates.push(v.clone());
+                let fmt_in = &v["audio"]["input"]["format"]["type"];
+                let fmt_out = &v["audio"]["output"]["format"]["type"];
+                if fmt_in != "audio/pcmu" || fmt_out != "audio/pcmu" {
+                    self.sh.rec().violations.push(format!(
+                        "session.update without audio/pcmu both ways: {fmt_in} / {fmt_out}"
+                    ));
+                }
+                merge(&mut self.session, v);
+                self.updates += 1;
+                self.send(json!({"type":"session.updated","event_id": self.sh.id("event"),"session": self.session}));
+                if self.updates == 1 {
+                    if let Some(g) = self.sh.cfg.greeting.clone() {
+                        self.start_response(g);
+                    }
+                }
+            }
+            ClientEvent::InputAudioBufferAppend { audio, .. } => {
+                match base64::engine::general_purpose::STANDARD.decode(audio.as_bytes()) {
+                    Ok(bytes) => self.on_audio(&bytes),
+                    Err(_) => self.error("invalid_value", "audio is not valid base64".into(), None),
+                }
+            }
+            ClientEvent::InputAudioBufferCommit { .. } => {
+                let id = self.sh.id("item");
+                self.commit(id);
+            }
+            ClientEvent::InputAudioBufferClear { .. } => self
+                .send(json!({"type":"input_audio_buffer.cleared","event_id": self.sh.id("event")})),
+            ClientEvent::ConversationItemCreate { item, .. } => self.item_create(item),
+            ClientEvent::ConversationItemTruncate {
+                item_id,
+                content_index,
+                audio_end_ms,
+                event_id,
+            } => self.truncate(item_id, content_index, audio_end_ms, event_id),
+            ClientEvent::ConversationItemDelete { item_id, .. } => {
+                if self.items.remove(&item_id).is_some() {
+                    self.send(json!({"type":"conversation.item.deleted","event_id": self.sh.id("event"),"item_id": item_id}));
+                } else {
+                    self.error("item_not_found", format!("Item {item_id} not found"), None);
+                }
+            }
+            ClientEvent::ConversationItemRetrieve { item_id, .. } => {
+                if self.items.contains_key(&item_id) {
+                    self.send(json!({"type":"conversation.item.retrieved","event_id": self.sh.id("event"),
+                        "item":{"id":item_id,"object":"realtime.item","type":"message","status":"completed","role":"assistant","content":[]}}));
+                } else {
+                    self.error("item_not_found", format!("Item {item_id} not found"), None);
+                }
+            }
+            ClientEvent::ResponseCreate { event_id, .. } => {
+                if self.active.is_some() {
+                    self.error(
+                        "conversation_already_has_active_response",
+                        "Conversation already has an active response in progress".into(),
+                        event_id,
+                    );
+                } else {
+                    let r = self.next_reply();
+                    self.start_response(r);
+                }
+            }
+            ClientEvent::ResponseCancel { event_id, .. } => {
+                if self.active.is_some() {
+                    self.cancel();
+                } else {
+                    self.error(
+                        "response_cancel_not_active",
+                        "Cancellation failed: no active response found".into(),
+                        event_id,
+                    );
+                }
+            }
+        }
+    }
+
+    fn item_create(&mut self, item: Item) {
+        let id = item.id.clone().unwrap_or_else(|| self.sh.id("item"));
+        match item.kind.as_str() {
+            "function_call_output" => self.sh.rec().function_outputs.push((
+                item.call_id.clone().unwrap_or_default(),
+                item.output.clone().unwrap_or_default(),
+            )),
+            "message" if item.role.as_deref() == Some("user") => self
+                .sh
+                .rec()
+                .user_texts
+                .push(item.text().unwrap_or_default()),
+            _ => {}
+        }
+        let mut v = serde_json::to_value(&item).unwrap_or(Value::Null);
+        v["id"] = json!(id);
+        v["object"] = json!("realtime.item");
+        v["status"] = json!("completed");
+        self.items.insert(id.clone(), 0);
+        let prev = self.last_item.replace(id.clone());
+        for ty in ["conversation.item.added", "conversation.item.done"] {
+            self.send(json!({"type":ty,"event_id": self.sh.id("event"),"previous_item_id": prev,"item": v}));
+        }
+    }
+
+    fn truncate(
+        &mut self,
+        item_id: String,
+        content_index: u32,
+        audio_end_ms: u64,
+        event_id: Option<String>,
+    ) {
+        let item_ms = match self.items.get(&item_id) {
+            Some(&ms) => ms,
+            None => {
+                self.error(
+                    "item_not_found",
+                    format!("Item {item_id} not found"),
+                    event_id,
+                );
+                return;
+            }
+        };
+        let accepted = audio_end_ms <= item_ms;
+        self.sh.rec().truncations.push(TruncationRecord {
+            at: Instant::now(),
+            item_id: item_id.clone(),
+            audio_end_ms,
+            item_ms,
+            accepted,
+        });
+        if accepted {
+            self.send(
+                json!({"type":"conversation.item.truncated","event_id": self.sh.id("event"),
+                "item_id": item_id,"content_index": content_index,"audio_end_ms": audio_end_ms}),
+            );
+        } else {
+            self.error(
+                "invalid_value",
+                format!("Audio content of {item_ms} ms is already shorter than {audio_end_ms} ms"),
+                event_id,
+            );
+        }
+    }
+
+    fn on_audio(&mut self, bytes: &[u8]) {
+        {
+            let mut r = self.sh.rec();
+            r.appended_bytes += bytes.len() as u64;
+            if r.appended_audio.len() < 10 * 60 * 8000 {
+                r.appended_audio.extend_from_slice(bytes);
+            }
+        }
+        for &b in bytes {
+            self.frame.push(b);
+            if self.frame.len() == 160 {
+                let loud = mulaw::mean_abs(&self.frame) > self.sh.cfg.vad_threshold;
+                self.frame.clear();
+                self.vad_frame(loud);
+            }
+            self.offset += 1;
+        }
+    }
+
+    fn vad_frame(&mut self, loud: bool) {
+        let frame_end_ms = (self.offset + 1) / 8;
+        if !self.vad_on() {
+            return;
+        }
+        let silence = self
+            .turn_cfg()
+            .get("silence_duration_ms")
+            .and_then(Value::as_u64)
+            .unwrap_or(self.sh.cfg.silence_ms as u64);
+        if !self.speaking {
+            if loud {
+                self.loud_ms += 20;
+                if self.loud_ms >= self.sh.cfg.vad_start_ms as u64 {
+                    self.speaking = true;
+                    self.quiet_ms = 0;
+                    self.speech_start = frame_end_ms.saturating_sub(self.loud_ms);
+                    let item = self.sh.id("item");
+                    self.user_item = Some(item.clone());
+                    self.sh.rec().turns.push((self.speech_start, None));
+                    self.send(json!({"type":"input_audio_buffer.speech_started","event_id": self.sh.id("event"),
+                        "audio_start_ms": self.speech_start,"item_id": item}));
+                    if self.active.is_some() && self.flag("interrupt_response") {
+                        self.cancel();
+                    }
+                }
+            } else {
+                self.loud_ms = 0;
+            }
+        } else if loud {
+            self.quiet_ms = 0;
+        } else {
+            self.quiet_ms += 20;
+            if self.quiet_ms >= silence {
+                self.speaking = false;
+                self.loud_ms = 0;
+                let end = frame_end_ms - self.quiet_ms;
+                if let Some(t) = self.sh.rec().turns.last_mut() {
+                    t.1 = Some(end);
+                }
+                let item = self.user_item.take().unwrap_or_else(|| self.sh.id("item"));
+                self.send(json!({"type":"input_audio_buffer.speech_stopped","event_id": self.sh.id("event"),
+                    "audio_end_ms": end,"item_id": item}));
+                self.commit(item);
+                if self.flag("create_response") && self.active.is_none() {
+                    let r = self.next_reply();
+                    self.start_response(r);
+                }
+            }
+        }
+    }
+
+    fn commit(&mut self, item: String) {
+        let prev = self.last_item.replace(item.clone());
+        self.items.insert(item.clone(), 0);
+        self.send(json!({"type":"input_audio_buffer.committed","event_id": self.sh.id("event"),"previous_item_id": prev,"item_id": item}));
+        let it = json!({"id": item,"object":"realtime.item","type":"message","status":"completed","role":"user",
+            "content":[{"type":"input_audio","transcript":null}]});
+        for ty in ["conversation.item.added", "conversation.item.done"] {
+            self.send(json!({"type":ty,"event_id": self.sh.id("event"),"previous_item_id": prev,"item": it}));
+        }
+    }
+
+    fn next_reply(&self) -> Reply {
+        self.sh
+            .script
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop_front()
+            .unwrap_or_else(|| Reply::say("Okay.", 600))
+    }
+
+    fn start_response(&mut self, reply: Reply) {
+        let now = Instant::now();
+        let rid = self.sh.id("resp");
+        let iid = self.sh.id("item");
+        self.sh.rec().responses += 1;
+        let ev = |sh: &Shared, v: Value| {
+            let mut v = v;
+            v["event_id"] = json!(sh.id("event"));
+            v
+        };
+        let sh = self.sh.clone();
+        let mut q: VecDeque<(Instant, Value)> = VecDeque::new();
+        q.push_back((now, ev(&sh, json!({"type":"response.created","response":{"id":rid,"object":"realtime.response","status":"in_progress","output":[]}}))));
+        let prev = self.last_item.replace(iid.clone());
+        let mut audio_item = None;
+        match &reply {
+            Reply::Audio { transcript, ms } => {
+                let item = json!({"id":iid,"object":"realtime.item","type":"message","status":"in_progress","role":"assistant","content":[]});
+                q.push_back((now, ev(&sh, json!({"type":"response.output_item.added","response_id":rid,"output_index":0,"item":item}))));
+                q.push_back((now, ev(&sh, json!({"type":"conversation.item.added","previous_item_id":prev,"item":item}))));
+                q.push_back((now, ev(&sh, json!({"type":"response.content_part.added","response_id":rid,"item_id":iid,"output_index":0,"content_index":0,"part":{"type":"audio","transcript":""}}))));
+                let chunk = self.sh.cfg.chunk_ms.max(20);
+                let n = ms.div_ceil(chunk).max(1);
+                let words: Vec<&str> = transcript.split_inclusive(' ').collect();
+                let per = words.len().div_ceil(n as usize).max(1);
+                let speed = self.sh.cfg.audio_speed.max(0.1);
+                for i in 0..n {
+                    let at = now + Duration::from_secs_f32((i * chunk) as f32 / 1000.0 / speed);
+                    let len = chunk.min(ms.saturating_sub(i * chunk));
+                    if len == 0 {
+                        break;
+                    }
+                    let audio = voice(len, i);
+                    let b64 = base64::engine::general_purpose::STANDARD.encode(&audio);
+                    q.push_back((at, ev(&sh, json!({"type":"response.output_audio.delta","response_id":rid,"item_id":iid,"output_index":0,"content_index":0,"delta":b64}))));
+                    let w: String = words
+                        .iter()
+                        .skip(i as usize * per)
+                        .take(per)
+                        .copied()
+                        .collect();
+                    if !w.is_empty() {
+                        q.push_back((at, ev(&sh, json!({"type":"response.output_audio_transcript.delta","response_id":rid,"item_id":iid,"output_index":0,"content_index":0,"delta":w}))));
+                    }
+                }
+                let end = now + Duration::from_secs_f32(*ms as f32 / 1000.0 / speed);
+                let done_item = json!({"id":iid,"object":"realtime.item","type":"message","status":"completed","role":"assistant","content":[{"type":"output_audio","transcript":transcript}]});
+                for v in [
+                    json!({"type":"response.output_audio.done","response_id":rid,"item_id":iid,"output_index":0,"content_index":0}),
+                    json!({"type":"response.output_audio_transcript.done","response_id":rid,"item_id":iid,"output_index":0,"content_index":0,"transcript":transcript}),
+                    json!({"type":"response.content_part.done","response_id":rid,"item_id":iid,"output_index":0,"content_index":0,"part":{"type":"audio","transcript":transcript}}),
+                    json!({"type":"response.output_item.done","response_id":rid,"output_index":0,"item":done_item}),
+                    json!({"type":"conversation.item.done","previous_item_id":prev,"item":done_item}),
+                    json!({"type":"response.done","response":{"id":rid,"object":"realtime.response","status":"completed","output":[done_item]}}),
+                ] {
+                    q.push_back((end, ev(&sh, v)));
+                }
+                audio_item = Some((iid.clone(), 0));
+            }
+            Reply::FunctionCall { name, arguments } => {
+                let call_id = self.sh.id("call");
+                let pending = json!({"id":iid,"object":"realtime.item","type":"function_call","status":"in_progress","name":name,"call_id":call_id,"arguments":""});
+                let done = json!({"id":iid,"object":"realtime.item","type":"function_call","status":"completed","name":name,"call_id":call_id,"arguments":arguments});
+                let at = now + Duration::from_millis(50);
+                for v in [
+                    json!({"type":"response.output_item.added","response_id":rid,"output_index":0,"item":pending}),
+                    json!({"type":"conversation.item.added","previous_item_id":prev,"item":pending}),
+                    json!({"type":"response.function_call_arguments.delta","response_id":rid,"item_id":iid,"output_index":0,"call_id":call_id,"delta":arguments}),
+                    json!({"type":"response.function_call_arguments.done","response_id":rid,"item_id":iid,"output_index":0,"call_id":call_id,"name":name,"arguments":arguments}),
+                    json!({"type":"response.output_item.done","response_id":rid,"output_index":0,"item":done}),
+                    json!({"type":"conversation.item.done","previous_item_id":prev,"item":done}),
+                    json!({"type":"response.done","response":{"id":rid,"object":"realtime.response","status":"completed","output":[done]}}),
+                ] {
+                    q.push_back((at, ev(&sh, v)));
+                }
+            }
+        }
+        self.items.insert(iid.clone(), 0);
+        self.active = Some(ActiveResponse {
+            id: rid,
+            item_id: Some(iid),
+            queue: q,
+            audio_item,
+        });
+        self.tick();
+    }
+
+    fn cancel(&mut self) {
+        let Some(a) = self.active.take() else { return };
+        self.sh.rec().cancelled += 1;
+        let status = json!({"type":"cancelled","reason":"turn_detected"});
+        let item = a.item_id.map(|id| json!({"id":id,"object":"realtime.item","type":"message","status":"incomplete","role":"assistant","content":[]}));
+        let output: Vec<Value> = item.into_iter().collect();
+        self.send(json!({"type":"response.done","event_id": self.sh.id("event"),
+            "response":{"id":a.id,"object":"realtime.response","status":"cancelled","status_details":status,"output":output}}));
+    }
+
+    /// Sends due events and fires due faults; false when the connection should close.
+    fn tick(&mut self) -> bool {
+        let now = Instant::now();
+        let mut done = false;
+        if let Some(a) = &mut self.active {
+            while a.queue.front().is_some_and(|(t, _)| *t <= now) {
+                let Some((_, v)) = a.queue.pop_front() else {
+                    break;
+                };
+                if v["type"] == "response.output_audio.delta" {
+                    let n = mulaw::base64_decoded_len(v["delta"].as_str().unwrap_or("")) as u64;
+                    if let Some((id, bytes)) = &mut a.audio_item {
+                        *bytes += n;
+                        self.items.insert(id.clone(), *bytes / 8);
+                    }
+                    self.sh.rec().audio_sent_bytes += n;
+                }
+                let _ = self.out.send(Message::text(v.to_string()));
+            }
+            done = a.queue.is_empty();
+        }
+        if done {
+            self.active = None;
+        }
+        let elapsed = now - self.started;
+        let f = self.sh.cfg.faults.clone();
+        for (i, (at, err)) in f.errors.iter().enumerate() {
+            if !self.fired[i] && elapsed >= *at {
+                self.fired[i] = true;
+                self.send(err.clone());
+            }
+        }
+        if !self.malformed_done && f.malformed_after.is_some_and(|t| elapsed >= t) {
+            self.malformed_done = true;
+            let _ = self.out.send(Message::text("{this is not json"));
+        }
+        if !self.expired_done && f.session_expired_after.is_some_and(|t| elapsed >= t) {
+            self.expired_done = true;
+            self.error(
+                "session_expired",
+                "Your session hit the maximum duration of 60 minutes.".into(),
+                None,
+            );
+            return false;
+        }
+        if !self.closed_fault && f.close_after.is_some_and(|t| elapsed >= t) {
+            self.closed_fault = true;
+            return false;
+        }
+        true
+    }
+}
+
+/// Speech-like µ-law: a 200 Hz tone with a 4 Hz envelope (loud enough for a VAD).
+pub fn voice(ms: u32, seed: u32) -> Vec<u8> {
+    let n = ms as usize * mulaw::BYTES_PER_MS;
+    let f = 180.0 + (seed % 5) as f32 * 20.0;
+    (0..n)
+        .map(|i| {
+            let t = i as f32 / 8000.0;
+            let env = 0.6 + 0.4 * (2.0 * std::f32::consts::PI * 4.0 * t).sin();
+            let s = (2.0 * std::f32::consts::PI * f * t).sin() * 9000.0 * env;
+            mulaw::encode(s as i16)
+        })
+        .collect()
+}
+
+fn merge(into: &mut Value, from: Value) {
+    match (into, from) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                match a.get_mut(&k) {
+                    Some(slot) if slot.is_object() && v.is_object() => merge(slot, v),
+                    _ => {
+                        a.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}

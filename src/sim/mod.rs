@@ -1,0 +1,27 @@
+//! Run whole calls with no phone and no API key: a fake OpenAI Realtime server
+//! ([`fake_model`]) and a Twilio call simulator ([`twilio_call`]), both on 127.0.0.1. The
+//! crate's integration tests, the demo and the load generator use exactly this code; use it to
+//! test your own agents.
+//!
+//! ```no_run
+//! use twilio_realtime::sim::fake_model::{FakeModel, FakeModelConfig, Reply};
+//! use twilio_realtime::sim::twilio_call::{Segment, TwilioCall, TwilioCallConfig};
+//!
+//! let model = FakeModel::start(FakeModelConfig {
+//!     script: vec![Reply::say("Hello! How can I help?", 1500)],
+//!     ..Default::default()
+//! }).unwrap();
+//! // ... start a bridge whose model URL is model.url(), listening on `addr` ...
+//! # let addr = "127.0.0.1:5050".parse().unwrap();
+//! let report = TwilioCall::run(TwilioCallConfig::new(addr, vec![
+//!     Segment::Silence(300),
+//!     Segment::Speech(1000),
+//!     Segment::WaitForAgent { quiet_ms: 500, timeout_ms: 10_000 },
+//!     Segment::HangUp,
+//! ])).unwrap();
+//! println!("caller heard {} ms of agent audio", report.played_ms());
+//! ```
+
+pub mod fake_model;
+pub mod twilio_call;
+pub mod wav;

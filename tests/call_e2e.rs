@@ -1,0 +1,433 @@
+//! Whole calls over loopback: the bridge server, the fake Realtime model and the Twilio call
+//! simulator (which plays audio out in real time and echoes marks like Twilio).
+
+mod common;
+
+use std::time::Duration;
+
+use common::Rig;
+use serde_json::{json, Value};
+use twilio_realtime::agent::{Agent, FunctionTool, OutputGuardrail, Verdict};
+use twilio_realtime::events::{CloseReason, SessionEvent};
+use twilio_realtime::sim::fake_model::{FakeModelConfig, Faults, ModelRecording, Reply};
+use twilio_realtime::sim::twilio_call::{CallReport, Segment, TwilioCall, TwilioCallConfig};
+
+fn agent() -> Agent {
+    let weather = FunctionTool::new(
+        "get_weather",
+        "Weather for a city",
+        json!({"type":"object","properties":{"location":{"type":"string"}},"required":["location"]}),
+        |c| {
+            Ok(format!(
+                "The weather in {} is sunny.",
+                c.arguments["location"].as_str().unwrap_or("?")
+            ))
+        },
+    );
+    let billing = Agent::new("Billing", "You handle billing questions.");
+    Agent::new("Front", "You answer calls.")
+        .voice("marin")
+        .tool(weather)
+        .handoff(&billing)
+        .output_guardrail(OutputGuardrail::new("no_forbidden", |t: &str| {
+            if t.contains("forbidden") {
+                Verdict::trip("said a forbidden word")
+            } else {
+                Verdict::Pass
+            }
+        }))
+}
+
+fn call(
+    rig: &Rig,
+    script: Vec<Segment>,
+    delay_ms: u64,
+    jitter_ms: u64,
+) -> (CallReport, ModelRecording) {
+    let mut cfg = TwilioCallConfig::new(rig.addr, script);
+    cfg.one_way_delay = Duration::from_millis(delay_ms);
+    cfg.jitter = Duration::from_millis(jitter_ms);
+    cfg.max_duration = Duration::from_secs(30);
+    let report = TwilioCall::run(cfg).expect("call runs");
+    rig.wait_idle();
+    std::thread::sleep(Duration::from_millis(100)); // let the fake model record the last frames
+    let rec = rig.model.recording();
+    check_protocol(&report, &rec);
+    (report, rec)
+}
+
+/// Nothing either side received broke the protocol, and every client event is schema-valid.
+fn check_protocol(report: &CallReport, rec: &ModelRecording) {
+    assert!(
+        report.violations.is_empty(),
+        "twilio side: {:?}",
+        report.violations
+    );
+    assert!(
+        rec.violations.is_empty(),
+        "model side: {:?}",
+        rec.violations
+    );
+    if let Some(s) = common::Schemas::load() {
+        for (_, raw) in &rec.events {
+            s.assert_client_event(&serde_json::from_str::<Value>(raw).unwrap());
+        }
+    }
+}
+
+fn closed(rig: &Rig) -> Vec<CloseReason> {
+    rig.events()
+        .into_iter()
+        .filter_map(|e| match e {
+            SessionEvent::Closed { reason } => Some(reason),
+            _ => None,
+        })
+        .collect()
+}
+
+fn wait_for_agent() -> Segment {
+    Segment::WaitForAgent {
+        quiet_ms: 700,
+        timeout_ms: 15_000,
+    }
+}
+
+#[test]
+fn a_basic_turn_is_byte_exact_both_ways() {
+    let rig = Rig::start(
+        FakeModelConfig {
+            script: vec![Reply::say("Hello there, how can I help you today?", 1200)],
+            ..Default::default()
+        },
+        agent,
+    );
+    let (report, rec) = call(
+        &rig,
+        vec![
+            Segment::Silence(200),
+            Segment::Speech(800),
+            wait_for_agent(),
+            Segment::HangUp,
+        ],
+        30,
+        5,
+    );
+    assert_eq!(
+        rec.appended_audio.len(),
+        report.caller_audio.len(),
+        "every caller byte reached the model"
+    );
+    assert!(
+        rec.appended_audio == report.caller_audio,
+        "caller audio byte-exact"
+    );
+    let received: u64 = report.chunks.iter().map(|c| c.bytes).sum();
+    assert_eq!(
+        received, rec.audio_sent_bytes,
+        "every agent byte reached Twilio"
+    );
+    assert_eq!(report.played_ms(), 1200);
+    assert_eq!(report.marks_received, report.marks_echoed);
+    assert!(report.clears.is_empty());
+    let ev = rig.events();
+    assert!(ev
+        .iter()
+        .any(|e| matches!(e, SessionEvent::AgentStart { .. })));
+    assert!(ev.iter().any(|e| matches!(e, SessionEvent::AudioStopped)));
+    assert_eq!(closed(&rig), [CloseReason::TwilioStopped]);
+    // the agent's formats and tools
+    let upd = &rec.session_updates[0];
+    assert_eq!(upd["audio"]["input"]["format"]["type"], "audio/pcmu");
+    assert_eq!(upd["tools"].as_array().unwrap().len(), 2);
+    rig.stop();
+}
+
+fn barge_in(delay_ms: u64, jitter_ms: u64) {
+    let rig = Rig::start(
+        FakeModelConfig {
+            script: vec![
+                Reply::say(
+                    "This is a long answer that the caller will interrupt before it is over.",
+                    6000,
+                ),
+                Reply::say("Sure.", 500),
+            ],
+            ..Default::default()
+        },
+        agent,
+    );
+    let (report, rec) = call(
+        &rig,
+        vec![
+            Segment::Silence(200),
+            Segment::Speech(700),
+            Segment::BargeIn {
+                after_ms: 1500,
+                speech_ms: 800,
+                timeout_ms: 15_000,
+            },
+            wait_for_agent(),
+            Segment::HangUp,
+        ],
+        delay_ms,
+        jitter_ms,
+    );
+    assert_eq!(report.clears.len(), 1, "one clear");
+    assert!(
+        report.clears[0].dropped_bytes > 0,
+        "the clear stopped buffered audio"
+    );
+    let heard = report.heard_ms_by_item();
+    assert_eq!(rec.truncations.len(), 1, "{:?}", rec.truncations);
+    let t = &rec.truncations[0];
+    assert!(t.accepted, "truncate within the item: {t:?}");
+    let truth = heard[&t.item_id];
+    let err = t.audio_end_ms as i64 - truth as i64;
+    eprintln!(
+        "one-way {delay_ms} ms ± {jitter_ms}: truncate claimed {} ms, caller heard {truth} ms, error {err} ms",
+        t.audio_end_ms
+    );
+    assert!(err.abs() <= 20, "truncation error {err} ms");
+    assert!(rig
+        .events()
+        .iter()
+        .any(|e| matches!(e, SessionEvent::AudioInterrupted { .. })));
+    rig.stop();
+}
+
+#[test]
+fn barge_in_truncates_within_20_ms_of_what_was_heard_at_20_ms() {
+    barge_in(20, 5);
+}
+
+#[test]
+fn barge_in_truncates_within_20_ms_of_what_was_heard_at_80_ms() {
+    barge_in(80, 15);
+}
+
+#[test]
+fn a_tool_round_trip() {
+    let rig = Rig::start(
+        FakeModelConfig {
+            script: vec![
+                Reply::call("get_weather", r#"{"location":"Paris"}"#),
+                Reply::say("It is sunny in Paris.", 1000),
+            ],
+            ..Default::default()
+        },
+        agent,
+    );
+    let (report, rec) = call(
+        &rig,
+        vec![
+            Segment::Silence(200),
+            Segment::Speech(700),
+            wait_for_agent(),
+            Segment::HangUp,
+        ],
+        30,
+        5,
+    );
+    assert_eq!(rec.function_outputs.len(), 1);
+    assert_eq!(rec.function_outputs[0].1, "The weather in Paris is sunny.");
+    assert_eq!(report.played_ms(), 1000, "the answer after the tool played");
+    let ev = rig.events();
+    assert!(ev.iter().any(|e| matches!(
+        e,
+        SessionEvent::ToolEnd {
+            is_error: false,
+            ..
+        }
+    )));
+    assert!(!rec
+        .errors_sent
+        .contains(&"conversation_already_has_active_response".to_owned()));
+    rig.stop();
+}
+
+#[test]
+fn a_handoff_switches_instructions_and_keeps_pcmu() {
+    let rig = Rig::start(
+        FakeModelConfig {
+            script: vec![
+                Reply::call("transfer_to_billing", "{}"),
+                Reply::say("Billing here.", 800),
+            ],
+            ..Default::default()
+        },
+        agent,
+    );
+    let (report, rec) = call(
+        &rig,
+        vec![
+            Segment::Silence(200),
+            Segment::Speech(700),
+            wait_for_agent(),
+            Segment::HangUp,
+        ],
+        30,
+        5,
+    );
+    let last = rec.session_updates.last().unwrap();
+    assert_eq!(last["instructions"], "You handle billing questions.");
+    assert_eq!(last["audio"]["input"]["format"]["type"], "audio/pcmu");
+    assert_eq!(last["audio"]["output"]["format"]["type"], "audio/pcmu");
+    assert_eq!(last["tools"], json!([]));
+    assert_eq!(report.played_ms(), 800);
+    assert!(rig
+        .events()
+        .iter()
+        .any(|e| matches!(e, SessionEvent::Handoff { to, .. } if to == "Billing")));
+    rig.stop();
+}
+
+#[test]
+fn a_guardrail_trip_cuts_the_agent_and_reprompts() {
+    let rig = Rig::start(
+        FakeModelConfig {
+            script: vec![
+                Reply::say(
+                    "Let me tell you something forbidden, which goes on for a while so that there is plenty of audio left to cut off when the guardrail trips.",
+                    5000,
+                ),
+                Reply::say("Sorry about that.", 800),
+            ],
+            ..Default::default()
+        },
+        agent,
+    );
+    let (report, rec) = call(
+        &rig,
+        vec![
+            Segment::Silence(200),
+            Segment::Speech(700),
+            wait_for_agent(),
+            Segment::HangUp,
+        ],
+        30,
+        5,
+    );
+    assert!(rig
+        .events()
+        .iter()
+        .any(|e| matches!(e, SessionEvent::GuardrailTripped { .. })));
+    let sent: Vec<Value> = rec
+        .events
+        .iter()
+        .map(|(_, r)| serde_json::from_str(r).unwrap())
+        .collect();
+    assert!(sent.iter().any(|e| e["type"] == "response.cancel"));
+    assert!(sent
+        .iter()
+        .any(|e| e["type"] == "conversation.item.create" && e["item"]["role"] == "system"));
+    assert_eq!(report.clears.len(), 1);
+    assert!(
+        report.played_ms() < 5000,
+        "the rest of the forbidden reply was not played"
+    );
+    rig.stop();
+}
+
+#[test]
+fn caller_audio_sent_while_the_model_connects_is_kept() {
+    let rig = Rig::start(
+        FakeModelConfig {
+            script: vec![Reply::say("Hi.", 500)],
+            faults: Faults {
+                accept_delay: Duration::from_millis(1000),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        agent,
+    );
+    let (report, rec) = call(
+        &rig,
+        vec![Segment::Speech(600), wait_for_agent(), Segment::HangUp],
+        30,
+        5,
+    );
+    assert!(
+        rec.appended_audio == report.caller_audio,
+        "no caller audio lost while the model connected"
+    );
+    assert!(
+        rec.turns[0].0 <= 20,
+        "the first words were heard from the start: {:?}",
+        rec.turns
+    );
+    rig.stop();
+}
+
+#[test]
+fn the_model_dropping_mid_call_ends_the_stream() {
+    let rig = Rig::start(
+        FakeModelConfig {
+            faults: Faults {
+                close_after: Some(Duration::from_millis(1500)),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        agent,
+    );
+    let (report, _) = call(&rig, vec![Segment::Silence(10_000), Segment::HangUp], 30, 5);
+    assert!(report.closed_by_bridge, "the bridge ended the stream");
+    assert!(
+        report.duration < Duration::from_secs(5),
+        "{:?}",
+        report.duration
+    );
+    assert!(matches!(
+        closed(&rig)[..],
+        [CloseReason::ModelDisconnected(_)]
+    ));
+    rig.stop();
+}
+
+#[test]
+fn a_refused_model_connection_ends_the_call_promptly() {
+    let rig = Rig::start(
+        FakeModelConfig {
+            faults: Faults {
+                reject_status: Some(401),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        agent,
+    );
+    let (report, _) = call(&rig, vec![Segment::Silence(10_000), Segment::HangUp], 30, 5);
+    assert!(report.closed_by_bridge);
+    assert!(
+        report.duration < Duration::from_secs(2),
+        "{:?}",
+        report.duration
+    );
+    assert!(matches!(
+        closed(&rig)[..],
+        [CloseReason::ModelConnectFailed(_)]
+    ));
+    rig.stop();
+}
+
+#[test]
+fn dtmf_reaches_the_application() {
+    let rig = Rig::start(FakeModelConfig::default(), agent);
+    let _ = call(
+        &rig,
+        vec![
+            Segment::Silence(300),
+            Segment::Dtmf('7'),
+            Segment::Silence(300),
+            Segment::HangUp,
+        ],
+        30,
+        5,
+    );
+    assert!(rig
+        .events()
+        .iter()
+        .any(|e| matches!(e, SessionEvent::Dtmf { digit } if digit == "7")));
+    rig.stop();
+}
