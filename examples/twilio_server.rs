@@ -12,39 +12,10 @@
 
 use std::sync::Arc;
 
-use serde_json::json;
-use twilio_realtime::agent::{Agent, FunctionTool};
-use twilio_realtime::server::{stop_on_signals, Server, ServerConfig};
+#[path = "shared/weather_agent.rs"]
+mod weather_agent;
 
-fn agent() -> Agent {
-    let weather = FunctionTool::new(
-        "get_weather",
-        "Get the current weather for a location.",
-        json!({
-            "type": "object",
-            "properties": {"location": {"type": "string", "description": "City name"}},
-            "required": ["location"],
-            "additionalProperties": false
-        }),
-        |call| {
-            let location = call.arguments["location"].as_str().unwrap_or("").trim();
-            if location.is_empty() {
-                return Err("no location given".into());
-            }
-            // A real agent would call a weather service here.
-            Ok(format!(
-                "The weather in {location} is 18 degrees and sunny."
-            ))
-        },
-    );
-    Agent::new(
-        "Assistant",
-        "You are a friendly phone assistant. Keep answers short: the caller is listening, not \
-         reading. Use get_weather when asked about the weather.",
-    )
-    .voice("marin")
-    .tool(weather)
-}
+use twilio_realtime::server::{stop_on_signals, Server, ServerConfig};
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
@@ -57,7 +28,7 @@ fn main() {
     if cfg.twilio_auth_token.is_none() {
         log::warn!("TWILIO_AUTH_TOKEN is not set: requests are not authenticated");
     }
-    let server = match Server::bind(cfg, Arc::new(agent)) {
+    let server = match Server::bind(cfg, Arc::new(weather_agent::weather_agent)) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("cannot listen: {e}");

@@ -423,7 +423,7 @@ impl TwilioCall {
                                 timeout_ms,
                             } => {
                                 let heard_some =
-                                    play.chunks.iter().any(|c| c.start >= at(seg_started));
+                                    play.chunks.iter().any(|c| c.arrival >= at(seg_started));
                                 let quiet = play.end + Duration::from_millis(*quiet_ms as u64)
                                     <= now
                                     && play.pending_marks.is_empty();
