@@ -1,0 +1,262 @@
+//! The example server binary (`examples/twilio_server.rs`), run as a process and driven by the
+//! Twilio simulator and the fake model: TwiML, routes, signatures, SIGTERM during a call.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use twilio_realtime::signature;
+use twilio_realtime::sim::fake_model::{FakeModel, FakeModelConfig, Reply};
+use twilio_realtime::sim::twilio_call::{Segment, TwilioCall, TwilioCallConfig};
+
+const TOKEN: &str = "test-auth-token";
+const PUBLIC: &str = "https://bridge.example.test";
+
+struct Proc {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn example_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let bin = dir.join("examples").join("twilio_server");
+    assert!(
+        bin.exists(),
+        "{} not built (cargo test builds examples)",
+        bin.display()
+    );
+    bin
+}
+
+fn start(model_url: &str, token: Option<&str>) -> Proc {
+    let mut cmd = Command::new(example_binary());
+    cmd.env("PORT", "0")
+        .env("BIND_ADDR", "127.0.0.1")
+        .env("OPENAI_API_KEY", "test-key")
+        .env("OPENAI_REALTIME_URL", model_url)
+        .env("PUBLIC_URL", PUBLIC)
+        .env("GREETING", "Connecting you now.")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    match token {
+        Some(t) => cmd.env("TWILIO_AUTH_TOKEN", t),
+        None => cmd.env_remove("TWILIO_AUTH_TOKEN"),
+    };
+    let mut child = cmd.spawn().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let addr = line
+        .trim()
+        .rsplit("http://")
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    Proc { child, addr }
+}
+
+fn request(addr: SocketAddr, raw: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(raw.as_bytes()).unwrap();
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    let status = resp
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, resp)
+}
+
+fn webhook(addr: SocketAddr, sig: Option<&str>) -> (u16, String) {
+    let body = "CallSid=CA0001&From=%2B15550100&To=%2B15550199";
+    let sig = sig
+        .map(|s| format!("X-Twilio-Signature: {s}\r\n"))
+        .unwrap_or_default();
+    request(
+        addr,
+        &format!(
+            "POST /incoming-call HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-www-form-urlencoded\r\n{sig}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+}
+
+fn form() -> [(&'static str, &'static str); 3] {
+    [
+        ("CallSid", "CA0001"),
+        ("From", "+15550100"),
+        ("To", "+15550199"),
+    ]
+}
+
+#[test]
+fn twiml_routes_and_errors() {
+    let model = FakeModel::start(FakeModelConfig::default()).unwrap();
+    let p = start(&model.url(), None);
+    let (status, resp) = webhook(p.addr, None);
+    assert_eq!(status, 200, "{resp}");
+    assert!(resp.contains("Content-Type: text/xml"));
+    let xml = resp.split("\r\n\r\n").nth(1).unwrap();
+    assert!(xml.starts_with("<?xml version=\"1.0\" encoding=\"UTF-8\"?>"));
+    assert!(xml.contains("<Say>Connecting you now.</Say>"));
+    assert!(
+        xml.contains("<Connect>")
+            && xml.contains("</Connect>")
+            && xml.trim_end().ends_with("</Response>")
+    );
+    assert!(xml.contains("<Stream url=\"wss://bridge.example.test/media-stream\">"));
+    assert!(xml.contains("<Parameter name=\"caller\" value=\"+15550100\"/>"));
+    // balanced tags
+    for tag in ["Response", "Connect", "Stream"] {
+        assert_eq!(
+            xml.matches(&format!("<{tag}")).count(),
+            xml.matches(&format!("</{tag}>")).count(),
+            "{tag}"
+        );
+    }
+    assert_eq!(
+        request(p.addr, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").0,
+        200
+    );
+    assert_eq!(
+        request(p.addr, "GET /nope HTTP/1.1\r\nHost: x\r\n\r\n").0,
+        404
+    );
+    assert_eq!(
+        request(p.addr, "GET /incoming-call HTTP/1.1\r\nHost: x\r\n\r\n").0,
+        405
+    );
+    assert_eq!(
+        request(p.addr, "DELETE /media-stream HTTP/1.1\r\nHost: x\r\n\r\n").0,
+        405
+    );
+    assert_eq!(
+        request(p.addr, "GET /media-stream HTTP/1.1\r\nHost: x\r\n\r\n").0,
+        400
+    );
+    assert_eq!(request(p.addr, "BROKEN\r\n\r\n").0, 400);
+    let big = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(40_000));
+    assert_eq!(request(p.addr, &big).0, 431);
+}
+
+#[test]
+fn signatures_are_required_when_a_token_is_set() {
+    let model = FakeModel::start(FakeModelConfig {
+        greeting: Some(Reply::say("Hi.", 300)),
+        ..Default::default()
+    })
+    .unwrap();
+    let p = start(&model.url(), Some(TOKEN));
+    // webhook: missing, wrong, right
+    assert_eq!(webhook(p.addr, None).0, 403);
+    let wrong = signature::compute("other-token", &format!("{PUBLIC}/incoming-call"), &form());
+    assert_eq!(webhook(p.addr, Some(&wrong)).0, 403);
+    let right = signature::compute(TOKEN, &format!("{PUBLIC}/incoming-call"), &form());
+    assert_eq!(webhook(p.addr, Some(&right)).0, 200);
+    // the upgrade: missing and wrong signatures are refused before any model connection
+    let script = || vec![Segment::Silence(200), Segment::HangUp];
+    let err = TwilioCall::run(TwilioCallConfig::new(p.addr, script())).unwrap_err();
+    assert!(err.to_string().contains("403"), "{err}");
+    let mut cfg = TwilioCallConfig::new(p.addr, script());
+    cfg.headers.push((
+        "X-Twilio-Signature".into(),
+        signature::compute(TOKEN, "wss://evil.example/media-stream", &[]),
+    ));
+    assert!(TwilioCall::run(cfg)
+        .unwrap_err()
+        .to_string()
+        .contains("403"));
+    assert_eq!(
+        model.recording().connections,
+        0,
+        "no model credits spent on refused calls"
+    );
+    // with and without a trailing slash in the signed URL
+    for url in [
+        "wss://bridge.example.test/media-stream",
+        "wss://bridge.example.test/media-stream/",
+    ] {
+        let mut cfg = TwilioCallConfig::new(
+            p.addr,
+            vec![
+                Segment::WaitForAgent {
+                    quiet_ms: 300,
+                    timeout_ms: 10_000,
+                },
+                Segment::HangUp,
+            ],
+        );
+        cfg.headers.push((
+            "X-Twilio-Signature".into(),
+            signature::compute(TOKEN, url, &[]),
+        ));
+        let report = TwilioCall::run(cfg).unwrap();
+        assert_eq!(report.played_ms(), 300, "{url}: the call works");
+    }
+}
+
+#[test]
+fn sigterm_during_a_call_lets_it_finish() {
+    let model = FakeModel::start(FakeModelConfig {
+        greeting: Some(Reply::say("Hello, I am still talking to you.", 2500)),
+        ..Default::default()
+    })
+    .unwrap();
+    let mut p = start(&model.url(), None);
+    let addr = p.addr;
+    let call = std::thread::spawn(move || {
+        TwilioCall::run(TwilioCallConfig::new(
+            addr,
+            vec![
+                Segment::WaitForAgent {
+                    quiet_ms: 300,
+                    timeout_ms: 10_000,
+                },
+                Segment::HangUp,
+            ],
+        ))
+        .unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    let t0 = Instant::now();
+    // SAFETY: sending a signal to our own child process.
+    assert_eq!(unsafe { libc::kill(p.child.id() as i32, libc::SIGTERM) }, 0);
+    let report = call.join().unwrap();
+    assert!(
+        !report.closed_by_bridge,
+        "the call was not cut by the shutdown"
+    );
+    assert_eq!(report.played_ms(), 2500, "the whole greeting played");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = p.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "server did not exit after the call"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+    eprintln!(
+        "server exited {:?} after SIGTERM, once the call ended",
+        t0.elapsed()
+    );
+    assert!(
+        TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_err(),
+        "no longer accepting"
+    );
+}
