@@ -55,3 +55,8 @@ pub mod sim;
 mod sys;
 pub mod twilio;
 pub mod ws;
+
+/// The README's examples, compiled as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
