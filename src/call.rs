@@ -65,6 +65,13 @@ pub struct CallOptions {
     pub tool_timeout: Duration,
     /// Emit [`SessionEvent::Audio`] for every chunk of agent audio. Default false.
     pub audio_events: bool,
+    /// End the call when Twilio has not sent `start` this long after the socket opened (a
+    /// stream that never starts holds a model session for nothing). Default 5 s.
+    pub start_timeout: Duration,
+    /// Open the model connection only once Twilio's `start` arrived (and passed the
+    /// application's check), instead of at once. The session sets it when a start check is
+    /// configured. Default false.
+    pub connect_model_on_start: bool,
 }
 
 impl Default for CallOptions {
@@ -78,6 +85,8 @@ impl Default for CallOptions {
             drain_timeout: Duration::from_secs(5),
             tool_timeout: Duration::from_secs(30),
             audio_events: false,
+            start_timeout: Duration::from_secs(5),
+            connect_model_on_start: false,
         }
     }
 }
@@ -160,7 +169,8 @@ pub enum Output {
     RunTool(ToolRun),
     /// Run output guardrails off the session thread.
     RunGuardrails(GuardrailRun),
-    /// Open a new model connection (after `session_expired`); report with
+    /// Open a new model connection (after `session_expired`, or on `start` with
+    /// [`CallOptions::connect_model_on_start`]); report with
     /// [`CallCore::handle_model_connected`] / [`CallCore::handle_model_connect_failed`].
     ConnectModel,
     /// Close the model connection.
@@ -236,6 +246,8 @@ pub struct CallCore {
     reconnect_pending: bool,
     draining: Option<(Instant, CloseReason)>,
     next_probe_at: Option<Instant>,
+    /// When a stream that has not started is given up.
+    start_deadline: Option<Instant>,
     ended: Option<CloseReason>,
     outputs: VecDeque<Output>,
 }
@@ -244,8 +256,9 @@ impl CallCore {
     /// A new call that will speak as `agent`. The model connection is assumed to be opening
     /// now; report it with [`CallCore::handle_model_connected`] (optional) and feed the
     /// model's events.
-    pub fn new(agent: Agent, opts: CallOptions, _now: Instant) -> CallCore {
+    pub fn new(agent: Agent, opts: CallOptions, now: Instant) -> CallCore {
         let ledger = PlaybackLedger::new(opts.default_rtt);
+        let start_deadline = Some(now + opts.start_timeout);
         let agents = agent.reachable();
         CallCore {
             opts,
@@ -275,6 +288,7 @@ impl CallCore {
             reconnect_pending: false,
             draining: None,
             next_probe_at: None,
+            start_deadline,
             ended: None,
             outputs: VecDeque::new(),
         }
@@ -327,7 +341,11 @@ impl CallCore {
         }
         let tools = self.tools.values().filter_map(|t| t.deadline);
         let drain = self.draining.as_ref().map(|d| d.0);
-        tools.chain(drain).chain(self.next_probe_at).min()
+        tools
+            .chain(drain)
+            .chain(self.next_probe_at)
+            .chain(self.start_deadline)
+            .min()
     }
 
     fn out(&mut self, o: Output) {
@@ -395,6 +413,10 @@ impl CallCore {
                     return;
                 }
                 log::info!(target: LOG, "stream started call={}", start.start.call_sid);
+                self.start_deadline = None;
+                if self.opts.connect_model_on_start && self.model == ModelState::Connecting {
+                    self.out(Output::ConnectModel);
+                }
                 self.stream_sid = Some(start.stream_sid.clone());
                 self.call_sid = Some(start.start.call_sid.clone());
                 if let Some(name) = self.ledger.start_probe(now) {
@@ -430,11 +452,28 @@ impl CallCore {
             }
             TwilioMessage::Mark(m) => self.on_mark(now, &m.mark.name),
             TwilioMessage::Stop(_) => {
-                log::info!(target: LOG, "twilio sent stop");
+                if self.stream_sid.is_none() {
+                    log::warn!(target: LOG, "twilio sent stop before start");
+                } else {
+                    log::info!(target: LOG, "twilio sent stop");
+                }
                 self.out(Output::CloseModel);
                 self.finish(CloseReason::TwilioStopped);
             }
         }
+    }
+
+    /// The application refused the stream (e.g. a failed one-time token check on `start`):
+    /// ends the call without opening or keeping a model connection.
+    pub fn reject(&mut self, _now: Instant, why: &str) {
+        if self.ended.is_some() {
+            return;
+        }
+        log::warn!(target: LOG, "stream rejected: {why}");
+        self.error(ErrorSource::Twilio, format!("stream rejected: {why}"));
+        self.out(Output::CloseModel);
+        self.out(Output::CloseTwilio);
+        self.finish(CloseReason::Rejected(why.to_owned()));
     }
 
     /// The Twilio WebSocket closed or failed.
@@ -1267,6 +1306,19 @@ impl CallCore {
         }
         if self.draining.as_ref().is_some_and(|d| d.0 <= now) {
             self.finish_drain();
+        }
+        if self.start_deadline.is_some_and(|t| t <= now) {
+            self.start_deadline = None;
+            log::warn!(
+                target: LOG,
+                "no start from twilio within {:?}; ending the call",
+                self.opts.start_timeout
+            );
+            self.error(ErrorSource::Twilio, "twilio sent no start event in time");
+            self.out(Output::CloseModel);
+            self.out(Output::CloseTwilio);
+            self.finish(CloseReason::NoStart);
+            return;
         }
         if self.next_probe_at.is_some_and(|t| t <= now) {
             self.next_probe_at = None;

@@ -60,6 +60,10 @@ pub enum CloseReason {
     /// The model connection closed or failed mid-call; the caller's stream was ended after the
     /// last audio played.
     ModelDisconnected(String),
+    /// Twilio opened the stream but sent no `start` in time (see `CallOptions::start_timeout`).
+    NoStart,
+    /// The application refused the stream on `start` (e.g. a missing or reused one-time token).
+    Rejected(String),
     /// The application called `close()`.
     Closed,
     /// A fatal error in the bridge itself (e.g. a socket that stopped taking data).
@@ -73,6 +77,8 @@ impl fmt::Display for CloseReason {
             CloseReason::TwilioDisconnected(e) => write!(f, "twilio disconnected: {e}"),
             CloseReason::ModelConnectFailed(e) => write!(f, "model connection failed: {e}"),
             CloseReason::ModelDisconnected(e) => write!(f, "model disconnected: {e}"),
+            CloseReason::NoStart => f.write_str("twilio sent no start event in time"),
+            CloseReason::Rejected(e) => write!(f, "stream rejected: {e}"),
             CloseReason::Closed => f.write_str("closed by the application"),
             CloseReason::Failed(e) => write!(f, "failed: {e}"),
         }

@@ -53,6 +53,7 @@ pub mod session;
 pub mod signature;
 pub mod sim;
 mod sys;
+pub mod token;
 pub mod twilio;
 pub mod ws;
 

@@ -48,6 +48,11 @@ pub enum ModelError {
         /// The parser's error.
         source: serde_json::Error,
     },
+    /// A `response.output_audio.delta` whose audio is not valid base64.
+    InvalidAudio {
+        /// What the base64 decoder found.
+        source: base64::DecodeError,
+    },
 }
 
 impl fmt::Display for ModelError {
@@ -58,6 +63,9 @@ impl fmt::Display for ModelError {
             ModelError::InvalidEvent { event_type, source } => {
                 write!(f, "invalid {event_type:?} event: {source}")
             }
+            ModelError::InvalidAudio { source } => {
+                write!(f, "model audio delta is not valid base64: {source}")
+            }
         }
     }
 }
@@ -66,6 +74,7 @@ impl std::error::Error for ModelError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             ModelError::Json { source } | ModelError::InvalidEvent { source, .. } => Some(source),
+            ModelError::InvalidAudio { source } => Some(source),
             ModelError::MissingType => None,
         }
     }
@@ -1225,10 +1234,15 @@ macro_rules! server_events {
             pub fn parse(text: &str) -> Result<ServerEvent, ModelError> {
                 let ty = peek_type(text)?;
                 let invalid = |source| ModelError::InvalidEvent { event_type: ty.clone(), source };
-                Ok(match ty.as_str() {
+                let ev = match ty.as_str() {
                     $( $wire => ServerEvent::$variant(serde_json::from_str(text).map_err(invalid)?), )*
                     _ => ServerEvent::Unknown(serde_json::from_str(text).map_err(|source| ModelError::Json { source })?),
-                })
+                };
+                if let ServerEvent::OutputAudioDelta(d) = &ev {
+                    crate::mulaw::validate_base64(&d.delta)
+                        .map_err(|source| ModelError::InvalidAudio { source })?;
+                }
+                Ok(ev)
             }
 
             /// The wire `type`.

@@ -117,6 +117,49 @@ pub fn base64_decoded_len(b64: &str) -> usize {
         }
 }
 
+/// Checks that `b64` is valid standard base64 (padded or not) and returns the number of bytes
+/// it decodes to. It decodes piecewise into a stack buffer with the `base64` crate, so it
+/// allocates nothing: the audio path uses it to refuse a bad payload before forwarding it.
+///
+/// ```
+/// use twilio_realtime::mulaw;
+/// assert_eq!(mulaw::validate_base64("//////8=").unwrap(), 5);
+/// assert!(mulaw::validate_base64("not base64!").is_err());
+/// ```
+pub fn validate_base64(b64: &str) -> Result<usize, base64::DecodeError> {
+    const CHUNK: usize = 1024; // a multiple of 4: only the last piece may carry padding
+    let mut out = [0u8; CHUNK / 4 * 3];
+    let engine = &base64::engine::general_purpose::STANDARD_NO_PAD;
+    let bytes = b64.as_bytes();
+    let mut end = bytes.len();
+    while end > 0 && bytes[end - 1] == b'=' {
+        end -= 1;
+    }
+    let pad = bytes.len() - end;
+    if pad > 2 || (pad > 0 && bytes.len() % 4 != 0) {
+        return Err(base64::DecodeError::InvalidPadding);
+    }
+    let mut total = 0;
+    for piece in bytes[..end].chunks(CHUNK) {
+        total += engine
+            .decode_slice(piece, &mut out)
+            .map_err(|e| match e {
+                base64::DecodeSliceError::DecodeError(e) => e,
+                // Cannot happen: a 1024-character piece decodes to at most 768 bytes.
+                base64::DecodeSliceError::OutputSliceTooSmall => {
+                    base64::DecodeError::InvalidLength(piece.len())
+                }
+            })
+            .map_err(|e| match e {
+                base64::DecodeError::InvalidByte(i, b) => {
+                    base64::DecodeError::InvalidByte(i + total / 3 * 4, b)
+                }
+                e => e,
+            })?;
+    }
+    Ok(total)
+}
+
 /// `n` bytes of µ-law silence.
 pub fn silence(n: usize) -> Vec<u8> {
     vec![SILENCE; n]

@@ -36,6 +36,8 @@ use crate::events::SessionEvent;
 use crate::http::{self, HttpError, HttpLimits, RequestHead};
 use crate::session::{Session, SessionHandle, SessionOptions};
 use crate::signature;
+use crate::token::{StreamTokens, TOKEN_PARAMETER};
+use crate::twilio::Start;
 use crate::ws::{WsConfig, WsConn};
 
 const LOG: &str = "twilio_realtime::server";
@@ -47,7 +49,7 @@ pub type AgentFactory = Arc<dyn Fn() -> Agent + Send + Sync>;
 pub type EventHook = Arc<dyn Fn(u64, &SessionEvent) + Send + Sync>;
 
 /// Settings of the bridge server.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServerConfig {
     /// Address to listen on. Default `127.0.0.1:5050`.
     pub bind: SocketAddr,
@@ -68,24 +70,65 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Largest webhook body accepted. Default 64 KiB.
     pub max_body: usize,
+    /// One-time stream tokens: the webhook mints one per call (bound to its CallSid, valid for
+    /// this long) and the stream must present it on `start` before a model connection is
+    /// opened. `None` turns them off. Default: on (30 s) when an auth token is set, off
+    /// otherwise; `STREAM_TOKENS=off` turns them off.
+    pub stream_token_ttl: Option<Duration>,
+}
+
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Secrets never reach a log line, even through `{:?}`.
+        f.debug_struct("ServerConfig")
+            .field("bind", &self.bind)
+            .field("public_url", &self.public_url)
+            .field(
+                "twilio_auth_token",
+                &self.twilio_auth_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("greeting", &self.greeting)
+            .field("session", &self.session)
+            .field("twilio_ws", &self.twilio_ws)
+            .field("header_timeout", &self.header_timeout)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .field("max_body", &self.max_body)
+            .field("stream_token_ttl", &self.stream_token_ttl)
+            .finish()
+    }
 }
 
 impl ServerConfig {
     /// Settings from the environment: `PORT` (5050), `BIND_ADDR` (127.0.0.1),
-    /// `OPENAI_API_KEY`, `OPENAI_REALTIME_URL`, `PUBLIC_URL`, `TWILIO_AUTH_TOKEN`, `GREETING`.
+    /// `OPENAI_API_KEY`, `OPENAI_REALTIME_URL`, `PUBLIC_URL`, `TWILIO_AUTH_TOKEN`, `GREETING`,
+    /// `STREAM_TOKENS` (`off` disables one-time stream tokens). Twilio messages over 64 KiB
+    /// end the call (`twilio_ws.max_message_size`).
     pub fn from_env() -> ServerConfig {
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let port: u16 = env("PORT").and_then(|p| p.parse().ok()).unwrap_or(5050);
         let ip = env("BIND_ADDR")
             .and_then(|a| a.parse().ok())
             .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+        let twilio_auth_token = env("TWILIO_AUTH_TOKEN");
+        let tokens_off = env("STREAM_TOKENS").is_some_and(|v| {
+            matches!(
+                v.to_ascii_lowercase().as_str(),
+                "0" | "off" | "false" | "no"
+            )
+        });
         ServerConfig {
             bind: SocketAddr::new(ip, port),
             public_url: env("PUBLIC_URL"),
-            twilio_auth_token: env("TWILIO_AUTH_TOKEN"),
+            stream_token_ttl: (twilio_auth_token.is_some() && !tokens_off)
+                .then_some(Duration::from_secs(30)),
+            twilio_auth_token,
             greeting: env("GREETING"),
             session: SessionOptions::new(env("OPENAI_API_KEY")),
-            twilio_ws: WsConfig::default(),
+            twilio_ws: WsConfig {
+                // Twilio's frames are ~400 bytes; anything near this is not Twilio.
+                max_message_size: 64 * 1024,
+                ..WsConfig::default()
+            },
             header_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(30),
             max_body: 64 * 1024,
@@ -149,6 +192,7 @@ pub struct Server {
     agent: AgentFactory,
     hook: Option<EventHook>,
     shared: Arc<Shared>,
+    tokens: Option<Arc<StreamTokens>>,
 }
 
 impl std::fmt::Debug for Server {
@@ -163,12 +207,26 @@ impl Server {
     /// Binds the listening socket.
     pub fn bind(cfg: ServerConfig, agent: AgentFactory) -> io::Result<Server> {
         let listener = TcpListener::bind(cfg.bind)?;
+        let tokens = cfg
+            .stream_token_ttl
+            .map(|ttl| Arc::new(StreamTokens::new(ttl, 100_000)));
+        let mut cfg = cfg;
+        if let Some(tokens) = &tokens {
+            let tokens = tokens.clone();
+            cfg.session.start_check = Some(Arc::new(move |start: &Start| {
+                let token = start.start.custom_parameters.get(TOKEN_PARAMETER);
+                tokens
+                    .redeem(token.map(String::as_str), &start.start.call_sid)
+                    .map_err(|e| e.to_string())
+            }));
+        }
         Ok(Server {
             listener,
             cfg: Arc::new(cfg),
             agent,
             hook: None,
             shared: Arc::new(Shared::default()),
+            tokens,
         })
     }
 
@@ -216,6 +274,7 @@ impl Server {
                 agent: self.agent.clone(),
                 hook: self.hook.clone(),
                 shared: self.shared.clone(),
+                tokens: self.tokens.clone(),
             };
             let spawned = thread::Builder::new()
                 .name("conn".into())
@@ -255,6 +314,7 @@ struct ConnCtx {
     agent: AgentFactory,
     hook: Option<EventHook>,
     shared: Arc<Shared>,
+    tokens: Option<Arc<StreamTokens>>,
 }
 
 fn respond(stream: &mut TcpStream, status: u16, ctype: &str, body: &str) {
@@ -364,12 +424,25 @@ impl ConnCtx {
             );
             return;
         };
-        let caller = form
-            .iter()
-            .find(|(k, _)| k == "From")
-            .map(|(_, v)| v.as_str())
-            .unwrap_or("");
-        let twiml = twiml(&stream_url(&origin), self.cfg.greeting.as_deref(), caller);
+        let field = |name: &str| {
+            form.iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+                .unwrap_or("")
+        };
+        let mut params = vec![("caller", field("From").to_owned())];
+        if let Some(tokens) = &self.tokens {
+            match tokens.issue(field("CallSid")) {
+                Ok(t) => params.push((TOKEN_PARAMETER, t)),
+                Err(e) => {
+                    log::error!(target: LOG, "could not mint a stream token: {e}");
+                    respond(&mut stream, 500, "text/plain", "internal error\n");
+                    return;
+                }
+            }
+        }
+        let params: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let twiml = twiml(&stream_url(&origin), self.cfg.greeting.as_deref(), &params);
         log::info!(target: LOG, "incoming call webhook answered");
         respond(&mut stream, 200, "text/xml", &twiml);
     }
@@ -495,18 +568,30 @@ pub fn stream_url(origin: &str) -> String {
     format!("wss://{host}/media-stream")
 }
 
-/// TwiML that connects the call to `stream_url`, after an optional greeting, passing the
-/// caller's number as the `caller` parameter.
-pub fn twiml(stream_url: &str, greeting: Option<&str>, caller: &str) -> String {
+/// TwiML that connects the call to `stream_url`, after an optional greeting, passing
+/// `params` as `<Parameter>`s (they arrive in `start`'s `customParameters`).
+///
+/// ```
+/// let x = twilio_realtime::server::twiml("wss://h/media-stream", None, &[("caller", "+1555")]);
+/// assert!(x.contains(r#"<Parameter name="caller" value="+1555"/>"#));
+/// ```
+pub fn twiml(stream_url: &str, greeting: Option<&str>, params: &[(&str, &str)]) -> String {
     let mut x = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response>\n");
     if let Some(g) = greeting {
         x.push_str(&format!("  <Say>{}</Say>\n", xml_escape(g)));
     }
     x.push_str(&format!(
-        "  <Connect>\n    <Stream url=\"{}\">\n      <Parameter name=\"caller\" value=\"{}\"/>\n    </Stream>\n  </Connect>\n</Response>\n",
-        xml_escape(stream_url),
-        xml_escape(caller)
+        "  <Connect>\n    <Stream url=\"{}\">\n",
+        xml_escape(stream_url)
     ));
+    for (name, value) in params {
+        x.push_str(&format!(
+            "      <Parameter name=\"{}\" value=\"{}\"/>\n",
+            xml_escape(name),
+            xml_escape(value)
+        ));
+    }
+    x.push_str("    </Stream>\n  </Connect>\n</Response>\n");
     x
 }
 
@@ -546,12 +631,12 @@ mod tests {
         let x = twiml(
             "wss://h/media-stream",
             Some("Hi & welcome <3"),
-            "+1555\"0100",
+            &[("caller", "+1555\"0100")],
         );
         assert!(x.contains("<Say>Hi &amp; welcome &lt;3</Say>"));
         assert!(x.contains("<Stream url=\"wss://h/media-stream\">"));
         assert!(x.contains("<Parameter name=\"caller\" value=\"+1555&quot;0100\"/>"));
-        let x = twiml("wss://h/media-stream", None, "");
+        let x = twiml("wss://h/media-stream", None, &[]);
         assert!(!x.contains("<Say>"));
     }
 }

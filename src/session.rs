@@ -62,7 +62,7 @@ pub enum TransportEvents {
 }
 
 /// How to reach the model.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ModelOptions {
     /// `ws://` or `wss://` URL of the Realtime endpoint (the model is in its query).
     pub url: String,
@@ -72,8 +72,24 @@ pub struct ModelOptions {
     pub ws: WsConfig,
 }
 
+impl std::fmt::Debug for ModelOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The key never reaches a log line, even through `{:?}`.
+        f.debug_struct("ModelOptions")
+            .field("url", &self.url)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("ws", &self.ws)
+            .finish()
+    }
+}
+
+/// Decides on Twilio's `start` whether the stream may go on (`Err(why)` refuses it). With one
+/// set, the model connection opens only after the check passed, so a refused stream costs no
+/// model session. [`crate::server`] uses it for one-time stream tokens.
+pub type StartCheck = Arc<dyn Fn(&crate::twilio::Start) -> Result<(), String> + Send + Sync>;
+
 /// Everything a session needs besides the Twilio socket and the agent.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SessionOptions {
     /// The model endpoint and key.
     pub model: ModelOptions,
@@ -83,6 +99,21 @@ pub struct SessionOptions {
     pub inbound: InboundConfig,
     /// Which raw socket messages become events.
     pub transport_events: TransportEvents,
+    /// Checked on `start` before any model connection is opened (default: none, and the model
+    /// connection opens the moment the session starts).
+    pub start_check: Option<StartCheck>,
+}
+
+impl std::fmt::Debug for SessionOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionOptions")
+            .field("model", &self.model)
+            .field("call", &self.call)
+            .field("inbound", &self.inbound)
+            .field("transport_events", &self.transport_events)
+            .field("start_check", &self.start_check.is_some())
+            .finish()
+    }
 }
 
 impl SessionOptions {
@@ -97,11 +128,17 @@ impl SessionOptions {
             model: ModelOptions {
                 url,
                 api_key,
-                ws: WsConfig::default(),
+                // A caller waits in silence while this runs: give up after 5 s, not 10.
+                ws: WsConfig {
+                    connect_timeout: Duration::from_secs(5),
+                    handshake_timeout: Duration::from_secs(5),
+                    ..WsConfig::default()
+                },
             },
             call: CallOptions::default(),
             inbound: InboundConfig::default(),
             transport_events: TransportEvents::default(),
+            start_check: None,
         }
     }
 
@@ -231,8 +268,15 @@ impl Session {
             buf: String::with_capacity(512),
         }));
 
-        // Model connection first: it is the slow part.
-        spawn_model_connect(0, &opts.model, shell_tx.clone());
+        // Model connection first: it is the slow part. With a start check it waits for a
+        // `start` that passed (the core asks for it then).
+        let mut call_opts = opts.call.clone();
+        if opts.start_check.is_some() {
+            call_opts.connect_model_on_start = true;
+        }
+        if !call_opts.connect_model_on_start {
+            spawn_model_connect(0, &opts.model, shell_tx.clone());
+        }
 
         let twilio_duplex = {
             let tx = shell_tx.clone();
@@ -247,7 +291,7 @@ impl Session {
         };
 
         let start = Instant::now();
-        let core = CallCore::new(agent, opts.call.clone(), start);
+        let core = CallCore::new(agent, call_opts, start);
         let shell = Shell {
             core,
             lane: lane.clone(),
@@ -261,6 +305,7 @@ impl Session {
             out_buf: String::with_capacity(512),
             started: start,
             model_ready_logged: false,
+            start_check: opts.start_check.clone(),
         };
         let thread = thread::Builder::new()
             .name("session".into())
@@ -340,6 +385,7 @@ fn twilio_incoming(
             let _ = tx.send(ShellMsg::TwilioClosed("closed by twilio".into()));
         }
         Incoming::Error(e) => {
+            log::warn!(target: TWILIO_LOG, "twilio socket failed: {e}");
             let _ = tx.send(ShellMsg::TwilioClosed(e.to_string()));
         }
     }
@@ -358,6 +404,7 @@ struct Shell {
     out_buf: String,
     started: Instant,
     model_ready_logged: bool,
+    start_check: Option<StartCheck>,
 }
 
 impl Shell {
@@ -395,6 +442,16 @@ impl Shell {
     fn handle(&mut self, msg: ShellMsg) {
         let now = Instant::now();
         match msg {
+            ShellMsg::Twilio(TwilioMessage::Start(start)) if self.core.stream_sid().is_none() => {
+                let verdict = self
+                    .start_check
+                    .as_ref()
+                    .map_or(Ok(()), |check| check(&start));
+                match verdict {
+                    Ok(()) => self.core.handle_twilio(now, TwilioMessage::Start(start)),
+                    Err(why) => self.core.reject(now, &why),
+                }
+            }
             ShellMsg::Twilio(m) => self.core.handle_twilio(now, m),
             ShellMsg::TwilioBad(e) => self.emit(SessionEvent::Error {
                 source: ErrorSource::Twilio,

@@ -44,6 +44,11 @@ pub enum TwilioError {
         /// The parser's error.
         source: serde_json::Error,
     },
+    /// A `media` message whose payload is not valid base64.
+    InvalidPayload {
+        /// What the base64 decoder found.
+        source: base64::DecodeError,
+    },
 }
 
 impl fmt::Display for TwilioError {
@@ -56,6 +61,9 @@ impl fmt::Display for TwilioError {
             TwilioError::InvalidMessage { event, source } => {
                 write!(f, "invalid twilio {event:?} message: {source}")
             }
+            TwilioError::InvalidPayload { source } => {
+                write!(f, "twilio media payload is not valid base64: {source}")
+            }
         }
     }
 }
@@ -66,6 +74,7 @@ impl std::error::Error for TwilioError {
             TwilioError::Json { source } | TwilioError::InvalidMessage { source, .. } => {
                 Some(source)
             }
+            TwilioError::InvalidPayload { source } => Some(source),
             TwilioError::MissingEvent => None,
         }
     }
@@ -355,7 +364,12 @@ impl TwilioMessage {
         Ok(match event.as_str() {
             "connected" => TwilioMessage::Connected(body(&event, text)?),
             "start" => TwilioMessage::Start(body(&event, text)?),
-            "media" => TwilioMessage::Media(body(&event, text)?),
+            "media" => {
+                let m: Media = body(&event, text)?;
+                crate::mulaw::validate_base64(&m.media.payload)
+                    .map_err(|source| TwilioError::InvalidPayload { source })?;
+                TwilioMessage::Media(m)
+            }
             "dtmf" => TwilioMessage::Dtmf(body(&event, text)?),
             "mark" => TwilioMessage::Mark(body(&event, text)?),
             "stop" => TwilioMessage::Stop(body(&event, text)?),

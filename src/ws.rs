@@ -706,6 +706,25 @@ fn reader_loop<F: FnMut(Incoming)>(shared: &Shared, mut on_message: F, stop_tx: 
                     // We closed it ourselves: not an error.
                     break Incoming::Closed(None);
                 }
+                // Tell the peer why before dropping it: 1009 for a message over the size cap,
+                // 1002 for a broken frame (best effort; the connection is ending either way).
+                let code = match &e {
+                    tungstenite::Error::Capacity(_) => Some(CloseCode::Size),
+                    tungstenite::Error::Protocol(_) | tungstenite::Error::Utf8(_) => {
+                        Some(CloseCode::Protocol)
+                    }
+                    _ => None,
+                };
+                if let Some(code) = code {
+                    let frame = CloseFrame {
+                        code,
+                        reason: "".into(),
+                    };
+                    let queued = shared.lock().close(Some(frame));
+                    if queued.is_ok() || queued.as_ref().is_err_and(is_would_block) {
+                        let _ = shared.write_pending();
+                    }
+                }
                 break Incoming::Error(map_err(e));
             }
         }

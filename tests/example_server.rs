@@ -16,12 +16,21 @@ const PUBLIC: &str = "https://bridge.example.test";
 struct Proc {
     child: Child,
     addr: SocketAddr,
+    log: std::path::PathBuf,
+}
+
+impl Proc {
+    /// Everything the server logged so far (at debug level).
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
 }
 
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
     }
 }
 
@@ -38,6 +47,12 @@ fn example_binary() -> std::path::PathBuf {
 }
 
 fn start(model_url: &str, token: Option<&str>) -> Proc {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let log = std::env::temp_dir().join(format!(
+        "twilio-realtime-server-{}-{}.log",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
     let mut cmd = Command::new(example_binary());
     cmd.env("PORT", "0")
         .env("BIND_ADDR", "127.0.0.1")
@@ -45,9 +60,9 @@ fn start(model_url: &str, token: Option<&str>) -> Proc {
         .env("OPENAI_REALTIME_URL", model_url)
         .env("PUBLIC_URL", PUBLIC)
         .env("GREETING", "Connecting you now.")
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", "debug")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+        .stderr(std::fs::File::create(&log).unwrap());
     match token {
         Some(t) => cmd.env("TWILIO_AUTH_TOKEN", t),
         None => cmd.env_remove("TWILIO_AUTH_TOKEN"),
@@ -62,7 +77,7 @@ fn start(model_url: &str, token: Option<&str>) -> Proc {
         .next()
         .and_then(|a| a.parse().ok())
         .unwrap_or_else(|| panic!("no address in {line:?}"));
-    Proc { child, addr }
+    Proc { child, addr, log }
 }
 
 fn request(addr: SocketAddr, raw: &str) -> (u16, String) {
@@ -183,11 +198,12 @@ fn signatures_are_required_when_a_token_is_set() {
         0,
         "no model credits spent on refused calls"
     );
-    // with and without a trailing slash in the signed URL
+    // with and without a trailing slash in the signed URL (each call with its own token)
     for url in [
         "wss://bridge.example.test/media-stream",
         "wss://bridge.example.test/media-stream/",
     ] {
+        let token = stream_token(p.addr, &right);
         let mut cfg = TwilioCallConfig::new(
             p.addr,
             vec![
@@ -202,8 +218,84 @@ fn signatures_are_required_when_a_token_is_set() {
             "X-Twilio-Signature".into(),
             signature::compute(TOKEN, url, &[]),
         ));
+        cfg.call_sid = Some("CA0001".into());
+        cfg.custom_parameters.insert("token".into(), token);
         let report = TwilioCall::run(cfg).unwrap();
         assert_eq!(report.played_ms(), 300, "{url}: the call works");
+    }
+}
+
+/// Calls the signed webhook (CallSid CA0001) and takes the one-time token out of its TwiML.
+fn stream_token(addr: SocketAddr, sig: &str) -> String {
+    let (status, body) = webhook(addr, Some(sig));
+    assert_eq!(status, 200, "{body}");
+    let at = body
+        .find(r#"<Parameter name="token" value=""#)
+        .unwrap_or_else(|| panic!("no token parameter in {body}"));
+    let rest = &body[at + r#"<Parameter name="token" value=""#.len()..];
+    rest[..rest.find('"').unwrap()].to_owned()
+}
+
+#[test]
+fn one_time_stream_tokens_are_checked_before_the_model_is_called() {
+    let model = FakeModel::start(FakeModelConfig {
+        greeting: Some(Reply::say("Hi.", 300)),
+        ..Default::default()
+    })
+    .unwrap();
+    let p = start(&model.url(), Some(TOKEN));
+    let sig = signature::compute(TOKEN, &format!("{PUBLIC}/incoming-call"), &form());
+    let upgrade_sig = signature::compute(TOKEN, "wss://bridge.example.test/media-stream", &[]);
+    let call = |token: Option<&str>, call_sid: &str| {
+        let mut cfg = TwilioCallConfig::new(
+            p.addr,
+            vec![
+                Segment::WaitForAgent {
+                    quiet_ms: 300,
+                    timeout_ms: 5_000,
+                },
+                Segment::HangUp,
+            ],
+        );
+        cfg.headers
+            .push(("X-Twilio-Signature".into(), upgrade_sig.clone()));
+        cfg.call_sid = Some(call_sid.into());
+        if let Some(t) = token {
+            cfg.custom_parameters.insert("token".into(), t.into());
+        }
+        TwilioCall::run(cfg).unwrap()
+    };
+
+    // A correctly signed upgrade without a token, with a made-up one, or with a token minted
+    // for another CallSid: the stream is closed and no model session is opened.
+    let refused = |r: &twilio_realtime::sim::twilio_call::CallReport| {
+        r.closed_by_bridge && r.played_ms() == 0
+    };
+    assert!(refused(&call(None, "CA0001")));
+    assert!(refused(&call(
+        Some("00112233445566778899aabbccddeeff"),
+        "CA0001"
+    )));
+    let t = stream_token(p.addr, &sig);
+    assert!(refused(&call(Some(&t), "CA0002")));
+    // that token is spent now, even for the right call
+    assert!(refused(&call(Some(&t), "CA0001")));
+    assert_eq!(model.recording().connections, 0, "no model credits spent");
+
+    // The real thing works once; a replay of the same token is refused.
+    let t = stream_token(p.addr, &sig);
+    let ok = call(Some(&t), "CA0001");
+    assert_eq!(ok.played_ms(), 300, "{:?}", ok.timeline);
+    assert_eq!(model.recording().connections, 1);
+    assert!(refused(&call(Some(&t), "CA0001")));
+    assert_eq!(model.recording().connections, 1, "the replay cost nothing");
+
+    // Neither the stream tokens nor the auth token nor the API key appear in the log, which
+    // does say why each stream was refused.
+    let log = p.log();
+    assert!(log.contains("stream token"), "{log}");
+    for secret in [t.as_str(), TOKEN, "test-key"] {
+        assert!(!log.contains(secret), "{secret:?} leaked into the log");
     }
 }
 

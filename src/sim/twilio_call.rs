@@ -79,6 +79,9 @@ pub struct TwilioCallConfig {
     pub headers: Vec<(String, String)>,
     /// `<Parameter>`s of the TwiML, sent in `start.customParameters`.
     pub custom_parameters: BTreeMap<String, String>,
+    /// The CallSid to present in `start` (e.g. the one a webhook was called with). Default: a
+    /// random, realistic one.
+    pub call_sid: Option<String>,
     /// The caller's script.
     pub script: Vec<Segment>,
     /// One-way network delay between the bridge and Twilio (both directions).
@@ -105,6 +108,7 @@ impl TwilioCallConfig {
             path: "/media-stream".into(),
             headers: Vec::new(),
             custom_parameters: custom,
+            call_sid: None,
             script,
             one_way_delay: Duration::from_millis(30),
             jitter: Duration::from_millis(5),
@@ -290,7 +294,7 @@ impl TwilioCall {
         let t0 = Instant::now();
         let at = |t: Instant| t.saturating_duration_since(t0);
         let stream_sid = sid("MZ", &mut rng);
-        let call_sid = sid("CA", &mut rng);
+        let call_sid = cfg.call_sid.clone().unwrap_or_else(|| sid("CA", &mut rng));
         let account_sid = sid("AC", &mut rng);
         let mut report = CallReport {
             stream_sid: stream_sid.clone(),
