@@ -696,6 +696,10 @@ impl CallCore {
                     log::trace!(target: LOG, "late audio of a cut response dropped");
                     return;
                 }
+                if d.delta.is_empty() || d.item_id.is_empty() {
+                    log::debug!(target: LOG, "audio delta without audio or item ignored");
+                    return;
+                }
                 self.assistant_audio_seen = true;
                 self.send_audio(now, &d.response_id, &d.item_id, d.content_index, d.delta);
             }

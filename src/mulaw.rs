@@ -117,7 +117,7 @@ pub fn base64_decoded_len(b64: &str) -> usize {
         }
 }
 
-/// Checks that `b64` is valid standard base64 (padded or not) and returns the number of bytes
+/// Checks that `b64` is valid, padded standard base64 and returns the number of bytes
 /// it decodes to. It decodes piecewise into a stack buffer with the `base64` crate, so it
 /// allocates nothing: the audio path uses it to refuse a bad payload before forwarding it.
 ///
@@ -125,6 +125,7 @@ pub fn base64_decoded_len(b64: &str) -> usize {
 /// use twilio_realtime::mulaw;
 /// assert_eq!(mulaw::validate_base64("//////8=").unwrap(), 5);
 /// assert!(mulaw::validate_base64("not base64!").is_err());
+/// assert!(mulaw::validate_base64("//8").is_err()); // unpadded
 /// ```
 pub fn validate_base64(b64: &str) -> Result<usize, base64::DecodeError> {
     const CHUNK: usize = 1024; // a multiple of 4: only the last piece may carry padding
@@ -135,8 +136,12 @@ pub fn validate_base64(b64: &str) -> Result<usize, base64::DecodeError> {
     while end > 0 && bytes[end - 1] == b'=' {
         end -= 1;
     }
-    let pad = bytes.len() - end;
-    if pad > 2 || (pad > 0 && bytes.len() % 4 != 0) {
+    // Twilio and OpenAI always pad; an unpadded payload is refused rather than passed on to a
+    // peer that may not accept it.
+    if bytes.len() % 4 != 0 {
+        return Err(base64::DecodeError::InvalidLength(bytes.len()));
+    }
+    if bytes.len() - end > 2 {
         return Err(base64::DecodeError::InvalidPadding);
     }
     let mut total = 0;
@@ -194,6 +199,26 @@ pub fn mean_abs(samples: &[u8]) -> f32 {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn validate_base64_agrees_with_the_decoder() {
+        let engine = &base64::engine::general_purpose::STANDARD;
+        for n in [0usize, 1, 2, 3, 160, 767, 768, 769, 800, 4000] {
+            let data: Vec<u8> = (0..n).map(|i| (i * 7) as u8).collect();
+            let b64 = engine.encode(&data);
+            assert_eq!(validate_base64(&b64).unwrap(), n, "{n} bytes");
+            assert_eq!(base64_decoded_len(&b64), n);
+        }
+        let mut long = engine.encode(vec![0u8; 3000]).into_bytes();
+        long[2000] = b'*';
+        let long = String::from_utf8(long).unwrap();
+        assert_eq!(
+            validate_base64(&long),
+            Err(base64::DecodeError::InvalidByte(2000, b'*'))
+        );
+        assert!(validate_base64("AAA=A===").is_err());
+        assert!(validate_base64("A===").is_err());
+    }
     use super::*;
 
     #[test]

@@ -74,6 +74,9 @@ pub struct Faults {
     pub errors: Vec<(Duration, Value)>,
     /// Send a frame that is not JSON after this long.
     pub malformed_after: Option<Duration>,
+    /// Send these text frames exactly as given at these times (truncated JSON, unknown or
+    /// out-of-order events, deltas for items that do not exist, …).
+    pub raw: Vec<(Duration, String)>,
     /// Send a `session_expired` error after this long, then close.
     pub session_expired_after: Option<Duration>,
     /// Refuse the upgrade with this HTTP status.
@@ -140,6 +143,8 @@ pub struct TruncationRecord {
 pub struct ModelRecording {
     /// Connections accepted.
     pub connections: u64,
+    /// Connections the client (the bridge) closed or dropped.
+    pub closed_by_client: u64,
     /// Every client event received: (when, raw JSON).
     pub events: Vec<(Instant, String)>,
     /// Every `session.update`'s `session`.
@@ -329,7 +334,10 @@ fn connection(sh: Arc<Shared>, tcp: std::net::TcpStream) {
         match rx.recv_timeout(timeout) {
             Ok(Incoming::Text(t)) => e.on_client(t.as_str()),
             Ok(Incoming::Binary(_)) => e.violation("binary frame".into()),
-            Ok(Incoming::Closed(_)) | Ok(Incoming::Error(_)) => break,
+            Ok(Incoming::Closed(_)) | Ok(Incoming::Error(_)) => {
+                sh.rec().closed_by_client += 1;
+                break;
+            }
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
             Err(_) => break,
         }
@@ -369,6 +377,7 @@ struct Engine {
     active: Option<ActiveResponse>,
     // faults fired
     fired: Vec<bool>,
+    fired_raw: Vec<bool>,
     closed_fault: bool,
     malformed_done: bool,
     expired_done: bool,
@@ -377,6 +386,7 @@ struct Engine {
 impl Engine {
     fn new(sh: Arc<Shared>, out: WsSender) -> Engine {
         let n = sh.cfg.faults.errors.len();
+        let n_raw = sh.cfg.faults.raw.len();
         Engine {
             sh,
             out,
@@ -394,6 +404,7 @@ impl Engine {
             last_item: None,
             active: None,
             fired: vec![false; n],
+            fired_raw: vec![false; n_raw],
             closed_fault: false,
             malformed_done: false,
             expired_done: false,
@@ -806,11 +817,18 @@ impl Engine {
             self.active = None;
         }
         let elapsed = now - self.started;
-        let f = self.sh.cfg.faults.clone();
+        let sh = self.sh.clone();
+        let f = &sh.cfg.faults;
         for (i, (at, err)) in f.errors.iter().enumerate() {
             if !self.fired[i] && elapsed >= *at {
                 self.fired[i] = true;
                 self.send(err.clone());
+            }
+        }
+        for (i, (at, text)) in f.raw.iter().enumerate() {
+            if !self.fired_raw[i] && elapsed >= *at {
+                self.fired_raw[i] = true;
+                let _ = self.out.send(Message::text(text.as_str()));
             }
         }
         if !self.malformed_done && f.malformed_after.is_some_and(|t| elapsed >= t) {

@@ -1,0 +1,348 @@
+//! Bad input on every surface, driven through the real server by a raw Twilio client and the
+//! fake model: each gets a log line and an error event, ends at most its own call, and the
+//! next call works.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use common::Rig;
+use crossbeam_channel::Receiver;
+use tungstenite::Message;
+use twilio_realtime::agent::Agent;
+use twilio_realtime::events::{CloseReason, ErrorSource, SessionEvent};
+use twilio_realtime::sim::fake_model::{FakeModelConfig, Faults, Reply};
+use twilio_realtime::sim::twilio_call::{Segment, TwilioCall, TwilioCallConfig};
+use twilio_realtime::ws::{ClientRequest, Duplex, Incoming, WsConfig, WsConn};
+
+const SID: &str = "MZ00000000000000000000000000000001";
+
+fn agent() -> Agent {
+    Agent::new("Front", "You answer calls.")
+}
+
+/// A Twilio client that sends whatever it is told to.
+struct Raw {
+    ws: Duplex,
+    rx: Receiver<Incoming>,
+}
+
+impl Raw {
+    fn connect(rig: &Rig) -> Raw {
+        let req = ClientRequest::new(format!("ws://{}/media-stream", rig.addr));
+        let (ws, rx) = WsConn::connect(&req, &WsConfig::default())
+            .expect("upgrade")
+            .spawn_channel("raw-twilio")
+            .unwrap();
+        Raw { ws, rx }
+    }
+
+    fn text(&self, s: &str) {
+        self.ws.sender().send(Message::text(s)).unwrap();
+    }
+
+    fn connected(&self) {
+        self.text(r#"{"event":"connected","protocol":"Call","version":"1.0.0"}"#);
+    }
+
+    fn start(&self, stream_sid: &str) {
+        self.text(&format!(
+            r#"{{"event":"start","sequenceNumber":"1","streamSid":"{stream_sid}","start":{{"accountSid":"AC1","streamSid":"{stream_sid}","callSid":"CA1","tracks":["inbound"],"customParameters":{{}},"mediaFormat":{{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1}}}}}}"#
+        ));
+    }
+
+    fn media(&self, ts: u64, byte: u8) {
+        let payload = base64::engine::general_purpose::STANDARD.encode([byte; 160]);
+        self.text(&format!(
+            r#"{{"event":"media","sequenceNumber":"{}","streamSid":"{SID}","media":{{"track":"inbound","chunk":"{}","timestamp":"{ts}","payload":"{payload}"}}}}"#,
+            ts / 20 + 2,
+            ts / 20 + 1
+        ));
+    }
+
+    fn stop(&self) {
+        self.text(&format!(
+            r#"{{"event":"stop","sequenceNumber":"99","streamSid":"{SID}","stop":{{"accountSid":"AC1","callSid":"CA1"}}}}"#
+        ));
+    }
+
+    /// Waits for the bridge to close the socket; the close code if it sent one.
+    fn wait_closed(&self, within: Duration) -> Option<u16> {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(Incoming::Closed(c)) => return c.map(|c| c.code),
+                Ok(Incoming::Error(e)) => panic!("socket failed instead of closing: {e}"),
+                Ok(_) => {}
+                Err(_) => panic!("the bridge did not close the stream within {within:?}"),
+            }
+        }
+    }
+}
+
+fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn closed_reasons(rig: &Rig) -> Vec<CloseReason> {
+    rig.events()
+        .into_iter()
+        .filter_map(|e| match e {
+            SessionEvent::Closed { reason } => Some(reason),
+            _ => None,
+        })
+        .collect()
+}
+
+fn errors(rig: &Rig, source: fn(&ErrorSource) -> bool) -> Vec<String> {
+    rig.events()
+        .into_iter()
+        .filter_map(|e| match e {
+            SessionEvent::Error { source: s, message } if source(&s) => Some(message),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A normal simulated call after the bad one: it hears the whole greeting.
+fn next_call_works(rig: &Rig) {
+    let report = TwilioCall::run(TwilioCallConfig::new(
+        rig.addr,
+        vec![
+            Segment::WaitForAgent {
+                quiet_ms: 300,
+                timeout_ms: 10_000,
+            },
+            Segment::HangUp,
+        ],
+    ))
+    .expect("next call");
+    assert_eq!(report.played_ms(), 400, "{:?}", report.timeline);
+    assert!(report.violations.is_empty(), "{:?}", report.violations);
+}
+
+fn greeting_model() -> FakeModelConfig {
+    FakeModelConfig {
+        greeting: Some(Reply::say("Hello.", 400)),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn twilio_garbage_is_reported_and_the_call_keeps_forwarding() {
+    let rig = Rig::start(greeting_model(), agent);
+    let raw = Raw::connect(&rig);
+    raw.connected();
+    raw.media(0, 0xFD); // before start: kept, forwarded once the call is up
+    raw.start(SID);
+    raw.text("{this is not json");
+    raw.text(r#"{"event":"brand_new_event","streamSid":"MZ1","x":{"y":1}}"#);
+    raw.text(r#"{"noevent":true}"#);
+    raw.text(r#"{"event":"media","streamSid":"MZ1","media":{"payload":"!!not base64!!"}}"#);
+    raw.text(r#"{"event":"media","streamSid":"MZ1","media":{"payload":"//8"}}"#); // unpadded
+    raw.text(r#"{"event":"media","streamSid":"MZ1","media":{"payload":"//8="}}"#); // fine
+    raw.text(r#"{"event":"media","streamSid":"MZ1","media":{"timestamp":"x"}}"#);
+    raw.ws
+        .sender()
+        .send(Message::binary(vec![1u8, 2, 3]))
+        .unwrap();
+    raw.text(&format!(
+        r#"{{"event":"mark","streamSid":"{SID}","mark":{{"name":"nobody-sent-this"}}}}"#
+    ));
+    raw.text(&format!(
+        r#"{{"event":"mark","streamSid":"{SID}","mark":{{"name":"gen:9:offset:99999:item_x"}}}}"#
+    ));
+    raw.start("MZ00000000000000000000000000000002"); // a second start
+                                                     // An unknown event just under the 64 KiB cap is kept, not an error.
+    raw.text(&format!(
+        r#"{{"event":"padding","data":"{}"}}"#,
+        "a".repeat(60_000)
+    ));
+    for i in 1..=10 {
+        raw.media(i * 20, 0xFE);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while rig.model.recording().appended_bytes < 11 * 160 + 2 {
+        if Instant::now() > deadline {
+            panic!(
+                "caller audio not forwarded: {} bytes; errors {:#?}",
+                rig.model.recording().appended_bytes,
+                errors(&rig, |_| true)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let audio = rig.model.recording().appended_audio;
+    let mut expected = vec![0xFD; 160];
+    expected.extend([0xFF, 0xFF]); // the two-byte frame, in order
+    expected.extend([0xFE; 1600]);
+    assert_eq!(audio, expected, "every valid frame forwarded, in order");
+    let twilio_errors = errors(&rig, |s| *s == ErrorSource::Twilio);
+    assert_eq!(twilio_errors.len(), 7, "{twilio_errors:#?}");
+    for needle in [
+        "not a JSON object",
+        "no \"event\" field",
+        "not valid base64",
+        "invalid twilio \"media\"",
+        "binary",
+        "second start",
+    ] {
+        assert!(
+            twilio_errors.iter().any(|e| e.contains(needle)),
+            "no error about {needle}: {twilio_errors:#?}"
+        );
+    }
+    assert!(closed_reasons(&rig).is_empty(), "the call goes on");
+    raw.stop();
+    raw.wait_closed(Duration::from_secs(5));
+    rig.wait_idle();
+    assert_eq!(closed_reasons(&rig), vec![CloseReason::TwilioStopped]);
+    next_call_works(&rig);
+    rig.stop();
+}
+
+#[test]
+fn a_message_over_the_size_cap_ends_only_that_call() {
+    let rig = Rig::start(greeting_model(), agent);
+    let raw = Raw::connect(&rig);
+    raw.connected();
+    raw.start(SID);
+    raw.text(&format!(
+        r#"{{"event":"media","media":{{"payload":"{}"}}}}"#,
+        "A".repeat(70_000)
+    ));
+    assert_eq!(
+        raw.wait_closed(Duration::from_secs(5)),
+        Some(1009),
+        "closed as too big"
+    );
+    rig.wait_idle();
+    let reasons = closed_reasons(&rig);
+    assert!(
+        matches!(&reasons[..], [CloseReason::TwilioDisconnected(why)] if why.contains("too long")),
+        "{reasons:?}"
+    );
+    next_call_works(&rig);
+    rig.stop();
+}
+
+#[test]
+fn a_stream_that_never_starts_is_closed() {
+    let rig = Rig::start_with(greeting_model(), agent, |cfg| {
+        cfg.session.call.start_timeout = Duration::from_millis(300);
+    });
+    let raw = Raw::connect(&rig);
+    raw.connected();
+    raw.media(0, 0xFE); // media without start does not count as starting
+    raw.wait_closed(Duration::from_secs(5));
+    rig.wait_idle();
+    assert_eq!(closed_reasons(&rig), vec![CloseReason::NoStart]);
+    assert!(errors(&rig, |s| *s == ErrorSource::Twilio)
+        .iter()
+        .any(|e| e.contains("no start")));
+    // The model connection it opened was closed too.
+    wait_until("the model socket closed", Duration::from_secs(5), || {
+        rig.model.recording().closed_by_client == 1
+    });
+    rig.stop();
+}
+
+#[test]
+fn stop_without_start_ends_the_call_cleanly() {
+    let rig = Rig::start(greeting_model(), agent);
+    let raw = Raw::connect(&rig);
+    raw.connected();
+    raw.stop();
+    raw.wait_closed(Duration::from_secs(5));
+    rig.wait_idle();
+    assert_eq!(closed_reasons(&rig), vec![CloseReason::TwilioStopped]);
+    next_call_works(&rig);
+    rig.stop();
+}
+
+#[test]
+fn model_garbage_is_reported_and_the_agent_keeps_talking() {
+    let at = Duration::from_millis(150);
+    let raw = [
+        r#"{"type":"response.output_audio.delta","delta":"AAA"#,
+        r#"not json at all"#,
+        r#"{"no_type":1}"#,
+        r#"{"type":"a.future.event","payload":{"x":[1,2,3]}}"#,
+        r#"{"type":"error","event_id":"ev_1","error":{"type":"invalid_request_error","code":"made_up","message":"Something was wrong.","param":null,"event_id":null}}"#,
+        r#"{"type":"response.output_audio.delta","event_id":"ev_2","response_id":"resp_ghost","item_id":"item_ghost","output_index":0,"content_index":0,"delta":"**"}"#,
+        r#"{"type":"response.output_audio.delta","event_id":"ev_3","response_id":"resp_ghost"}"#,
+        r#"{"type":"response.output_audio.done","event_id":"ev_4","response_id":"resp_ghost","item_id":"item_ghost","output_index":0,"content_index":0}"#,
+        r#"{"type":"response.output_item.done","event_id":"ev_5","response_id":"resp_ghost","output_index":0,"item":{"id":"item_ghost","type":"message","role":"assistant","content":[]}}"#,
+        r#"{"type":"conversation.item.truncated","event_id":"ev_6","item_id":"item_nowhere","content_index":0,"audio_end_ms":1234}"#,
+        r#"{"type":"response.done","event_id":"ev_7","response":{"id":"resp_never_created","status":"completed","output":[]}}"#,
+        r#"{"type":"input_audio_buffer.speech_stopped","event_id":"ev_8","audio_end_ms":10,"item_id":"item_u"}"#,
+    ];
+    let model = FakeModelConfig {
+        greeting: Some(Reply::say("Hello, nice to hear from you.", 1200)),
+        audio_speed: 1.0,
+        faults: Faults {
+            raw: raw.iter().map(|r| (at, r.to_string())).collect(),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let rig = Rig::start(model, agent);
+    let report = TwilioCall::run(TwilioCallConfig::new(
+        rig.addr,
+        vec![
+            Segment::WaitForAgent {
+                quiet_ms: 400,
+                timeout_ms: 10_000,
+            },
+            Segment::HangUp,
+        ],
+    ))
+    .expect("call");
+    rig.wait_idle();
+    assert!(report.violations.is_empty(), "{:?}", report.violations);
+    // The greeting played whole; the ghost item's audio (if any) was not invalid base64.
+    let heard = report.heard_ms_by_item();
+    assert!(
+        heard
+            .iter()
+            .any(|(item, ms)| item != "item_ghost" && *ms == 1200),
+        "{heard:?}"
+    );
+    let model_errors = errors(&rig, |s| matches!(s, ErrorSource::Model { .. }));
+    for needle in [
+        "not a JSON object",
+        "no \"type\" field",
+        "not valid base64",
+        "Something was wrong.",
+    ] {
+        assert!(
+            model_errors.iter().any(|e| e.contains(needle)),
+            "no error about {needle}: {model_errors:#?}"
+        );
+    }
+    assert_eq!(closed_reasons(&rig), vec![CloseReason::TwilioStopped]);
+    next_call_works_after_model_garbage(&rig);
+    rig.stop();
+}
+
+/// The same rig's next call: the raw frames come again and the call still works.
+fn next_call_works_after_model_garbage(rig: &Rig) {
+    let report = TwilioCall::run(TwilioCallConfig::new(
+        rig.addr,
+        vec![
+            Segment::WaitForAgent {
+                quiet_ms: 400,
+                timeout_ms: 10_000,
+            },
+            Segment::HangUp,
+        ],
+    ))
+    .expect("next call");
+    assert!(report.played_ms() >= 1200, "{:?}", report.timeline);
+}
