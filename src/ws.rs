@@ -382,6 +382,10 @@ impl WsConn {
                     {
                         WsError::Handshake("timed out".into())
                     }
+                    // A read timeout mid-handshake surfaces as an interrupted handshake.
+                    tungstenite::HandshakeError::Interrupted(_) => {
+                        WsError::Handshake(format!("timed out after {:?}", cfg.handshake_timeout))
+                    }
                     other => WsError::Handshake(other.to_string()),
                 })?;
         log::debug!(target: LOG, "connected to {host}:{port}");

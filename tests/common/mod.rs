@@ -207,3 +207,49 @@ impl Rig {
         self.server.take().unwrap().join().unwrap().unwrap()
     }
 }
+
+/// A throw-away self-signed certificate for "localhost", made in the test.
+pub fn tls_pair() -> (native_tls::TlsAcceptor, native_tls::TlsConnector) {
+    use openssl::asn1::Asn1Time;
+    use openssl::bn::{BigNum, MsbOption};
+    use openssl::hash::MessageDigest;
+    use openssl::pkey::PKey;
+    use openssl::rsa::Rsa;
+    use openssl::x509::extension::SubjectAlternativeName;
+    use openssl::x509::{X509Builder, X509NameBuilder};
+
+    let key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
+    let mut name = X509NameBuilder::new().unwrap();
+    name.append_entry_by_text("CN", "localhost").unwrap();
+    let name = name.build();
+    let mut b = X509Builder::new().unwrap();
+    b.set_version(2).unwrap();
+    let mut serial = BigNum::new().unwrap();
+    serial.rand(64, MsbOption::MAYBE_ZERO, false).unwrap();
+    b.set_serial_number(&serial.to_asn1_integer().unwrap())
+        .unwrap();
+    b.set_subject_name(&name).unwrap();
+    b.set_issuer_name(&name).unwrap();
+    b.set_pubkey(&key).unwrap();
+    b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
+        .unwrap();
+    b.set_not_after(&Asn1Time::days_from_now(2).unwrap())
+        .unwrap();
+    let san = SubjectAlternativeName::new()
+        .dns("localhost")
+        .build(&b.x509v3_context(None, None))
+        .unwrap();
+    b.append_extension(san).unwrap();
+    b.sign(&key, MessageDigest::sha256()).unwrap();
+    let cert = b.build();
+    let cert_pem = cert.to_pem().unwrap();
+    let key_pem = key.private_key_to_pem_pkcs8().unwrap();
+    let identity = native_tls::Identity::from_pkcs8(&cert_pem, &key_pem).unwrap();
+    let acceptor = native_tls::TlsAcceptor::new(identity).unwrap();
+    let root = native_tls::Certificate::from_pem(&cert_pem).unwrap();
+    let connector = native_tls::TlsConnector::builder()
+        .add_root_certificate(root)
+        .build()
+        .unwrap();
+    (acceptor, connector)
+}
