@@ -66,6 +66,9 @@ fn caller_left_waiting(rig: &Rig) -> Duration {
     report.duration
 }
 
+/// Changes the server config for one case (gets the fake model's URL).
+type Tweak = Box<dyn Fn(&mut twilio_realtime::server::ServerConfig, &str)>;
+
 /// A TLS listener with a throw-away self-signed certificate; its port.
 fn untrusted_tls() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -87,7 +90,7 @@ fn a_model_that_refuses_ends_the_call_at_once() {
         .local_addr()
         .unwrap();
     let plain = FakeModelConfig::default();
-    let cases: Vec<(&str, FakeModelConfig, Box<dyn Fn(&mut _, &str)>)> = vec![
+    let cases: Vec<(&str, FakeModelConfig, Tweak)> = vec![
         (
             "connection refused",
             plain.clone(),
