@@ -22,6 +22,8 @@
 //! println!("caller heard {} ms of agent audio", report.played_ms());
 //! ```
 
+pub mod chaos;
 pub mod fake_model;
+pub mod soak;
 pub mod twilio_call;
 pub mod wav;

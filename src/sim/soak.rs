@@ -1,0 +1,389 @@
+//! A soak run in one process: bridge servers (in-process) in front of a healthy fake model, a
+//! model that fails mid-call, one that refuses, and one that never finishes its handshake;
+//! many calls in a row, then many at once with misbehaving callers; and the process's threads,
+//! descriptors and memory before and after. `examples/soak.rs` runs the full size; the test
+//! suite a small one.
+//!
+//! ```no_run
+//! use twilio_realtime::sim::soak::{soak, SoakConfig};
+//!
+//! let report = soak(&SoakConfig { in_a_row: 1000, lanes: 8, at_once: 100, ..Default::default() }).unwrap();
+//! println!("{report}");
+//! assert!(report.leaks().is_empty());
+//! ```
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::agent::Agent;
+use crate::server::{Server, ServerConfig, ServerStats, Stopper};
+
+use super::chaos::{run_faulty_call, CallerFault, ProcessStats};
+use super::fake_model::{FakeModel, FakeModelConfig, Faults, Reply};
+use super::twilio_call::{Segment, TwilioCall, TwilioCallConfig};
+
+/// Size of a soak run.
+#[derive(Debug, Clone)]
+pub struct SoakConfig {
+    /// Healthy calls one after another (spread over `lanes` threads). Default 1000.
+    pub in_a_row: usize,
+    /// Parallel lanes for the calls in a row. Default 8.
+    pub lanes: usize,
+    /// Calls started at the same moment, half of them misbehaving callers, spread over the
+    /// healthy and the faulty models. Default 100.
+    pub at_once: usize,
+    /// How long threads and descriptors may take to return to the baseline. Default 10 s.
+    pub settle: Duration,
+}
+
+impl Default for SoakConfig {
+    fn default() -> Self {
+        SoakConfig {
+            in_a_row: 1000,
+            lanes: 8,
+            at_once: 100,
+            settle: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What a soak run saw.
+#[derive(Debug, Clone)]
+pub struct SoakReport {
+    /// After warm-up, before the run.
+    pub baseline: ProcessStats,
+    /// After the calls in a row.
+    pub after_in_a_row: ProcessStats,
+    /// After the calls at once (and at the end).
+    pub after_at_once: ProcessStats,
+    /// Healthy calls in a row that heard the agent and ended normally.
+    pub in_a_row_ok: usize,
+    /// Healthy calls in a row in all.
+    pub in_a_row: usize,
+    /// Calls at once, by kind: (kind, how many).
+    pub at_once: Vec<(String, usize)>,
+    /// Calls at once to the healthy model from a well-behaved caller that heard the agent.
+    pub healthy_at_once_ok: usize,
+    /// Calls at once to the healthy model from a well-behaved caller.
+    pub healthy_at_once: usize,
+    /// Calls the servers counted, all servers together.
+    pub server_calls: u64,
+    /// Wall time of the whole run.
+    pub elapsed: Duration,
+}
+
+impl SoakReport {
+    /// What did not come back to the baseline, or went wrong; empty when all is well.
+    pub fn leaks(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let (b, a) = (&self.baseline, &self.after_at_once);
+        if a.threads > b.threads {
+            out.push(format!("threads {} -> {}", b.threads, a.threads));
+        }
+        if a.fds > b.fds {
+            out.push(format!("file descriptors {} -> {}", b.fds, a.fds));
+        }
+        if self.in_a_row_ok < self.in_a_row {
+            out.push(format!(
+                "{} of {} healthy calls in a row failed",
+                self.in_a_row - self.in_a_row_ok,
+                self.in_a_row
+            ));
+        }
+        if self.healthy_at_once_ok < self.healthy_at_once {
+            out.push(format!(
+                "{} of {} healthy calls under faults failed",
+                self.healthy_at_once - self.healthy_at_once_ok,
+                self.healthy_at_once
+            ));
+        }
+        out
+    }
+}
+
+impl fmt::Display for SoakReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let row = |f: &mut fmt::Formatter<'_>, name: &str, s: &ProcessStats| {
+            writeln!(
+                f,
+                "  {name:<16} threads {:>4}  fds {:>4}  rss {:>7.1} MiB  peak {:>7.1} MiB",
+                s.threads,
+                s.fds,
+                s.rss_kb as f64 / 1024.0,
+                s.peak_rss_kb as f64 / 1024.0
+            )
+        };
+        writeln!(f, "soak run, {:.1} s:", self.elapsed.as_secs_f64())?;
+        row(f, "baseline", &self.baseline)?;
+        row(f, "after in a row", &self.after_in_a_row)?;
+        row(f, "after at once", &self.after_at_once)?;
+        writeln!(
+            f,
+            "  {} calls in a row: {} ok",
+            self.in_a_row, self.in_a_row_ok
+        )?;
+        let kinds: Vec<String> = self
+            .at_once
+            .iter()
+            .map(|(k, n)| format!("{n} {k}"))
+            .collect();
+        writeln!(
+            f,
+            "  {} calls at once: {}; healthy ones ok: {}/{}",
+            self.at_once.iter().map(|(_, n)| n).sum::<usize>(),
+            kinds.join(", "),
+            self.healthy_at_once_ok,
+            self.healthy_at_once
+        )?;
+        let leaks = self.leaks();
+        if leaks.is_empty() {
+            write!(f, "  leaks: none")
+        } else {
+            write!(f, "  LEAKS: {}", leaks.join("; "))
+        }
+    }
+}
+
+struct Bridge {
+    name: &'static str,
+    addr: SocketAddr,
+    stopper: Stopper,
+    thread: thread::JoinHandle<io::Result<ServerStats>>,
+    model: FakeModel,
+}
+
+fn bridge(name: &'static str, model: FakeModelConfig, handshake: Duration) -> io::Result<Bridge> {
+    let model = FakeModel::start(model)?;
+    let mut cfg = ServerConfig::from_env();
+    cfg.bind = SocketAddr::from(([127, 0, 0, 1], 0));
+    cfg.public_url = None;
+    cfg.twilio_auth_token = None;
+    cfg.stream_token_ttl = None;
+    cfg.session.model.url = model.url();
+    cfg.session.model.api_key = Some("sk-soak".into());
+    cfg.session.model.ws.handshake_timeout = handshake;
+    cfg.session.call.start_timeout = Duration::from_secs(1);
+    cfg.session.call.drain_timeout = Duration::from_secs(1);
+    cfg.twilio_ws.write_timeout = Duration::from_secs(2);
+    cfg.shutdown_grace = Duration::from_secs(5);
+    let server = Server::bind(
+        cfg,
+        Arc::new(|| Agent::new("Soak", "You answer calls briefly.")),
+    )?;
+    let addr = server.local_addr();
+    let stopper = server.stopper();
+    let thread = thread::Builder::new()
+        .name("soak-server".into())
+        .spawn(move || server.run())?;
+    Ok(Bridge {
+        name,
+        addr,
+        stopper,
+        thread,
+        model,
+    })
+}
+
+/// One well-behaved caller: speaks, waits for the agent, hangs up. True if it heard the agent
+/// and nothing broke the protocol.
+fn healthy_call(addr: SocketAddr, seed: u64) -> bool {
+    let mut cfg = TwilioCallConfig::new(
+        addr,
+        vec![
+            Segment::Speech(300),
+            Segment::WaitForAgent {
+                quiet_ms: 200,
+                timeout_ms: 5_000,
+            },
+            Segment::HangUp,
+        ],
+    );
+    cfg.one_way_delay = Duration::from_millis(2);
+    cfg.jitter = Duration::from_millis(1);
+    cfg.seed = seed;
+    cfg.keep_audio = false;
+    cfg.max_duration = Duration::from_secs(15);
+    match TwilioCall::run(cfg) {
+        Ok(r) => r.played_ms() > 0 && r.violations.is_empty(),
+        Err(e) => {
+            log::warn!(target: "twilio_realtime::sim", "soak call failed: {e}");
+            false
+        }
+    }
+}
+
+/// Runs a soak; see the module docs.
+pub fn soak(cfg: &SoakConfig) -> io::Result<SoakReport> {
+    let t0 = Instant::now();
+    let say = || Reply::say("Sure, here you are.", 400);
+    let bridges = vec![
+        bridge(
+            "healthy",
+            FakeModelConfig {
+                greeting: Some(Reply::say("Hi.", 200)),
+                script: vec![say(); 4],
+                audio_speed: 8.0,
+                ..Default::default()
+            },
+            Duration::from_secs(5),
+        )?,
+        bridge(
+            "model fails mid-call",
+            FakeModelConfig {
+                greeting: Some(Reply::say("Hello there, one moment.", 1500)),
+                faults: Faults {
+                    errors: vec![(
+                        Duration::from_millis(100),
+                        json!({"type":"error","event_id":"ev_soak","error":{"type":"server_error","code":"soak","message":"injected","param":null,"event_id":null}}),
+                    )],
+                    malformed_after: Some(Duration::from_millis(200)),
+                    close_after: Some(Duration::from_millis(600)),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+            Duration::from_secs(5),
+        )?,
+        bridge(
+            "model refuses",
+            FakeModelConfig {
+                faults: Faults {
+                    reject_status: Some(401),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+            Duration::from_secs(5),
+        )?,
+        bridge(
+            "model hangs",
+            FakeModelConfig {
+                faults: Faults {
+                    accept_delay: Duration::from_secs(1),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+            Duration::from_millis(300),
+        )?,
+    ];
+
+    // Warm up every path once (lazy statics, first threads of the fake models), then measure.
+    for (i, b) in bridges.iter().enumerate() {
+        healthy_call(b.addr, i as u64);
+        for fault in CallerFault::ALL {
+            run_faulty_call(b.addr, fault, Duration::from_millis(200)).ok();
+        }
+    }
+    let idle = |within: Duration| {
+        let deadline = Instant::now() + within;
+        while bridges.iter().any(|b| b.stopper.live_calls() > 0) && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(20));
+        }
+        // Let the last socket threads exit after their sessions, and the hanging model's
+        // delayed handshakes (1 s) run out.
+        thread::sleep(Duration::from_millis(1300));
+    };
+    idle(Duration::from_secs(10));
+    let baseline = ProcessStats::now()?;
+
+    // Calls in a row on the healthy bridge.
+    let next = Arc::new(AtomicUsize::new(0));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let healthy = bridges[0].addr;
+    let lanes: Vec<_> = (0..cfg.lanes.max(1))
+        .map(|_| {
+            let (next, ok, total) = (next.clone(), ok.clone(), cfg.in_a_row);
+            thread::spawn(move || loop {
+                let n = next.fetch_add(1, Ordering::SeqCst);
+                if n >= total {
+                    break;
+                }
+                if healthy_call(healthy, n as u64) {
+                    ok.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+        })
+        .collect();
+    for l in lanes {
+        let _ = l.join();
+    }
+    idle(cfg.settle);
+    let after_in_a_row = ProcessStats::settle(&baseline, cfg.settle)?;
+
+    // Calls at once: even ones well-behaved, odd ones misbehaving, over all four bridges.
+    let mut kinds: std::collections::BTreeMap<String, usize> = Default::default();
+    let healthy_ok = Arc::new(AtomicUsize::new(0));
+    let mut healthy_total = 0;
+    let barrier = Arc::new(std::sync::Barrier::new(cfg.at_once.max(1)));
+    let mut calls = Vec::with_capacity(cfg.at_once);
+    for i in 0..cfg.at_once {
+        // Every bridge gets both kinds of caller; the faults rotate.
+        let bridge_no = (i / 2) % bridges.len();
+        let b = &bridges[bridge_no];
+        let addr = b.addr;
+        let fault = (i % 2 == 1).then(|| CallerFault::ALL[(i / 2) % CallerFault::ALL.len()]);
+        let kind = match fault {
+            None => format!("callers to '{}'", b.name),
+            Some(f) => format!("{f:?} callers"),
+        };
+        *kinds.entry(kind).or_default() += 1;
+        let counts = fault.is_none() && bridge_no == 0;
+        if counts {
+            healthy_total += 1;
+        }
+        let (barrier, healthy_ok) = (barrier.clone(), healthy_ok.clone());
+        calls.push(
+            thread::Builder::new()
+                .name("soak-call".into())
+                .stack_size(256 * 1024)
+                .spawn(move || {
+                    barrier.wait();
+                    match fault {
+                        None => {
+                            if healthy_call(addr, 10_000 + i as u64) && counts {
+                                healthy_ok.fetch_add(1, Ordering::SeqCst);
+                            }
+                        }
+                        Some(f) => {
+                            let _ = run_faulty_call(addr, f, Duration::from_millis(1500));
+                        }
+                    }
+                })?,
+        );
+    }
+    for c in calls {
+        let _ = c.join();
+    }
+    idle(cfg.settle);
+    let after_at_once = ProcessStats::settle(&baseline, cfg.settle)?;
+
+    let mut server_calls = 0;
+    for b in bridges {
+        b.stopper.stop();
+        if let Ok(Ok(stats)) = b.thread.join() {
+            server_calls += stats.calls;
+        }
+        let mut m = b.model;
+        m.stop();
+    }
+    Ok(SoakReport {
+        baseline,
+        after_in_a_row,
+        after_at_once,
+        in_a_row_ok: ok.load(Ordering::SeqCst),
+        in_a_row: cfg.in_a_row,
+        at_once: kinds.into_iter().collect(),
+        healthy_at_once_ok: healthy_ok.load(Ordering::SeqCst),
+        healthy_at_once: healthy_total,
+        server_calls,
+        elapsed: t0.elapsed(),
+    })
+}
