@@ -346,3 +346,36 @@ fn next_call_works_after_model_garbage(rig: &Rig) {
     .expect("next call");
     assert!(report.played_ms() >= 1200, "{:?}", report.timeline);
 }
+
+/// Sends `partial` and reads whatever comes back until the server closes.
+fn raw_http(addr: std::net::SocketAddr, partial: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(partial.as_bytes()).unwrap();
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    resp
+}
+
+#[test]
+fn http_requests_that_never_finish_time_out_and_the_server_keeps_serving() {
+    let rig = Rig::start_with(greeting_model(), agent, |cfg| {
+        cfg.header_timeout = Duration::from_millis(300);
+    });
+    let addr = rig.addr;
+    // A request line that never ends, and headers that never end: 408, connection closed.
+    let line = std::thread::spawn(move || raw_http(addr, "GET /heal"));
+    let headers = raw_http(
+        addr,
+        "POST /incoming-call HTTP/1.1\r\nHost: x\r\nContent-Type: appl",
+    );
+    assert!(headers.starts_with("HTTP/1.1 408"), "{headers:?}");
+    let line = line.join().unwrap();
+    assert!(line.starts_with("HTTP/1.1 408"), "{line:?}");
+    // Meanwhile and afterwards, the server answers and calls work.
+    let ok = raw_http(addr, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok:?}");
+    next_call_works(&rig);
+    rig.stop();
+}
