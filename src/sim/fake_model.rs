@@ -105,6 +105,9 @@ pub struct FakeModelConfig {
     pub require_key: Option<String>,
     /// Faults.
     pub faults: Faults,
+    /// Keep every client event and the appended audio in the recording (counters are always
+    /// kept). Default true; turn off for long runs, where they grow without bound.
+    pub keep_events: bool,
 }
 
 impl Default for FakeModelConfig {
@@ -119,6 +122,7 @@ impl Default for FakeModelConfig {
             silence_ms: 500,
             require_key: None,
             faults: Faults::default(),
+            keep_events: true,
         }
     }
 }
@@ -454,7 +458,9 @@ impl Engine {
     }
 
     fn on_client(&mut self, text: &str) {
-        self.sh.rec().events.push((Instant::now(), text.to_owned()));
+        if self.sh.cfg.keep_events {
+            self.sh.rec().events.push((Instant::now(), text.to_owned()));
+        }
         let ev = match ClientEvent::parse(text) {
             Ok(ev) => ev,
             Err(e) => return self.violation(format!("unparseable client event: {e}")),
@@ -608,7 +614,7 @@ impl Engine {
         {
             let mut r = self.sh.rec();
             r.appended_bytes += bytes.len() as u64;
-            if r.appended_audio.len() < 10 * 60 * 8000 {
+            if self.sh.cfg.keep_events && r.appended_audio.len() < 10 * 60 * 8000 {
                 r.appended_audio.extend_from_slice(bytes);
             }
         }
