@@ -199,6 +199,7 @@ pub fn mean_abs(samples: &[u8]) -> f32 {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     #[test]
     fn validate_base64_agrees_with_the_decoder() {
@@ -219,7 +220,6 @@ mod tests {
         assert!(validate_base64("AAA=A===").is_err());
         assert!(validate_base64("A===").is_err());
     }
-    use super::*;
 
     #[test]
     fn g711_vectors() {
