@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use common::Rig;
+use common::{wait_until, Rig};
 use crossbeam_channel::Receiver;
 use tungstenite::Message;
 use twilio_realtime::agent::Agent;
@@ -82,24 +82,6 @@ impl Raw {
     }
 }
 
-fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn closed_reasons(rig: &Rig) -> Vec<CloseReason> {
-    rig.events()
-        .into_iter()
-        .filter_map(|e| match e {
-            SessionEvent::Closed { reason } => Some(reason),
-            _ => None,
-        })
-        .collect()
-}
-
 fn errors(rig: &Rig, source: fn(&ErrorSource) -> bool) -> Vec<String> {
     rig.events()
         .into_iter()
@@ -110,20 +92,35 @@ fn errors(rig: &Rig, source: fn(&ErrorSource) -> bool) -> Vec<String> {
         .collect()
 }
 
-/// A normal simulated call after the bad one: it hears the whole greeting.
+/// Twilio's `stop` ends the call cleanly, and the next call works.
+fn stop_then_next_call_works(rig: Rig, raw: &Raw) {
+    raw.stop();
+    raw.wait_closed(Duration::from_secs(5));
+    rig.wait_idle();
+    assert_eq!(rig.closed(), vec![CloseReason::TwilioStopped]);
+    next_call_works(&rig);
+    rig.stop();
+}
+
+/// A normal simulated call after the bad one: it hears the whole 400 ms greeting.
 fn next_call_works(rig: &Rig) {
+    next_call_hears(rig, 400);
+}
+
+/// A normal simulated call: it hears `ms` of agent audio and nothing breaks the protocol.
+fn next_call_hears(rig: &Rig, ms: u64) {
     let report = TwilioCall::run(TwilioCallConfig::new(
         rig.addr,
         vec![
             Segment::WaitForAgent {
-                quiet_ms: 300,
+                quiet_ms: 400,
                 timeout_ms: 10_000,
             },
             Segment::HangUp,
         ],
     ))
     .expect("next call");
-    assert_eq!(report.played_ms(), 400, "{:?}", report.timeline);
+    assert_eq!(report.played_ms(), ms, "{:?}", report.timeline);
     assert!(report.violations.is_empty(), "{:?}", report.violations);
 }
 
@@ -198,13 +195,8 @@ fn twilio_garbage_is_reported_and_the_call_keeps_forwarding() {
             "no error about {needle}: {twilio_errors:#?}"
         );
     }
-    assert!(closed_reasons(&rig).is_empty(), "the call goes on");
-    raw.stop();
-    raw.wait_closed(Duration::from_secs(5));
-    rig.wait_idle();
-    assert_eq!(closed_reasons(&rig), vec![CloseReason::TwilioStopped]);
-    next_call_works(&rig);
-    rig.stop();
+    assert!(rig.closed().is_empty(), "the call goes on");
+    stop_then_next_call_works(rig, &raw);
 }
 
 #[test]
@@ -223,7 +215,7 @@ fn a_message_over_the_size_cap_ends_only_that_call() {
         "closed as too big"
     );
     rig.wait_idle();
-    let reasons = closed_reasons(&rig);
+    let reasons = rig.closed();
     assert!(
         matches!(&reasons[..], [CloseReason::TwilioDisconnected(why)] if why.contains("too long")),
         "{reasons:?}"
@@ -242,7 +234,7 @@ fn a_stream_that_never_starts_is_closed() {
     raw.media(0, 0xFE); // media without start does not count as starting
     raw.wait_closed(Duration::from_secs(5));
     rig.wait_idle();
-    assert_eq!(closed_reasons(&rig), vec![CloseReason::NoStart]);
+    assert_eq!(rig.closed(), vec![CloseReason::NoStart]);
     assert!(errors(&rig, |s| *s == ErrorSource::Twilio)
         .iter()
         .any(|e| e.contains("no start")));
@@ -258,12 +250,7 @@ fn stop_without_start_ends_the_call_cleanly() {
     let rig = Rig::start(greeting_model(), agent);
     let raw = Raw::connect(&rig);
     raw.connected();
-    raw.stop();
-    raw.wait_closed(Duration::from_secs(5));
-    rig.wait_idle();
-    assert_eq!(closed_reasons(&rig), vec![CloseReason::TwilioStopped]);
-    next_call_works(&rig);
-    rig.stop();
+    stop_then_next_call_works(rig, &raw);
 }
 
 #[test]
@@ -326,25 +313,9 @@ fn model_garbage_is_reported_and_the_agent_keeps_talking() {
             "no error about {needle}: {model_errors:#?}"
         );
     }
-    assert_eq!(closed_reasons(&rig), vec![CloseReason::TwilioStopped]);
-    next_call_works_after_model_garbage(&rig);
+    assert_eq!(rig.closed(), vec![CloseReason::TwilioStopped]);
+    next_call_hears(&rig, 1200); // the raw frames come again: the call still works
     rig.stop();
-}
-
-/// The same rig's next call: the raw frames come again and the call still works.
-fn next_call_works_after_model_garbage(rig: &Rig) {
-    let report = TwilioCall::run(TwilioCallConfig::new(
-        rig.addr,
-        vec![
-            Segment::WaitForAgent {
-                quiet_ms: 400,
-                timeout_ms: 10_000,
-            },
-            Segment::HangUp,
-        ],
-    ))
-    .expect("next call");
-    assert!(report.played_ms() >= 1200, "{:?}", report.timeline);
 }
 
 /// Sends `partial` and reads whatever comes back until the server closes.

@@ -75,16 +75,6 @@ fn check_protocol(report: &CallReport, rec: &ModelRecording) {
     }
 }
 
-fn closed(rig: &Rig) -> Vec<CloseReason> {
-    rig.events()
-        .into_iter()
-        .filter_map(|e| match e {
-            SessionEvent::Closed { reason } => Some(reason),
-            _ => None,
-        })
-        .collect()
-}
-
 fn wait_for_agent() -> Segment {
     Segment::WaitForAgent {
         quiet_ms: 700,
@@ -134,7 +124,7 @@ fn a_basic_turn_is_byte_exact_both_ways() {
         .iter()
         .any(|e| matches!(e, SessionEvent::AgentStart { .. })));
     assert!(ev.iter().any(|e| matches!(e, SessionEvent::AudioStopped)));
-    assert_eq!(closed(&rig), [CloseReason::TwilioStopped]);
+    assert_eq!(rig.closed(), [CloseReason::TwilioStopped]);
     // the agent's formats and tools
     let upd = &rec.session_updates[0];
     assert_eq!(upd["audio"]["input"]["format"]["type"], "audio/pcmu");
@@ -379,7 +369,7 @@ fn the_model_dropping_mid_call_ends_the_stream() {
         report.duration
     );
     assert!(matches!(
-        closed(&rig)[..],
+        rig.closed()[..],
         [CloseReason::ModelDisconnected(_)]
     ));
     rig.stop();
@@ -405,7 +395,7 @@ fn a_refused_model_connection_ends_the_call_promptly() {
         report.duration
     );
     assert!(matches!(
-        closed(&rig)[..],
+        rig.closed()[..],
         [CloseReason::ModelConnectFailed(_)]
     ));
     rig.stop();

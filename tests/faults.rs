@@ -5,12 +5,12 @@
 mod common;
 
 use std::net::{TcpListener, TcpStream};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::Rig;
+use common::{wait_until, Rig};
 use tungstenite::Message;
 use twilio_realtime::agent::Agent;
-use twilio_realtime::events::{CloseReason, SessionEvent};
+use twilio_realtime::events::CloseReason;
 use twilio_realtime::sim::fake_model::{FakeModelConfig, Faults, Reply};
 use twilio_realtime::sim::twilio_call::{Segment, TwilioCall, TwilioCallConfig};
 use twilio_realtime::ws::{ClientRequest, WsConfig, WsConn};
@@ -32,26 +32,6 @@ fn media_json(ts: u64) -> String {
         r#"{{"event":"media","streamSid":"{SID}","media":{{"track":"inbound","chunk":"1","timestamp":"{ts}","payload":"{}"}}}}"#,
         twilio_realtime::mulaw::silence_base64(160)
     )
-}
-
-fn reasons(rig: &Rig) -> Vec<(u64, CloseReason)> {
-    rig.events
-        .lock()
-        .unwrap()
-        .iter()
-        .filter_map(|(n, e)| match e {
-            SessionEvent::Closed { reason } => Some((*n, reason.clone())),
-            _ => None,
-        })
-        .collect()
-}
-
-fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// A caller who would talk for 5 s; the bridge must end the call instead.
@@ -138,7 +118,7 @@ fn a_model_that_refuses_ends_the_call_at_once() {
             tweak(cfg, &url);
         });
         let took = caller_left_waiting(&rig);
-        let r = reasons(&rig);
+        let r = rig.closed_reasons();
         assert!(
             matches!(&r[..], [(_, CloseReason::ModelConnectFailed(_))]),
             "{name}: {r:?}"
@@ -169,7 +149,7 @@ fn twilio_vanishing_mid_call_closes_the_model_socket() {
         rig.model.recording().closed_by_client == 1
     });
     rig.wait_idle();
-    let r = reasons(&rig);
+    let r = rig.closed_reasons();
     assert!(
         matches!(&r[..], [(_, CloseReason::TwilioDisconnected(_))]),
         "{r:?}"
@@ -236,9 +216,9 @@ fn a_twilio_peer_that_stops_reading_ends_only_its_own_call() {
         "the healthy call kept receiving: {received} bytes"
     );
     wait_until("the stuck call to end", Duration::from_secs(20), || {
-        reasons(&rig).len() == 2
+        rig.closed_reasons().len() == 2
     });
-    let r = reasons(&rig);
+    let r = rig.closed_reasons();
     let stuck_reason = r.iter().find(|(n, _)| *n == 1).map(|(_, r)| r.clone());
     let healthy_reason = r.iter().find(|(n, _)| *n == 2).map(|(_, r)| r.clone());
     assert_eq!(healthy_reason, Some(CloseReason::TwilioStopped), "{r:?}");

@@ -193,6 +193,24 @@ impl Rig {
             .collect()
     }
 
+    /// Every call's `Closed` reason so far, with its call number, in order.
+    pub fn closed_reasons(&self) -> Vec<(u64, twilio_realtime::events::CloseReason)> {
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|(n, e)| match e {
+                SessionEvent::Closed { reason } => Some((*n, reason.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The `Closed` reasons without call numbers.
+    pub fn closed(&self) -> Vec<twilio_realtime::events::CloseReason> {
+        self.closed_reasons().into_iter().map(|(_, r)| r).collect()
+    }
+
     /// Waits until the server has no live call (the session shut down).
     pub fn wait_idle(&self) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -252,4 +270,16 @@ pub fn tls_pair() -> (native_tls::TlsAcceptor, native_tls::TlsConnector) {
         .build()
         .unwrap();
     (acceptor, connector)
+}
+
+/// Polls `f` every 10 ms until it holds; panics naming `what` after `within`.
+pub fn wait_until(what: &str, within: std::time::Duration, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + within;
+    while !f() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
