@@ -105,8 +105,8 @@ pub struct FakeModelConfig {
     pub require_key: Option<String>,
     /// Faults.
     pub faults: Faults,
-    /// Keep every client event and the appended audio in the recording (counters are always
-    /// kept). Default true; turn off for long runs, where they grow without bound.
+    /// Keep every client event, each `session.update` and the appended audio in the
+    /// recording (counters are always kept). Default true; turn off for long runs, where they grow without bound.
     pub keep_events: bool,
 }
 
@@ -468,7 +468,9 @@ impl Engine {
         match ev {
             ClientEvent::SessionUpdate { session, .. } => {
                 let v = serde_json::to_value(&session).unwrap_or(Value::Null);
-                self.sh.rec().session_updates.push(v.clone());
+                if self.sh.cfg.keep_events {
+                    self.sh.rec().session_updates.push(v.clone());
+                }
                 let fmt_in = &v["audio"]["input"]["format"]["type"];
                 let fmt_out = &v["audio"]["output"]["format"]["type"];
                 if fmt_in != "audio/pcmu" || fmt_out != "audio/pcmu" {

@@ -1,0 +1,865 @@
+//! Load run: N concurrent simulated Twilio calls through a bridge server process and a light
+//! fake Realtime model, both hosted here on 127.0.0.1. Measures the bridge process (CPU per
+//! call-minute, memory, threads) and the forwarding latency both ways, and counts frames lost.
+//!
+//! ```text
+//! cargo build --release --examples
+//! target/release/examples/loadgen --calls 100 --seconds 60
+//! target/release/examples/loadgen --calls 100 --seconds 60 --bridge target/release/examples/floor
+//! target/release/examples/loadgen --calls 100 --seconds 60 --bridge "node benches/compare/ts/server.mjs"
+//! ```
+//!
+//! Options: `--calls N` (50), `--seconds S` (30, measured after ramp-up and warm-up), `--ramp S`
+//! (5), `--bridge CMD` (our example server), `--json FILE` (also write the figures as JSON),
+//! `--label NAME`.
+//!
+//! Any bridge works that takes `PORT`, `OPENAI_API_KEY` and `OPENAI_REALTIME_URL` and serves
+//! the Media Streams WebSocket at `/media-stream`.
+//!
+//! The pattern per call: a `media` frame every 20 ms from the caller; every ~3 s the agent
+//! replies with 2 s of audio (100 ms deltas sent at twice real time); the caller's side plays
+//! it out at 8 bytes/ms and echoes marks when playback reaches them; every 4th reply is cut by
+//! a barge-in (`speech_started`), which the bridge turns into a Twilio `clear` and a
+//! `conversation.item.truncate`.
+//!
+//! Latency: every caller frame and every agent delta carries a tag (a magic and the send time)
+//! in its first 12 audio bytes; the receiving side here computes now − tag. Each figure covers
+//! the bridge plus two loopback hops (generator → bridge → generator).
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use serde_json::{json, Value};
+use tungstenite::Message;
+use twilio_realtime::ws::{ClientRequest, Duplex, Incoming, WsConfig, WsConn, WsSender};
+
+const MAGIC: [u8; 4] = *b"LGT1";
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+fn epoch() -> Instant {
+    static E: OnceLock<Instant> = OnceLock::new();
+    *E.get_or_init(Instant::now)
+}
+
+fn now_ns() -> u64 {
+    epoch().elapsed().as_nanos() as u64
+}
+
+/// `n` bytes of µ-law whose first 12 carry the tag.
+fn tagged_b64(n: usize) -> String {
+    let mut b = vec![0xFFu8; n];
+    b[..4].copy_from_slice(&MAGIC);
+    b[4..12].copy_from_slice(&now_ns().to_le_bytes());
+    B64.encode(&b)
+}
+
+/// The tag's send time, if the payload carries one (only the first 16 characters are decoded).
+fn tag_of(b64: &str) -> Option<u64> {
+    let head = b64.get(..16)?;
+    let mut out = [0u8; 12];
+    B64.decode_slice(head, &mut out).ok()?;
+    (out[..4] == MAGIC).then(|| u64::from_le_bytes(out[4..12].try_into().unwrap_or([0; 8])))
+}
+
+/// Latency samples (µs), kept only inside the measurement window.
+#[derive(Default)]
+struct Samples {
+    us: Mutex<Vec<u32>>,
+}
+
+impl Samples {
+    fn add(&self, sent_ns: u64, window_start_ns: u64) {
+        if sent_ns >= window_start_ns {
+            let us = now_ns().saturating_sub(sent_ns) / 1000;
+            if let Ok(mut v) = self.us.lock() {
+                v.push(us.min(u32::MAX as u64) as u32);
+            }
+        }
+    }
+
+    fn percentiles(&self) -> (usize, [f64; 4]) {
+        let mut v = self.us.lock().map(|v| v.clone()).unwrap_or_default();
+        v.sort_unstable();
+        let p = |q: f64| {
+            if v.is_empty() {
+                return f64::NAN;
+            }
+            let i = ((v.len() as f64 - 1.0) * q).round() as usize;
+            v[i] as f64
+        };
+        (v.len(), [p(0.5), p(0.99), p(0.999), p(1.0)])
+    }
+}
+
+struct Shared {
+    window_start_ns: AtomicU64,
+    quiesce: AtomicBool,
+    inbound: Samples,
+    outbound: Samples,
+    frames_in_sent: AtomicU64,
+    frames_in_recv: AtomicU64,
+    deltas_sent: AtomicU64,
+    deltas_recv: AtomicU64,
+    barge_ins: AtomicU64,
+    clears: AtomicU64,
+    truncates: AtomicU64,
+    errors: AtomicU64,
+    model_conns: Mutex<Vec<Arc<ModelConn>>>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// The light fake model
+
+struct Reply {
+    response: String,
+    item: String,
+    chunks_left: u32,
+    cut_at: Option<u32>,
+}
+
+struct ModelState {
+    next_reply_at: Instant,
+    reply: Option<Reply>,
+    replies: u64,
+    next_chunk_at: Instant,
+}
+
+struct ModelConn {
+    out: WsSender,
+    state: Mutex<ModelState>,
+    id: u64,
+}
+
+fn model_event(out: &WsSender, v: Value) {
+    let _ = out.send(Message::text(v.to_string()));
+}
+
+fn serve_model(listener: TcpListener, sh: Arc<Shared>) {
+    let mut next_id = 0u64;
+    for tcp in listener.incoming() {
+        let Ok(tcp) = tcp else { continue };
+        let sh = sh.clone();
+        next_id += 1;
+        let id = next_id;
+        thread::spawn(move || {
+            let Ok((conn, _)) = WsConn::accept(tcp, None, &WsConfig::default()) else {
+                sh.errors.fetch_add(1, Ordering::Relaxed);
+                return;
+            };
+            let slot: Arc<OnceLock<Arc<ModelConn>>> = Arc::new(OnceLock::new());
+            let (sh2, slot2) = (sh.clone(), slot.clone());
+            let duplex = match conn.spawn("lg-model", move |inc| on_client(&sh2, &slot2, inc)) {
+                Ok(d) => d,
+                Err(_) => return,
+            };
+            let out = duplex.sender();
+            let now = Instant::now();
+            let mc = Arc::new(ModelConn {
+                out: out.clone(),
+                state: Mutex::new(ModelState {
+                    // Spread the replies of different calls over time.
+                    next_reply_at: now + Duration::from_millis(1000 + (id * 137) % 2000),
+                    reply: None,
+                    replies: 0,
+                    next_chunk_at: now,
+                }),
+                id,
+            });
+            let _ = slot.set(mc.clone());
+            model_event(
+                &out,
+                json!({"type":"session.created","event_id":"ev_c","session":{"type":"realtime","id":format!("sess_{id}")}}),
+            );
+            if let Ok(mut v) = sh.model_conns.lock() {
+                v.push(mc);
+            }
+            duplex.join();
+        });
+    }
+}
+
+fn on_client(sh: &Shared, slot: &OnceLock<Arc<ModelConn>>, inc: Incoming) {
+    let Incoming::Text(t) = inc else { return };
+    let text: &str = t.as_ref();
+    let Some(conn) = slot.get() else { return };
+    if text.starts_with(r#"{"type":"input_audio_buffer.append""#) {
+        // {"type":"input_audio_buffer.append","audio":"…"}
+        if let Some(audio) = text.split(r#""audio":""#).nth(1) {
+            if let Some(ts) = tag_of(audio) {
+                sh.frames_in_recv.fetch_add(1, Ordering::Relaxed);
+                sh.inbound
+                    .add(ts, sh.window_start_ns.load(Ordering::Relaxed));
+            }
+        }
+        return;
+    }
+    let Ok(v) = serde_json::from_str::<Value>(text) else {
+        sh.errors.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    match v["type"].as_str().unwrap_or("") {
+        "session.update" => model_event(
+            &conn.out,
+            json!({"type":"session.updated","event_id":"ev_u","session":v["session"].clone()}),
+        ),
+        "conversation.item.truncate" => {
+            sh.truncates.fetch_add(1, Ordering::Relaxed);
+            model_event(
+                &conn.out,
+                json!({"type":"conversation.item.truncated","event_id":"ev_t","item_id":v["item_id"],"content_index":0,"audio_end_ms":v["audio_end_ms"]}),
+            );
+        }
+        "response.cancel" => {
+            let mut st = conn.state.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(r) = st.reply.take() {
+                end_reply(&conn.out, &r, "cancelled");
+            }
+        }
+        _ => {}
+    }
+}
+
+fn end_reply(out: &WsSender, r: &Reply, status: &str) {
+    model_event(
+        out,
+        json!({"type":"response.output_audio.done","event_id":"ev","response_id":r.response,"item_id":r.item,"output_index":0,"content_index":0}),
+    );
+    model_event(
+        out,
+        json!({"type":"response.output_item.done","event_id":"ev","response_id":r.response,"output_index":0,
+            "item":{"id":r.item,"type":"message","role":"assistant","status":"completed","content":[{"type":"output_audio","transcript":"Here you are."}]}}),
+    );
+    model_event(
+        out,
+        json!({"type":"response.done","event_id":"ev","response":{"id":r.response,"status":status,"output":[]}}),
+    );
+}
+
+/// Drives every model connection's replies (one thread for all).
+fn model_ticker(sh: Arc<Shared>, stop: Arc<AtomicBool>) {
+    const CHUNK: usize = 800; // 100 ms
+    let chunk_every = Duration::from_millis(50); // twice real time
+    while !stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        let quiesce = sh.quiesce.load(Ordering::Relaxed);
+        let conns: Vec<Arc<ModelConn>> =
+            sh.model_conns.lock().map(|v| v.clone()).unwrap_or_default();
+        for c in conns {
+            if c.out.is_closed() {
+                continue;
+            }
+            let mut st = c.state.lock().unwrap_or_else(|p| p.into_inner());
+            if st.reply.is_none() {
+                if !quiesce && now >= st.next_reply_at {
+                    st.replies += 1;
+                    let n = st.replies;
+                    let r = Reply {
+                        response: format!("resp_{}_{n}", c.id),
+                        item: format!("item_{}_{n}", c.id),
+                        chunks_left: 20,
+                        cut_at: (n % 4 == 0).then_some(10),
+                    };
+                    model_event(
+                        &c.out,
+                        json!({"type":"response.created","event_id":"ev","response":{"id":r.response,"status":"in_progress","output":[]}}),
+                    );
+                    model_event(
+                        &c.out,
+                        json!({"type":"response.output_item.added","event_id":"ev","response_id":r.response,"output_index":0,
+                            "item":{"id":r.item,"type":"message","role":"assistant","status":"in_progress","content":[]}}),
+                    );
+                    st.reply = Some(r);
+                    st.next_chunk_at = now;
+                }
+                continue;
+            }
+            if now < st.next_chunk_at {
+                continue;
+            }
+            st.next_chunk_at += chunk_every;
+            let Some(mut r) = st.reply.take() else {
+                continue;
+            };
+            if quiesce {
+                end_reply(&c.out, &r, "completed");
+                continue;
+            }
+            if r.cut_at == Some(r.chunks_left) {
+                // The caller talks over the agent: the server cancels the response itself.
+                sh.barge_ins.fetch_add(1, Ordering::Relaxed);
+                model_event(
+                    &c.out,
+                    json!({"type":"input_audio_buffer.speech_started","event_id":"ev","audio_start_ms":0,"item_id":format!("user_{}", r.item)}),
+                );
+                end_reply(&c.out, &r, "cancelled");
+                st.next_reply_at = now + Duration::from_millis(2000);
+                continue;
+            }
+            model_event(
+                &c.out,
+                json!({"type":"response.output_audio.delta","event_id":"ev","response_id":r.response,"item_id":r.item,
+                    "output_index":0,"content_index":0,"delta":tagged_b64(CHUNK)}),
+            );
+            sh.deltas_sent.fetch_add(1, Ordering::Relaxed);
+            r.chunks_left -= 1;
+            if r.chunks_left == 0 {
+                end_reply(&c.out, &r, "completed");
+                // 2 s of audio plays out over 2 s; the caller answers after a pause.
+                st.next_reply_at = now + Duration::from_millis(3000);
+            } else {
+                st.reply = Some(r);
+            }
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The simulated Twilio callers
+
+struct Playout {
+    stream_end: Instant,
+    marks: VecDeque<(Instant, String)>,
+}
+
+struct Caller {
+    out: WsSender,
+    sid: String,
+    seq: AtomicU64,
+    play: Mutex<Playout>,
+    closed: AtomicBool,
+}
+
+fn twilio_json(event: &str, sid: &str, body: Value) -> String {
+    let mut o = serde_json::Map::new();
+    o.insert("event".into(), json!(event));
+    o.insert("streamSid".into(), json!(sid));
+    if let Value::Object(b) = body {
+        o.extend(b);
+    }
+    Value::Object(o).to_string()
+}
+
+fn on_bridge(sh: &Shared, caller: &Caller, inc: Incoming) {
+    let text = match inc {
+        Incoming::Text(t) => t,
+        Incoming::Closed(_) | Incoming::Error(_) => {
+            caller.closed.store(true, Ordering::Relaxed);
+            return;
+        }
+        _ => return,
+    };
+    let text: &str = text.as_ref();
+    let Ok(v) = serde_json::from_str::<Value>(text) else {
+        sh.errors.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    let now = Instant::now();
+    let mut play = caller.play.lock().unwrap_or_else(|p| p.into_inner());
+    match v["event"].as_str().unwrap_or("") {
+        "media" => {
+            let payload = v["media"]["payload"].as_str().unwrap_or("");
+            if let Some(ts) = tag_of(payload) {
+                sh.deltas_recv.fetch_add(1, Ordering::Relaxed);
+                sh.outbound
+                    .add(ts, sh.window_start_ns.load(Ordering::Relaxed));
+            }
+            let bytes = twilio_realtime::mulaw::base64_decoded_len(payload) as u64;
+            let start = play.stream_end.max(now);
+            play.stream_end = start + Duration::from_micros(bytes * 125);
+        }
+        "mark" => {
+            let name = v["mark"]["name"].as_str().unwrap_or("").to_owned();
+            let due = play.stream_end.max(now);
+            play.marks.push_back((due, name));
+        }
+        "clear" => {
+            sh.clears.fetch_add(1, Ordering::Relaxed);
+            play.stream_end = now;
+            for (_, name) in play.marks.drain(..) {
+                let _ = caller.out.send(Message::text(twilio_json(
+                    "mark",
+                    &caller.sid,
+                    json!({"mark":{"name":name}}),
+                )));
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Sends every caller's 20 ms frame and echoes due marks (one thread for all callers).
+fn twilio_ticker(sh: Arc<Shared>, callers: Arc<Mutex<Vec<Arc<Caller>>>>, stop: Arc<AtomicBool>) {
+    let mut next = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        next += Duration::from_millis(20);
+        let now = Instant::now();
+        let quiesce = sh.quiesce.load(Ordering::Relaxed);
+        let list: Vec<Arc<Caller>> = callers.lock().map(|v| v.clone()).unwrap_or_default();
+        for c in list {
+            if c.closed.load(Ordering::Relaxed) {
+                continue;
+            }
+            if !quiesce {
+                let n = c.seq.fetch_add(1, Ordering::Relaxed);
+                let frame = twilio_json(
+                    "media",
+                    &c.sid,
+                    json!({"sequenceNumber":(n + 2).to_string(),"media":{"track":"inbound","chunk":(n + 1).to_string(),
+                        "timestamp":(n * 20).to_string(),"payload":tagged_b64(160)}}),
+                );
+                if c.out.try_send(Message::text(frame)).is_ok() {
+                    sh.frames_in_sent.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    sh.errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            let mut play = c.play.lock().unwrap_or_else(|p| p.into_inner());
+            while play.marks.front().is_some_and(|(due, _)| *due <= now) {
+                if let Some((_, name)) = play.marks.pop_front() {
+                    let _ = c.out.send(Message::text(twilio_json(
+                        "mark",
+                        &c.sid,
+                        json!({"mark":{"name":name}}),
+                    )));
+                }
+            }
+        }
+        let left = next.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            next = Instant::now(); // overloaded: do not burst to catch up
+        } else {
+            thread::sleep(left);
+        }
+    }
+}
+
+fn start_call(sh: &Arc<Shared>, addr: SocketAddr, i: usize) -> Option<(Arc<Caller>, Duplex)> {
+    let req = ClientRequest::new(format!("ws://{addr}/media-stream"));
+    let conn = match WsConn::connect(&req, &WsConfig::default()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("call {i}: {e}");
+            sh.errors.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+    };
+    let sid = format!("MZ{i:032x}");
+    let slot: Arc<OnceLock<Arc<Caller>>> = Arc::new(OnceLock::new());
+    let (sh2, slot2) = (sh.clone(), slot.clone());
+    let duplex = conn
+        .spawn("lg-twilio", move |inc| {
+            if let Some(c) = slot2.get() {
+                on_bridge(&sh2, c, inc);
+            }
+        })
+        .ok()?;
+    let caller = Arc::new(Caller {
+        out: duplex.sender(),
+        sid: sid.clone(),
+        seq: AtomicU64::new(0),
+        play: Mutex::new(Playout {
+            stream_end: Instant::now(),
+            marks: VecDeque::new(),
+        }),
+        closed: AtomicBool::new(false),
+    });
+    let _ = slot.set(caller.clone());
+    let out = duplex.sender();
+    let _ = out.send(Message::text(
+        r#"{"event":"connected","protocol":"Call","version":"1.0.0"}"#,
+    ));
+    let _ = out.send(Message::text(twilio_json(
+        "start",
+        &sid,
+        json!({"sequenceNumber":"1","start":{"accountSid":"AC0000000000000000000000000000load","streamSid":sid,
+            "callSid":format!("CA{i:032x}"),"tracks":["inbound"],"customParameters":{"caller":"+15550100"},
+            "mediaFormat":{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1}}}),
+    )));
+    Some((caller, duplex))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The bridge process and its figures
+
+struct ProcFigures {
+    cpu_ticks: u64,
+    rss_kb: u64,
+    hwm_kb: u64,
+    threads: u64,
+}
+
+fn proc_figures(pid: u32) -> Option<ProcFigures> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces) start after ") ".
+    let rest = stat.rsplit_once(") ")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    Some(ProcFigures {
+        cpu_ticks: utime + stime,
+        rss_kb: field("VmRSS:"),
+        hwm_kb: field("VmHWM:"),
+        threads: field("Threads:"),
+    })
+}
+
+fn self_cpu_s() -> f64 {
+    // SAFETY: getrusage writes into the struct we pass.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+fn clk_tck() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
+}
+
+struct Bridge {
+    child: Child,
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        // SIGTERM, then SIGKILL.
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(5050)
+}
+
+fn spawn_bridge(cmd: &str, port: u16, model_url: &str) -> std::io::Result<Bridge> {
+    let parts: Vec<&str> = cmd.split_whitespace().collect();
+    let (prog, args) = parts
+        .split_first()
+        .ok_or_else(|| std::io::Error::other("empty bridge command"))?;
+    let mut child = Command::new(prog)
+        .args(args)
+        .env("PORT", port.to_string())
+        .env("BIND_ADDR", "127.0.0.1")
+        .env("OPENAI_API_KEY", "sk-loadgen")
+        .env("OPENAI_REALTIME_URL", model_url)
+        .env("RUST_LOG", "warn")
+        .env_remove("TWILIO_AUTH_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    // Keep draining its output so it never blocks on a full pipe; show its warnings.
+    if let Some(out) = child.stdout.take() {
+        thread::spawn(move || {
+            let mut sink = Vec::new();
+            let _ = BufReader::new(out).read_to_end(&mut sink);
+        });
+    }
+    if let Some(err) = child.stderr.take() {
+        thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok).take(50) {
+                eprintln!("  bridge: {line}");
+            }
+        });
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            return Err(std::io::Error::other("the bridge did not start listening"));
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    Ok(Bridge { child })
+}
+
+// ---------------------------------------------------------------------------------------------
+
+struct Args {
+    calls: usize,
+    seconds: u64,
+    ramp: u64,
+    bridge: String,
+    json: Option<String>,
+    label: String,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        calls: 50,
+        seconds: 30,
+        ramp: 5,
+        bridge: "target/release/examples/twilio_server".into(),
+        json: None,
+        label: String::new(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(k) = it.next() {
+        let v = it.next().unwrap_or_default();
+        match k.as_str() {
+            "--calls" => a.calls = v.parse().expect("--calls N"),
+            "--seconds" => a.seconds = v.parse().expect("--seconds S"),
+            "--ramp" => a.ramp = v.parse().expect("--ramp S"),
+            "--bridge" => a.bridge = v,
+            "--json" => a.json = Some(v),
+            "--label" => a.label = v,
+            other => {
+                eprintln!("unknown option {other}; see the file's docs");
+                std::process::exit(2);
+            }
+        }
+    }
+    if a.label.is_empty() {
+        a.label = a.bridge.rsplit('/').next().unwrap_or("bridge").to_owned();
+    }
+    a
+}
+
+fn main() {
+    let a = args();
+    epoch();
+    let sh = Arc::new(Shared {
+        window_start_ns: AtomicU64::new(u64::MAX),
+        quiesce: AtomicBool::new(false),
+        inbound: Samples::default(),
+        outbound: Samples::default(),
+        frames_in_sent: AtomicU64::new(0),
+        frames_in_recv: AtomicU64::new(0),
+        deltas_sent: AtomicU64::new(0),
+        deltas_recv: AtomicU64::new(0),
+        barge_ins: AtomicU64::new(0),
+        clears: AtomicU64::new(0),
+        truncates: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        model_conns: Mutex::new(Vec::new()),
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").expect("model listener");
+    let model_url = format!(
+        "ws://{}/v1/realtime?model=gpt-realtime",
+        listener.local_addr().expect("addr")
+    );
+    {
+        let sh = sh.clone();
+        thread::spawn(move || serve_model(listener, sh));
+    }
+    let port = free_port();
+    let bridge = match spawn_bridge(&a.bridge, port, &model_url) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("cannot start the bridge `{}`: {e}", a.bridge);
+            std::process::exit(2);
+        }
+    };
+    let pid = bridge.child.id();
+    thread::sleep(Duration::from_millis(500));
+    let idle = proc_figures(pid);
+    let stop = Arc::new(AtomicBool::new(false));
+    let callers: Arc<Mutex<Vec<Arc<Caller>>>> = Arc::new(Mutex::new(Vec::new()));
+    let tickers = [
+        {
+            let (sh, stop) = (sh.clone(), stop.clone());
+            thread::spawn(move || model_ticker(sh, stop))
+        },
+        {
+            let (sh, callers, stop) = (sh.clone(), callers.clone(), stop.clone());
+            thread::spawn(move || twilio_ticker(sh, callers, stop))
+        },
+    ];
+
+    println!(
+        "loadgen: {} calls, ramp {} s, {} s measured, bridge `{}`",
+        a.calls, a.ramp, a.seconds, a.bridge
+    );
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let ramp_gap = Duration::from_secs_f64(a.ramp as f64 / a.calls.max(1) as f64);
+    let mut failed = 0;
+    let mut sockets = Vec::with_capacity(a.calls);
+    for i in 0..a.calls {
+        match start_call(&sh, addr, i) {
+            Some((c, d)) => {
+                callers.lock().expect("callers").push(c);
+                sockets.push(d);
+            }
+            None => failed += 1,
+        }
+        thread::sleep(ramp_gap);
+    }
+    thread::sleep(Duration::from_secs(3)); // warm-up: every call has replied at least once
+    let gen_cpu0 = self_cpu_s();
+    let before = proc_figures(pid);
+    let t0 = Instant::now();
+    sh.window_start_ns.store(now_ns(), Ordering::Relaxed);
+    let mut max_threads = 0;
+    let mut max_rss = 0;
+    while t0.elapsed() < Duration::from_secs(a.seconds) {
+        thread::sleep(Duration::from_millis(500));
+        if let Some(f) = proc_figures(pid) {
+            max_threads = max_threads.max(f.threads);
+            max_rss = max_rss.max(f.rss_kb);
+        }
+    }
+    let after = proc_figures(pid);
+    let measured = t0.elapsed().as_secs_f64();
+    let gen_cpu = self_cpu_s() - gen_cpu0;
+    sh.window_start_ns.store(u64::MAX, Ordering::Relaxed);
+
+    // Quiesce: no new frames or deltas; let what is in flight arrive, then hang up.
+    sh.quiesce.store(true, Ordering::Relaxed);
+    thread::sleep(Duration::from_millis(1500));
+    let alive = callers
+        .lock()
+        .map(|v| {
+            v.iter()
+                .filter(|c| !c.closed.load(Ordering::Relaxed))
+                .count()
+        })
+        .unwrap_or(0);
+    let (fi_sent, fi_recv) = (
+        sh.frames_in_sent.load(Ordering::Relaxed),
+        sh.frames_in_recv.load(Ordering::Relaxed),
+    );
+    let (d_sent, d_recv) = (
+        sh.deltas_sent.load(Ordering::Relaxed),
+        sh.deltas_recv.load(Ordering::Relaxed),
+    );
+    for c in callers.lock().map(|v| v.clone()).unwrap_or_default() {
+        let _ = c.out.send(Message::text(twilio_json(
+            "stop",
+            &c.sid,
+            json!({"stop":{"accountSid":"AC0000000000000000000000000000load","callSid":"CA"}}),
+        )));
+        c.out.close();
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in tickers {
+        let _ = t.join();
+    }
+    for d in sockets {
+        d.join();
+    }
+    drop(bridge);
+
+    let (Some(before), Some(after)) = (before, after) else {
+        eprintln!("the bridge process went away during the run");
+        std::process::exit(1);
+    };
+    let cpu_s = (after.cpu_ticks - before.cpu_ticks) as f64 / clk_tck();
+    let call_minutes = a.calls as f64 * measured / 60.0;
+    let idle_rss = idle.as_ref().map_or(0, |f| f.rss_kb);
+    let idle_threads = idle.as_ref().map_or(0, |f| f.threads);
+    let (n_in, p_in) = sh.inbound.percentiles();
+    let (n_out, p_out) = sh.outbound.percentiles();
+    let lost_in = fi_sent.saturating_sub(fi_recv);
+    let lost_out = d_sent.saturating_sub(d_recv);
+    let errors = sh.errors.load(Ordering::Relaxed) + failed as u64;
+    let report = json!({
+        "label": a.label,
+        "bridge": a.bridge,
+        "calls": a.calls,
+        "calls_alive_at_end": alive,
+        "seconds_measured": measured,
+        "bridge_cpu_s": cpu_s,
+        "bridge_cpu_s_per_call_minute": cpu_s / call_minutes,
+        "bridge_cpu_percent_of_one_core": 100.0 * cpu_s / measured,
+        "bridge_rss_idle_mb": idle_rss as f64 / 1024.0,
+        "bridge_rss_mb": after.rss_kb as f64 / 1024.0,
+        "bridge_rss_max_mb": max_rss as f64 / 1024.0,
+        "bridge_peak_rss_mb": after.hwm_kb as f64 / 1024.0,
+        "bridge_rss_per_call_kb": (after.rss_kb.saturating_sub(idle_rss)) as f64 / a.calls.max(1) as f64,
+        "bridge_threads": max_threads,
+        "bridge_threads_per_call": (max_threads.saturating_sub(idle_threads)) as f64 / a.calls.max(1) as f64,
+        "inbound_latency_us": {"samples": n_in, "p50": p_in[0], "p99": p_in[1], "p999": p_in[2], "max": p_in[3]},
+        "outbound_latency_us": {"samples": n_out, "p50": p_out[0], "p99": p_out[1], "p999": p_out[2], "max": p_out[3]},
+        "frames_in": {"sent": fi_sent, "received": fi_recv, "lost": lost_in},
+        "deltas_out": {"sent": d_sent, "received": d_recv, "lost": lost_out},
+        "barge_ins": sh.barge_ins.load(Ordering::Relaxed),
+        "clears_seen": sh.clears.load(Ordering::Relaxed),
+        "truncates_seen": sh.truncates.load(Ordering::Relaxed),
+        "generator_cpu_s": gen_cpu,
+        "generator_cpu_percent_of_one_core": 100.0 * gen_cpu / measured,
+        "errors": errors,
+    });
+    let r = &report;
+    println!("{:-<72}", "");
+    println!(
+        "bridge `{}`: {} calls for {:.1} s",
+        a.label, a.calls, measured
+    );
+    println!(
+        "  CPU             {:.3} s per call-minute ({:.1} % of one core)",
+        r["bridge_cpu_s_per_call_minute"].as_f64().unwrap_or(0.0),
+        r["bridge_cpu_percent_of_one_core"].as_f64().unwrap_or(0.0)
+    );
+    println!(
+        "  memory          RSS {:.1} MB (idle {:.1}), peak {:.1} MB, {:.0} KB per call",
+        r["bridge_rss_mb"].as_f64().unwrap_or(0.0),
+        r["bridge_rss_idle_mb"].as_f64().unwrap_or(0.0),
+        r["bridge_peak_rss_mb"].as_f64().unwrap_or(0.0),
+        r["bridge_rss_per_call_kb"].as_f64().unwrap_or(0.0)
+    );
+    println!(
+        "  threads         {} ({:.1} per call)",
+        max_threads,
+        r["bridge_threads_per_call"].as_f64().unwrap_or(0.0)
+    );
+    println!(
+        "  caller → model  p50 {:.0} µs  p99 {:.0} µs  p99.9 {:.0} µs  max {:.0} µs  ({n_in} frames)",
+        p_in[0], p_in[1], p_in[2], p_in[3]
+    );
+    println!(
+        "  model → caller  p50 {:.0} µs  p99 {:.0} µs  p99.9 {:.0} µs  max {:.0} µs  ({n_out} deltas)",
+        p_out[0], p_out[1], p_out[2], p_out[3]
+    );
+    println!(
+        "  frames          caller {fi_sent} sent / {fi_recv} arrived (lost {lost_in}); agent {d_sent} / {d_recv} (lost {lost_out})"
+    );
+    println!(
+        "  barge-ins       {} (clears {}, truncates {}); calls alive at the end {alive}/{}; errors {errors}",
+        r["barge_ins"], r["clears_seen"], r["truncates_seen"], a.calls
+    );
+    println!(
+        "  generator CPU   {:.1} % of one core",
+        r["generator_cpu_percent_of_one_core"]
+            .as_f64()
+            .unwrap_or(0.0)
+    );
+    if let Some(path) = &a.json {
+        if let Err(e) = std::fs::write(
+            path,
+            serde_json::to_string_pretty(&report).unwrap_or_default(),
+        ) {
+            eprintln!("cannot write {path}: {e}");
+        }
+    }
+    if lost_in > 0 || lost_out > 0 || errors > 0 || alive < a.calls {
+        std::process::exit(1);
+    }
+}
