@@ -34,7 +34,7 @@ use tungstenite::stream::MaybeTlsStream;
 use crate::agent::Agent;
 use crate::events::SessionEvent;
 use crate::http::{self, HttpError, HttpLimits, RequestHead};
-use crate::session::{Session, SessionHandle, SessionOptions};
+use crate::session::{Session, SessionHandle, SessionOptions, TransportEvents};
 use crate::signature;
 use crate::token::{StreamTokens, TOKEN_PARAMETER};
 use crate::twilio::Start;
@@ -483,7 +483,12 @@ impl ConnCtx {
         self.shared.live_calls.fetch_add(1, Ordering::SeqCst);
         let _guard = LiveGuard(self.shared.clone(), call_no);
         log::info!(target: LOG, "call {call_no}: media stream connected");
-        let handle = match Session::start(conn, (self.agent)(), self.cfg.session.clone()) {
+        let mut opts = self.cfg.session.clone();
+        if self.hook.is_none() {
+            // Nobody looks at the raw messages: do not copy each one into an event.
+            opts.transport_events = TransportEvents::None;
+        }
+        let handle = match Session::start(conn, (self.agent)(), opts) {
             Ok(h) => h,
             Err(e) => {
                 log::error!(target: LOG, "call {call_no}: session did not start: {e}");

@@ -613,19 +613,24 @@ impl Shell {
             }
             other => self.out_buf.push_str(&other.to_json()),
         }
+        // Written from this thread under the socket lock (no hand-off to the writer thread:
+        // one wake-up less per frame); only this thread writes Twilio frames, so they keep
+        // their order, and a `clear` never waits behind queued audio. A peer that stops
+        // reading blocks this call's session thread up to the write timeout, then ends it.
         if let Err(e) = self
             .twilio
             .sender()
-            .try_send(Message::text(self.out_buf.as_str()))
+            .send_now(Message::text(self.out_buf.as_str()))
         {
-            log::warn!(target: TWILIO_LOG, "twilio frame not queued: {e}");
-            if !self.twilio.is_closed() {
-                self.core.handle_twilio_closed(
-                    Instant::now(),
-                    &format!("twilio is not taking audio: {e}"),
-                );
-                self.twilio.close();
+            if matches!(e, crate::ws::WsError::Closed) {
+                // Already closed: the reader thread reports why.
+                log::debug!(target: TWILIO_LOG, "twilio frame dropped: {e}");
+                return;
             }
+            log::warn!(target: TWILIO_LOG, "twilio frame not written: {e}");
+            self.core
+                .handle_twilio_closed(Instant::now(), &format!("twilio is not taking audio: {e}"));
+            self.twilio.close();
         }
     }
 

@@ -70,7 +70,8 @@ pub struct WsConfig {
     pub max_write_buffer_size: usize,
     /// Largest incoming message. Default 1 MiB.
     pub max_message_size: usize,
-    /// Messages queued for the writer thread. Default 1024.
+    /// Messages queued for the writer thread. Default 256 (the queue's slots are allocated up
+    /// front, ~14 KiB; sessions write audio with [`WsSender::send_now`] and barely use it).
     pub outbound_capacity: usize,
     /// Messages queued for a channel consumer ([`WsConn::spawn_channel`]). Default 1024.
     pub inbound_capacity: usize,
@@ -108,7 +109,7 @@ impl Default for WsConfig {
             write_buffer_size: 0,
             max_write_buffer_size: 4 * 1024 * 1024,
             max_message_size: 1024 * 1024,
-            outbound_capacity: 1024,
+            outbound_capacity: 256,
             inbound_capacity: 1024,
             connect_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
