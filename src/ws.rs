@@ -61,8 +61,9 @@ type Ws = WebSocket<MaybeTlsStream<TcpStream>>;
 /// Settings of one duplex WebSocket.
 #[derive(Clone)]
 pub struct WsConfig {
-    /// tungstenite's read buffer (allocated up front per socket). Default 16 KiB — sized for
-    /// ~400-byte frames, not tungstenite's 128 KiB default.
+    /// tungstenite's read buffer (allocated up front per socket). Default 4 KiB — Twilio's
+    /// frames are ~400 bytes and larger model events simply take several reads; tungstenite's
+    /// 128 KiB default would cost 250 KiB per call.
     pub read_buffer_size: usize,
     /// Bytes buffered before a write goes to the socket (0: every message at once). Default 0.
     pub write_buffer_size: usize,
@@ -105,7 +106,7 @@ impl fmt::Debug for WsConfig {
 impl Default for WsConfig {
     fn default() -> Self {
         WsConfig {
-            read_buffer_size: 16 * 1024,
+            read_buffer_size: 4 * 1024,
             write_buffer_size: 0,
             max_write_buffer_size: 4 * 1024 * 1024,
             max_message_size: 1024 * 1024,
