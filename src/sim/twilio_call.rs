@@ -571,6 +571,12 @@ impl TwilioCall {
                     break;
                 };
                 if out.send_now(Message::text(text)).is_err() {
+                    // The socket is gone under us: the bridge closed it (this side only closes
+                    // after hanging up), whichever of the reader and this write saw it first.
+                    report
+                        .timeline
+                        .push((at(Instant::now()), "bridge closed the stream".into()));
+                    report.closed_by_bridge = true;
                     bridge_closed = true;
                     break;
                 }
