@@ -36,7 +36,7 @@
 //! ```
 
 use std::fmt;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -56,7 +56,55 @@ use crate::sys;
 
 const LOG: &str = "twilio_realtime::ws";
 
-type Ws = WebSocket<MaybeTlsStream<TcpStream>>;
+type Ws = WebSocket<Sock>;
+
+/// The stream under a running WebSocket. On a plain (non-TLS) socket in non-blocking mode it
+/// remembers that the last `recv` came back short, which means the kernel's receive queue was
+/// empty at that moment; the next read then reports `WouldBlock` without a syscall and the
+/// reader goes straight to `poll`. `poll` is level-triggered, so anything that arrived since is
+/// seen at once: this saves one `recv` that would return `EAGAIN` per message, nothing else
+/// changes. (Not armed for TLS: a short TLS read says nothing about the kernel's queue.)
+struct Sock {
+    inner: MaybeTlsStream<TcpStream>,
+    /// Set once the socket is non-blocking and plain.
+    armed: bool,
+    /// The last read was short: the kernel had nothing more.
+    drained: bool,
+}
+
+impl Sock {
+    fn new(inner: MaybeTlsStream<TcpStream>) -> Sock {
+        Sock {
+            inner,
+            armed: false,
+            drained: false,
+        }
+    }
+}
+
+impl Read for Sock {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if !self.armed {
+            return self.inner.read(buf);
+        }
+        if self.drained && !buf.is_empty() {
+            self.drained = false;
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = self.inner.read(buf)?;
+        self.drained = n > 0 && n < buf.len();
+        Ok(n)
+    }
+}
+
+impl Write for Sock {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.inner.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
 
 /// Settings of one duplex WebSocket.
 #[derive(Clone)]
@@ -368,28 +416,31 @@ impl WsConn {
         } else {
             MaybeTlsStream::Plain(tcp)
         };
-        let (ws, _resp) =
-            tungstenite::client::client_with_config(request, stream, Some(cfg.tungstenite()))
-                .map_err(|e| match e {
-                    tungstenite::HandshakeError::Failure(tungstenite::Error::Http(r)) => {
-                        WsError::Rejected {
-                            status: r.status().as_u16(),
-                        }
-                    }
-                    tungstenite::HandshakeError::Failure(tungstenite::Error::Io(io))
-                        if matches!(
-                            io.kind(),
-                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                        ) =>
-                    {
-                        WsError::Handshake("timed out".into())
-                    }
-                    // A read timeout mid-handshake surfaces as an interrupted handshake.
-                    tungstenite::HandshakeError::Interrupted(_) => {
-                        WsError::Handshake(format!("timed out after {:?}", cfg.handshake_timeout))
-                    }
-                    other => WsError::Handshake(other.to_string()),
-                })?;
+        let (ws, _resp) = tungstenite::client::client_with_config(
+            request,
+            Sock::new(stream),
+            Some(cfg.tungstenite()),
+        )
+        .map_err(|e| match e {
+            tungstenite::HandshakeError::Failure(tungstenite::Error::Http(r)) => {
+                WsError::Rejected {
+                    status: r.status().as_u16(),
+                }
+            }
+            tungstenite::HandshakeError::Failure(tungstenite::Error::Io(io))
+                if matches!(
+                    io.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                WsError::Handshake("timed out".into())
+            }
+            // A read timeout mid-handshake surfaces as an interrupted handshake.
+            tungstenite::HandshakeError::Interrupted(_) => {
+                WsError::Handshake(format!("timed out after {:?}", cfg.handshake_timeout))
+            }
+            other => WsError::Handshake(other.to_string()),
+        })?;
         log::debug!(target: LOG, "connected to {host}:{port}");
         Ok(WsConn {
             ws,
@@ -432,8 +483,12 @@ impl WsConn {
             .map_err(WsError::Io)?;
         stream.write_all(resp.as_bytes()).map_err(WsError::Io)?;
         stream.flush().map_err(WsError::Io)?;
-        let ws =
-            WebSocket::from_partially_read(stream, leftover, Role::Server, Some(cfg.tungstenite()));
+        let ws = WebSocket::from_partially_read(
+            Sock::new(stream),
+            leftover,
+            Role::Server,
+            Some(cfg.tungstenite()),
+        );
         Ok(WsConn {
             ws,
             tcp,
@@ -479,10 +534,12 @@ impl WsConn {
         Ok((conn, head))
     }
 
-    fn prepare(self) -> Result<(Arc<Shared>, WsConfig), WsError> {
+    fn prepare(mut self) -> Result<(Arc<Shared>, WsConfig), WsError> {
         self.tcp.set_read_timeout(None).map_err(WsError::Io)?;
         self.tcp.set_write_timeout(None).map_err(WsError::Io)?;
         self.tcp.set_nonblocking(true).map_err(WsError::Io)?;
+        let sock = self.ws.get_mut();
+        sock.armed = matches!(sock.inner, MaybeTlsStream::Plain(_));
         let fd = self.tcp.as_raw_fd();
         Ok((
             Arc::new(Shared {
@@ -605,6 +662,11 @@ impl Shared {
 fn map_err(e: tungstenite::Error) -> WsError {
     match e {
         tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => WsError::Closed,
+        // A close frame already went out (e.g. the reader refused an oversize message): the
+        // connection is closing, and the reader reports why.
+        tungstenite::Error::Protocol(tungstenite::error::ProtocolError::SendAfterClosing) => {
+            WsError::Closed
+        }
         tungstenite::Error::Io(io) => WsError::Io(io),
         other => WsError::Protocol(other),
     }
