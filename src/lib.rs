@@ -45,6 +45,7 @@ pub mod call;
 pub mod events;
 pub mod http;
 pub mod inbound;
+mod inbox;
 pub mod model;
 pub mod mulaw;
 pub mod playback;

@@ -1,8 +1,8 @@
 //! The threaded shell that runs one call: sockets and threads around [`CallCore`].
 //!
 //! Per call: a reader and a writer thread for the Twilio socket, a reader and a writer thread
-//! for the model socket, one session thread that owns the [`CallCore`] and waits with
-//! `crossbeam_channel::select!` on its inputs and the next deadline, and a short-lived worker
+//! for the model socket, one session thread that owns the [`CallCore`] and
+//! sleeps on its inbox until a message or the next deadline, and a short-lived worker
 //! thread per tool call or guardrail run. Caller audio takes a lane with one thread wake-up
 //! per frame: the Twilio reader thread runs [`InboundAudio`] and writes the
 //! `input_audio_buffer.append` straight to the model socket. When the call ends every socket
@@ -30,13 +30,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{after, never, select, unbounded, Receiver, Sender};
+use crossbeam_channel::{unbounded, Receiver, Sender};
 use tungstenite::Message;
 
 use crate::agent::Agent;
 use crate::call::{CallCore, CallOptions, Command, GuardrailRun, Output};
 use crate::events::{CloseReason, ErrorSource, HistoryItem, SessionEvent, TransportEvent};
 use crate::inbound::{InboundAudio, InboundConfig, InboundStats};
+use crate::inbox::{inbox, InboxReceiver, InboxSender};
 use crate::model::{write_append_json, ServerEvent};
 use crate::twilio::{write_mark_json, write_media_json, TwilioCommand, TwilioMessage};
 use crate::ws::{ClientRequest, Duplex, Incoming, WsConfig, WsConn, WsSender};
@@ -260,7 +261,7 @@ impl Session {
         agent: Agent,
         opts: SessionOptions,
     ) -> Result<SessionHandle, SessionError> {
-        let (shell_tx, shell_rx) = unbounded::<ShellMsg>();
+        let (shell_tx, shell_rx) = inbox::<ShellMsg>();
         let (event_tx, event_rx) = unbounded::<SessionEvent>();
         let lane = Arc::new(Mutex::new(Lane {
             inbound: InboundAudio::new(opts.inbound.clone()),
@@ -321,7 +322,7 @@ impl Session {
     }
 }
 
-fn spawn_model_connect(gen: u64, opts: &ModelOptions, tx: Sender<ShellMsg>) {
+fn spawn_model_connect(gen: u64, opts: &ModelOptions, tx: InboxSender<ShellMsg>) {
     let mut req = ClientRequest::new(opts.url.clone());
     if let Some(k) = &opts.api_key {
         req = req.bearer(k.clone());
@@ -345,7 +346,7 @@ fn spawn_model_connect(gen: u64, opts: &ModelOptions, tx: Sender<ShellMsg>) {
 /// Runs on the Twilio reader thread for every message.
 fn twilio_incoming(
     inc: Incoming,
-    tx: &Sender<ShellMsg>,
+    tx: &InboxSender<ShellMsg>,
     lane: &Mutex<Lane>,
     events: &Sender<SessionEvent>,
     transport: TransportEvents,
@@ -398,7 +399,7 @@ struct Shell {
     model: Option<Duplex>,
     model_gen: u64,
     model_opts: ModelOptions,
-    shell_tx: Sender<ShellMsg>,
+    shell_tx: InboxSender<ShellMsg>,
     events: Sender<SessionEvent>,
     transport: TransportEvents,
     out_buf: String,
@@ -408,7 +409,7 @@ struct Shell {
 }
 
 impl Shell {
-    fn run(mut self, rx: Receiver<ShellMsg>) {
+    fn run(mut self, rx: InboxReceiver<ShellMsg>) {
         loop {
             let deadline = {
                 let lane_deadline = lock(&self.lane).inbound.next_deadline();
@@ -417,16 +418,9 @@ impl Shell {
                     (a, b) => a.or(b),
                 }
             };
-            let timer = match deadline {
-                Some(d) => after(d.saturating_duration_since(Instant::now())),
-                None => never(),
-            };
-            select! {
-                recv(rx) -> msg => match msg {
-                    Ok(m) => self.handle(m),
-                    Err(_) => break,
-                },
-                recv(timer) -> _ => {
+            match rx.recv_deadline(deadline) {
+                Some(m) => self.handle(m),
+                None => {
                     let now = Instant::now();
                     self.core.handle_timeout(now);
                     lock(&self.lane).on_timeout(now);
@@ -651,7 +645,7 @@ impl Shell {
 fn model_incoming(
     gen: u64,
     inc: Incoming,
-    tx: &Sender<ShellMsg>,
+    tx: &InboxSender<ShellMsg>,
     events: &Sender<SessionEvent>,
     transport: TransportEvents,
 ) {
@@ -693,7 +687,7 @@ fn model_incoming(
 #[derive(Debug)]
 pub struct SessionHandle {
     events: Receiver<SessionEvent>,
-    tx: Sender<ShellMsg>,
+    tx: InboxSender<ShellMsg>,
     thread: Option<JoinHandle<()>>,
     lane: Arc<Mutex<Lane>>,
 }
