@@ -119,8 +119,10 @@ pub struct WsConfig {
     pub max_write_buffer_size: usize,
     /// Largest incoming message. Default 1 MiB.
     pub max_message_size: usize,
-    /// Messages queued for the writer thread. Default 256 (the queue's slots are allocated up
-    /// front, ~14 KiB; sessions write audio with [`WsSender::send_now`] and barely use it).
+    /// Messages queued for the writer thread; [`WsSender::send`] waits while it is full.
+    /// Default 64: the queue's slots are allocated up front (~56 bytes each, so 256 would cost
+    /// ~14 KiB per socket), and sessions write audio with [`WsSender::send_now`] and barely use
+    /// it.
     pub outbound_capacity: usize,
     /// Messages queued for a channel consumer ([`WsConn::spawn_channel`]). Default 1024.
     pub inbound_capacity: usize,
@@ -158,7 +160,7 @@ impl Default for WsConfig {
             write_buffer_size: 0,
             max_write_buffer_size: 4 * 1024 * 1024,
             max_message_size: 1024 * 1024,
-            outbound_capacity: 256,
+            outbound_capacity: 64,
             inbound_capacity: 1024,
             connect_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
