@@ -536,7 +536,11 @@ impl Drop for LiveGuard {
         if let Ok(mut s) = self.0.sessions.lock() {
             s.retain(|(n, _)| *n != self.1);
         }
-        self.0.live_calls.fetch_sub(1, Ordering::SeqCst);
+        if self.0.live_calls.fetch_sub(1, Ordering::SeqCst) == 1 {
+            // The last call just ended: hand the heap pages the calls freed back to the OS,
+            // so an idle server's RSS returns to its baseline after a burst.
+            crate::sys::release_free_memory();
+        }
     }
 }
 

@@ -1,4 +1,5 @@
-//! The crate's only `unsafe`: thin, documented wrappers over `poll(2)` and `sigaction(2)`.
+//! The crate's only `unsafe`: thin, documented wrappers over `poll(2)`, `sigaction(2)` and
+//! glibc's `malloc_trim(3)`.
 
 use std::io;
 use std::os::fd::RawFd;
@@ -67,4 +68,15 @@ pub(crate) fn termination_flag() -> io::Result<&'static AtomicBool> {
         }
     }
     Ok(&TERMINATE)
+}
+
+/// Gives the heap memory that has been freed back to the OS (glibc's `malloc_trim(0)`; glibc
+/// otherwise keeps it in its arenas for reuse). Elsewhere it does nothing. Takes a few
+/// milliseconds at most on this crate's heaps; called when a server goes idle.
+pub(crate) fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes no pointers and is thread-safe (it locks each arena).
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
