@@ -38,6 +38,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use serde_json::{json, Value};
 use tungstenite::Message;
+use twilio_realtime::sim::chaos::ProcessStats;
 use twilio_realtime::ws::{ClientRequest, Duplex, Incoming, WsConfig, WsConn, WsSender};
 
 const MAGIC: [u8; 4] = *b"LGT1";
@@ -510,20 +511,12 @@ fn proc_figures(pid: u32) -> Option<ProcFigures> {
     let f: Vec<&str> = rest.split_whitespace().collect();
     let utime: u64 = f.get(11)?.parse().ok()?;
     let stime: u64 = f.get(12)?.parse().ok()?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| -> u64 {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
+    let st = ProcessStats::of_pid(pid).ok()?;
     Some(ProcFigures {
         cpu_ticks: utime + stime,
-        rss_kb: field("VmRSS:"),
-        hwm_kb: field("VmHWM:"),
-        threads: field("Threads:"),
+        rss_kb: st.rss_kb,
+        hwm_kb: st.peak_rss_kb,
+        threads: st.threads as u64,
     })
 }
 

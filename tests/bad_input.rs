@@ -13,7 +13,9 @@ use tungstenite::Message;
 use twilio_realtime::agent::Agent;
 use twilio_realtime::events::{CloseReason, ErrorSource, SessionEvent};
 use twilio_realtime::sim::fake_model::{FakeModelConfig, Faults, Reply};
-use twilio_realtime::sim::twilio_call::{Segment, TwilioCall, TwilioCallConfig};
+use twilio_realtime::sim::twilio_call::{
+    CallReport, Segment, SimError, TwilioCall, TwilioCallConfig,
+};
 use twilio_realtime::ws::{ClientRequest, Duplex, Incoming, WsConfig, WsConn};
 
 const SID: &str = "MZ00000000000000000000000000000001";
@@ -107,9 +109,9 @@ fn next_call_works(rig: &Rig) {
     next_call_hears(rig, 400);
 }
 
-/// A normal simulated call: it hears `ms` of agent audio and nothing breaks the protocol.
-fn next_call_hears(rig: &Rig, ms: u64) {
-    let report = TwilioCall::run(TwilioCallConfig::new(
+/// A simulated call that listens until the agent has been quiet for 400 ms, then hangs up.
+fn listen_until_quiet(rig: &Rig) -> Result<CallReport, SimError> {
+    TwilioCall::run(TwilioCallConfig::new(
         rig.addr,
         vec![
             Segment::WaitForAgent {
@@ -119,7 +121,11 @@ fn next_call_hears(rig: &Rig, ms: u64) {
             Segment::HangUp,
         ],
     ))
-    .expect("next call");
+}
+
+/// A normal simulated call: it hears `ms` of agent audio and nothing breaks the protocol.
+fn next_call_hears(rig: &Rig, ms: u64) {
+    let report = listen_until_quiet(rig).expect("next call");
     assert_eq!(report.played_ms(), ms, "{:?}", report.timeline);
     assert!(report.violations.is_empty(), "{:?}", report.violations);
 }
@@ -280,17 +286,7 @@ fn model_garbage_is_reported_and_the_agent_keeps_talking() {
         ..Default::default()
     };
     let rig = Rig::start(model, agent);
-    let report = TwilioCall::run(TwilioCallConfig::new(
-        rig.addr,
-        vec![
-            Segment::WaitForAgent {
-                quiet_ms: 400,
-                timeout_ms: 10_000,
-            },
-            Segment::HangUp,
-        ],
-    ))
-    .expect("call");
+    let report = listen_until_quiet(&rig).expect("call");
     rig.wait_idle();
     assert!(report.violations.is_empty(), "{:?}", report.violations);
     // The greeting played whole; the ghost item's audio (if any) was not invalid base64.

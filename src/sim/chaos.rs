@@ -155,7 +155,16 @@ pub struct ProcessStats {
 impl ProcessStats {
     /// Reads the current figures.
     pub fn now() -> io::Result<ProcessStats> {
-        let status = std::fs::read_to_string("/proc/self/status")?;
+        ProcessStats::read("/proc/self")
+    }
+
+    /// The figures of another process (e.g. a bridge a load generator started).
+    pub fn of_pid(pid: u32) -> io::Result<ProcessStats> {
+        ProcessStats::read(&format!("/proc/{pid}"))
+    }
+
+    fn read(dir: &str) -> io::Result<ProcessStats> {
+        let status = std::fs::read_to_string(format!("{dir}/status"))?;
         let field = |name: &str| -> u64 {
             status
                 .lines()
@@ -166,7 +175,7 @@ impl ProcessStats {
         };
         Ok(ProcessStats {
             threads: field("Threads:") as usize,
-            fds: std::fs::read_dir("/proc/self/fd")?.count(),
+            fds: std::fs::read_dir(format!("{dir}/fd"))?.count(),
             rss_kb: field("VmRSS:"),
             peak_rss_kb: field("VmHWM:"),
         })
