@@ -1,9 +1,9 @@
 //! The threaded shell that runs one call: sockets and threads around [`CallCore`].
 //!
 //! Per call: a reader and a writer thread for the Twilio socket, a reader and a writer thread
-//! for the model socket, one session thread that owns the [`CallCore`] and
-//! sleeps on its inbox until a message or the next deadline, and a short-lived worker
-//! thread per tool call or guardrail run. Caller audio takes a lane with one thread wake-up
+//! for the model socket, one session thread that owns the [`CallCore`] and sleeps on its inbox
+//! until a message or the next deadline, and a short-lived worker thread per tool call or
+//! guardrail run. Caller audio takes a lane with one thread wake-up
 //! per frame: the Twilio reader thread runs [`InboundAudio`] and writes the
 //! `input_audio_buffer.append` straight to the model socket. When the call ends every socket
 //! thread exits and [`SessionHandle::join`] returns.
