@@ -39,6 +39,7 @@ use crate::events::{CloseReason, ErrorSource, HistoryItem, SessionEvent, Transpo
 use crate::inbound::{InboundAudio, InboundConfig, InboundStats};
 use crate::inbox::{inbox, InboxReceiver, InboxSender};
 use crate::model::{write_append_json, ServerEvent};
+use crate::playback::MarkName;
 use crate::twilio::{write_mark_json, write_media_json, TwilioCommand, TwilioMessage};
 use crate::ws::{ClientRequest, Duplex, Incoming, WsConfig, WsConn, WsSender};
 
@@ -192,15 +193,24 @@ enum ShellMsg {
     GuardrailDone(GuardrailRun, Option<(String, String)>),
     Command(Command),
     History(Sender<Vec<HistoryItem>>),
+    /// Deferred marks are waiting in the lane and one of them matters now.
+    Marks,
 }
 
 /// The caller-audio lane shared by the Twilio reader (per frame) and the session thread
-/// (readiness, speech, inactivity timer).
+/// (readiness, speech, inactivity timer), and the marks the reader deferred.
 struct Lane {
     inbound: InboundAudio,
     model: Option<WsSender>,
     buf: String,
+    /// Echoed marks with the moment each arrived, for the session thread to apply the next
+    /// time it wakes (before anything else it handles then).
+    marks: Vec<(Instant, TwilioMessage)>,
 }
+
+/// Deferred marks after which the reader wakes the session thread anyway (a peer that floods
+/// chunk-like marks cannot grow the lane without bound).
+const MAX_DEFERRED_MARKS: usize = 64;
 
 impl Lane {
     fn sink<'a>(model: &Option<WsSender>, buf: &'a mut String) -> impl FnMut(&str) + 'a {
@@ -220,6 +230,7 @@ impl Lane {
             inbound,
             model,
             buf,
+            ..
         } = self;
         inbound.on_media(now, payload, ts, &mut Lane::sink(model, buf));
     }
@@ -229,6 +240,7 @@ impl Lane {
             inbound,
             model,
             buf,
+            ..
         } = self;
         inbound.set_ready(ready, &mut Lane::sink(model, buf));
     }
@@ -238,6 +250,7 @@ impl Lane {
             inbound,
             model,
             buf,
+            ..
         } = self;
         inbound.on_timeout(now, &mut Lane::sink(model, buf));
     }
@@ -267,6 +280,7 @@ impl Session {
             inbound: InboundAudio::new(opts.inbound.clone()),
             model: None,
             buf: String::with_capacity(512),
+            marks: Vec::with_capacity(16),
         }));
 
         // Model connection first: it is the slow part. With a start check it waits for a
@@ -304,6 +318,7 @@ impl Session {
             events: event_tx,
             transport: opts.transport_events,
             out_buf: String::with_capacity(512),
+            marks: Vec::with_capacity(16),
             started: start,
             model_ready_logged: false,
             start_check: opts.start_check.clone(),
@@ -364,6 +379,29 @@ fn twilio_incoming(
                     let ts = m.media.timestamp_ms();
                     lock(lane).on_media(Instant::now(), &m.media.payload, ts);
                 }
+                Ok(TwilioMessage::Mark(m)) => {
+                    if transport != TransportEvents::None {
+                        let _ = events.send(SessionEvent::Transport(
+                            TransportEvent::TwilioMessage(text.to_owned()),
+                        ));
+                    }
+                    // Most echoes are chunk marks, which only move the playback position the
+                    // next barge-in will read; they wait in the lane with their arrival time
+                    // and the session thread applies them the next time it wakes (for the
+                    // next delta, a barge-in, a timer), which saves a wake-up per mark. An
+                    // item's last mark, a round-trip probe or anything unexpected can change
+                    // what happens next (audio stopped, end of a drain), so it wakes it now.
+                    let urgent =
+                        !matches!(MarkName::parse(&m.mark.name), Some(MarkName::Chunk { .. }));
+                    let wake = {
+                        let mut l = lock(lane);
+                        l.marks.push((Instant::now(), TwilioMessage::Mark(m)));
+                        urgent || l.marks.len() >= MAX_DEFERRED_MARKS
+                    };
+                    if wake {
+                        let _ = tx.send(ShellMsg::Marks);
+                    }
+                }
                 Ok(msg) => {
                     if transport != TransportEvents::None {
                         let _ = events.send(SessionEvent::Transport(
@@ -403,6 +441,8 @@ struct Shell {
     events: Sender<SessionEvent>,
     transport: TransportEvents,
     out_buf: String,
+    /// Marks taken from the lane (capacity kept between turns).
+    marks: Vec<(Instant, TwilioMessage)>,
     started: Instant,
     model_ready_logged: bool,
     start_check: Option<StartCheck>,
@@ -418,7 +458,11 @@ impl Shell {
                     (a, b) => a.or(b),
                 }
             };
-            match rx.recv_deadline(deadline) {
+            let msg = rx.recv_deadline(deadline);
+            // Marks that arrived before this wake-up come first, at the time they arrived.
+            self.apply_deferred_marks();
+            match msg {
+                Some(ShellMsg::Marks) => {}
                 Some(m) => self.handle(m),
                 None => {
                     let now = Instant::now();
@@ -431,6 +475,13 @@ impl Shell {
             }
         }
         self.shutdown();
+    }
+
+    fn apply_deferred_marks(&mut self) {
+        std::mem::swap(&mut lock(&self.lane).marks, &mut self.marks);
+        for (at, mark) in self.marks.drain(..) {
+            self.core.handle_twilio(at, mark);
+        }
     }
 
     fn handle(&mut self, msg: ShellMsg) {
@@ -504,6 +555,7 @@ impl Shell {
             ShellMsg::History(reply) => {
                 let _ = reply.send(self.core.history().to_vec());
             }
+            ShellMsg::Marks => self.apply_deferred_marks(),
         }
     }
 
