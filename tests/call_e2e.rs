@@ -421,3 +421,47 @@ fn dtmf_reaches_the_application() {
         .any(|e| matches!(e, SessionEvent::Dtmf { digit } if digit == "7")));
     rig.stop();
 }
+
+#[test]
+fn audio_stopped_comes_from_the_last_mark_not_from_the_hang_up() {
+    // The session thread applies chunk marks lazily; an item's last mark must still wake it,
+    // so `AudioStopped` is seen while the caller sits in silence, seconds before it hangs up.
+    let rig = Rig::start(
+        FakeModelConfig {
+            script: vec![Reply::say("Hello there.", 600)],
+            ..Default::default()
+        },
+        agent,
+    );
+    let addr = rig.addr;
+    let caller = std::thread::spawn(move || {
+        let mut cfg = TwilioCallConfig::new(
+            addr,
+            vec![
+                Segment::Silence(200),
+                Segment::Speech(600),
+                Segment::WaitForAgent {
+                    quiet_ms: 300,
+                    timeout_ms: 15_000,
+                },
+                Segment::Silence(4000),
+                Segment::HangUp,
+            ],
+        );
+        cfg.one_way_delay = Duration::from_millis(20);
+        TwilioCall::run(cfg).expect("call runs")
+    });
+    common::wait_until("AudioStopped", Duration::from_secs(15), || {
+        rig.events()
+            .iter()
+            .any(|e| matches!(e, SessionEvent::AudioStopped))
+    });
+    assert!(
+        !caller.is_finished(),
+        "AudioStopped came only with the hang-up"
+    );
+    let report = caller.join().expect("caller thread");
+    assert_eq!(report.played_ms(), 600);
+    rig.wait_idle();
+    rig.stop();
+}
