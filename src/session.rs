@@ -5,8 +5,10 @@
 //! until a message or the next deadline, and a short-lived worker thread per tool call or
 //! guardrail run. Caller audio takes a lane with one thread wake-up
 //! per frame: the Twilio reader thread runs [`InboundAudio`] and writes the
-//! `input_audio_buffer.append` straight to the model socket. When the call ends every socket
-//! thread exits and [`SessionHandle::join`] returns.
+//! `input_audio_buffer.append` straight to the model socket. Echoed chunk marks wait in the
+//! lane with their arrival time until the session thread next wakes (an item's last mark and
+//! round-trip probes wake it at once). When the call ends every socket thread exits and
+//! [`SessionHandle::join`] returns.
 //!
 //! ```no_run
 //! use std::net::TcpListener;
