@@ -381,12 +381,16 @@ fn twilio_incoming(
                     let ts = m.media.timestamp_ms();
                     lock(lane).on_media(Instant::now(), &m.media.payload, ts);
                 }
-                Ok(TwilioMessage::Mark(m)) => {
+                Ok(msg) => {
                     if transport != TransportEvents::None {
                         let _ = events.send(SessionEvent::Transport(
                             TransportEvent::TwilioMessage(text.to_owned()),
                         ));
                     }
+                    let TwilioMessage::Mark(m) = msg else {
+                        let _ = tx.send(ShellMsg::Twilio(msg));
+                        return;
+                    };
                     // Most echoes are chunk marks, which only move the playback position the
                     // next barge-in will read; they wait in the lane with their arrival time
                     // and the session thread applies them the next time it wakes (for the
@@ -403,14 +407,6 @@ fn twilio_incoming(
                     if wake {
                         let _ = tx.send(ShellMsg::Marks);
                     }
-                }
-                Ok(msg) => {
-                    if transport != TransportEvents::None {
-                        let _ = events.send(SessionEvent::Transport(
-                            TransportEvent::TwilioMessage(text.to_owned()),
-                        ));
-                    }
-                    let _ = tx.send(ShellMsg::Twilio(msg));
                 }
                 Err(e) => {
                     log::warn!(target: TWILIO_LOG, "bad message from twilio: {e}");
@@ -464,7 +460,6 @@ impl Shell {
             // Marks that arrived before this wake-up come first, at the time they arrived.
             self.apply_deferred_marks();
             match msg {
-                Some(ShellMsg::Marks) => {}
                 Some(m) => self.handle(m),
                 None => {
                     let now = Instant::now();
@@ -557,7 +552,8 @@ impl Shell {
             ShellMsg::History(reply) => {
                 let _ = reply.send(self.core.history().to_vec());
             }
-            ShellMsg::Marks => self.apply_deferred_marks(),
+            // Applied at the top of this wake-up already.
+            ShellMsg::Marks => {}
         }
     }
 
