@@ -434,6 +434,8 @@ fn audio_stopped_comes_from_the_last_mark_not_from_the_hang_up() {
         agent,
     );
     let addr = rig.addr;
+    // Not `call()`: it waits for the server to go idle after the hang-up, which would keep the
+    // thread alive past it and hide exactly the delay this test looks for.
     let caller = std::thread::spawn(move || {
         let mut cfg = TwilioCallConfig::new(
             addr,
