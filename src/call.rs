@@ -72,6 +72,19 @@ pub struct CallOptions {
     /// application's check), instead of at once. The session sets it when a start check is
     /// configured. Default false.
     pub connect_model_on_start: bool,
+    /// After `start`, a Twilio stream that sends nothing (no `media`, mark or any other
+    /// message) this long is dead — Twilio sends a `media` frame every 20 ms for the life of a
+    /// stream — and the call ends with [`CloseReason::TwilioSilent`]. Default 10 s.
+    pub twilio_silence_timeout: Duration,
+    /// Send the model a WebSocket ping when it has sent nothing this long. Default 20 s.
+    pub model_ping_interval: Duration,
+    /// The model connection is lost when nothing (a pong or any other frame) arrives this long
+    /// after a ping; then the model-loss rule runs ([`CloseReason::ModelDisconnected`] after
+    /// the audio already sent played). Default 10 s.
+    pub model_pong_timeout: Duration,
+    /// A tool call waiting for `approve`/`reject` this long is rejected, and the model is told
+    /// the call was not approved in time. Default 60 s.
+    pub approval_timeout: Duration,
 }
 
 impl Default for CallOptions {
@@ -87,9 +100,18 @@ impl Default for CallOptions {
             audio_events: false,
             start_timeout: Duration::from_secs(5),
             connect_model_on_start: false,
+            twilio_silence_timeout: Duration::from_secs(10),
+            model_ping_interval: Duration::from_secs(20),
+            model_pong_timeout: Duration::from_secs(10),
+            approval_timeout: Duration::from_secs(60),
         }
     }
 }
+
+/// What the model is told when a tool call waited for approval longer than
+/// [`CallOptions::approval_timeout`].
+pub const APPROVAL_TIMEOUT_OUTPUT: &str =
+    "Error: this tool call needed the operator's approval and did not get it in time, so it was not run. Tell the caller you could not do it.";
 
 /// What the application can ask of a running call.
 #[derive(Debug, Clone)]
@@ -177,6 +199,10 @@ pub enum Output {
     CloseModel,
     /// Close the Twilio stream (ends `<Connect><Stream>`).
     CloseTwilio,
+    /// Send a WebSocket ping on the model connection (it has been quiet for
+    /// [`CallOptions::model_ping_interval`]); whatever it sends next counts as the answer
+    /// (report it with [`CallCore::handle_model_activity`]).
+    PingModel,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -248,6 +274,12 @@ pub struct CallCore {
     next_probe_at: Option<Instant>,
     /// When a stream that has not started is given up.
     start_deadline: Option<Instant>,
+    /// The last time Twilio sent anything, once the stream started.
+    twilio_seen: Option<Instant>,
+    /// The last time the current model connection sent anything (`None` without one).
+    model_seen: Option<Instant>,
+    /// When the unanswered ping went out.
+    ping_sent: Option<Instant>,
     ended: Option<CloseReason>,
     outputs: VecDeque<Output>,
 }
@@ -289,6 +321,9 @@ impl CallCore {
             draining: None,
             next_probe_at: None,
             start_deadline,
+            twilio_seen: None,
+            model_seen: None,
+            ping_sent: None,
             ended: None,
             outputs: VecDeque::new(),
         }
@@ -345,7 +380,45 @@ impl CallCore {
             .chain(drain)
             .chain(self.next_probe_at)
             .chain(self.start_deadline)
+            .chain(self.twilio_silence_deadline())
+            .chain(self.model_liveness_deadline())
             .min()
+    }
+
+    fn twilio_silence_deadline(&self) -> Option<Instant> {
+        self.twilio_seen?
+            .checked_add(self.opts.twilio_silence_timeout)
+    }
+
+    fn model_liveness_deadline(&self) -> Option<Instant> {
+        if self.model == ModelState::Gone {
+            return None;
+        }
+        match self.ping_sent {
+            Some(p) => p.checked_add(self.opts.model_pong_timeout),
+            None => self.model_seen?.checked_add(self.opts.model_ping_interval),
+        }
+    }
+
+    /// Twilio sent something at `at` (the shell reports the arrival of the latest frame on the
+    /// Twilio socket, `media` included, each time it wakes). Feeds the silence rule
+    /// ([`CallOptions::twilio_silence_timeout`]).
+    pub fn handle_twilio_activity(&mut self, at: Instant) {
+        if let Some(seen) = &mut self.twilio_seen {
+            *seen = (*seen).max(at);
+        }
+    }
+
+    /// The current model connection sent something (any frame, a pong included) at `at`.
+    /// Answers an outstanding ping and postpones the next one.
+    pub fn handle_model_activity(&mut self, at: Instant) {
+        let Some(seen) = &mut self.model_seen else {
+            return;
+        };
+        *seen = (*seen).max(at);
+        if self.ping_sent.is_some_and(|p| at >= p) {
+            self.ping_sent = None;
+        }
     }
 
     fn out(&mut self, o: Output) {
@@ -404,6 +477,7 @@ impl CallCore {
         if self.ended.is_some() {
             return;
         }
+        self.handle_twilio_activity(now);
         match msg {
             TwilioMessage::Connected(_) | TwilioMessage::Media(_) | TwilioMessage::Unknown(_) => {}
             TwilioMessage::Start(start) => {
@@ -414,6 +488,7 @@ impl CallCore {
                 }
                 log::info!(target: LOG, "stream started call={}", start.start.call_sid);
                 self.start_deadline = None;
+                self.twilio_seen = Some(now);
                 if self.opts.connect_model_on_start && self.model == ModelState::Connecting {
                     self.out(Output::ConnectModel);
                 }
@@ -579,8 +654,12 @@ impl CallCore {
     // Model side
 
     /// The model WebSocket is open (its `session.created` is still to come).
-    pub fn handle_model_connected(&mut self, _now: Instant) {
+    pub fn handle_model_connected(&mut self, now: Instant) {
         log::debug!(target: LOG, "model socket open");
+        if self.ended.is_none() {
+            self.model_seen = Some(now);
+            self.ping_sent = None;
+        }
     }
 
     /// The model connection could not be opened.
@@ -605,6 +684,8 @@ impl CallCore {
         }
         self.active_response = None;
         self.response_requested = None;
+        self.model_seen = None;
+        self.ping_sent = None;
         if self.reconnect_pending {
             self.reconnect_pending = false;
             log::info!(target: LOG, "model session expired; reconnecting");
@@ -647,6 +728,7 @@ impl CallCore {
         if self.ended.is_some() {
             return;
         }
+        self.handle_model_activity(now);
         match ev {
             ServerEvent::SessionCreated(_) => self.on_session_created(),
             ServerEvent::Error(e) => self.on_model_error(
@@ -954,7 +1036,7 @@ impl CallCore {
                 PendingTool {
                     call,
                     tool: Some(tool),
-                    deadline: None,
+                    deadline: now.checked_add(self.opts.approval_timeout),
                     awaiting_approval: true,
                 },
             );
@@ -1283,7 +1365,8 @@ impl CallCore {
         }
     }
 
-    /// Time passed: tool timeouts, the end of a drain, round-trip probes.
+    /// Time passed: tool and approval timeouts, the end of a drain, round-trip probes, a
+    /// silent Twilio stream, model pings and their answers.
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.ended.is_some() {
             return;
@@ -1295,9 +1378,30 @@ impl CallCore {
             .map(|(k, _)| k.clone())
             .collect();
         for call_id in expired {
-            if let Some(p) = self.tools.remove(&call_id) {
+            let Some(p) = self.tools.remove(&call_id) else {
+                continue;
+            };
+            let agent = self.agent.name().to_owned();
+            if p.awaiting_approval {
+                log::warn!(
+                    target: TOOLS_LOG,
+                    "tool {} ({call_id}) was not approved within {:?}; rejected",
+                    p.call.name,
+                    self.opts.approval_timeout
+                );
+                self.error(
+                    ErrorSource::Tool,
+                    format!("tool {} was not approved in time", p.call.name),
+                );
+                self.tool_output(
+                    &agent,
+                    &p.call.name,
+                    &call_id,
+                    APPROVAL_TIMEOUT_OUTPUT.into(),
+                    true,
+                );
+            } else {
                 log::warn!(target: TOOLS_LOG, "tool {} timed out", p.call.name);
-                let agent = self.agent.name().to_owned();
                 self.error(ErrorSource::Tool, format!("tool {} timed out", p.call.name));
                 self.tool_output(
                     &agent,
@@ -1323,6 +1427,41 @@ impl CallCore {
             self.out(Output::CloseTwilio);
             self.finish(CloseReason::NoStart);
             return;
+        }
+        if self.twilio_silence_deadline().is_some_and(|t| t <= now) {
+            log::warn!(
+                target: LOG,
+                "twilio sent nothing for {:?}; the stream is dead, ending the call",
+                self.opts.twilio_silence_timeout
+            );
+            self.error(
+                ErrorSource::Twilio,
+                format!(
+                    "twilio sent nothing for {:?}",
+                    self.opts.twilio_silence_timeout
+                ),
+            );
+            self.out(Output::CloseModel);
+            self.out(Output::CloseTwilio);
+            self.finish(CloseReason::TwilioSilent);
+            return;
+        }
+        if self.model_liveness_deadline().is_some_and(|t| t <= now) {
+            if self.ping_sent.is_some() {
+                let why = format!(
+                    "no pong or other frame from the model within {:?} of a ping",
+                    self.opts.model_pong_timeout
+                );
+                // The socket may still be open (a half-open peer): close it ourselves.
+                self.out(Output::CloseModel);
+                self.handle_model_closed(now, &why);
+                if self.ended.is_some() {
+                    return;
+                }
+            } else {
+                self.ping_sent = Some(now);
+                self.out(Output::PingModel);
+            }
         }
         if self.next_probe_at.is_some_and(|t| t <= now) {
             self.next_probe_at = None;

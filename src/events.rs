@@ -68,6 +68,13 @@ pub enum CloseReason {
     Closed,
     /// A fatal error in the bridge itself (e.g. a socket that stopped taking data).
     Failed(String),
+    /// After `start`, Twilio sent nothing for `CallOptions::twilio_silence_timeout` (a live
+    /// stream sends `media` every 20 ms): the peer is gone without closing its socket.
+    TwilioSilent,
+    /// Code running on one of the call's threads panicked (a socket message handler, the
+    /// session thread, the application's start check or event hook); the text names where and
+    /// the panic message. Tools and guardrails that panic do not end the call.
+    Panicked(String),
 }
 
 impl fmt::Display for CloseReason {
@@ -81,6 +88,8 @@ impl fmt::Display for CloseReason {
             CloseReason::Rejected(e) => write!(f, "stream rejected: {e}"),
             CloseReason::Closed => f.write_str("closed by the application"),
             CloseReason::Failed(e) => write!(f, "failed: {e}"),
+            CloseReason::TwilioSilent => f.write_str("twilio stream went silent"),
+            CloseReason::Panicked(e) => write!(f, "panicked: {e}"),
         }
     }
 }

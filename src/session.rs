@@ -459,6 +459,12 @@ impl Shell {
             let msg = rx.recv_deadline(deadline);
             // Marks that arrived before this wake-up come first, at the time they arrived.
             self.apply_deferred_marks();
+            // What the socket readers saw since (caller audio does not wake this thread).
+            self.core
+                .handle_twilio_activity(self.twilio.last_received());
+            if let Some(m) = &self.model {
+                self.core.handle_model_activity(m.last_received());
+            }
             match msg {
                 Some(m) => self.handle(m),
                 None => {
@@ -640,6 +646,14 @@ impl Shell {
                     }
                 }
                 Output::CloseTwilio => self.twilio.close(),
+                Output::PingModel => {
+                    if let Some(m) = &self.model {
+                        log::debug!(target: MODEL_LOG, "model quiet; pinging");
+                        if let Err(e) = m.sender().send_now(Message::Ping(Default::default())) {
+                            log::debug!(target: MODEL_LOG, "ping not sent: {e}");
+                        }
+                    }
+                }
             }
         }
         ended
@@ -778,7 +792,8 @@ impl SessionHandle {
         self.command(Command::Interrupt);
     }
 
-    /// Runs a tool call that waits for approval.
+    /// Runs a tool call that waits for approval. A call not approved or rejected within
+    /// [`CallOptions::approval_timeout`] (default 60 s) is rejected, and the model told so.
     pub fn approve(&self, call_id: impl Into<String>) {
         self.command(Command::Approve(call_id.into()));
     }

@@ -1,5 +1,5 @@
-//! The crate's only `unsafe`: thin, documented wrappers over `poll(2)`, `sigaction(2)` and
-//! glibc's `malloc_trim(3)`.
+//! The crate's only `unsafe`: thin, documented wrappers over `poll(2)`, `sigaction(2)`,
+//! `setsockopt(2)` (TCP keepalive) and glibc's `malloc_trim(3)`.
 
 use std::io;
 use std::os::fd::RawFd;
@@ -79,4 +79,76 @@ pub(crate) fn release_free_memory() {
     unsafe {
         libc::malloc_trim(0);
     }
+}
+
+fn set_int_opt(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: `value` is a live c_int for the whole call and the length passed is its size;
+    // setsockopt copies it and keeps no pointer. A bad fd is reported as an error, not UB.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn secs(d: Duration) -> libc::c_int {
+    // The kernel takes whole seconds, at least 1 (TCP_KEEPIDLE/INTVL cap at 32767).
+    d.as_secs().clamp(1, 32_767) as libc::c_int
+}
+
+/// Turns TCP keepalive on: the first probe after `idle` without traffic, then one every
+/// `interval`, and the connection fails after `count` unanswered probes. (Where the kernel
+/// has no per-socket knobs, only `SO_KEEPALIVE` is set.)
+pub(crate) fn set_tcp_keepalive(
+    fd: RawFd,
+    idle: Duration,
+    interval: Duration,
+    count: u32,
+) -> io::Result<()> {
+    set_int_opt(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)?;
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        set_int_opt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, secs(idle))?;
+        set_int_opt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, secs(interval))?;
+        let count = count.clamp(1, 127) as libc::c_int;
+        set_int_opt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, count)?;
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = (idle, interval, count, secs as fn(Duration) -> libc::c_int);
+    Ok(())
+}
+
+/// Reads an integer socket option (tests check what was set).
+#[cfg(test)]
+pub(crate) fn get_int_opt(fd: RawFd, level: libc::c_int, name: libc::c_int) -> io::Result<i32> {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `value` and `len` are live, exclusively borrowed and correctly sized for the
+    // whole call; getsockopt writes at most `len` bytes and keeps no pointer.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            level,
+            name,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(value)
 }

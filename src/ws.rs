@@ -39,10 +39,10 @@ use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, select, unbounded, Receiver, Sender, TrySendError};
 use tungstenite::client::IntoClientRequest;
@@ -126,7 +126,8 @@ pub struct WsConfig {
     pub outbound_capacity: usize,
     /// Messages queued for a channel consumer ([`WsConn::spawn_channel`]). Default 1024.
     pub inbound_capacity: usize,
-    /// TCP connect timeout (client). Default 10 s.
+    /// One deadline for the client's DNS resolution and TCP connect together (every address
+    /// tried shares it). Default 10 s.
     pub connect_timeout: Duration,
     /// TLS + WebSocket handshake timeout. Default 10 s.
     pub handshake_timeout: Duration,
@@ -137,6 +138,11 @@ pub struct WsConfig {
     pub close_timeout: Duration,
     /// Stack size of the reader and writer threads. Default 256 KiB.
     pub thread_stack_size: usize,
+    /// TCP keepalive once the connection runs: the first probe after this long without any
+    /// traffic, then one every third of it (at least 1 s); three unanswered probes fail the
+    /// socket (the reader reports the error). `None` leaves the system default (off).
+    /// Default 15 s (a dead peer is noticed within about 25 s even when nothing is sent).
+    pub tcp_keepalive: Option<Duration>,
     /// TLS settings for `wss://` (default: the system's roots).
     pub tls_connector: Option<native_tls::TlsConnector>,
 }
@@ -148,6 +154,7 @@ impl fmt::Debug for WsConfig {
             .field("max_message_size", &self.max_message_size)
             .field("outbound_capacity", &self.outbound_capacity)
             .field("connect_timeout", &self.connect_timeout)
+            .field("tcp_keepalive", &self.tcp_keepalive)
             .field("custom_tls", &self.tls_connector.is_some())
             .finish_non_exhaustive()
     }
@@ -167,6 +174,7 @@ impl Default for WsConfig {
             write_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(1),
             thread_stack_size: 256 * 1024,
+            tcp_keepalive: Some(Duration::from_secs(15)),
             tls_connector: None,
         }
     }
@@ -384,14 +392,24 @@ impl WsConn {
                 h.insert(name, value);
             }
         }
-        let addrs: Vec<_> = (host.as_str(), port)
-            .to_socket_addrs()
-            .map_err(WsError::Connect)?
-            .collect();
+        // DNS and connect share one deadline.
+        // (A timeout too large for the clock means no deadline.)
+        let deadline = Instant::now().checked_add(cfg.connect_timeout);
+        let addrs = resolve(&host, port, deadline).map_err(WsError::Connect)?;
         let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
         let mut tcp = None;
         for a in addrs {
-            match TcpStream::connect_timeout(&a, cfg.connect_timeout) {
+            let left = deadline.map_or(cfg.connect_timeout, |d| {
+                d.saturating_duration_since(Instant::now())
+            });
+            if left.is_zero() {
+                last = io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no connection within {:?}", cfg.connect_timeout),
+                );
+                break;
+            }
+            match TcpStream::connect_timeout(&a, left) {
                 Ok(t) => {
                     tcp = Some(t);
                     break;
@@ -537,6 +555,10 @@ impl WsConn {
     }
 
     fn prepare(mut self) -> Result<(Arc<Shared>, WsConfig), WsError> {
+        if let Some(idle) = self.cfg.tcp_keepalive {
+            let interval = (idle / 3).max(Duration::from_secs(1));
+            sys::set_tcp_keepalive(self.tcp.as_raw_fd(), idle, interval, 3).map_err(WsError::Io)?;
+        }
         self.tcp.set_read_timeout(None).map_err(WsError::Io)?;
         self.tcp.set_write_timeout(None).map_err(WsError::Io)?;
         self.tcp.set_nonblocking(true).map_err(WsError::Io)?;
@@ -550,6 +572,8 @@ impl WsConn {
                 fd,
                 closed: AtomicBool::new(false),
                 write_timeout: self.cfg.write_timeout,
+                epoch: Instant::now(),
+                last_rx_us: AtomicU64::new(0),
             }),
             self.cfg,
         ))
@@ -612,15 +636,73 @@ impl WsConn {
     }
 }
 
+/// Resolves `host` before `deadline`. An IP literal needs no lookup; a name is looked up on a
+/// short-lived thread (the system resolver has no timeout of its own that we control): past the
+/// deadline the connect fails and that thread is left to finish its lookup and exit.
+fn resolve(
+    host: &str,
+    port: u16,
+    deadline: Option<Instant>,
+) -> io::Result<Vec<std::net::SocketAddr>> {
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return Ok(vec![std::net::SocketAddr::new(ip, port)]);
+    }
+    let Some(deadline) = deadline else {
+        return (host, port).to_socket_addrs().map(|a| a.collect());
+    };
+    let host = host.to_owned();
+    resolve_within(
+        move || (host.as_str(), port).to_socket_addrs().map(|a| a.collect()),
+        deadline,
+    )
+}
+
+fn resolve_within<F>(lookup: F, deadline: Instant) -> io::Result<Vec<std::net::SocketAddr>>
+where
+    F: FnOnce() -> io::Result<Vec<std::net::SocketAddr>> + Send + 'static,
+{
+    let (tx, rx) = bounded(1);
+    thread::Builder::new()
+        .name("dns".into())
+        .stack_size(128 * 1024)
+        .spawn(move || {
+            let _ = tx.send(lookup());
+        })?;
+    let left = deadline.saturating_duration_since(Instant::now());
+    match rx.recv_timeout(left) {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "name resolution did not finish before the connect deadline",
+        )),
+    }
+}
+
 struct Shared {
     ws: Mutex<Ws>,
     tcp: TcpStream,
     fd: std::os::fd::RawFd,
     closed: AtomicBool,
     write_timeout: Duration,
+    /// When the threads started; `last_rx_us` counts from here.
+    epoch: Instant,
+    /// Microseconds from `epoch` to the last frame read (of any kind, pings and pongs too).
+    last_rx_us: AtomicU64,
 }
 
 impl Shared {
+    fn touch(&self) {
+        let us = u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.last_rx_us.store(us, Ordering::Relaxed);
+    }
+
+    fn last_received(&self) -> Instant {
+        let us = self.last_rx_us.load(Ordering::Relaxed);
+        self.epoch
+            .checked_add(Duration::from_micros(us))
+            .unwrap_or(self.epoch)
+    }
+
     fn lock(&self) -> MutexGuard<'_, Ws> {
         self.ws.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -747,6 +829,9 @@ impl Shared {
 fn reader_loop<F: FnMut(Incoming)>(shared: &Shared, mut on_message: F, stop_tx: &Sender<()>) {
     let last = loop {
         let r = shared.lock().read();
+        if r.is_ok() {
+            shared.touch();
+        }
         match r {
             Ok(Message::Text(t)) => on_message(Incoming::Text(t)),
             Ok(Message::Binary(b)) => on_message(Incoming::Binary(b)),
@@ -834,6 +919,11 @@ impl Duplex {
     /// True once the connection is closed or closing.
     pub fn is_closed(&self) -> bool {
         self.sender.is_closed()
+    }
+
+    /// See [`WsSender::last_received`].
+    pub fn last_received(&self) -> Instant {
+        self.sender.last_received()
     }
 
     /// Waits for both threads to exit (call [`Duplex::close`] first to make them).
@@ -931,5 +1021,84 @@ impl WsSender {
     /// True once the connection is closed or closing.
     pub fn is_closed(&self) -> bool {
         self.shared.closed.load(Ordering::Acquire)
+    }
+
+    /// When the reader last received a frame of any kind (data, ping, pong or close); the
+    /// moment the threads started if none came yet. For liveness rules (a silent Twilio
+    /// stream, a model that answers no ping).
+    pub fn last_received(&self) -> Instant {
+        self.shared.last_received()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    #[test]
+    fn a_lookup_that_hangs_fails_at_the_connect_deadline() {
+        let started = Instant::now();
+        let deadline = started + Duration::from_millis(200);
+        let r = resolve_within(
+            || {
+                thread::sleep(Duration::from_secs(3));
+                Ok(Vec::new())
+            },
+            deadline,
+        );
+        let took = started.elapsed();
+        let e = r.expect_err("must time out");
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert!(took < Duration::from_secs(2), "took {took:?}");
+        // a lookup that answers in time is used
+        let addr: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let r = resolve_within(
+            move || Ok(vec![addr]),
+            Instant::now() + Duration::from_secs(5),
+        );
+        assert_eq!(r.unwrap(), vec![addr]);
+        // IP literals need no lookup at all
+        assert_eq!(
+            resolve("127.0.0.1", 9, Some(Instant::now())).unwrap(),
+            vec![addr]
+        );
+    }
+
+    #[test]
+    fn both_ends_of_a_running_socket_have_tcp_keepalive() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cfg = WsConfig {
+            tcp_keepalive: Some(Duration::from_secs(9)),
+            ..WsConfig::default()
+        };
+        let server = {
+            let cfg = cfg.clone();
+            thread::spawn(move || {
+                let (tcp, _) = listener.accept().unwrap();
+                let (c, _) = WsConn::accept(tcp, None, &cfg).unwrap();
+                c.spawn_channel("sv").unwrap()
+            })
+        };
+        let client = WsConn::connect(&ClientRequest::new(format!("ws://{addr}/")), &cfg).unwrap();
+        let (client, _crx) = client.spawn_channel("cl").unwrap();
+        let (server, _srx) = server.join().unwrap();
+        for d in [&client, &server] {
+            let fd = d.sender.shared.fd;
+            let on = sys::get_int_opt(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE).unwrap();
+            assert_eq!(on, 1);
+            #[cfg(target_os = "linux")]
+            {
+                let idle = sys::get_int_opt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE).unwrap();
+                let intvl = sys::get_int_opt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL).unwrap();
+                let cnt = sys::get_int_opt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT).unwrap();
+                assert_eq!((idle, intvl, cnt), (9, 3, 3));
+            }
+        }
+        client.close();
+        server.close();
+        client.join();
+        server.join();
     }
 }

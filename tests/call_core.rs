@@ -1013,3 +1013,170 @@ fn every_model_event_the_core_sends_is_a_known_client_event() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Dead peers (issue 10 §5): decided here with the clock, not with socket timeouts.
+
+#[test]
+fn approval_that_never_comes_is_rejected_at_the_deadline() {
+    let t = weather_tool().needs_approval(true);
+    let opts = CallOptions {
+        approval_timeout: Duration::from_secs(60),
+        ..Default::default()
+    };
+    let mut h = H::with(Agent::new("A", "x").tool(t), opts);
+    h.model(json!({"type":"session.created","event_id":"e0","session":{"type":"realtime"}}));
+    h.start();
+    h.drain();
+    h.function_call("r1", "f1", "c1", "get_weather", r#"{"location":"X"}"#);
+    h.drain();
+    h.ms(59_000);
+    // Twilio keeps the stream alive meanwhile.
+    h.mark("unrelated");
+    h.tick();
+    assert!(
+        model_events(&h.drain()).is_empty(),
+        "not rejected before the deadline"
+    );
+    assert!(h
+        .core
+        .next_deadline()
+        .is_some_and(|d| d <= h.now + Duration::from_secs(1)));
+    h.ms(1000);
+    h.mark("unrelated");
+    h.tick();
+    let out = h.drain();
+    let evs = model_events(&out);
+    assert_eq!(
+        evs[0]["item"]["output"],
+        twilio_realtime::call::APPROVAL_TIMEOUT_OUTPUT
+    );
+    assert!(events(&out).iter().any(
+        |e| matches!(e, SessionEvent::ToolEnd { is_error: true, call_id, .. } if call_id == "c1")
+    ));
+    assert!(!out.iter().any(|o| matches!(o, Output::RunTool(_))));
+    // a late approval runs nothing
+    h.cmd(Command::Approve("c1".into()));
+    assert!(!h.drain().iter().any(|o| matches!(o, Output::RunTool(_))));
+    assert!(h.core.ended().is_none(), "the call goes on");
+}
+
+#[test]
+fn a_twilio_stream_that_goes_silent_ends_the_call_and_closes_the_model() {
+    let opts = CallOptions {
+        twilio_silence_timeout: Duration::from_secs(10),
+        ..Default::default()
+    };
+    let mut h = H::with(Agent::new("A", "x"), opts);
+    h.model(json!({"type":"session.created","event_id":"e0","session":{"type":"realtime"}}));
+    // no silence rule before start (the start timeout covers that)
+    assert_ne!(h.core.next_deadline(), None);
+    h.start();
+    h.drain();
+    // media frames arrive on the lane; the shell reports the latest one
+    for _ in 0..5 {
+        h.ms(2000);
+        let at = h.now;
+        h.core.handle_twilio_activity(at);
+    }
+    h.tick();
+    assert!(h.core.ended().is_none());
+    assert_eq!(
+        h.core.next_deadline(),
+        Some(h.now + Duration::from_secs(10))
+    );
+    // an activity report older than what the core knows does not move the deadline back
+    let old = h.now - Duration::from_secs(5);
+    h.core.handle_twilio_activity(old);
+    h.ms(9_999);
+    h.tick();
+    assert!(h.core.ended().is_none());
+    h.ms(1);
+    h.tick();
+    assert_eq!(h.core.ended(), Some(&CloseReason::TwilioSilent));
+    let out = h.drain();
+    assert!(out.iter().any(|o| matches!(o, Output::CloseModel)));
+    assert!(out.iter().any(|o| matches!(o, Output::CloseTwilio)));
+    assert!(events(&out).iter().any(|e| matches!(
+        e,
+        SessionEvent::Closed {
+            reason: CloseReason::TwilioSilent
+        }
+    )));
+}
+
+#[test]
+fn a_quiet_model_is_pinged_and_lost_when_nothing_answers() {
+    let opts = CallOptions {
+        model_ping_interval: Duration::from_secs(20),
+        model_pong_timeout: Duration::from_secs(10),
+        twilio_silence_timeout: Duration::MAX,
+        ..Default::default()
+    };
+    let mut h = H::with(Agent::new("A", "x"), opts);
+    h.core.handle_model_connected(h.now);
+    h.model(json!({"type":"session.created","event_id":"e0","session":{"type":"realtime"}}));
+    h.start();
+    h.drain();
+    // model events postpone the ping
+    h.ms(15_000);
+    h.model(json!({"type":"input_audio_buffer.speech_stopped","event_id":"e","audio_end_ms":10,"item_id":"u1"}));
+    h.ms(15_000);
+    h.tick();
+    assert!(!h.drain().iter().any(|o| matches!(o, Output::PingModel)));
+    h.ms(5_000);
+    h.tick();
+    assert!(h.drain().iter().any(|o| matches!(o, Output::PingModel)));
+    // a pong (any frame) after the ping answers it; the next ping is 20 s after that
+    h.ms(50);
+    let at = h.now;
+    h.core.handle_model_activity(at);
+    assert_eq!(
+        h.core.next_deadline(),
+        Some(h.now + Duration::from_secs(20))
+    );
+    h.ms(20_000);
+    h.tick();
+    assert!(h.drain().iter().any(|o| matches!(o, Output::PingModel)));
+    // a frame from before the ping does not answer it
+    let before = h.now - Duration::from_millis(1);
+    h.core.handle_model_activity(before);
+    h.ms(9_999);
+    h.tick();
+    assert!(h.core.ended().is_none());
+    assert!(h.drain().is_empty());
+    h.ms(1);
+    h.tick();
+    // nothing was playing: the model-loss rule ends the call at once
+    let out = h.drain();
+    assert!(out.iter().any(|o| matches!(o, Output::CloseModel)));
+    assert!(out.iter().any(|o| matches!(o, Output::CloseTwilio)));
+    match h.core.ended() {
+        Some(CloseReason::ModelDisconnected(why)) => assert!(why.contains("pong"), "{why}"),
+        other => panic!("expected a model loss, got {other:?}"),
+    }
+}
+
+#[test]
+fn liveness_options_at_duration_max_never_fire() {
+    let opts = CallOptions {
+        model_ping_interval: Duration::MAX,
+        model_pong_timeout: Duration::MAX,
+        twilio_silence_timeout: Duration::MAX,
+        approval_timeout: Duration::MAX,
+        ..Default::default()
+    };
+    let t = weather_tool().needs_approval(true);
+    let mut h = H::with(Agent::new("A", "x").tool(t), opts);
+    h.core.handle_model_connected(h.now);
+    h.model(json!({"type":"session.created","event_id":"e0","session":{"type":"realtime"}}));
+    h.start();
+    h.function_call("r1", "f1", "c1", "get_weather", "{}");
+    h.drain();
+    h.mark("x");
+    h.drain();
+    h.ms(10 * 365 * 24 * 3600 * 1000);
+    h.tick();
+    assert!(h.core.ended().is_none());
+    assert!(!h.drain().iter().any(|o| matches!(o, Output::PingModel)));
+}
