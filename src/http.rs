@@ -1,8 +1,9 @@
 //! The small part of HTTP/1.1 our servers need: reading a request head with limits, reading
 //! a `Content-Length` body, writing a response, and decoding Twilio's form-encoded webhooks.
 //!
-//! Timeouts are the socket's: set `TcpStream::set_read_timeout` before [`read_head`]; a read
-//! that times out becomes [`HttpError::Timeout`].
+//! Heads are parsed with [`httparse`]. Timeouts are the socket's: wrap it in [`ReadBy`] for an
+//! overall deadline (what the server does), or set `TcpStream::set_read_timeout` for a
+//! per-read one; a read that times out becomes [`HttpError::Timeout`].
 //!
 //! ```
 //! use twilio_realtime::http::{read_head, HttpLimits};
@@ -18,6 +19,8 @@
 
 use std::fmt;
 use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
 
 /// Limits on a request head.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -161,81 +164,133 @@ impl RequestHead {
 }
 
 /// Reads a request head; returns it and any bytes read past it.
+///
+/// The head is parsed by [`httparse`] once its end (an empty line) has arrived; the search for
+/// that end looks at each byte once, so a client that sends its head a byte at a time costs
+/// linear time, not quadratic. Wrap a socket in [`ReadBy`] for an overall deadline.
 pub fn read_head<R: Read>(
     r: &mut R,
     limits: &HttpLimits,
 ) -> Result<(RequestHead, Vec<u8>), HttpError> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
-    let end = loop {
-        if let Some(p) = find(&buf, b"\r\n\r\n") {
-            break p;
+    // Bytes already searched for the end of the head.
+    let mut searched = 0usize;
+    loop {
+        let n = r.read(&mut chunk).map_err(io_err)?;
+        if n == 0 {
+            return Err(HttpError::Incomplete);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        // A head ends with "\r\n\r\n" (or a bare "\n\n", which httparse also accepts): look
+        // for "\n\r\n" / "\n\n" in the new bytes and the two before them.
+        let from = searched.saturating_sub(2);
+        searched = buf.len();
+        let window = &buf[from..];
+        let maybe_end = window
+            .windows(2)
+            .enumerate()
+            .any(|(i, w)| w == b"\n\n" || (w == b"\n\r" && window.get(i + 2) == Some(&b'\n')));
+        if maybe_end {
+            if let Some((head, len)) = parse_head(&buf, limits)? {
+                if len > limits.max_head_bytes {
+                    return Err(HttpError::HeadTooLarge {
+                        limit: limits.max_head_bytes,
+                    });
+                }
+                let leftover = buf[len..].to_vec();
+                return Ok((head, leftover));
+            }
         }
         if buf.len() > limits.max_head_bytes {
             return Err(HttpError::HeadTooLarge {
                 limit: limits.max_head_bytes,
             });
         }
-        let n = r.read(&mut chunk).map_err(io_err)?;
-        if n == 0 {
-            return Err(HttpError::Incomplete);
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    if end > limits.max_head_bytes {
-        return Err(HttpError::HeadTooLarge {
-            limit: limits.max_head_bytes,
-        });
     }
-    let head =
-        std::str::from_utf8(&buf[..end]).map_err(|_| HttpError::Malformed("head is not UTF-8"))?;
-    let mut lines = head.split("\r\n");
-    let request_line = lines.next().ok_or(HttpError::Malformed("empty request"))?;
-    let mut parts = request_line.split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+}
+
+/// Parses a complete head with httparse; `None` if it is not complete yet.
+fn parse_head(buf: &[u8], limits: &HttpLimits) -> Result<Option<(RequestHead, usize)>, HttpError> {
+    let mut headers = vec![httparse::EMPTY_HEADER; limits.max_headers];
+    let mut req = httparse::Request::new(&mut headers);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(HttpError::TooManyHeaders),
+        Err(httparse::Error::Version) => {
+            return Err(HttpError::Malformed("unsupported HTTP version"))
+        }
+        Err(httparse::Error::HeaderName) => return Err(HttpError::Malformed("bad header name")),
+        Err(httparse::Error::HeaderValue) => return Err(HttpError::Malformed("bad header value")),
+        Err(_) => return Err(HttpError::Malformed("bad request line")),
+    };
+    let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
         return Err(HttpError::Malformed("bad request line"));
     };
+    // httparse takes any token as a method; ours are upper case (RFC 9110 methods are
+    // case-sensitive and every registered one is upper case).
     if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
         return Err(HttpError::Malformed("bad method"));
     }
     if !target.starts_with('/') {
         return Err(HttpError::Malformed("bad request target"));
     }
-    if version != "HTTP/1.1" && version != "HTTP/1.0" {
-        return Err(HttpError::Malformed("unsupported HTTP version"));
+    let mut out = Vec::with_capacity(req.headers.len());
+    for h in req.headers.iter() {
+        let v = std::str::from_utf8(h.value)
+            .map_err(|_| HttpError::Malformed("header value is not UTF-8"))?;
+        out.push((h.name.to_owned(), v.trim().to_owned()));
     }
-    let mut headers = Vec::new();
-    for line in lines {
-        if headers.len() >= limits.max_headers {
-            return Err(HttpError::TooManyHeaders);
-        }
-        let (k, v) = line
-            .split_once(':')
-            .ok_or(HttpError::Malformed("header without colon"))?;
-        if k.is_empty()
-            || k.bytes()
-                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
-        {
-            return Err(HttpError::Malformed("bad header name"));
-        }
-        headers.push((k.to_owned(), v.trim().to_owned()));
-    }
-    let leftover = buf[end + 4..].to_vec();
-    Ok((
+    Ok(Some((
         RequestHead {
             method: method.to_owned(),
             target: target.to_owned(),
-            version: version.to_owned(),
-            headers,
+            version: format!("HTTP/1.{version}"),
+            headers: out,
         },
-        leftover,
-    ))
+        len,
+    )))
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+/// A socket read against an overall deadline: before each read the socket's read timeout is
+/// set to the time left, so a client that dribbles a byte every few seconds is still cut off
+/// when the deadline passes (a per-read timeout would let it go on for ever).
+///
+/// ```no_run
+/// use std::time::{Duration, Instant};
+/// use twilio_realtime::http::{read_head, HttpLimits, ReadBy};
+///
+/// let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+/// let (tcp, _) = listener.accept().unwrap();
+/// let deadline = Instant::now() + Duration::from_secs(10);
+/// let head = read_head(&mut ReadBy::new(&tcp, deadline), &HttpLimits::default());
+/// ```
+#[derive(Debug)]
+pub struct ReadBy<'a> {
+    stream: &'a TcpStream,
+    deadline: Instant,
+}
+
+impl<'a> ReadBy<'a> {
+    /// Reads from `stream` until `deadline`.
+    pub fn new(stream: &'a TcpStream, deadline: Instant) -> ReadBy<'a> {
+        ReadBy { stream, deadline }
+    }
+}
+
+impl Read for ReadBy<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "deadline passed"));
+        }
+        // A zero timeout would mean "block for ever".
+        self.stream
+            .set_read_timeout(Some(left.max(Duration::from_millis(1))))?;
+        let mut s = self.stream;
+        s.read(buf)
+    }
 }
 
 /// Reads the body announced by `Content-Length` (none → empty), at most `max` bytes.
@@ -315,39 +370,10 @@ pub fn write_response<W: Write>(
     w.flush()
 }
 
-/// Decodes an `application/x-www-form-urlencoded` body (`+` is a space; bad escapes are
-/// kept literally).
+/// Decodes an `application/x-www-form-urlencoded` body with the `form_urlencoded` crate (`+`
+/// is a space; bad escapes are kept literally; invalid UTF-8 is replaced).
 pub fn parse_form(body: &[u8]) -> Vec<(String, String)> {
-    body.split(|&b| b == b'&')
-        .filter(|p| !p.is_empty())
-        .map(|pair| {
-            let mut it = pair.splitn(2, |&b| b == b'=');
-            let k = it.next().unwrap_or_default();
-            let v = it.next().unwrap_or_default();
-            (percent_decode(k), percent_decode(v))
-        })
-        .collect()
-}
-
-fn percent_decode(s: &[u8]) -> String {
-    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
-    let mut out = Vec::with_capacity(s.len());
-    let mut i = 0;
-    while i < s.len() {
-        match s[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < s.len() => match (hex(s[i + 1]), hex(s[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push(h * 16 + l);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    form_urlencoded::parse(body).into_owned().collect()
 }
 
 #[cfg(test)]
@@ -431,5 +457,76 @@ mod tests {
         assert!(s.starts_with("HTTP/1.1 403 Forbidden\r\n"));
         assert!(s.contains("Content-Length: 2\r\n"));
         assert!(s.ends_with("\r\n\r\nno"));
+    }
+
+    /// Hands out one byte per read, like a client that dribbles its head.
+    struct Dribble<'a>(&'a [u8]);
+
+    impl Read for Dribble<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let Some((first, rest)) = self.0.split_first() else {
+                return Ok(0);
+            };
+            buf[0] = *first;
+            self.0 = rest;
+            Ok(1)
+        }
+    }
+
+    #[test]
+    fn a_head_sent_a_byte_at_a_time_parses_like_one_sent_whole() {
+        let raw = b"GET /media-stream?a=1 HTTP/1.1\r\nHost: h\r\nX-Long: abc\r\n\r\nrest";
+        let whole = read_head(&mut &raw[..], &HttpLimits::default()).unwrap();
+        let dribbled = read_head(&mut Dribble(raw), &HttpLimits::default()).unwrap();
+        // One byte per read: nothing past the head has been read yet.
+        assert_eq!(dribbled.0, whole.0);
+        assert!(dribbled.1.is_empty());
+        assert_eq!(whole.1, b"rest");
+        // Bare LF line ends are accepted too.
+        let lf = read_head(
+            &mut Dribble(b"GET / HTTP/1.0\nHost: h\n\n"),
+            &HttpLimits::default(),
+        )
+        .unwrap()
+        .0;
+        assert_eq!(
+            (lf.version.as_str(), lf.header("host")),
+            ("HTTP/1.0", Some("h"))
+        );
+        // The size limit holds for a dribbled head that never ends.
+        let endless = vec![b'a'; 40_000];
+        let mut r = Dribble(b"GET / HTTP/1.1\r\nX: ");
+        let mut head = Vec::new();
+        r.read_to_end(&mut head).unwrap();
+        head.extend_from_slice(&endless);
+        assert!(matches!(
+            read_head(&mut Dribble(&head), &HttpLimits::default()),
+            Err(HttpError::HeadTooLarge { limit: 16384 })
+        ));
+    }
+
+    #[test]
+    fn read_by_ends_a_dribbling_client_at_the_deadline() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = std::thread::spawn(move || {
+            let mut c = TcpStream::connect(addr).unwrap();
+            // A byte every 50 ms: each read is quick, the whole head never is.
+            for b in b"GET /healthz HTTP/1.1\r\nHost: x".iter().cycle().take(200) {
+                if c.write_all(&[*b]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let (tcp, _) = listener.accept().unwrap();
+        let t0 = Instant::now();
+        let res = read_head(
+            &mut ReadBy::new(&tcp, t0 + Duration::from_millis(400)),
+            &HttpLimits::default(),
+        );
+        assert!(matches!(res, Err(HttpError::Timeout)), "{res:?}");
+        drop(tcp);
+        client.join().unwrap();
     }
 }

@@ -64,8 +64,14 @@ pub struct ServerConfig {
     pub session: SessionOptions,
     /// Socket settings for the Twilio side.
     pub twilio_ws: WsConfig,
-    /// How long a client may take to send its request head. Default 10 s.
+    /// How long a client may take to send its request (head and webhook body), counted from
+    /// the moment the connection was accepted, not per read: a client that dribbles a byte
+    /// every few seconds is closed with a 408 when it is up. Default 10 s.
     pub header_timeout: Duration,
+    /// Most connections open at once (live calls included). Beyond it a new connection gets
+    /// `503 Service Unavailable` at once and is closed; connections already open, live calls
+    /// among them, are not touched. Default 2,000 (`MAX_CONNECTIONS`).
+    pub max_connections: usize,
     /// On stop, how long live calls may go on before they are closed. Default 30 s.
     pub shutdown_grace: Duration,
     /// Largest webhook body accepted. Default 64 KiB.
@@ -91,6 +97,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("session", &self.session)
             .field("twilio_ws", &self.twilio_ws)
             .field("header_timeout", &self.header_timeout)
+            .field("max_connections", &self.max_connections)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("max_body", &self.max_body)
             .field("stream_token_ttl", &self.stream_token_ttl)
@@ -101,7 +108,7 @@ impl std::fmt::Debug for ServerConfig {
 impl ServerConfig {
     /// Settings from the environment: `PORT` (5050), `BIND_ADDR` (127.0.0.1),
     /// `OPENAI_API_KEY`, `OPENAI_REALTIME_URL`, `PUBLIC_URL`, `TWILIO_AUTH_TOKEN`, `GREETING`,
-    /// `STREAM_TOKENS` (`off` disables one-time stream tokens). Twilio messages over 64 KiB
+    /// `STREAM_TOKENS` (`off` disables one-time stream tokens), `MAX_CONNECTIONS` (2000). Twilio messages over 64 KiB
     /// end the call (`twilio_ws.max_message_size`).
     pub fn from_env() -> ServerConfig {
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
@@ -130,6 +137,9 @@ impl ServerConfig {
                 ..WsConfig::default()
             },
             header_timeout: Duration::from_secs(10),
+            max_connections: env("MAX_CONNECTIONS")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(2000),
             shutdown_grace: Duration::from_secs(30),
             max_body: 64 * 1024,
         }
@@ -145,6 +155,10 @@ pub struct ServerStats {
     pub calls: u64,
     /// Requests refused for a missing or wrong signature.
     pub forbidden: u64,
+    /// Connections refused with a 503 because `max_connections` were open.
+    pub busy: u64,
+    /// Failed `accept(2)` calls (e.g. out of file descriptors); the accept loop backs off.
+    pub accept_errors: u64,
 }
 
 #[derive(Default)]
@@ -154,7 +168,12 @@ struct Shared {
     connections: AtomicU64,
     calls: AtomicU64,
     forbidden: AtomicU64,
+    busy: AtomicU64,
+    accept_errors: AtomicU64,
+    open_connections: AtomicUsize,
     sessions: Mutex<Vec<(u64, crossbeam_channel::Sender<()>)>>,
+    /// Signal iterators to close when the server stops (see [`stop_on_signals`]).
+    signals: Mutex<Vec<signal_hook::iterator::Handle>>,
 }
 
 /// Stops a running [`Server`] from any thread.
@@ -176,7 +195,17 @@ impl Stopper {
         if !self.shared.stop.swap(true, Ordering::SeqCst) {
             // Wake the blocking accept().
             let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+            if let Ok(handles) = self.shared.signals.lock() {
+                for h in handles.iter() {
+                    h.close();
+                }
+            }
         }
+    }
+
+    /// Connections open now (live calls included).
+    pub fn open_connections(&self) -> usize {
+        self.shared.open_connections.load(Ordering::SeqCst)
     }
 
     /// Calls in progress.
@@ -254,21 +283,34 @@ impl Server {
     pub fn run(self) -> io::Result<ServerStats> {
         let addr = self.local_addr();
         log::info!(target: LOG, "listening on {addr}");
+        let mut backoff = Backoff::default();
         for stream in self.listener.incoming() {
             if self.shared.stop.load(Ordering::SeqCst) {
                 break;
             }
             let stream = match stream {
-                Ok(s) => s,
+                Ok(s) => {
+                    backoff.reset();
+                    s
+                }
                 Err(e) => {
-                    log::warn!(target: LOG, "accept failed: {e}");
-                    if e.kind() == io::ErrorKind::WouldBlock {
-                        thread::sleep(Duration::from_millis(10));
+                    self.shared.accept_errors.fetch_add(1, Ordering::Relaxed);
+                    if let Some(pause) = backoff.on_error(&e) {
+                        thread::sleep(pause);
                     }
                     continue;
                 }
             };
+            let accepted = Instant::now();
             self.shared.connections.fetch_add(1, Ordering::Relaxed);
+            let open = self.shared.open_connections.fetch_add(1, Ordering::SeqCst);
+            let slot = ConnSlot(self.shared.clone());
+            if open >= self.cfg.max_connections {
+                self.shared.busy.fetch_add(1, Ordering::Relaxed);
+                busy(stream, self.cfg.max_connections);
+                drop(slot);
+                continue;
+            }
             let ctx = ConnCtx {
                 cfg: self.cfg.clone(),
                 agent: self.agent.clone(),
@@ -279,7 +321,10 @@ impl Server {
             let spawned = thread::Builder::new()
                 .name("conn".into())
                 .stack_size(256 * 1024)
-                .spawn(move || ctx.serve(stream));
+                .spawn(move || {
+                    let _slot = slot;
+                    ctx.serve(stream, accepted)
+                });
             if let Err(e) = spawned {
                 log::error!(target: LOG, "could not spawn a connection thread: {e}");
             }
@@ -305,7 +350,77 @@ impl Server {
             connections: self.shared.connections.load(Ordering::Relaxed),
             calls: self.shared.calls.load(Ordering::Relaxed),
             forbidden: self.shared.forbidden.load(Ordering::Relaxed),
+            busy: self.shared.busy.load(Ordering::Relaxed),
+            accept_errors: self.shared.accept_errors.load(Ordering::Relaxed),
         })
+    }
+}
+
+/// Counts an open connection; dropped when its thread ends (or if it never started).
+struct ConnSlot(Arc<Shared>);
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.0.open_connections.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Answers a connection over the cap from the accept thread: a 503 fits in the socket's send
+/// buffer, and the short write timeout bounds the rare case where it does not.
+fn busy(mut stream: TcpStream, max: usize) {
+    let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+    log::debug!(target: LOG, "{max} connections open: new connection refused with 503");
+    if let Err(e) = http::write_response(
+        &mut stream,
+        503,
+        "text/plain",
+        &[("Retry-After", "1")],
+        b"too many connections\n",
+    ) {
+        log::debug!(target: LOG, "503 not written: {e}");
+    }
+}
+
+/// How long the accept loop waits after a failed `accept(2)`.
+///
+/// Running out of descriptors (`EMFILE`, `ENFILE`) or kernel memory (`ENOBUFS`, `ENOMEM`)
+/// leaves the pending connection in the backlog, so accepting again at once fails again at
+/// once: a spinning thread. Those errors pause the loop, 10 ms doubling up to 1 s while they
+/// last; a success resets the pause. Other errors (a client that reset before we accepted)
+/// are about one connection only and do not pause. One warning per run of errors.
+#[derive(Debug, Default)]
+struct Backoff {
+    pause: Option<Duration>,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(10);
+    const MAX: Duration = Duration::from_secs(1);
+
+    fn reset(&mut self) {
+        if self.pause.take().is_some() {
+            log::info!(target: LOG, "accepting connections again");
+        }
+    }
+
+    fn on_error(&mut self, e: &io::Error) -> Option<Duration> {
+        let exhausted = matches!(
+            e.raw_os_error(),
+            Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+        );
+        if !exhausted {
+            log::debug!(target: LOG, "accept failed: {e}");
+            return (e.kind() == io::ErrorKind::WouldBlock).then_some(Self::FIRST);
+        }
+        let pause = match self.pause {
+            None => {
+                log::warn!(target: LOG, "accept failed: {e}; backing off until it works again");
+                Self::FIRST
+            }
+            Some(p) => p.saturating_mul(2).min(Self::MAX),
+        };
+        self.pause = Some(pause);
+        Some(pause)
     }
 }
 
@@ -325,11 +440,14 @@ fn respond(stream: &mut TcpStream, status: u16, ctype: &str, body: &str) {
 }
 
 impl ConnCtx {
-    fn serve(self, mut stream: TcpStream) {
+    fn serve(self, mut stream: TcpStream, accepted: Instant) {
         let _ = stream.set_nodelay(true);
-        let _ = stream.set_read_timeout(Some(self.cfg.header_timeout));
+        // Responses are small; a client that does not read them is not waited for long.
+        let _ = stream.set_write_timeout(Some(self.cfg.header_timeout));
+        let deadline = accepted + self.cfg.header_timeout;
         let limits = HttpLimits::default();
-        let (head, leftover) = match http::read_head(&mut stream, &limits) {
+        let read = http::read_head(&mut http::ReadBy::new(&stream, deadline), &limits);
+        let (head, leftover) = match read {
             Ok(x) => x,
             Err(HttpError::Timeout) => {
                 log::debug!(target: LOG, "request head timed out");
@@ -353,7 +471,7 @@ impl ConnCtx {
             }
         };
         match (head.method.as_str(), head.path()) {
-            ("POST", "/incoming-call") => self.incoming_call(stream, &head, leftover),
+            ("POST", "/incoming-call") => self.incoming_call(stream, &head, leftover, deadline),
             (_, "/incoming-call") => {
                 respond(&mut stream, 405, "text/plain", "method not allowed\n")
             }
@@ -390,9 +508,21 @@ impl ConnCtx {
         respond(stream, 403, "text/plain", "forbidden\n");
     }
 
-    fn incoming_call(&self, mut stream: TcpStream, head: &RequestHead, leftover: Vec<u8>) {
-        let body = match http::read_body(&mut stream, head, leftover, self.cfg.max_body) {
+    fn incoming_call(
+        &self,
+        mut stream: TcpStream,
+        head: &RequestHead,
+        leftover: Vec<u8>,
+        deadline: Instant,
+    ) {
+        let mut by = http::ReadBy::new(&stream, deadline);
+        let body = match http::read_body(&mut by, head, leftover, self.cfg.max_body) {
             Ok(b) => b,
+            Err(HttpError::Timeout) => {
+                log::debug!(target: LOG, "webhook body timed out");
+                respond(&mut stream, 408, "text/plain", "request timeout\n");
+                return;
+            }
             Err(e) => {
                 log::debug!(target: LOG, "webhook body unreadable: {e}");
                 respond(&mut stream, 400, "text/plain", "bad request\n");
@@ -545,22 +675,26 @@ impl Drop for LiveGuard {
 }
 
 /// Stops the server on SIGINT (Ctrl-C) or SIGTERM: it stops accepting and lets live calls
-/// finish within the grace period. A watcher thread checks the signal flag every 50 ms.
+/// finish within the grace period. The signals are caught with `signal-hook`; a thread sleeps
+/// until one arrives (no polling) and exits when the server stops.
 pub fn stop_on_signals(stopper: Stopper) -> io::Result<()> {
-    let flag = crate::sys::termination_flag()?;
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    if let Ok(mut handles) = stopper.shared.signals.lock() {
+        handles.push(signals.handle());
+    }
+    if stopper.shared.stop.load(Ordering::SeqCst) {
+        signals.handle().close();
+    }
     thread::Builder::new()
         .name("signals".into())
         .stack_size(64 * 1024)
-        .spawn(move || loop {
-            if flag.load(Ordering::SeqCst) {
-                log::info!(target: LOG, "termination signal: stopping");
+        .spawn(move || {
+            // Ends with the first signal, or with no signal once `stop` closed the iterator.
+            if let Some(sig) = signals.forever().next() {
+                log::info!(target: LOG, "termination signal {sig}: stopping");
                 stopper.stop();
-                return;
             }
-            if stopper.shared.stop.load(Ordering::SeqCst) {
-                return;
-            }
-            thread::sleep(Duration::from_millis(50));
         })?;
     Ok(())
 }

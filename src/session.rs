@@ -80,7 +80,7 @@ impl std::fmt::Debug for ModelOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The key never reaches a log line, even through `{:?}`.
         f.debug_struct("ModelOptions")
-            .field("url", &self.url)
+            .field("url", &crate::redact::url(&self.url))
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
             .field("ws", &self.ws)
             .finish()
@@ -383,9 +383,14 @@ fn twilio_incoming(
                 }
                 Ok(msg) => {
                     if transport != TransportEvents::None {
-                        let _ = events.send(SessionEvent::Transport(
-                            TransportEvent::TwilioMessage(text.to_owned()),
-                        ));
+                        // `start` carries the one-time stream token: never in an event.
+                        let raw = if matches!(msg, TwilioMessage::Start(_)) {
+                            crate::redact::twilio_start(text)
+                        } else {
+                            text.to_owned()
+                        };
+                        let _ = events
+                            .send(SessionEvent::Transport(TransportEvent::TwilioMessage(raw)));
                     }
                     let TwilioMessage::Mark(m) = msg else {
                         let _ = tx.send(ShellMsg::Twilio(msg));

@@ -1,9 +1,8 @@
-//! The crate's only `unsafe`: thin, documented wrappers over `poll(2)`, `sigaction(2)`,
-//! `setsockopt(2)` (TCP keepalive) and glibc's `malloc_trim(3)`.
+//! The crate's only `unsafe`: thin, documented wrappers over `poll(2)`, `setsockopt(2)` (TCP
+//! keepalive) and glibc's `malloc_trim(3)`.
 
 use std::io;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 fn poll_one(fd: RawFd, events: libc::c_short, timeout: Option<Duration>) -> io::Result<bool> {
@@ -41,33 +40,6 @@ pub(crate) fn wait_readable(fd: RawFd, timeout: Option<Duration>) -> io::Result<
 /// Waits until `fd` is writable (or hung up / in error). Returns false on timeout.
 pub(crate) fn wait_writable(fd: RawFd, timeout: Option<Duration>) -> io::Result<bool> {
     poll_one(fd, libc::POLLOUT, timeout)
-}
-
-static TERMINATE: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_sig: libc::c_int) {
-    // Only an atomic store: async-signal-safe.
-    TERMINATE.store(true, Ordering::SeqCst);
-}
-
-/// Installs handlers for SIGINT and SIGTERM that set a flag, and returns the flag.
-pub(crate) fn termination_flag() -> io::Result<&'static AtomicBool> {
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: a zeroed sigaction is a valid "no flags, empty mask" value; we set a handler
-        // that only performs an atomic store, which is async-signal-safe; the struct outlives
-        // the call and the kernel copies it.
-        let r = unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = on_signal as *const () as libc::sighandler_t;
-            libc::sigemptyset(&mut sa.sa_mask);
-            sa.sa_flags = libc::SA_RESTART;
-            libc::sigaction(sig, &sa, std::ptr::null_mut())
-        };
-        if r != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(&TERMINATE)
 }
 
 /// Gives the heap memory that has been freed back to the OS (glibc's `malloc_trim(0)`; glibc

@@ -21,7 +21,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::io::{self, Read};
+use std::io;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -152,7 +152,8 @@ impl StreamTokens {
 
 fn random_hex(n: usize) -> io::Result<String> {
     let mut buf = vec![0u8; n];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
+    // The OS's CSPRNG (getrandom(2) on Linux) through the getrandom crate.
+    getrandom::fill(&mut buf).map_err(|e| io::Error::other(e.to_string()))?;
     Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 

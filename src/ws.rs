@@ -291,12 +291,38 @@ pub enum Incoming {
     Error(WsError),
 }
 
-/// A client connection request.
-#[derive(Debug, Clone)]
+/// A client connection request. Its `Debug` output shows no secrets: the bearer token and
+/// credential headers print as `<redacted>`, and so do keys in the URL's query.
+#[derive(Clone)]
 pub struct ClientRequest {
     url: String,
     bearer: Option<String>,
     headers: Vec<(String, String)>,
+}
+
+impl fmt::Debug for ClientRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let headers: Vec<(&str, &str)> = self
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                let v = if crate::redact::is_secret_name(k) {
+                    crate::redact::REDACTED
+                } else {
+                    v.as_str()
+                };
+                (k.as_str(), v)
+            })
+            .collect();
+        f.debug_struct("ClientRequest")
+            .field("url", &crate::redact::url(&self.url))
+            .field(
+                "bearer",
+                &self.bearer.as_ref().map(|_| crate::redact::REDACTED),
+            )
+            .field("headers", &headers)
+            .finish()
+    }
 }
 
 impl ClientRequest {
@@ -358,16 +384,16 @@ impl WsConn {
             .url
             .as_str()
             .into_client_request()
-            .map_err(|_| WsError::BadUrl(req.url.clone()))?;
+            .map_err(|_| WsError::BadUrl(crate::redact::url(&req.url)))?;
         let uri = request.uri().clone();
         let tls = match uri.scheme_str() {
             Some("wss") => true,
             Some("ws") => false,
-            _ => return Err(WsError::BadUrl(req.url.clone())),
+            _ => return Err(WsError::BadUrl(crate::redact::url(&req.url))),
         };
         let host = uri
             .host()
-            .ok_or_else(|| WsError::BadUrl(req.url.clone()))?
+            .ok_or_else(|| WsError::BadUrl(crate::redact::url(&req.url)))?
             .to_owned();
         let host = host
             .trim_start_matches('[')
