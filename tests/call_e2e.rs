@@ -68,10 +68,9 @@ fn check_protocol(report: &CallReport, rec: &ModelRecording) {
         "model side: {:?}",
         rec.violations
     );
-    if let Some(s) = common::Schemas::load() {
-        for (_, raw) in &rec.events {
-            s.assert_client_event(&serde_json::from_str::<Value>(raw).unwrap());
-        }
+    let s = common::Schemas::load();
+    for (_, raw) in &rec.events {
+        s.assert_client_event(&serde_json::from_str::<Value>(raw).unwrap());
     }
 }
 

@@ -1,6 +1,6 @@
-//! Every client event the crate can produce, validated against the official GA schemas in
-//! `../shared/spec/openai-realtime-schemas.json` (strictly: misnamed fields fail). Negative
-//! cases prove the validator bites.
+//! Every client event the crate can produce, validated against the official GA schemas
+//! vendored in `spec/openai-realtime-schemas.json` (strictly: misnamed fields fail). Negative
+//! cases prove the validator bites. A missing spec file fails these tests.
 
 mod common;
 
@@ -156,9 +156,7 @@ fn every_client_event() -> Vec<ClientEvent> {
 
 #[test]
 fn every_client_event_is_schema_valid() {
-    let Some(s) = common::Schemas::load() else {
-        return;
-    };
+    let s = common::Schemas::load();
     let evs = every_client_event();
     for ev in &evs {
         let j = v(ev);
@@ -171,9 +169,7 @@ fn every_client_event_is_schema_valid() {
 
 #[test]
 fn events_the_call_engine_emits_are_schema_valid() {
-    let Some(s) = common::Schemas::load() else {
-        return;
-    };
+    let s = common::Schemas::load();
     let tool = FunctionTool::new(
         "get_weather",
         "Weather",
@@ -269,9 +265,7 @@ fn fails(s: &common::Schemas, mut j: Value, edit: impl FnOnce(&mut Value)) {
 
 #[test]
 fn the_validator_bites() {
-    let Some(s) = common::Schemas::load() else {
-        return;
-    };
+    let s = common::Schemas::load();
     let upd = v(&ClientEvent::SessionUpdate {
         event_id: None,
         session: SessionConfig::new()
@@ -330,9 +324,7 @@ fn the_validator_bites() {
 
 #[test]
 fn server_event_fixtures_are_schema_valid_and_parse() {
-    let Some(s) = common::Schemas::load() else {
-        return;
-    };
+    let s = common::Schemas::load();
     let fixtures = [
         (
             "RealtimeServerEventResponseAudioDelta",
@@ -366,5 +358,47 @@ fn server_event_fixtures_are_schema_valid_and_parse() {
         assert!(!matches!(ev, ServerEvent::Unknown(_)), "{name} is typed");
         let back: Value = serde_json::from_str(&ev.to_json()).unwrap();
         assert_eq!(back["type"], j["type"]);
+    }
+}
+
+/// Every vendored spec file listed in `spec/SHA256SUMS` is in the checkout, is described in
+/// `spec/README.md`, and parses when it is JSON (the digests themselves are checked by
+/// `.ci/run`). Later work validates against the GPT-Live schemas and the webhook vector: a
+/// clone without them must fail here, not later and quietly.
+#[test]
+fn the_vendored_spec_is_complete() {
+    let dir = common::spec_dir();
+    let sums = std::fs::read_to_string(dir.join("SHA256SUMS"))
+        .unwrap_or_else(|e| panic!("{}/SHA256SUMS: {e}", dir.display()));
+    let readme = std::fs::read_to_string(dir.join("README.md"))
+        .unwrap_or_else(|e| panic!("{}/README.md: {e}", dir.display()));
+    let names: Vec<&str> = sums
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .collect();
+    for must in [
+        "openai-realtime-schemas.json",
+        "gpt-live-client-events.schema.json",
+        "gpt-live-server-events.schema.json",
+        "gpt-live-example-events.json",
+        "gpt-live.md",
+        "realtime-sip.md",
+        "webhook-vector.json",
+    ] {
+        assert!(names.contains(&must), "{must} is not listed in SHA256SUMS");
+    }
+    for name in names {
+        let path = dir.join(name);
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("vendored spec file {} missing: {e}", path.display()));
+        assert!(!text.trim().is_empty(), "{name} is empty");
+        assert!(
+            readme.contains(name),
+            "spec/README.md does not describe {name}"
+        );
+        if name.ends_with(".json") {
+            serde_json::from_str::<Value>(&text)
+                .unwrap_or_else(|e| panic!("{name} is not JSON: {e}"));
+        }
     }
 }

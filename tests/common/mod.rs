@@ -5,9 +5,14 @@ use std::path::PathBuf;
 
 use serde_json::{json, Value};
 
-/// The official GA schemas, if this checkout sits beside `shared/` (it does in CI).
+/// The vendored specification folder (`spec/` in the repository; see its README).
+pub fn spec_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("spec")
+}
+
+/// The official GA schemas, vendored in `spec/`.
 pub fn spec_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/spec/openai-realtime-schemas.json")
+    spec_dir().join("openai-realtime-schemas.json")
 }
 
 /// Validates events against `#/components/schemas/NAME` of the official spec, strictly: every
@@ -37,32 +42,28 @@ fn close_objects(v: &mut Value) {
 }
 
 impl Schemas {
-    /// Loads the spec; `None` (with a loud warning) when it is absent outside CI. In CI its
-    /// absence is a failure.
-    pub fn load() -> Option<Schemas> {
+    /// Loads the vendored spec. Panics when it is missing or unreadable: a schema test that
+    /// cannot find its schemas must fail, not pass without checking anything.
+    pub fn load() -> Schemas {
         let path = spec_path();
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) => {
-                if std::env::var_os("CI").is_some() {
-                    panic!(
-                        "CI: the OpenAI schemas must be present at {}: {e}",
-                        path.display()
-                    );
-                }
-                eprintln!(
-                    "\n*** WARNING: {} not found ({e}); schema conformance NOT checked ***\n",
-                    path.display()
-                );
-                return None;
-            }
-        };
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "the official OpenAI schemas must be at {} (vendored in the repository, see \
+                 spec/README.md): {e}",
+                path.display()
+            )
+        });
         let mut doc: Value = serde_json::from_str(&text).expect("schema file is JSON");
         close_objects(&mut doc);
-        Some(Schemas {
+        assert!(
+            doc["components"]["schemas"].is_object(),
+            "{} has no components.schemas",
+            path.display()
+        );
+        Schemas {
             components: doc["components"].take(),
             cache: Default::default(),
-        })
+        }
     }
 
     /// The validation errors of `instance` against schema `name` (empty when valid).
