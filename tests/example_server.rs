@@ -3,7 +3,9 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use twilio_realtime::signature;
@@ -16,7 +18,7 @@ const PUBLIC: &str = "https://bridge.example.test";
 struct Proc {
     child: Child,
     addr: SocketAddr,
-    log: std::path::PathBuf,
+    log: PathBuf,
 }
 
 impl Proc {
@@ -34,16 +36,57 @@ impl Drop for Proc {
     }
 }
 
-fn example_binary() -> std::path::PathBuf {
+/// The example server, built for the profile and target directory of this test binary.
+///
+/// `cargo test` leaves `examples/twilio_server` beside the test binaries, but
+/// `cargo test --all-targets` builds examples as test harnesses instead, and a binary found
+/// there may be left over from an older build. So the test asks cargo for it: a no-op when it
+/// is up to date, and cargo says where it is (`executable` in its JSON messages). Cargo does
+/// not hold the build lock while tests run (`cargo test` and `cargo nextest run` alike).
+/// Features are not forwarded: the example needs none.
+fn example_binary() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(build_example)
+}
+
+fn build_example() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap();
-    let bin = dir.join("examples").join("twilio_server");
+    // <target-dir>/[<triple>/]<profile-dir>/deps/<this test binary>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or_else(|| panic!("unexpected test binary path {}", exe.display()));
+    let target_dir = profile_dir
+        .ancestors()
+        .find(|d| d.join("CACHEDIR.TAG").is_file())
+        .unwrap_or_else(|| panic!("no cargo target directory above {}", exe.display()));
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") => "dev",
+        Some(other) => other,
+        None => panic!("unexpected profile directory {}", profile_dir.display()),
+    };
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--example", "twilio_server", "--profile", profile])
+        .arg("--message-format=json-render-diagnostics")
+        .arg("--manifest-path")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(target_dir);
+    if let Some(triple) = profile_dir.parent().filter(|p| *p != target_dir) {
+        cmd.arg("--target").arg(triple.file_name().unwrap());
+    }
+    let out = cmd.stderr(Stdio::inherit()).output().unwrap();
     assert!(
-        bin.exists(),
-        "{} not built (cargo test builds examples)",
-        bin.display()
+        out.status.success(),
+        "cargo build --example twilio_server failed"
     );
-    bin
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "twilio_server")
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .expect("cargo reported no twilio_server executable")
 }
 
 fn start(model_url: &str, token: Option<&str>) -> Proc {
@@ -54,6 +97,15 @@ fn start(model_url: &str, token: Option<&str>) -> Proc {
         N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     let mut cmd = Command::new(example_binary());
+    // Hermetic: the server sees only what this test sets (an exported TWILIO_AUTH_TOKEN,
+    // STREAM_TOKENS, RUST_LOG or OPENAI_* must not change the result). PATH and the library
+    // path are kept so the binary starts as it would for a user.
+    cmd.env_clear();
+    for keep in ["PATH", "LD_LIBRARY_PATH", "DYLD_LIBRARY_PATH", "TMPDIR"] {
+        if let Some(v) = std::env::var_os(keep) {
+            cmd.env(keep, v);
+        }
+    }
     cmd.env("PORT", "0")
         .env("BIND_ADDR", "127.0.0.1")
         .env("OPENAI_API_KEY", "test-key")
@@ -63,10 +115,9 @@ fn start(model_url: &str, token: Option<&str>) -> Proc {
         .env("RUST_LOG", "debug")
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log).unwrap());
-    match token {
-        Some(t) => cmd.env("TWILIO_AUTH_TOKEN", t),
-        None => cmd.env_remove("TWILIO_AUTH_TOKEN"),
-    };
+    if let Some(t) = token {
+        cmd.env("TWILIO_AUTH_TOKEN", t);
+    }
     let mut child = cmd.spawn().unwrap();
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
