@@ -78,8 +78,8 @@ pub struct ServerConfig {
     pub max_body: usize,
     /// One-time stream tokens: the webhook mints one per call (bound to its CallSid, valid for
     /// this long) and the stream must present it on `start` before a model connection is
-    /// opened. `None` turns them off. Default: on (30 s) when an auth token is set, off
-    /// otherwise; `STREAM_TOKENS=off` turns them off.
+    /// opened. `None` turns them off. Default: off; [`ServerConfig::from_env`] turns them on
+    /// (30 s) when `TWILIO_AUTH_TOKEN` is set, unless `STREAM_TOKENS=off`.
     pub stream_token_ttl: Option<Duration>,
 }
 
@@ -105,11 +105,46 @@ impl std::fmt::Debug for ServerConfig {
     }
 }
 
+impl Default for ServerConfig {
+    /// [`ServerConfig::new`].
+    fn default() -> ServerConfig {
+        ServerConfig::new()
+    }
+}
+
 impl ServerConfig {
-    /// Settings from the environment: `PORT` (5050), `BIND_ADDR` (127.0.0.1),
-    /// `OPENAI_API_KEY`, `OPENAI_REALTIME_URL`, `PUBLIC_URL`, `TWILIO_AUTH_TOKEN`, `GREETING`,
-    /// `STREAM_TOKENS` (`off` disables one-time stream tokens), `MAX_CONNECTIONS` (2000). Twilio messages over 64 KiB
-    /// end the call (`twilio_ws.max_message_size`).
+    /// Settings that read no environment variable: listen on `127.0.0.1:5050`, no public URL,
+    /// no auth token (so no signature checks and no stream tokens), no greeting,
+    /// [`SessionOptions::new`] without an API key, Twilio messages over 64 KiB end the call,
+    /// 10 s for a request head, 2000 open connections, 30 s shutdown grace, 64 KiB webhook
+    /// bodies.
+    pub fn new() -> ServerConfig {
+        ServerConfig {
+            bind: SocketAddr::from(([127, 0, 0, 1], 5050)),
+            public_url: None,
+            twilio_auth_token: None,
+            greeting: None,
+            session: SessionOptions::new(None),
+            twilio_ws: WsConfig {
+                // Twilio's frames are ~400 bytes; anything near this is not Twilio.
+                max_message_size: 64 * 1024,
+                ..WsConfig::default()
+            },
+            header_timeout: Duration::from_secs(10),
+            max_connections: 2000,
+            shutdown_grace: Duration::from_secs(30),
+            max_body: 64 * 1024,
+            stream_token_ttl: None,
+        }
+    }
+
+    /// [`ServerConfig::new`] overridden from the environment: `PORT` (5050), `BIND_ADDR`
+    /// (127.0.0.1), `OPENAI_API_KEY`, `OPENAI_REALTIME_URL` (default
+    /// [`DEFAULT_REALTIME_URL`](crate::session::DEFAULT_REALTIME_URL)), `PUBLIC_URL`,
+    /// `TWILIO_AUTH_TOKEN` (also turns one-time stream tokens on, 30 s), `GREETING`,
+    /// `STREAM_TOKENS` (`off` disables one-time stream tokens), `MAX_CONNECTIONS` (2000). Empty
+    /// values count as unset.
+    /// This is the only place the library reads the environment, and only when called.
     pub fn from_env() -> ServerConfig {
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let port: u16 = env("PORT").and_then(|p| p.parse().ok()).unwrap_or(5050);
@@ -123,6 +158,10 @@ impl ServerConfig {
                 "0" | "off" | "false" | "no"
             )
         });
+        let mut session = SessionOptions::new(env("OPENAI_API_KEY"));
+        if let Some(url) = env("OPENAI_REALTIME_URL") {
+            session.model.url = url;
+        }
         ServerConfig {
             bind: SocketAddr::new(ip, port),
             public_url: env("PUBLIC_URL"),
@@ -130,18 +169,11 @@ impl ServerConfig {
                 .then_some(Duration::from_secs(30)),
             twilio_auth_token,
             greeting: env("GREETING"),
-            session: SessionOptions::new(env("OPENAI_API_KEY")),
-            twilio_ws: WsConfig {
-                // Twilio's frames are ~400 bytes; anything near this is not Twilio.
-                max_message_size: 64 * 1024,
-                ..WsConfig::default()
-            },
-            header_timeout: Duration::from_secs(10),
+            session,
             max_connections: env("MAX_CONNECTIONS")
                 .and_then(|n| n.parse().ok())
                 .unwrap_or(2000),
-            shutdown_grace: Duration::from_secs(30),
-            max_body: 64 * 1024,
+            ..ServerConfig::new()
         }
     }
 }

@@ -121,16 +121,14 @@ impl std::fmt::Debug for SessionOptions {
 }
 
 impl SessionOptions {
-    /// Defaults with the given API key, the model URL from `OPENAI_REALTIME_URL` if set, else
-    /// [`DEFAULT_REALTIME_URL`].
+    /// Defaults with the given API key and the model URL [`DEFAULT_REALTIME_URL`] (change it
+    /// with [`SessionOptions::url`]). Reads no environment variable: the library never does;
+    /// [`ServerConfig::from_env`](crate::server::ServerConfig::from_env) is the explicit
+    /// constructor that takes `OPENAI_REALTIME_URL` and `OPENAI_API_KEY` from the environment.
     pub fn new(api_key: Option<String>) -> SessionOptions {
-        let url = std::env::var("OPENAI_REALTIME_URL")
-            .ok()
-            .filter(|u| !u.is_empty())
-            .unwrap_or_else(|| DEFAULT_REALTIME_URL.to_owned());
         SessionOptions {
             model: ModelOptions {
-                url,
+                url: DEFAULT_REALTIME_URL.to_owned(),
                 api_key,
                 // A caller waits in silence while this runs: give up after 5 s, not 10.
                 ws: WsConfig {

@@ -180,7 +180,7 @@ fn bridge(name: &'static str, model: FakeModelConfig, handshake: Duration) -> io
         keep_events: false,
         ..model
     })?;
-    let mut cfg = ServerConfig::from_env();
+    let mut cfg = ServerConfig::new();
     cfg.bind = SocketAddr::from(([127, 0, 0, 1], 0));
     cfg.public_url = None;
     cfg.twilio_auth_token = None;

@@ -158,7 +158,7 @@ impl Rig {
         tweak: impl FnOnce(&mut ServerConfig),
     ) -> Rig {
         let model = FakeModel::start(model).expect("fake model");
-        let mut cfg = ServerConfig::from_env();
+        let mut cfg = ServerConfig::new();
         cfg.bind = "127.0.0.1:0".parse().unwrap();
         cfg.public_url = None;
         cfg.twilio_auth_token = None;
