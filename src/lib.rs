@@ -49,6 +49,7 @@ mod inbox;
 pub mod model;
 pub mod mulaw;
 pub mod playback;
+pub mod recording;
 mod redact;
 pub mod server;
 pub mod session;

@@ -42,6 +42,7 @@ use crate::inbound::{InboundAudio, InboundConfig, InboundStats};
 use crate::inbox::{inbox, InboxReceiver, InboxSender};
 use crate::model::{write_append_json, ServerEvent};
 use crate::playback::MarkName;
+use crate::recording::{CallerMeter, Record, RecordTo, Recorder, RecorderThread};
 use crate::twilio::{write_mark_json, write_media_json, TwilioCommand, TwilioMessage};
 use crate::ws::{ClientRequest, Duplex, Incoming, WsConfig, WsConn, WsSender};
 
@@ -106,6 +107,9 @@ pub struct SessionOptions {
     /// Checked on `start` before any model connection is opened (default: none, and the model
     /// connection opens the moment the session starts).
     pub start_check: Option<StartCheck>,
+    /// Record the call's timeline (no audio, no keys) to a JSON-lines file; see
+    /// [`crate::recording`]. Default: off, which costs nothing.
+    pub recording: Option<RecordTo>,
 }
 
 impl std::fmt::Debug for SessionOptions {
@@ -116,6 +120,7 @@ impl std::fmt::Debug for SessionOptions {
             .field("inbound", &self.inbound)
             .field("transport_events", &self.transport_events)
             .field("start_check", &self.start_check.is_some())
+            .field("recording", &self.recording)
             .finish()
     }
 }
@@ -141,6 +146,7 @@ impl SessionOptions {
             inbound: InboundConfig::default(),
             transport_events: TransportEvents::default(),
             start_check: None,
+            recording: None,
         }
     }
 
@@ -206,6 +212,8 @@ struct Lane {
     /// Echoed marks with the moment each arrived, for the session thread to apply the next
     /// time it wakes (before anything else it handles then).
     marks: Vec<(Instant, TwilioMessage)>,
+    /// The caller's loudness for the call's recording, if it is recorded.
+    meter: Option<CallerMeter>,
 }
 
 /// Deferred marks after which the reader wakes the session thread anyway (a peer that floods
@@ -226,6 +234,9 @@ impl Lane {
     }
 
     fn on_media(&mut self, now: Instant, payload: &str, ts: Option<u64>) {
+        if let Some(m) = &mut self.meter {
+            m.on_frame(now, payload);
+        }
         let Lane {
             inbound,
             model,
@@ -274,13 +285,19 @@ impl Session {
         agent: Agent,
         opts: SessionOptions,
     ) -> Result<SessionHandle, SessionError> {
+        let start = Instant::now();
         let (shell_tx, shell_rx) = inbox::<ShellMsg>();
         let (event_tx, event_rx) = unbounded::<SessionEvent>();
+        let (recorder, recorder_thread) = match opts.recording.as_ref() {
+            Some(to) => Recorder::start(to, start).unzip(),
+            None => (None, None),
+        };
         let lane = Arc::new(Mutex::new(Lane {
             inbound: InboundAudio::new(opts.inbound.clone()),
             model: None,
             buf: String::with_capacity(512),
             marks: Vec::with_capacity(16),
+            meter: recorder.clone().map(CallerMeter::new),
         }));
 
         // Model connection first: it is the slow part. With a start check it waits for a
@@ -290,6 +307,9 @@ impl Session {
             call_opts.connect_model_on_start = true;
         }
         if !call_opts.connect_model_on_start {
+            if let Some(r) = &recorder {
+                r.now(Record::ModelConnecting);
+            }
             spawn_model_connect(0, &opts.model, shell_tx.clone());
         }
 
@@ -305,7 +325,6 @@ impl Session {
                 .map_err(SessionError::Twilio)?
         };
 
-        let start = Instant::now();
         let core = CallCore::new(agent, call_opts, start);
         let shell = Shell {
             core,
@@ -322,6 +341,8 @@ impl Session {
             started: start,
             model_ready_logged: false,
             start_check: opts.start_check.clone(),
+            recorder,
+            recorder_thread,
         };
         let thread = thread::Builder::new()
             .name("session".into())
@@ -447,6 +468,9 @@ struct Shell {
     started: Instant,
     model_ready_logged: bool,
     start_check: Option<StartCheck>,
+    /// The call's recording, if it is recorded.
+    recorder: Option<Recorder>,
+    recorder_thread: Option<RecorderThread>,
 }
 
 impl Shell {
@@ -486,12 +510,18 @@ impl Shell {
     fn apply_deferred_marks(&mut self) {
         std::mem::swap(&mut lock(&self.lane).marks, &mut self.marks);
         for (at, mark) in self.marks.drain(..) {
+            if let Some(r) = &self.recorder {
+                r.mark_echoed(at, &mark);
+            }
             self.core.handle_twilio(at, mark);
         }
     }
 
     fn handle(&mut self, msg: ShellMsg) {
         let now = Instant::now();
+        if let Some(r) = &self.recorder {
+            record_shell_msg(r, &msg, self.model_gen);
+        }
         match msg {
             ShellMsg::Twilio(TwilioMessage::Start(start)) if self.core.stream_sid().is_none() => {
                 let verdict = self
@@ -574,6 +604,9 @@ impl Shell {
     fn drain_outputs(&mut self) -> bool {
         let mut ended = false;
         while let Some(o) = self.core.poll_output() {
+            if let Some(r) = &self.recorder {
+                r.output(&o, self.core.ledger().rtt().get().as_millis() as u64);
+            }
             match o {
                 Output::Twilio(cmd) => self.send_twilio(&cmd),
                 Output::Model(ev) => {
@@ -704,7 +737,32 @@ impl Shell {
         lock(&self.lane).model = None;
         self.twilio.close();
         self.twilio.join();
+        // The recording ends with the call: every sender goes, then its writer finishes.
+        lock(&self.lane).meter = None;
+        self.recorder = None;
+        if let Some(t) = self.recorder_thread.take() {
+            t.join();
+        }
         log::debug!(target: LOG, "session threads done");
+    }
+}
+
+/// What a message to the session thread adds to the call's recording.
+fn record_shell_msg(r: &Recorder, msg: &ShellMsg, gen: u64) {
+    match msg {
+        ShellMsg::Twilio(m) => r.twilio_in(m),
+        ShellMsg::TwilioBad(_) => r.now(Record::TwilioBad),
+        ShellMsg::TwilioClosed(why) => r.now(Record::TwilioClosed { why: why.clone() }),
+        ShellMsg::ModelConnected(g, _) if *g == gen => r.now(Record::ModelConnected),
+        ShellMsg::ModelConnectFailed(g, why) if *g == gen => {
+            r.now(Record::ModelConnectFailed { why: why.clone() })
+        }
+        ShellMsg::Model(g, ev) if *g == gen => r.model_in(ev),
+        ShellMsg::ModelBad(g, _) if *g == gen => r.now(Record::ModelBad),
+        ShellMsg::ModelClosed(g, why) if *g == gen => {
+            r.now(Record::ModelClosed { why: why.clone() })
+        }
+        _ => {}
     }
 }
 
