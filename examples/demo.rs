@@ -7,22 +7,29 @@
 //! Starts the example bridge server, a fake OpenAI Realtime model and a simulated Twilio
 //! caller, all on 127.0.0.1. The caller hears a greeting, asks about the weather (the agent
 //! calls its `get_weather` tool), then interrupts the answer. The demo prints a timeline, the
-//! barge-in's truncation against what the caller really heard, and writes the two sides of the
-//! call as WAV files under `out/demo/`.
+//! barge-in's truncation against what the caller really heard, writes the two sides of the
+//! call as WAV files under `out/demo/`, the bridge's recording of the call
+//! (`out/demo/call.jsonl`) and a picture of it (`out/demo/call.svg`).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use twilio_realtime::events::SessionEvent;
+use twilio_realtime::recording::{self, Record, RecordTo};
 use twilio_realtime::server::{Server, ServerConfig};
 use twilio_realtime::sim::fake_model::{FakeModel, FakeModelConfig, Reply};
 use twilio_realtime::sim::twilio_call::{Segment, TwilioCall, TwilioCallConfig};
 
 #[path = "shared/weather_agent.rs"]
 mod weather_agent;
+
+#[path = "shared/call_picture.rs"]
+mod call_picture;
+
+const OUT: &str = "out/demo";
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
@@ -61,6 +68,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     cfg.twilio_auth_token = None;
     cfg.session.model.url = model.url();
     cfg.session.model.api_key = Some("demo-key-not-used".into());
+    std::fs::create_dir_all(OUT)?;
+    let recording = Path::new(OUT).join("call.jsonl");
+    cfg.session.recording = Some(RecordTo::File(recording.clone()));
     let events: Arc<Mutex<Vec<(Duration, SessionEvent)>>> = Arc::default();
     let sink = events.clone();
     let server = Server::bind(cfg, Arc::new(weather_agent::weather_agent))?.on_event(Arc::new(
@@ -111,6 +121,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     call.one_way_delay = Duration::from_millis(40);
     call.jitter = Duration::from_millis(10);
     let call_start = t0.elapsed();
+    let call_start_unix = SystemTime::now();
     let report = TwilioCall::run(call)?;
     let deadline = Instant::now() + Duration::from_secs(5);
     while stopper.live_calls() > 0 && Instant::now() < deadline {
@@ -181,12 +192,38 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         report.clears.len(),
         report.marks_echoed
     );
-    let (agent_wav, caller_wav) = report.write_wavs(Path::new("out/demo"))?;
+    let (agent_wav, caller_wav) = report.write_wavs(Path::new(OUT))?;
     println!(
         "WAV files: {} (what the caller heard), {} (what the caller said)",
         agent_wav.display(),
         caller_wav.display()
     );
+
+    // The picture: the bridge's recording, with the simulated caller's ground truth for the
+    // two audio tracks and what was really heard at the barge-in.
+    let entries = recording::read_file(&recording)?;
+    let bridge_start_ms = entries.iter().find_map(|e| match e.record {
+        Record::Header {
+            started_unix_ms, ..
+        } => Some(started_unix_ms as f64),
+        _ => None,
+    });
+    let call_start_ms = call_start_unix
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64() * 1000.0);
+    let offset = bridge_start_ms.map_or(0.0, |b| (call_start_ms - b).max(0.0));
+    let mut picture =
+        call_picture::Picture::from_recording(&entries).with_ground_truth(&report, offset);
+    picture.title = "The demo call: greeting, question, get_weather, barge-in, goodbye".into();
+    let svg = picture.svg()?;
+    let svg_path = Path::new(OUT).join("call.svg");
+    std::fs::write(&svg_path, svg)?;
+    println!(
+        "Recording: {} (see it with: cargo run --example call_report -- {})",
+        recording.display(),
+        recording.display()
+    );
+    println!("Picture: {}", svg_path.display());
     println!("Done in {:.1} s.", t0.elapsed().as_secs_f64());
     if std::env::var_os("OPENAI_API_KEY").is_some() {
         println!(

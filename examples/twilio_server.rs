@@ -8,18 +8,27 @@
 //! Environment: `PORT` (5050), `BIND_ADDR` (127.0.0.1), `OPENAI_API_KEY`,
 //! `OPENAI_REALTIME_URL` (default wss://api.openai.com/v1/realtime?model=gpt-realtime),
 //! `PUBLIC_URL` (the https origin Twilio reaches, e.g. your tunnel), `TWILIO_AUTH_TOKEN`
-//! (verify X-Twilio-Signature), `GREETING` (said before the stream connects), `RUST_LOG`.
+//! (verify X-Twilio-Signature), `GREETING` (said before the stream connects),
+//! `CALL_RECORDING_DIR` (record every call's timeline there, see `recording`), `RUST_LOG`.
 
 use std::sync::Arc;
 
 #[path = "shared/weather_agent.rs"]
 mod weather_agent;
 
+use twilio_realtime::recording::RecordTo;
 use twilio_realtime::server::{stop_on_signals, Server, ServerConfig};
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let cfg = ServerConfig::from_env();
+    let mut cfg = ServerConfig::from_env();
+    if let Some(dir) = std::env::var_os("CALL_RECORDING_DIR").filter(|d| !d.is_empty()) {
+        log::info!(
+            "recording every call's timeline into {}",
+            std::path::Path::new(&dir).display()
+        );
+        cfg.session.recording = Some(RecordTo::Dir(dir.into()));
+    }
     if cfg.session.model.api_key.is_none()
         && cfg.session.model.url.starts_with("wss://api.openai.com")
     {
