@@ -238,8 +238,16 @@ struct PendingTool {
 #[derive(Debug, Default)]
 struct AgentText {
     response_id: String,
+    /// Order of first appearance in the call (the response's text joins its items in it).
+    seq: u64,
     text: String,
     checked: usize,
+}
+
+/// `now + d`, or `None` (never) when that is past what an [`Instant`] can hold (an option set
+/// to `Duration::MAX`).
+fn after(now: Instant, d: Duration) -> Option<Instant> {
+    now.checked_add(d)
 }
 
 /// The state machine of one call. See the module docs.
@@ -263,14 +271,17 @@ pub struct CallCore {
     audio_reported: bool,
     assistant_audio_seen: bool,
     tools: HashMap<String, PendingTool>,
+    /// Agent text per item (deltas, then the final text), for transcripts and guardrails.
     agent_text: HashMap<String, AgentText>,
-    response_text: HashMap<String, String>,
+    next_text_seq: u64,
     guardrail_runs: HashMap<u64, String>,
     next_guardrail_id: u64,
     tripped_responses: HashSet<String>,
     history: Vec<HistoryItem>,
     reconnect_pending: bool,
-    draining: Option<(Instant, CloseReason)>,
+    /// Ending after the audio already sent has played: until when (`None`: the last mark
+    /// only), and why.
+    draining: Option<(Option<Instant>, CloseReason)>,
     next_probe_at: Option<Instant>,
     /// When a stream that has not started is given up.
     start_deadline: Option<Instant>,
@@ -290,7 +301,7 @@ impl CallCore {
     /// model's events.
     pub fn new(agent: Agent, opts: CallOptions, now: Instant) -> CallCore {
         let ledger = PlaybackLedger::new(opts.default_rtt);
-        let start_deadline = Some(now + opts.start_timeout);
+        let start_deadline = after(now, opts.start_timeout);
         let agents = agent.reachable();
         CallCore {
             opts,
@@ -312,7 +323,7 @@ impl CallCore {
             assistant_audio_seen: false,
             tools: HashMap::new(),
             agent_text: HashMap::new(),
-            response_text: HashMap::new(),
+            next_text_seq: 0,
             guardrail_runs: HashMap::new(),
             next_guardrail_id: 0,
             tripped_responses: HashSet::new(),
@@ -375,7 +386,7 @@ impl CallCore {
             return None;
         }
         let tools = self.tools.values().filter_map(|t| t.deadline);
-        let drain = self.draining.as_ref().map(|d| d.0);
+        let drain = self.draining.as_ref().and_then(|d| d.0);
         tools
             .chain(drain)
             .chain(self.next_probe_at)
@@ -577,11 +588,16 @@ impl CallCore {
             }
             MarkOutcome::Probe => {
                 log::debug!(target: LOG, "twilio round trip {:?}", self.ledger.rtt().get());
-                self.next_probe_at = Some(now + self.opts.rtt_probe_interval);
+                self.next_probe_at = after(now, self.opts.rtt_probe_interval);
             }
             MarkOutcome::Stale => log::trace!(target: LOG, "stale mark ignored"),
             MarkOutcome::Unknown => {
-                log::warn!(target: LOG, "mark nobody sent ignored: {name:?}")
+                // The name is the peer's text: never logged as it is.
+                log::warn!(target: LOG, "a mark nobody sent ignored ({} bytes)", name.len());
+                self.error(
+                    ErrorSource::Twilio,
+                    "twilio echoed a mark nobody sent; ignored",
+                );
             }
         }
         if self.draining.is_some() && !self.ledger.is_playing() {
@@ -700,7 +716,7 @@ impl CallCore {
         self.error(ErrorSource::Transport, format!("model disconnected: {why}"));
         let reason = CloseReason::ModelDisconnected(why.to_owned());
         if self.ledger.is_playing() && self.stream_sid.is_some() {
-            self.draining = Some((now + self.opts.drain_timeout, reason));
+            self.draining = Some((after(now, self.opts.drain_timeout), reason));
         } else {
             self.out(Output::CloseTwilio);
             self.finish(reason);
@@ -884,8 +900,16 @@ impl CallCore {
         }
         self.cut_responses.remove(&id);
         self.tripped_responses.remove(&id);
-        self.agent_text.retain(|_, t| t.response_id != id);
-        let text = self.response_text.remove(&id).unwrap_or_default();
+        let mut items: Vec<(u64, String)> = Vec::new();
+        self.agent_text.retain(|_, t| {
+            if t.response_id != id {
+                return true;
+            }
+            items.push((t.seq, std::mem::take(&mut t.text)));
+            false
+        });
+        items.sort_unstable_by_key(|(seq, _)| *seq);
+        let text: String = items.into_iter().map(|(_, t)| t).collect();
         if response.status.as_deref() == Some("failed") {
             let details = response
                 .status_details
@@ -927,7 +951,12 @@ impl CallCore {
 
     fn barge_in(&mut self, now: Instant, cause: InterruptCause) {
         let playing = self.ledger.is_playing() || !self.pending_twilio.is_empty();
-        let response = self.active_response.clone();
+        // One cut per response: a response already cut (its late audio is being dropped until
+        // its `response.done`) is not cancelled or reported again.
+        let response = self
+            .active_response
+            .clone()
+            .filter(|r| !self.cut_responses.contains(r));
         if !playing && response.is_none() {
             return;
         }
@@ -1069,7 +1098,7 @@ impl CallCore {
             PendingTool {
                 call,
                 tool: None,
-                deadline: Some(now + timeout),
+                deadline: after(now, timeout),
                 awaiting_approval: false,
             },
         );
@@ -1179,34 +1208,27 @@ impl CallCore {
     // Agent text, guardrails, history
 
     fn agent_text(&mut self, response_id: &str, item_id: &str, text: &str, done: bool) {
-        let entry = self
-            .response_text
-            .entry(response_id.to_owned())
-            .or_default();
-        if done {
-            // The final text replaces the deltas of this item.
-            let t = self
-                .agent_text
-                .get(item_id)
-                .map(|t| t.text.len())
-                .unwrap_or(0);
-            entry.truncate(entry.len().saturating_sub(t));
-            entry.push_str(text);
-        } else {
-            entry.push_str(text);
-        }
+        // Text is kept per item: the items of one response may interleave their deltas, and a
+        // final text replaces exactly its own item's deltas (never a cut inside another item's
+        // text, or inside a character).
+        let seq = self.next_text_seq;
         let at = self
             .agent_text
             .entry(item_id.to_owned())
             .or_insert_with(|| AgentText {
                 response_id: response_id.to_owned(),
+                seq,
                 ..Default::default()
             });
-        if done {
-            at.text = text.to_owned();
-        } else {
-            at.text.push_str(text);
+        if at.seq == seq {
+            // A new entry (only a new one has the next sequence number).
+            self.next_text_seq = self.next_text_seq.saturating_add(1);
         }
+        if done {
+            at.text.clear();
+        }
+        at.text.push_str(text);
+        at.checked = at.checked.min(at.text.len());
         // Keep the history's transcript current (it survives truncation).
         let snapshot = at.text.clone();
         if let Some(h) = self.history.iter_mut().find(|h| h.item_id == item_id) {
@@ -1225,7 +1247,11 @@ impl CallCore {
         let Some(at) = self.agent_text.get_mut(item_id) else {
             return;
         };
-        if !done && at.text.len() < at.checked + self.opts.guardrail_debounce_chars {
+        if !done
+            && at.text.len()
+                < at.checked
+                    .saturating_add(self.opts.guardrail_debounce_chars)
+        {
             return;
         }
         at.checked = at.text.len();
@@ -1412,7 +1438,11 @@ impl CallCore {
                 );
             }
         }
-        if self.draining.as_ref().is_some_and(|d| d.0 <= now) {
+        if self
+            .draining
+            .as_ref()
+            .is_some_and(|d| d.0.is_some_and(|t| t <= now))
+        {
             self.finish_drain();
         }
         if self.start_deadline.is_some_and(|t| t <= now) {

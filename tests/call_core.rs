@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use twilio_realtime::agent::{Agent, FunctionTool, OutputGuardrail, Verdict};
 use twilio_realtime::call::{CallCore, CallOptions, Command, Output};
-use twilio_realtime::events::{CloseReason, InterruptCause, SessionEvent};
+use twilio_realtime::events::{CloseReason, ErrorSource, InterruptCause, SessionEvent};
 use twilio_realtime::model::{ClientEvent, ServerEvent};
 use twilio_realtime::twilio::{TwilioCommand, TwilioMessage};
 
@@ -400,14 +400,27 @@ fn audio_stopped_after_the_last_done_mark_echoes() {
     assert!(events(&h.drain()).contains(&SessionEvent::AudioStopped));
 }
 
+/// Issue 16 item 6: a mark nobody sent is bad input and is reported (as the README says), not
+/// only logged; a stale echo from before a `clear` is normal and stays silent.
 #[test]
-fn unknown_and_foreign_marks_are_ignored() {
+fn unknown_marks_are_reported_and_stale_ones_ignored() {
     let mut h = H::ready(Agent::new("A", "x"));
     h.mark("somebody-elses-mark");
     h.mark("7:0:100:nope");
     h.mark("0:0:100:unknown_item");
     let out = h.drain();
-    assert!(out.is_empty(), "{out:?}");
+    let evs = events(&out);
+    assert_eq!(evs.len(), out.len(), "nothing but events: {out:?}");
+    assert_eq!(evs.len(), 2, "{evs:?}");
+    for e in evs {
+        match e {
+            SessionEvent::Error { source, message } => {
+                assert_eq!(source, ErrorSource::Twilio);
+                assert!(!message.contains("somebody") && !message.contains("unknown_item"));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -553,6 +566,66 @@ fn second_interrupt_with_nothing_playing_does_nothing() {
         .filter(|o| !matches!(o, Output::CallerSpeaking(_)))
         .collect();
     assert!(out.is_empty(), "{out:?}");
+}
+
+/// Issue 16 item 2: a second interrupt or `speech_started` while the cut response is still
+/// active (its `response.done` not yet in) sends no second `response.cancel` and reports no
+/// second `AudioInterrupted`: one cut per response.
+#[test]
+fn one_cut_per_response() {
+    let mut h = H::ready(Agent::new("A", "x"));
+    h.response_created("r1");
+    h.delta("r1", "i1", 0, &audio(800));
+    h.ms(50);
+    h.cmd(Command::Interrupt);
+    let out = h.drain();
+    assert_eq!(
+        types(&out),
+        ["response.cancel", "conversation.item.truncate"]
+    );
+    assert_eq!(
+        events(&out)
+            .iter()
+            .filter(|e| matches!(e, SessionEvent::AudioInterrupted { .. }))
+            .count(),
+        1
+    );
+    // r1 is still active: late audio, a second interrupt, the server's VAD.
+    h.delta("r1", "i1", 0, &audio(800));
+    h.cmd(Command::Interrupt);
+    speech_started(&mut h);
+    h.cmd(Command::Interrupt);
+    let out: Vec<Output> = h
+        .drain()
+        .into_iter()
+        .filter(|o| !matches!(o, Output::CallerSpeaking(_)))
+        .collect();
+    assert!(out.is_empty(), "{out:?}");
+    // Once r1 is done, the next response can be cut again.
+    h.response_done("r1", "cancelled");
+    h.response_created("r2");
+    h.drain();
+    h.cmd(Command::Interrupt);
+    let out = h.drain();
+    assert_eq!(types(&out), ["response.cancel"]);
+    assert_eq!(model_events(&out)[0]["response_id"], "r2");
+}
+
+/// Issue 16 item 6: `clear` goes out when audio sent to Twilio may still be playing, and only
+/// then; a response cut before any of its audio reached Twilio is cancelled without one.
+#[test]
+fn no_clear_when_nothing_was_sent_to_twilio() {
+    let mut h = H::ready(Agent::new("A", "x"));
+    h.response_created("r1");
+    h.drain();
+    h.cmd(Command::Interrupt);
+    let out = h.drain();
+    assert!(twilio_cmds(&out).is_empty(), "{out:?}");
+    assert_eq!(types(&out), ["response.cancel"]);
+    assert!(events(&out).contains(&SessionEvent::AudioInterrupted {
+        cause: InterruptCause::Application,
+        heard: vec![]
+    }));
 }
 
 #[test]
@@ -854,6 +927,74 @@ fn history_follows_items_and_transcripts_survive_truncation() {
         .any(|e| matches!(e, SessionEvent::HistoryAdded(i) if i.item_id == "u1")));
     h.model(json!({"type":"conversation.item.deleted","event_id":"e","item_id":"u1"}));
     assert_eq!(h.core.history().len(), 1);
+}
+
+/// Issue 10 §8: agent text is kept per item. Two items of one response interleave their
+/// transcript deltas (multibyte characters included); a final text replaces only its own
+/// item's deltas (this used to cut the response's text byte-wise, inside a character).
+#[test]
+fn interleaved_multibyte_transcripts_are_kept_per_item() {
+    let mut h = H::ready(Agent::new("A", "x"));
+    h.response_created("r1");
+    let tr = |h: &mut H, item: &str, text: &str, done: bool| {
+        if done {
+            h.model(json!({"type":"response.output_audio_transcript.done","event_id":"e","response_id":"r1","item_id":item,"output_index":0,"content_index":0,"transcript":text}));
+        } else {
+            h.model(json!({"type":"response.output_audio_transcript.delta","event_id":"e","response_id":"r1","item_id":item,"output_index":0,"content_index":0,"delta":text}));
+        }
+    };
+    tr(&mut h, "i1", "a", false);
+    tr(&mut h, "i2", "café ", false);
+    tr(&mut h, "i2", "🎉", false);
+    tr(&mut h, "i1", "a—b ", true);
+    tr(&mut h, "i2", "café 🎉", true);
+    h.drain();
+    h.response_done("r1", "completed");
+    let ends: Vec<String> = events(&h.drain())
+        .into_iter()
+        .filter_map(|e| match e {
+            SessionEvent::AgentEnd { text, .. } => Some(text),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ends, ["a—b café 🎉"]);
+}
+
+/// Issue 10 §8: options at their extremes (`Duration::MAX`, `usize::MAX`) mean "never", they
+/// do not overflow an `Instant` or a counter.
+#[test]
+fn extreme_options_never_panic() {
+    let opts = CallOptions {
+        default_rtt: Duration::MAX,
+        rtt_probe_interval: Duration::MAX,
+        guardrail_debounce_chars: usize::MAX,
+        drain_timeout: Duration::MAX,
+        tool_timeout: Duration::MAX,
+        start_timeout: Duration::MAX,
+        ..CallOptions::default()
+    };
+    let agent = Agent::new("A", "x")
+        .tool(weather_tool())
+        .output_guardrail(OutputGuardrail::new("g", |_| Verdict::Pass));
+    let mut h = H::with(agent, opts);
+    h.model(json!({"type":"session.created","event_id":"e0","session":{}}));
+    h.start();
+    h.ms(20);
+    h.mark("rtt:1");
+    h.response_created("r1");
+    h.delta("r1", "i1", 0, &audio(800));
+    h.model(json!({"type":"response.output_audio_transcript.delta","event_id":"e","response_id":"r1","item_id":"i1","output_index":0,"content_index":0,"delta":"hello"}));
+    h.function_call("r1", "fc1", "c1", "get_weather", r#"{"location":"Oslo"}"#);
+    h.ms(60_000);
+    h.tick();
+    h.core.handle_model_closed(h.now, "gone");
+    h.collect();
+    h.ms(60_000);
+    h.tick();
+    assert!(h.core.ended().is_none(), "waits for the last mark, forever");
+    h.mark("0:0:800:i1");
+    h.cmd(Command::Interrupt);
+    h.drain();
 }
 
 // ---------------------------------------------------------------------------------------------
