@@ -187,8 +187,9 @@ fn twilio_garbage_is_reported_and_the_call_keeps_forwarding() {
     expected.extend([0xFE; 1600]);
     assert_eq!(audio, expected, "every valid frame forwarded, in order");
     let twilio_errors = errors(&rig, |s| *s == ErrorSource::Twilio);
-    assert_eq!(twilio_errors.len(), 7, "{twilio_errors:#?}");
+    assert_eq!(twilio_errors.len(), 9, "{twilio_errors:#?}");
     for needle in [
+        "mark nobody sent",
         "not a JSON object",
         "no \"event\" field",
         "not valid base64",
