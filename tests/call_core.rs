@@ -971,6 +971,10 @@ fn extreme_options_never_panic() {
         drain_timeout: Duration::MAX,
         tool_timeout: Duration::MAX,
         start_timeout: Duration::MAX,
+        twilio_silence_timeout: Duration::MAX,
+        model_ping_interval: Duration::MAX,
+        model_pong_timeout: Duration::MAX,
+        approval_timeout: Duration::MAX,
         ..CallOptions::default()
     };
     let agent = Agent::new("A", "x")
