@@ -497,6 +497,21 @@ impl CallCore {
                     self.error(ErrorSource::Twilio, "a second start event was ignored");
                     return;
                 }
+                let format = &start.start.media_format;
+                if !format.is_mulaw_8k_mono() {
+                    let reason = CloseReason::UnsupportedMediaFormat {
+                        encoding: format.encoding.chars().take(64).collect(),
+                        sample_rate: format.sample_rate,
+                        channels: format.channels,
+                    };
+                    log::warn!(target: LOG, "stream refused: {reason}");
+                    self.error(ErrorSource::Twilio, format!("stream refused: {reason}"));
+                    self.start_deadline = None;
+                    self.out(Output::CloseModel);
+                    self.out(Output::CloseTwilio);
+                    self.finish(reason);
+                    return;
+                }
                 log::info!(target: LOG, "stream started call={}", start.start.call_sid);
                 self.start_deadline = None;
                 self.twilio_seen = Some(now);

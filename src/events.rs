@@ -68,6 +68,18 @@ pub enum CloseReason {
     Closed,
     /// A fatal error in the bridge itself (e.g. a socket that stopped taking data).
     Failed(String),
+    /// Twilio's `start` announced a `mediaFormat` other than `audio/x-mulaw`, 8000 Hz, mono
+    /// (Twilio's bidirectional streams always are µ-law; anything else is a misconfigured or
+    /// foreign peer). The stream is refused before any of its audio reaches the model, which is
+    /// told to expect `audio/pcmu`.
+    UnsupportedMediaFormat {
+        /// The announced encoding (its first 64 characters).
+        encoding: String,
+        /// The announced sample rate.
+        sample_rate: u32,
+        /// The announced number of channels.
+        channels: u32,
+    },
     /// After `start`, Twilio sent nothing for `CallOptions::twilio_silence_timeout` (a live
     /// stream sends `media` every 20 ms): the peer is gone without closing its socket.
     TwilioSilent,
@@ -88,6 +100,15 @@ impl fmt::Display for CloseReason {
             CloseReason::Rejected(e) => write!(f, "stream rejected: {e}"),
             CloseReason::Closed => f.write_str("closed by the application"),
             CloseReason::Failed(e) => write!(f, "failed: {e}"),
+            CloseReason::UnsupportedMediaFormat {
+                encoding,
+                sample_rate,
+                channels,
+            } => write!(
+                f,
+                "unsupported twilio media format {encoding:?}, {sample_rate} Hz, {channels} \
+                 channel(s) (only audio/x-mulaw, 8000 Hz, mono)"
+            ),
             CloseReason::TwilioSilent => f.write_str("twilio stream went silent"),
             CloseReason::Panicked(e) => write!(f, "panicked: {e}"),
         }

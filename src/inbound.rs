@@ -126,6 +126,10 @@ pub struct InboundAudio {
     stall_padded: bool,
     /// Inactivity padding sent since the last frame (the next gap is filled minus this).
     padded_since_media: Duration,
+    /// A `start` was seen (later ones are ignored, as the call core ignores them).
+    started: bool,
+    /// The stream's audio must never reach the model.
+    refused: bool,
     stats: InboundStats,
 }
 
@@ -155,6 +159,8 @@ impl InboundAudio {
             caller_speaking: false,
             stall_padded: false,
             padded_since_media: Duration::ZERO,
+            started: false,
+            refused: false,
             stats: InboundStats::default(),
         }
     }
@@ -172,6 +178,29 @@ impl InboundAudio {
     /// Bytes currently held back waiting for the model.
     pub fn buffered_bytes(&self) -> usize {
         self.pending_bytes
+    }
+
+    /// Twilio's `start` for this stream arrived, announcing `format`. The first `start` only
+    /// counts (the call core ignores later ones). A format other than µ-law 8 kHz mono
+    /// refuses the stream's audio for good (see [`InboundAudio::refuse`]): the call core ends
+    /// such a call, and not one byte of it may reach the model as `audio/pcmu` meanwhile.
+    pub fn on_start(&mut self, format: &crate::twilio::MediaFormat) {
+        if std::mem::replace(&mut self.started, true) {
+            return;
+        }
+        if !format.is_mulaw_8k_mono() {
+            self.refuse();
+        }
+    }
+
+    /// Drops every frame kept and every frame from now on; the lane never sends again.
+    pub fn refuse(&mut self) {
+        self.refused = true;
+        self.ready = false;
+        let kept = self.pending.len() as u64;
+        self.stats.frames_dropped = self.stats.frames_dropped.saturating_add(kept);
+        self.pending.clear();
+        self.pending_bytes = 0;
     }
 
     /// Brings the wall-time credit up to `now`.
@@ -200,6 +229,10 @@ impl InboundAudio {
         let bytes = mulaw::base64_decoded_len(payload);
         self.stats.frames_in = self.stats.frames_in.saturating_add(1);
         self.stats.bytes_in = self.stats.bytes_in.saturating_add(bytes as u64);
+        if self.refused {
+            self.stats.frames_dropped = self.stats.frames_dropped.saturating_add(1);
+            return;
+        }
         self.accrue(now);
         self.last_media_at = Some(now);
         self.stall_padded = false;
@@ -267,7 +300,7 @@ impl InboundAudio {
     /// The model session became ready (`true`: flush what was kept, in order) or went away
     /// (`false`: keep audio again, e.g. while reconnecting).
     pub fn set_ready(&mut self, ready: bool, sink: &mut dyn FnMut(&str)) {
-        self.ready = ready;
+        self.ready = ready && !self.refused;
         if ready {
             while let Some(p) = self.pending.pop_front() {
                 self.sent(mulaw::base64_decoded_len(&p));
@@ -284,7 +317,7 @@ impl InboundAudio {
 
     /// When [`InboundAudio::on_timeout`] should next be called, if ever.
     pub fn next_deadline(&self) -> Option<Instant> {
-        if !self.caller_speaking || self.stall_padded {
+        if !self.caller_speaking || self.stall_padded || self.refused {
             return None;
         }
         self.last_media_at?.checked_add(self.cfg.inactivity_timeout)
@@ -528,6 +561,43 @@ mod tests {
             &mut collect(&mut out),
         );
         assert_eq!(lane.stats().gap_padding_bytes - before, 3000 * 8);
+    }
+
+    /// Issue 16 item 4: a stream whose first `start` announces another format never sends a
+    /// byte to the model, kept audio included; a later `start` changes nothing.
+    #[test]
+    fn a_stream_in_another_format_is_refused() {
+        use crate::twilio::MediaFormat;
+        let t0 = Instant::now();
+        let l16 = MediaFormat {
+            encoding: "audio/l16".into(),
+            sample_rate: 16000,
+            channels: 1,
+        };
+        let mut lane = InboundAudio::new(InboundConfig::default());
+        let mut out = vec![];
+        lane.on_media(t0, &frame(1), Some(0), &mut collect(&mut out));
+        lane.on_start(&l16);
+        lane.on_start(&MediaFormat::default());
+        lane.set_caller_speaking(true);
+        lane.set_ready(true, &mut collect(&mut out));
+        lane.on_media(t0 + ms(20), &frame(2), Some(20), &mut collect(&mut out));
+        lane.on_media(t0 + ms(2000), &frame(3), Some(2000), &mut collect(&mut out));
+        assert_eq!(lane.next_deadline(), None);
+        lane.on_timeout(t0 + ms(5000), &mut collect(&mut out));
+        assert!(out.is_empty(), "{} appends", out.len());
+        assert_eq!(lane.stats().frames_dropped, 3);
+        assert!(!lane.is_ready());
+
+        // µ-law 8 kHz mono (however the encoding is capitalised) goes through.
+        let mut lane = InboundAudio::new(InboundConfig::default());
+        lane.on_start(&MediaFormat {
+            encoding: "audio/X-MULAW".into(),
+            ..MediaFormat::default()
+        });
+        lane.set_ready(true, &mut collect(&mut out));
+        lane.on_media(t0, &frame(1), Some(0), &mut collect(&mut out));
+        assert_eq!(out.len(), 1);
     }
 
     /// Issue 10 §8: timestamps at the ends of `u64`, and options at `Duration::MAX`, never

@@ -411,6 +411,11 @@ fn twilio_incoming(
                         let _ = events
                             .send(SessionEvent::Transport(TransportEvent::TwilioMessage(raw)));
                     }
+                    if let TwilioMessage::Start(s) = &msg {
+                        // A stream in a format the bridge does not speak is refused by the
+                        // core; the lane stops it here, before the next frame is read.
+                        lock(lane).inbound.on_start(&s.start.media_format);
+                    }
                     let TwilioMessage::Mark(m) = msg else {
                         let _ = tx.send(ShellMsg::Twilio(msg));
                         return;

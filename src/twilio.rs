@@ -178,6 +178,16 @@ pub struct MediaFormat {
     pub channels: u32,
 }
 
+impl MediaFormat {
+    /// True for the one format the bridge speaks, and the one Twilio's bidirectional streams
+    /// always carry: `audio/x-mulaw`, 8000 Hz, one channel.
+    pub fn is_mulaw_8k_mono(&self) -> bool {
+        self.encoding.eq_ignore_ascii_case("audio/x-mulaw")
+            && self.sample_rate == 8000
+            && self.channels == 1
+    }
+}
+
 impl Default for MediaFormat {
     fn default() -> Self {
         MediaFormat {

@@ -347,3 +347,39 @@ fn http_requests_that_never_finish_time_out_and_the_server_keeps_serving() {
     next_call_works(&rig);
     rig.stop();
 }
+
+/// Issue 16 item 4: a `start` announcing another format than µ-law 8 kHz mono ends that call
+/// with a typed reason, and not one byte of its audio reaches the model (which is told to
+/// expect `audio/pcmu`); the next call works.
+#[test]
+fn a_stream_in_another_media_format_is_refused() {
+    let rig = Rig::start(greeting_model(), agent);
+    let raw = Raw::connect(&rig);
+    raw.connected();
+    raw.text(&format!(
+        r#"{{"event":"start","sequenceNumber":"1","streamSid":"{SID}","start":{{"accountSid":"AC1","streamSid":"{SID}","callSid":"CA1","tracks":["inbound"],"customParameters":{{}},"mediaFormat":{{"encoding":"audio/l16","sampleRate":16000,"channels":1}}}}}}"#
+    ));
+    for i in 0..25 {
+        raw.media(i * 20, 0x11);
+    }
+    raw.wait_closed(Duration::from_secs(5));
+    rig.wait_idle();
+    assert_eq!(
+        rig.closed(),
+        vec![CloseReason::UnsupportedMediaFormat {
+            encoding: "audio/l16".into(),
+            sample_rate: 16000,
+            channels: 1
+        }]
+    );
+    assert_eq!(
+        rig.model.recording().appended_bytes,
+        0,
+        "no audio reached the model"
+    );
+    assert!(errors(&rig, |s| *s == ErrorSource::Twilio)
+        .iter()
+        .any(|e| e.contains("unsupported twilio media format")));
+    next_call_works(&rig);
+    rig.stop();
+}

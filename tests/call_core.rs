@@ -1001,6 +1001,41 @@ fn extreme_options_never_panic() {
     h.drain();
 }
 
+/// Issue 16 item 4: a `start` announcing anything but µ-law 8 kHz mono is refused with a typed
+/// reason, before any audio goes either way.
+#[test]
+fn a_start_in_another_media_format_is_refused() {
+    for (encoding, rate, channels) in [
+        ("audio/l16", 8000, 1),
+        ("audio/x-mulaw", 16000, 1),
+        ("audio/x-mulaw", 8000, 2),
+    ] {
+        let mut h = H::new(Agent::new("A", "x"));
+        h.model(json!({"type":"session.created","event_id":"e0","session":{}}));
+        h.drain();
+        h.twilio(
+            json!({"event":"start","sequenceNumber":"1","streamSid":SID,"start":{
+            "accountSid":"AC123","streamSid":SID,"callSid":"CA123","tracks":["inbound"],
+            "customParameters":{},
+            "mediaFormat":{"encoding":encoding,"sampleRate":rate,"channels":channels}}}),
+        );
+        h.response_created("r1");
+        h.delta("r1", "i1", 0, &audio(800));
+        let out = h.drain();
+        assert!(twilio_cmds(&out).is_empty(), "{out:?}");
+        assert!(out.iter().any(|o| matches!(o, Output::CloseModel)));
+        assert!(out.iter().any(|o| matches!(o, Output::CloseTwilio)));
+        let expected = CloseReason::UnsupportedMediaFormat {
+            encoding: encoding.into(),
+            sample_rate: rate,
+            channels,
+        };
+        assert_eq!(h.core.ended(), Some(&expected));
+        assert!(events(&out).contains(&SessionEvent::Closed { reason: expected }));
+        assert_eq!(h.core.stream_sid(), None);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // 11. Endings; 12. DTMF
 
