@@ -577,6 +577,20 @@ impl CallCore {
         self.finish(CloseReason::Rejected(why.to_owned()));
     }
 
+    /// Code on one of the call's threads panicked (`what` says where and why): the call
+    /// cannot be trusted to go on, so both sockets close and it ends with
+    /// [`CloseReason::Panicked`]. (Tools and guardrails that panic are reported as their
+    /// results instead and the call goes on.)
+    pub fn handle_panic(&mut self, _now: Instant, what: &str) {
+        if self.ended.is_some() {
+            return;
+        }
+        log::error!(target: LOG, "ending the call after a panic: {what}");
+        self.out(Output::CloseModel);
+        self.out(Output::CloseTwilio);
+        self.finish(CloseReason::Panicked(what.to_owned()));
+    }
+
     /// The Twilio WebSocket closed or failed.
     pub fn handle_twilio_closed(&mut self, _now: Instant, why: &str) {
         if self.ended.is_some() {

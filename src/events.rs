@@ -126,7 +126,7 @@ pub enum ErrorSource {
     },
     /// The Twilio side sent something we could not use.
     Twilio,
-    /// A tool failed, timed out or was unknown.
+    /// A tool failed, timed out, was unknown or was not approved in time.
     Tool,
     /// A socket failed.
     Transport,

@@ -671,12 +671,28 @@ impl ConnCtx {
         handle: &SessionHandle,
         close_rx: &crossbeam_channel::Receiver<()>,
     ) {
+        let mut hook_panicked = false;
         loop {
             crossbeam_channel::select! {
                 recv(handle.events()) -> ev => match ev {
                     Ok(ev) => {
                         if let Some(h) = &self.hook {
-                            h(call_no, &ev);
+                            // The hook is application code: a panic in it ends this call
+                            // (`CloseReason::Panicked`), never the server; the hook still
+                            // sees the rest of the call's events, `Closed` included.
+                            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(
+                                || h(call_no, &ev),
+                            ));
+                            if let Err(p) = ran {
+                                let why = crate::ws::panic_text(p.as_ref());
+                                if !hook_panicked {
+                                    hook_panicked = true;
+                                    log::error!(target: LOG, "call {call_no}: event hook panicked: {why}");
+                                    handle.end_after_panic(format!("event hook: {why}"));
+                                } else {
+                                    log::debug!(target: LOG, "call {call_no}: event hook panicked again: {why}");
+                                }
+                            }
                         }
                         if let SessionEvent::Closed { reason } = &ev {
                             log::info!(target: LOG, "call {call_no}: ended ({reason})");

@@ -44,7 +44,12 @@ use crate::model::{write_append_json, ServerEvent};
 use crate::playback::MarkName;
 use crate::recording::{CallerMeter, Record, RecordTo, Recorder, RecorderThread};
 use crate::twilio::{write_mark_json, write_media_json, TwilioCommand, TwilioMessage};
-use crate::ws::{ClientRequest, Duplex, Incoming, WsConfig, WsConn, WsSender};
+use crate::ws::{panic_text, ClientRequest, Duplex, Incoming, WsConfig, WsConn, WsError, WsSender};
+
+/// In this crate's own unit tests, a message containing this text makes the socket reader's
+/// handler panic (the injection point for the panic tests; compiled out of the library).
+#[cfg(test)]
+pub(crate) const TEST_PANIC_MARKER: &str = "__test_panic_in_reader__";
 
 const LOG: &str = "twilio_realtime::session";
 const TWILIO_LOG: &str = "twilio_realtime::twilio";
@@ -201,6 +206,8 @@ enum ShellMsg {
     History(Sender<Vec<HistoryItem>>),
     /// Deferred marks are waiting in the lane and one of them matters now.
     Marks,
+    /// A socket reader's handler or the application's event hook panicked: end the call.
+    Panicked(String),
 }
 
 /// The caller-audio lane shared by the Twilio reader (per frame) and the session thread
@@ -343,6 +350,7 @@ impl Session {
             start_check: opts.start_check.clone(),
             recorder,
             recorder_thread,
+            closed_sent: false,
         };
         let thread = thread::Builder::new()
             .name("session".into())
@@ -390,6 +398,10 @@ fn twilio_incoming(
     match inc {
         Incoming::Text(text) => {
             let text: &str = text.as_ref();
+            #[cfg(test)]
+            if text.contains(TEST_PANIC_MARKER) {
+                panic!("injected panic in the twilio reader");
+            }
             match TwilioMessage::parse(text) {
                 Ok(TwilioMessage::Media(m)) => {
                     if transport == TransportEvents::All {
@@ -450,6 +462,9 @@ fn twilio_incoming(
         Incoming::Closed(_) => {
             let _ = tx.send(ShellMsg::TwilioClosed("closed by twilio".into()));
         }
+        Incoming::Error(WsError::HandlerPanicked(why)) => {
+            let _ = tx.send(ShellMsg::Panicked(format!("twilio reader: {why}")));
+        }
         Incoming::Error(e) => {
             log::warn!(target: TWILIO_LOG, "twilio socket failed: {e}");
             let _ = tx.send(ShellMsg::TwilioClosed(e.to_string()));
@@ -476,10 +491,29 @@ struct Shell {
     /// The call's recording, if it is recorded.
     recorder: Option<Recorder>,
     recorder_thread: Option<RecorderThread>,
+    /// `Closed` went to the application.
+    closed_sent: bool,
 }
 
 impl Shell {
     fn run(mut self, rx: InboxReceiver<ShellMsg>) {
+        // A panic on this thread (the core, the application's start check) ends this call
+        // only: the application still gets `Closed`, and both sockets close as usual.
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_loop(&rx)));
+        if let Err(p) = ran {
+            let why = format!("session thread: {}", panic_text(p.as_ref()));
+            log::error!(target: LOG, "call {} panicked: {why}", self.core.call_sid().unwrap_or("-"));
+            if !self.closed_sent {
+                self.closed_sent = true;
+                self.emit(SessionEvent::Closed {
+                    reason: CloseReason::Panicked(why),
+                });
+            }
+        }
+        self.shutdown();
+    }
+
+    fn run_loop(&mut self, rx: &InboxReceiver<ShellMsg>) {
         loop {
             let deadline = {
                 let lane_deadline = lock(&self.lane).inbound.next_deadline();
@@ -509,7 +543,6 @@ impl Shell {
                 break;
             }
         }
-        self.shutdown();
     }
 
     fn apply_deferred_marks(&mut self) {
@@ -598,6 +631,7 @@ impl Shell {
             }
             // Applied at the top of this wake-up already.
             ShellMsg::Marks => {}
+            ShellMsg::Panicked(why) => self.core.handle_panic(now, &why),
         }
     }
 
@@ -631,6 +665,7 @@ impl Shell {
                             self.started.elapsed().as_secs_f64()
                         );
                         ended = true;
+                        self.closed_sent = true;
                     }
                     self.emit(e);
                 }
@@ -654,6 +689,7 @@ impl Shell {
                 Output::RunTool(run) => {
                     let tx = self.shell_tx.clone();
                     let res = thread::Builder::new().name("tool".into()).spawn(move || {
+                        // (A tool that panics is reported as failed by `invoke`.)
                         let result = run.tool.invoke(&run.call);
                         let _ = tx.send(ShellMsg::ToolDone(run.call.call_id, result));
                     });
@@ -666,6 +702,7 @@ impl Shell {
                     let res = thread::Builder::new()
                         .name("guardrail".into())
                         .spawn(move || {
+                            // (A guardrail that panics counts as passed in `check`.)
                             let trip = run.run();
                             let _ = tx.send(ShellMsg::GuardrailDone(run, trip));
                         });
@@ -782,6 +819,10 @@ fn model_incoming(
     match inc {
         Incoming::Text(text) => {
             let text: &str = text.as_ref();
+            #[cfg(test)]
+            if text.contains(TEST_PANIC_MARKER) {
+                panic!("injected panic in the model reader");
+            }
             match ServerEvent::parse(text) {
                 Ok(ev) => {
                     let audio = matches!(ev, ServerEvent::OutputAudioDelta(_));
@@ -806,6 +847,9 @@ fn model_incoming(
         Incoming::Closed(c) => {
             let why = c.map(|c| c.to_string()).unwrap_or_else(|| "closed".into());
             let _ = tx.send(ShellMsg::ModelClosed(gen, why));
+        }
+        Incoming::Error(WsError::HandlerPanicked(why)) => {
+            let _ = tx.send(ShellMsg::Panicked(format!("model reader: {why}")));
         }
         Incoming::Error(e) => {
             let _ = tx.send(ShellMsg::ModelClosed(gen, e.to_string()));
@@ -897,6 +941,11 @@ impl SessionHandle {
         self.command(Command::Close);
     }
 
+    /// Ends the call with [`CloseReason::Panicked`] (the server's event hook panicked).
+    pub(crate) fn end_after_panic(&self, what: String) {
+        let _ = self.tx.send(ShellMsg::Panicked(what));
+    }
+
     /// Waits until every socket thread of the call has exited.
     pub fn join(mut self) {
         if let Some(t) = self.thread.take() {
@@ -920,5 +969,90 @@ pub fn wait_closed(events: &Receiver<SessionEvent>, timeout: Duration) -> Option
             Ok(_) => {}
             Err(_) => return None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Panics in the socket readers' handlers (issue 10 §4). The handlers run only this
+    //! crate's code, so the panic is injected through [`TEST_PANIC_MARKER`], which exists in
+    //! test builds only.
+    use super::*;
+    use crate::sim::fake_model::{FakeModel, FakeModelConfig, Faults};
+    use crate::sim::twilio_call::{CallReport, Segment, TwilioCall, TwilioCallConfig};
+    use std::net::TcpListener;
+
+    fn call(model: FakeModelConfig, panic_in_start: bool) -> (Option<CloseReason>, CallReport) {
+        let fake = FakeModel::start(model).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let url = fake.url();
+        let bridge = thread::spawn(move || {
+            let (tcp, _) = listener.accept().unwrap();
+            let (conn, _) = WsConn::accept(tcp, None, &WsConfig::default()).unwrap();
+            let opts = SessionOptions::new(None).url(url);
+            let handle = Session::start(conn, Agent::new("A", "x"), opts).unwrap();
+            let reason = wait_closed(handle.events(), Duration::from_secs(10));
+            // every thread of the call exits: join returns
+            let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+            thread::spawn(move || {
+                handle.join();
+                let _ = done_tx.send(());
+            });
+            assert!(
+                done_rx.recv_timeout(Duration::from_secs(5)).is_ok(),
+                "the call's threads did not exit"
+            );
+            reason
+        });
+        let mut cfg = TwilioCallConfig::new(addr, vec![Segment::Silence(3000), Segment::HangUp]);
+        cfg.one_way_delay = Duration::from_millis(2);
+        cfg.jitter = Duration::ZERO;
+        if panic_in_start {
+            cfg.custom_parameters
+                .insert("p".into(), TEST_PANIC_MARKER.into());
+        }
+        let report = TwilioCall::run(cfg).unwrap();
+        let reason = bridge.join().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while fake.recording().closed_by_client == 0 && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(
+            fake.recording().closed_by_client,
+            1,
+            "the model socket closed"
+        );
+        (reason, report)
+    }
+
+    #[test]
+    fn a_panic_in_the_twilio_reader_ends_only_that_call() {
+        let (reason, report) = call(FakeModelConfig::default(), true);
+        assert!(
+            matches!(&reason, Some(CloseReason::Panicked(why)) if why.starts_with("twilio reader:")),
+            "{reason:?}"
+        );
+        assert!(report.closed_by_bridge, "{:?}", report.timeline);
+    }
+
+    #[test]
+    fn a_panic_in_the_model_reader_ends_only_that_call() {
+        let model = FakeModelConfig {
+            faults: Faults {
+                raw: vec![(
+                    Duration::from_millis(300),
+                    format!(r#"{{"type":"{TEST_PANIC_MARKER}"}}"#),
+                )],
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let (reason, report) = call(model, false);
+        assert!(
+            matches!(&reason, Some(CloseReason::Panicked(why)) if why.starts_with("model reader:")),
+            "{reason:?}"
+        );
+        assert!(report.closed_by_bridge, "{:?}", report.timeline);
     }
 }

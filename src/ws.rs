@@ -222,6 +222,9 @@ pub enum WsError {
     Closed,
     /// The outbound queue is full (the peer is not keeping up).
     QueueFull,
+    /// The message handler given to [`WsConn::spawn`] panicked (with this message); the
+    /// connection was closed. The handler gets this as its last message.
+    HandlerPanicked(String),
 }
 
 impl fmt::Display for WsError {
@@ -239,6 +242,7 @@ impl fmt::Display for WsError {
             WsError::WriteTimeout => f.write_str("peer stopped reading (write timeout)"),
             WsError::Closed => f.write_str("connection closed"),
             WsError::QueueFull => f.write_str("outbound queue full"),
+            WsError::HandlerPanicked(m) => write!(f, "message handler panicked: {m}"),
         }
     }
 }
@@ -852,15 +856,44 @@ impl Shared {
     }
 }
 
+/// The text of a caught panic's payload (`panic!` with a literal or a formatted message).
+pub(crate) fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(no message)".to_owned()
+    }
+}
+
+/// Runs the handler; a panic in it comes back as its message.
+fn deliver<F: FnMut(Incoming)>(on_message: &mut F, m: Incoming) -> Result<(), String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| on_message(m)))
+        .map_err(|p| panic_text(p.as_ref()))
+}
+
 fn reader_loop<F: FnMut(Incoming)>(shared: &Shared, mut on_message: F, stop_tx: &Sender<()>) {
+    // A handler that panics ends this connection, never the process or its other threads:
+    // the socket is shut down, the writer stopped, and the handler told why (its last call).
     let last = loop {
         let r = shared.lock().read();
         if r.is_ok() {
             shared.touch();
         }
         match r {
-            Ok(Message::Text(t)) => on_message(Incoming::Text(t)),
-            Ok(Message::Binary(b)) => on_message(Incoming::Binary(b)),
+            Ok(Message::Text(t)) => {
+                if let Err(why) = deliver(&mut on_message, Incoming::Text(t)) {
+                    log::error!(target: LOG, "message handler panicked: {why}");
+                    break Incoming::Error(WsError::HandlerPanicked(why));
+                }
+            }
+            Ok(Message::Binary(b)) => {
+                if let Err(why) = deliver(&mut on_message, Incoming::Binary(b)) {
+                    log::error!(target: LOG, "message handler panicked: {why}");
+                    break Incoming::Error(WsError::HandlerPanicked(why));
+                }
+            }
             // Read again at once: that call writes the queued Pong.
             Ok(Message::Ping(_)) | Ok(Message::Pong(_)) | Ok(Message::Frame(_)) => {}
             Ok(Message::Close(frame)) => {
@@ -911,9 +944,22 @@ fn reader_loop<F: FnMut(Incoming)>(shared: &Shared, mut on_message: F, stop_tx: 
         }
     };
     log::debug!(target: LOG, "reader done: {last:?}");
+    if matches!(last, Incoming::Error(WsError::HandlerPanicked(_))) {
+        // Tell the peer it was our fault (1011), best effort.
+        let frame = CloseFrame {
+            code: CloseCode::Error,
+            reason: "".into(),
+        };
+        let queued = shared.lock().close(Some(frame));
+        if queued.is_ok() || queued.as_ref().is_err_and(is_would_block) {
+            let _ = shared.write_pending();
+        }
+    }
     shared.shutdown();
     let _ = stop_tx.send(());
-    on_message(last);
+    if let Err(why) = deliver(&mut on_message, last) {
+        log::error!(target: LOG, "message handler panicked on the last message: {why}");
+    }
 }
 
 /// A running duplex WebSocket: its sender and its two threads.

@@ -112,3 +112,292 @@ fn a_model_that_answers_no_ping_is_lost() {
     rig.stop();
     hole.join().unwrap();
 }
+
+// ---------------------------------------------------------------------------------------------
+// §4 A panic ends one call, never wedges it
+
+use std::sync::Arc;
+use twilio_realtime::agent::{FunctionTool, OutputGuardrail};
+use twilio_realtime::events::SessionEvent;
+use twilio_realtime::sim::chaos::ProcessStats;
+use twilio_realtime::sim::fake_model::{FakeModel, Reply};
+
+/// Runs `f` after a warm-up call and checks that threads and descriptors come back.
+fn no_leaks(rig: &Rig, f: impl FnOnce()) {
+    quick(rig, vec![Segment::Silence(100), Segment::HangUp]);
+    rig.wait_idle();
+    thread::sleep(Duration::from_millis(300));
+    let baseline = ProcessStats::now().unwrap();
+    f();
+    rig.wait_idle();
+    let after = ProcessStats::settle(&baseline, Duration::from_secs(10)).unwrap();
+    eprintln!(
+        "threads {} -> {}, fds {} -> {}",
+        baseline.threads, after.threads, baseline.fds, after.fds
+    );
+    assert!(
+        after.threads <= baseline.threads,
+        "{baseline:?} -> {after:?}"
+    );
+    assert!(after.fds <= baseline.fds, "{baseline:?} -> {after:?}");
+}
+
+fn talk() -> Vec<Segment> {
+    vec![
+        Segment::Silence(200),
+        Segment::Speech(700),
+        Segment::WaitForAgent {
+            quiet_ms: 400,
+            timeout_ms: 8000,
+        },
+        Segment::HangUp,
+    ]
+}
+
+fn agent_with_a_panicking_tool() -> Agent {
+    let boom = FunctionTool::new(
+        "boom",
+        "Always fails.",
+        serde_json::json!({"type":"object"}),
+        |_| panic!("tool bug"),
+    );
+    agent().tool(boom)
+}
+
+#[test]
+fn a_panicking_tool_is_an_error_output_and_the_call_goes_on() {
+    let _s = serial();
+    let rig = Rig::start(
+        FakeModelConfig {
+            script: vec![
+                Reply::call("boom", "{}"),
+                Reply::say("Sorry, that did not work.", 600),
+            ],
+            ..Default::default()
+        },
+        agent_with_a_panicking_tool,
+    );
+    let mut report = None;
+    no_leaks(&rig, || report = Some(quick(&rig, talk())));
+    let report = report.unwrap();
+    let rec = rig.model.recording();
+    assert_eq!(rec.function_outputs.len(), 1, "{:?}", rec.function_outputs);
+    assert_eq!(rec.function_outputs[0].1, "Error: tool boom panicked");
+    assert_eq!(
+        report.played_ms(),
+        600,
+        "the answer after the failed tool played"
+    );
+    let ev = rig.events();
+    assert!(ev
+        .iter()
+        .any(|e| matches!(e, SessionEvent::ToolEnd { is_error: true, .. })));
+    assert_eq!(rig.closed(), vec![CloseReason::TwilioStopped; 2]);
+    rig.stop();
+}
+
+fn agent_with_a_panicking_guardrail() -> Agent {
+    agent().output_guardrail(OutputGuardrail::new("buggy", |_: &str| {
+        panic!("guardrail bug")
+    }))
+}
+
+#[test]
+fn a_panicking_guardrail_counts_as_passed() {
+    let _s = serial();
+    let rig = Rig::start(
+        FakeModelConfig {
+            script: vec![Reply::say("Hello, how can I help you today?", 600)],
+            ..Default::default()
+        },
+        agent_with_a_panicking_guardrail,
+    );
+    let mut report = None;
+    no_leaks(&rig, || report = Some(quick(&rig, talk())));
+    let report = report.unwrap();
+    assert_eq!(report.played_ms(), 600, "not cut: the guardrail passed");
+    let ev = rig.events();
+    assert!(!ev
+        .iter()
+        .any(|e| matches!(e, SessionEvent::GuardrailTripped { .. })));
+    assert_eq!(rig.closed(), vec![CloseReason::TwilioStopped; 2]);
+    rig.stop();
+}
+
+#[test]
+fn a_panic_on_the_session_thread_ends_only_that_call() {
+    let _s = serial();
+    // The start check runs on the session thread; this one panics on the second call.
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let rig = Rig::start_with(FakeModelConfig::default(), agent, |cfg| {
+        cfg.stream_token_ttl = None;
+        cfg.session.start_check = Some(Arc::new(move |_| {
+            if calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+                panic!("start check bug");
+            }
+            Ok(())
+        }));
+    });
+    let mut report = None;
+    no_leaks(&rig, || {
+        report = Some(quick(&rig, vec![Segment::Silence(3000), Segment::HangUp]))
+    });
+    let report = report.unwrap();
+    assert!(report.closed_by_bridge, "{:?}", report.timeline);
+    let closed = rig.closed();
+    assert_eq!(closed.len(), 2);
+    assert!(
+        matches!(&closed[1], CloseReason::Panicked(why) if why.starts_with("session thread:") && why.contains("start check bug")),
+        "{closed:?}"
+    );
+    // the check panicked before the model connection opened (it opens after the check)
+    wait_until("every model socket closed", Duration::from_secs(5), || {
+        let r = rig.model.recording();
+        r.connections == 1 && r.closed_by_client == 1
+    });
+    // the server still takes calls
+    quick(&rig, vec![Segment::Silence(100), Segment::HangUp]);
+    rig.wait_idle();
+    assert_eq!(rig.closed()[2], CloseReason::TwilioStopped);
+    rig.stop();
+}
+
+#[test]
+fn a_panicking_event_hook_ends_only_that_call_and_shutdown_is_not_stalled() {
+    use twilio_realtime::server::{Server, ServerConfig};
+    let _s = serial();
+    let model = FakeModel::start(FakeModelConfig::default()).unwrap();
+    let mut cfg = ServerConfig::from_env();
+    cfg.bind = "127.0.0.1:0".parse().unwrap();
+    cfg.public_url = None;
+    cfg.twilio_auth_token = None;
+    cfg.stream_token_ttl = None;
+    cfg.session.model.url = model.url();
+    cfg.shutdown_grace = Duration::from_secs(5);
+    let closed = Arc::new(Mutex::new(Vec::new()));
+    let seen = closed.clone();
+    let panics_left = Arc::new(std::sync::atomic::AtomicUsize::new(1));
+    let server = Server::bind(cfg, Arc::new(agent))
+        .unwrap()
+        .on_event(Arc::new(move |n, e: &SessionEvent| {
+            if let SessionEvent::Closed { reason } = e {
+                seen.lock().unwrap().push((n, reason.clone()));
+            } else if n == 2
+                && panics_left
+                    .fetch_update(
+                        std::sync::atomic::Ordering::SeqCst,
+                        std::sync::atomic::Ordering::SeqCst,
+                        |v| v.checked_sub(1),
+                    )
+                    .is_ok()
+            {
+                panic!("hook bug");
+            }
+        }));
+    let addr = server.local_addr();
+    let stopper = server.stopper();
+    let running = thread::spawn(move || server.run());
+    let call = move |ms| {
+        let mut c = TwilioCallConfig::new(addr, vec![Segment::Silence(ms), Segment::HangUp]);
+        c.one_way_delay = Duration::from_millis(2);
+        c.jitter = Duration::ZERO;
+        TwilioCall::run(c).unwrap()
+    };
+    call(100);
+    wait_until("call 1 over", Duration::from_secs(5), || {
+        stopper.live_calls() == 0
+    });
+    thread::sleep(Duration::from_millis(300));
+    let baseline = ProcessStats::now().unwrap();
+    let report = call(3000);
+    assert!(report.closed_by_bridge, "{:?}", report.timeline);
+    wait_until("call 2 over", Duration::from_secs(5), || {
+        stopper.live_calls() == 0
+    });
+    let after = ProcessStats::settle(&baseline, Duration::from_secs(10)).unwrap();
+    assert!(
+        after.threads <= baseline.threads,
+        "{baseline:?} -> {after:?}"
+    );
+    assert!(after.fds <= baseline.fds, "{baseline:?} -> {after:?}");
+    {
+        let c = closed.lock().unwrap();
+        assert_eq!(c.len(), 2, "{c:?}");
+        assert!(
+            matches!(&c[1], (2, CloseReason::Panicked(why)) if why.starts_with("event hook:")),
+            "{c:?}"
+        );
+    }
+    // A live call, then stop: the server's shutdown is not held up by the earlier panic.
+    let live = thread::spawn(move || call(1000));
+    wait_until("call 3 live", Duration::from_secs(5), || {
+        stopper.live_calls() == 1
+    });
+    let t = Instant::now();
+    stopper.stop();
+    running.join().unwrap().unwrap();
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "stop took {:?}",
+        t.elapsed()
+    );
+    live.join().unwrap();
+}
+
+#[test]
+fn a_panicking_socket_handler_closes_only_its_connection() {
+    use twilio_realtime::ws::{ClientRequest, Incoming, WsConfig, WsConn, WsError};
+    let _s = serial();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    thread::sleep(Duration::from_millis(100));
+    let baseline = ProcessStats::now().unwrap();
+    for _ in 0..5 {
+        let server = thread::spawn({
+            let l = listener.try_clone().unwrap();
+            move || {
+                let (tcp, _) = l.accept().unwrap();
+                let (c, _) = WsConn::accept(tcp, None, &WsConfig::default()).unwrap();
+                let (tx, rx) = crossbeam_channel::unbounded();
+                let d = c
+                    .spawn("sv", move |m| match m {
+                        Incoming::Text(_) => panic!("handler bug"),
+                        other => {
+                            let _ = tx.send(other);
+                        }
+                    })
+                    .unwrap();
+                (d, rx)
+            }
+        });
+        let client = WsConn::connect(
+            &ClientRequest::new(format!("ws://{addr}/")),
+            &WsConfig::default(),
+        )
+        .unwrap();
+        let (client, crx) = client.spawn_channel("cl").unwrap();
+        let (server, srx) = server.join().unwrap();
+        client
+            .sender()
+            .send(tungstenite::Message::text("hi"))
+            .unwrap();
+        // the handler hears why, last
+        match srx.recv_timeout(Duration::from_secs(5)).unwrap() {
+            Incoming::Error(WsError::HandlerPanicked(m)) => assert_eq!(m, "handler bug"),
+            other => panic!("{other:?}"),
+        }
+        // the peer gets 1011
+        match crx.recv_timeout(Duration::from_secs(5)).unwrap() {
+            Incoming::Closed(Some(c)) => assert_eq!(c.code, 1011),
+            other => panic!("{other:?}"),
+        }
+        server.join();
+        client.join();
+    }
+    let after = ProcessStats::settle(&baseline, Duration::from_secs(10)).unwrap();
+    assert!(
+        after.threads <= baseline.threads,
+        "{baseline:?} -> {after:?}"
+    );
+    assert!(after.fds <= baseline.fds, "{baseline:?} -> {after:?}");
+}
