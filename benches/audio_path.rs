@@ -45,6 +45,13 @@ fn ready_core() -> (CallCore, Instant) {
         now,
         ServerEvent::parse(r#"{"type":"session.created","event_id":"e","session":{}}"#).unwrap(),
     );
+    core.handle_model(
+        now,
+        ServerEvent::parse(
+            r#"{"type":"session.updated","event_id":"e","session":{"type":"realtime","audio":{"input":{"format":{"type":"audio/pcmu"}},"output":{"format":{"type":"audio/pcmu"}}}}}"#,
+        )
+        .unwrap(),
+    );
     let start = format!(
         r#"{{"event":"start","streamSid":"{SID}","start":{{"accountSid":"AC1","callSid":"CA1","tracks":["inbound"],"customParameters":{{}},"mediaFormat":{{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1}}}}}}"#
     );

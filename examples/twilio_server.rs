@@ -9,7 +9,9 @@
 //! `OPENAI_REALTIME_URL` (default wss://api.openai.com/v1/realtime?model=gpt-realtime),
 //! `PUBLIC_URL` (the https origin Twilio reaches, e.g. your tunnel), `TWILIO_AUTH_TOKEN`
 //! (verify X-Twilio-Signature), `GREETING` (said before the stream connects),
-//! `CALL_RECORDING_DIR` (record every call's timeline there, see `recording`), `RUST_LOG`.
+//! `CALL_RECORDING_DIR` (record every call's timeline there, see `recording`),
+//! `AGENT_GREETING` (the instruction for the agent's first response, e.g. "Greet the caller
+//! and ask how you can help."; unset, the agent waits for the caller to speak), `RUST_LOG`.
 
 use std::sync::Arc;
 

@@ -12,6 +12,19 @@
 //! [`crate::inbound::InboundAudio`]. The core tells that lane when the model is ready
 //! ([`Output::ModelReady`]) and when the caller speaks ([`Output::CallerSpeaking`]).
 //!
+//! **Ready means confirmed.** A Realtime session starts as 24 kHz PCM both ways. On
+//! `session.created` the core sends one `session.update` (µ-law both ways, tagged with an
+//! `event_id`) and nothing else; the call is ready — caller audio flows, agent audio is
+//! forwarded, the greeting and queued commands go out — only when `session.updated` shows
+//! `audio/pcmu` in and out. If the server refuses that first update (an `error` naming its
+//! `event_id`) or a `session.updated` ever shows another format, the call ends with
+//! [`CloseReason::ModelConfigRejected`] (naming the refused parameter) without a byte of audio
+//! exchanged in the wrong format; the core does not retry without the parameter, because
+//! the parameters it sends (voice, tools, instructions, turn detection) each change what
+//! the caller gets. A refused later update (handoff, `UpdateAgent`, a raw `session.update`)
+//! leaves the previous, confirmed µ-law configuration in force: the call goes on with an
+//! error event. A response the core asks for after a handoff waits for that confirmation.
+//!
 //! ```
 //! use std::time::Instant;
 //! use twilio_realtime::agent::Agent;
@@ -22,6 +35,11 @@
 //! let mut core = CallCore::new(Agent::new("Assistant", "Be brief."), CallOptions::default(), now);
 //! let created = ServerEvent::parse(r#"{"type":"session.created","event_id":"e1","session":{}}"#).unwrap();
 //! core.handle_model(now, created);
+//! let outputs: Vec<Output> = std::iter::from_fn(|| core.poll_output()).collect();
+//! assert!(matches!(&outputs[..], [Output::Model(update)] if update.event_type() == "session.update"));
+//! let updated = ServerEvent::parse(r#"{"type":"session.updated","event_id":"e2","session":{"type":"realtime",
+//!     "audio":{"input":{"format":{"type":"audio/pcmu"}},"output":{"format":{"type":"audio/pcmu"}}}}}"#).unwrap();
+//! core.handle_model(now, updated);
 //! let outputs: Vec<Output> = std::iter::from_fn(|| core.poll_output()).collect();
 //! assert!(matches!(outputs.last(), Some(Output::ModelReady)));
 //! ```
@@ -35,7 +53,7 @@ use crate::agent::{handoff_tool_name, Agent, FunctionTool, OutputGuardrail, Tool
 use crate::events::{
     CloseReason, ErrorSource, HistoryItem, HistoryKind, InterruptCause, SessionEvent,
 };
-use crate::model::{AudioFormat, ClientEvent, Item, ServerEvent, SessionConfig};
+use crate::model::{AudioFormat, ClientEvent, Item, ResponseConfig, ServerEvent, SessionConfig};
 use crate::mulaw;
 use crate::playback::{MarkOutcome, PlaybackLedger};
 use crate::twilio::{TwilioCommand, TwilioMessage};
@@ -85,6 +103,41 @@ pub struct CallOptions {
     /// A tool call waiting for `approve`/`reject` this long is rejected, and the model is told
     /// the call was not approved in time. Default 60 s.
     pub approval_timeout: Duration,
+    /// What the agent says first, without waiting for the caller. Sent as `response.create`
+    /// once the model has confirmed the session (µ-law both ways) and Twilio's `start` has
+    /// arrived. `None` (the default): the agent waits for the caller (the Realtime API never
+    /// speaks first).
+    pub greeting: Option<Greeting>,
+}
+
+/// How the agent greets the caller (see [`CallOptions::greeting`]).
+///
+/// The greeting is one `response.create` whose instructions are the agent's instructions
+/// followed by the greeting's (per-response instructions replace the session's for that
+/// response, so the agent's persona is repeated). It is an ordinary response: the caller can
+/// talk over it (normal barge-in: Twilio `clear`, truncation at what was heard). It is sent
+/// once; if a response is already under way when it could be sent (the caller spoke first
+/// and is being answered) it is skipped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Greeting {
+    /// An instruction for the first response, e.g. "Greet the caller and ask how you can
+    /// help."
+    Instructions(String),
+    /// Exact words: the model is instructed to say this text word for word and nothing else.
+    Say(String),
+}
+
+impl Greeting {
+    fn instructions(&self, agent: &str) -> String {
+        match self {
+            Greeting::Instructions(i) => format!("{agent}\n\n{i}"),
+            Greeting::Say(text) => format!(
+                "{agent}\n\nGreet the caller by saying exactly the following words, word for \
+                 word, and nothing else: {text}"
+            ),
+        }
+    }
 }
 
 impl Default for CallOptions {
@@ -104,6 +157,7 @@ impl Default for CallOptions {
             model_ping_interval: Duration::from_secs(20),
             model_pong_timeout: Duration::from_secs(10),
             approval_timeout: Duration::from_secs(60),
+            greeting: None,
         }
     }
 }
@@ -132,6 +186,20 @@ pub enum Command {
     },
     /// Switch to another agent (instructions, voice, tools) without a handoff.
     UpdateAgent(Agent),
+    /// Ask the model for a response (`response.create`), with these per-response options
+    /// (`ResponseConfig::default()` for none). The API allows one response at a time: it is
+    /// sent once no response is active (and no tool call is pending), at once if none is.
+    CreateResponse(ResponseConfig),
+    /// Commit the caller audio appended so far as a user turn (`input_audio_buffer.commit`),
+    /// for sessions without turn detection (`TurnDetection::Disabled`); follow it with
+    /// [`Command::CreateResponse`]. The server refuses an empty buffer with an error event.
+    CommitAudio,
+    /// Send this client event to the model as it is (the escape hatch for protocol features
+    /// this crate does not wrap). It must be a JSON object with a string `type`; a
+    /// `session.update` may not set an audio format other than `audio/pcmu` (refused with an
+    /// error event) and is tracked like the bridge's own updates. Anything else is refused
+    /// with [`SessionEvent::Error`].
+    SendRaw(String),
     /// End the call.
     Close,
 }
@@ -207,7 +275,10 @@ pub enum Output {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ModelState {
+    /// Waiting for `session.created`.
     Connecting,
+    /// Our `session.update` is sent; waiting for `session.updated` with µ-law both ways.
+    Configuring,
     Ready,
     Reconnecting,
     Gone,
@@ -260,6 +331,13 @@ pub struct CallCore {
     call_sid: Option<String>,
     pending_twilio: Vec<PendingTwilio>,
     model: ModelState,
+    /// This model session replaces one that expired (replay the conversation when ready).
+    resumed: bool,
+    /// Event ids of our `session.update`s the server has not answered yet, in order.
+    config_pending: VecDeque<String>,
+    greeting: Option<Greeting>,
+    /// Options for the next `response.create` (from [`Command::CreateResponse`]).
+    next_response: Option<ResponseConfig>,
     pending_model: Vec<ClientEvent>,
     ledger: PlaybackLedger,
     active_response: Option<String>,
@@ -303,6 +381,7 @@ impl CallCore {
         let ledger = PlaybackLedger::new(opts.default_rtt);
         let start_deadline = after(now, opts.start_timeout);
         let agents = agent.reachable();
+        let greeting = opts.greeting.clone();
         CallCore {
             opts,
             agent,
@@ -311,6 +390,10 @@ impl CallCore {
             call_sid: None,
             pending_twilio: Vec::new(),
             model: ModelState::Connecting,
+            resumed: false,
+            config_pending: VecDeque::new(),
+            greeting,
+            next_response: None,
             pending_model: Vec::new(),
             ledger,
             active_response: None,
@@ -447,10 +530,33 @@ impl CallCore {
         });
     }
 
+    /// Writes a model event now; a `session.update` is remembered until the server answers it.
+    fn emit_model(&mut self, ev: ClientEvent) {
+        if let Some(id) = session_update_id(&ev) {
+            self.config_pending.push_back(id);
+        }
+        self.out(Output::Model(ev));
+    }
+
+    fn next_id(&mut self, what: &str) -> String {
+        self.next_event_seq += 1;
+        format!("tr_{what}_{}", self.next_event_seq)
+    }
+
+    fn session_update(&mut self) -> ClientEvent {
+        let session = self.session_config();
+        ClientEvent::SessionUpdate {
+            event_id: Some(self.next_id("session")),
+            session,
+        }
+    }
+
     fn send_model(&mut self, ev: ClientEvent) {
         match self.model {
-            ModelState::Ready => self.out(Output::Model(ev)),
-            ModelState::Connecting | ModelState::Reconnecting => self.pending_model.push(ev),
+            ModelState::Ready => self.emit_model(ev),
+            ModelState::Connecting | ModelState::Configuring | ModelState::Reconnecting => {
+                self.pending_model.push(ev)
+            }
             ModelState::Gone => {
                 log::debug!(target: LOG, "model gone; dropping {}", ev.event_type())
             }
@@ -520,6 +626,7 @@ impl CallCore {
                 }
                 self.stream_sid = Some(start.stream_sid.clone());
                 self.call_sid = Some(start.start.call_sid.clone());
+                self.maybe_greet();
                 if let Some(name) = self.ledger.start_probe(now) {
                     self.twilio_mark(name);
                 }
@@ -776,12 +883,8 @@ impl CallCore {
         self.handle_model_activity(now);
         match ev {
             ServerEvent::SessionCreated(_) => self.on_session_created(),
-            ServerEvent::Error(e) => self.on_model_error(
-                e.error.kind,
-                e.error.code,
-                e.error.message,
-                e.error.event_id,
-            ),
+            ServerEvent::Error(e) => self.on_model_error(e.error),
+            ServerEvent::SessionUpdated(e) => self.on_session_updated(&e.session),
             ServerEvent::SpeechStarted(_) => {
                 self.out(Output::CallerSpeaking(true));
                 self.barge_in(now, InterruptCause::CallerSpeech);
@@ -819,6 +922,12 @@ impl CallCore {
                 self.event(SessionEvent::AgentStart { agent });
             }
             ServerEvent::OutputAudioDelta(d) => {
+                if self.model != ModelState::Ready {
+                    // Until `session.updated` confirms µ-law out, the model's audio may be
+                    // 24 kHz PCM: noise on a phone line. Never forwarded.
+                    log::debug!(target: LOG, "audio before the session was confirmed dropped");
+                    return;
+                }
                 if self.cut_responses.contains(&d.response_id) {
                     log::trace!(target: LOG, "late audio of a cut response dropped");
                     return;
@@ -854,16 +963,55 @@ impl CallCore {
     }
 
     fn on_session_created(&mut self) {
-        let first = self.model == ModelState::Connecting;
-        if self.model == ModelState::Ready {
-            return;
+        match self.model {
+            ModelState::Connecting => {}
+            ModelState::Reconnecting => self.resumed = true,
+            ModelState::Configuring | ModelState::Ready | ModelState::Gone => return,
         }
-        let cfg = self.session_config();
-        self.out(Output::Model(ClientEvent::SessionUpdate {
-            event_id: None,
-            session: cfg,
-        }));
-        if !first {
+        // The session starts with the server's defaults (24 kHz PCM both ways): nothing but
+        // our update goes out until the server confirms µ-law. Updates queued before this are
+        // superseded by this one (it is built from the current agent).
+        self.pending_model
+            .retain(|ev| !matches!(ev, ClientEvent::SessionUpdate { .. }));
+        self.config_pending.clear();
+        let update = self.session_update();
+        self.emit_model(update);
+        self.model = ModelState::Configuring;
+    }
+
+    fn on_session_updated(&mut self, session: &Value) {
+        self.config_pending.pop_front();
+        let fmt = |dir: &str| {
+            session["audio"][dir]["format"]["type"]
+                .as_str()
+                .unwrap_or("none")
+                .to_owned()
+        };
+        let (fmt_in, fmt_out) = (fmt("input"), fmt("output"));
+        if fmt_in != "audio/pcmu" || fmt_out != "audio/pcmu" {
+            let param = if fmt_in != "audio/pcmu" {
+                "session.audio.input.format"
+            } else {
+                "session.audio.output.format"
+            };
+            let message = format!(
+                "session.updated shows input {fmt_in} / output {fmt_out}, not audio/pcmu both ways"
+            );
+            log::error!(target: LOG, "model session is not µ-law ({param}): {message}; ending the call");
+            return self.config_rejected(Some(param.to_owned()), message);
+        }
+        if self.model == ModelState::Configuring {
+            self.on_configured();
+        } else if self.config_pending.is_empty() {
+            // A handoff's or update_agent's configuration is in force now.
+            self.maybe_create_response();
+        }
+    }
+
+    /// The model confirmed µ-law both ways: the call is live.
+    fn on_configured(&mut self) {
+        self.model = ModelState::Ready;
+        if std::mem::take(&mut self.resumed) {
             // A fresh model session after `session_expired`: carry the conversation over as
             // text so the agent remembers it.
             let mut replay = Vec::new();
@@ -884,31 +1032,101 @@ impl CallCore {
             }
             log::info!(target: LOG, "replaying {} history items into the new model session", replay.len());
             for item in replay {
-                self.out(Output::Model(ClientEvent::ConversationItemCreate {
+                self.emit_model(ClientEvent::ConversationItemCreate {
                     event_id: None,
                     previous_item_id: None,
                     item,
-                }));
+                });
             }
         }
-        self.model = ModelState::Ready;
-        for ev in std::mem::take(&mut self.pending_model) {
-            self.out(Output::Model(ev));
-        }
+        // Caller audio kept so far goes first, then what the application asked for meanwhile.
         self.out(Output::ModelReady);
+        for ev in std::mem::take(&mut self.pending_model) {
+            self.emit_model(ev);
+        }
+        self.maybe_greet();
         self.maybe_create_response();
     }
 
-    fn on_model_error(
-        &mut self,
-        kind: String,
-        code: Option<String>,
-        message: String,
-        event_id: Option<String>,
-    ) {
+    /// The model refused the configuration the call needs: end the call before any audio.
+    fn config_rejected(&mut self, param: Option<String>, message: String) {
+        self.error(
+            ErrorSource::Model {
+                code: Some("session_config_rejected".into()),
+            },
+            format!("the model refused the session configuration: {message}"),
+        );
+        self.out(Output::ModelNotReady);
+        self.out(Output::CloseModel);
+        self.out(Output::CloseTwilio);
+        self.finish(CloseReason::ModelConfigRejected { param, message });
+    }
+
+    /// Sends the greeting once the session is confirmed and Twilio has started the stream.
+    fn maybe_greet(&mut self) {
+        if self.greeting.is_none()
+            || self.model != ModelState::Ready
+            || self.stream_sid.is_none()
+            || !self.config_pending.is_empty()
+        {
+            return;
+        }
+        let Some(greeting) = self.greeting.take() else {
+            return;
+        };
+        if self.active_response.is_some() || self.response_requested.is_some() {
+            log::info!(target: LOG, "greeting skipped: the agent is already answering");
+            return;
+        }
+        let instructions = greeting.instructions(self.agent.instructions());
+        let id = self.next_id("greeting");
+        log::debug!(target: LOG, "greeting the caller");
+        self.response_requested = Some(id.clone());
+        self.emit_model(ClientEvent::ResponseCreate {
+            event_id: Some(id),
+            response: Some(ResponseConfig {
+                instructions: Some(instructions),
+                ..Default::default()
+            }),
+        });
+    }
+
+    fn on_model_error(&mut self, e: crate::model::ApiError) {
+        let crate::model::ApiError {
+            kind,
+            code,
+            message,
+            param,
+            event_id,
+        } = e;
         if event_id.is_some() && event_id == self.response_requested {
             // Our response.create was refused: allow another one later.
             self.response_requested = None;
+        }
+        if let Some(pos) = event_id
+            .as_ref()
+            .and_then(|id| self.config_pending.iter().position(|p| p == id))
+        {
+            self.config_pending.remove(pos);
+            let what = param.as_deref().unwrap_or("no parameter named");
+            if self.model == ModelState::Configuring {
+                log::error!(
+                    target: LOG,
+                    "model refused the session configuration ({what}): {code:?} {message}; ending the call"
+                );
+                return self.config_rejected(param, message);
+            }
+            // A later update (handoff, update_agent, raw): the server keeps the previous
+            // configuration, which was confirmed µ-law; the call goes on with it.
+            log::warn!(
+                target: LOG,
+                "model refused a session update ({what}): {code:?} {message}; the previous configuration stays"
+            );
+            self.error(ErrorSource::Model { code }, message);
+            if self.config_pending.is_empty() {
+                self.maybe_create_response();
+            }
+            return;
         }
         match code.as_deref() {
             Some("session_expired") => self.reconnect_pending = true,
@@ -959,6 +1177,7 @@ impl CallCore {
     fn maybe_create_response(&mut self) {
         if !self.needs_response
             || self.model != ModelState::Ready
+            || !self.config_pending.is_empty()
             || self.active_response.is_some()
             || self.response_requested.is_some()
             || !self.tools.is_empty()
@@ -966,13 +1185,13 @@ impl CallCore {
             return;
         }
         self.needs_response = false;
-        self.next_event_seq += 1;
-        let id = format!("tr_resp_{}", self.next_event_seq);
+        let id = self.next_id("resp");
         self.response_requested = Some(id.clone());
-        self.out(Output::Model(ClientEvent::ResponseCreate {
+        let response = self.next_response.take();
+        self.emit_model(ClientEvent::ResponseCreate {
             event_id: Some(id),
-            response: None,
-        }));
+            response,
+        });
     }
 
     // ----------------------------------------------------------------------------------------
@@ -1226,11 +1445,8 @@ impl CallCore {
                 self.agents.push(a);
             }
         }
-        let cfg = self.session_config();
-        self.send_model(ClientEvent::SessionUpdate {
-            event_id: None,
-            session: cfg,
-        });
+        let update = self.session_update();
+        self.send_model(update);
     }
 
     // ----------------------------------------------------------------------------------------
@@ -1412,12 +1628,60 @@ impl CallCore {
                 _ => log::warn!(target: TOOLS_LOG, "reject: no call {call_id} waits for approval"),
             },
             Command::UpdateAgent(agent) => self.set_agent(agent),
+            Command::CreateResponse(cfg) => {
+                self.next_response = (cfg != ResponseConfig::default()).then_some(cfg);
+                self.needs_response = true;
+                self.maybe_create_response();
+            }
+            Command::CommitAudio => {
+                self.send_model(ClientEvent::InputAudioBufferCommit { event_id: None })
+            }
+            Command::SendRaw(json) => match self.raw_event(&json) {
+                Ok(ev) => self.send_model(ev),
+                Err(why) => {
+                    log::warn!(target: LOG, "raw client event refused: {why}");
+                    self.error(
+                        ErrorSource::Application,
+                        format!("raw client event refused: {why}"),
+                    );
+                }
+            },
             Command::Close => {
                 self.out(Output::CloseModel);
                 self.out(Output::CloseTwilio);
                 self.finish(CloseReason::Closed);
             }
         }
+    }
+
+    /// Checks a raw client event of the application (see [`Command::SendRaw`]).
+    fn raw_event(&mut self, json: &str) -> Result<ClientEvent, String> {
+        let mut v: Value = serde_json::from_str(json).map_err(|e| format!("not JSON ({e})"))?;
+        let Some(event_type) = v.get("type").and_then(Value::as_str).map(str::to_owned) else {
+            return Err("not a JSON object with a string \"type\"".into());
+        };
+        if event_type != "session.update" {
+            return Ok(ClientEvent::Raw {
+                json: json.to_owned(),
+                event_type,
+            });
+        }
+        for dir in ["input", "output"] {
+            let f = &v["session"]["audio"][dir]["format"];
+            if !f.is_null() && f["type"] != "audio/pcmu" {
+                return Err(format!(
+                    "session.audio.{dir}.format must stay audio/pcmu on a phone call, not {f}"
+                ));
+            }
+        }
+        // Tag it so a refusal can be told apart and a confirmation waited for.
+        if v.get("event_id").and_then(Value::as_str).is_none() {
+            v["event_id"] = Value::String(self.next_id("session"));
+        }
+        Ok(ClientEvent::Raw {
+            json: v.to_string(),
+            event_type,
+        })
     }
 
     /// Time passed: tool and approval timeouts, the end of a drain, round-trip probes, a
@@ -1560,5 +1824,18 @@ fn history_item(item: &Item) -> HistoryItem {
         text,
         status: item.status.clone(),
         truncated: None,
+    }
+}
+
+/// The `event_id` of a `session.update` (the bridge's own or a raw one), if it has one.
+fn session_update_id(ev: &ClientEvent) -> Option<String> {
+    match ev {
+        ClientEvent::SessionUpdate { event_id, .. } => event_id.clone(),
+        ClientEvent::Raw { json, event_type } if event_type == "session.update" => {
+            serde_json::from_str::<Value>(json)
+                .ok()
+                .and_then(|v| v["event_id"].as_str().map(str::to_owned))
+        }
+        _ => None,
     }
 }

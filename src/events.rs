@@ -87,6 +87,17 @@ pub enum CloseReason {
     /// session thread, the application's start check or event hook); the text names where and
     /// the panic message. Tools and guardrails that panic do not end the call.
     Panicked(String),
+    /// The model did not take the session configuration the bridge needs: it refused the
+    /// first `session.update` (an `error` naming its `event_id`), or a `session.updated`
+    /// showed an audio format other than `audio/pcmu` in or out. Not a byte of audio was
+    /// exchanged in the wrong format; the call was ended instead.
+    ModelConfigRejected {
+        /// The refused parameter as the server named it (e.g. `session.audio.output.voice`),
+        /// if it named one.
+        param: Option<String>,
+        /// The server's message (or what the `session.updated` showed).
+        message: String,
+    },
 }
 
 impl fmt::Display for CloseReason {
@@ -111,6 +122,11 @@ impl fmt::Display for CloseReason {
             ),
             CloseReason::TwilioSilent => f.write_str("twilio stream went silent"),
             CloseReason::Panicked(e) => write!(f, "panicked: {e}"),
+            CloseReason::ModelConfigRejected { param, message } => write!(
+                f,
+                "model refused the session configuration ({}): {message}",
+                param.as_deref().unwrap_or("no parameter named")
+            ),
         }
     }
 }
@@ -130,6 +146,8 @@ pub enum ErrorSource {
     Tool,
     /// A socket failed.
     Transport,
+    /// The application asked for something the bridge refused (e.g. a malformed raw event).
+    Application,
 }
 
 /// Why the agent's audio stopped early.

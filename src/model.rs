@@ -859,11 +859,23 @@ pub enum ClientEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         response_id: Option<String>,
     },
+    /// Any client event, as JSON text written exactly as given (the application's escape
+    /// hatch, see `SessionHandle::send_raw`). Never produced by [`ClientEvent::parse`].
+    #[serde(skip)]
+    Raw {
+        /// The event's JSON object.
+        json: String,
+        /// Its `type`.
+        event_type: String,
+    },
 }
 
 impl ClientEvent {
     /// The event's JSON.
     pub fn to_json(&self) -> String {
+        if let ClientEvent::Raw { json, .. } = self {
+            return json.clone();
+        }
         if let ClientEvent::InputAudioBufferAppend {
             event_id: None,
             audio,
@@ -887,8 +899,9 @@ impl ClientEvent {
     }
 
     /// The wire `type`.
-    pub fn event_type(&self) -> &'static str {
+    pub fn event_type(&self) -> &str {
         match self {
+            ClientEvent::Raw { event_type, .. } => event_type,
             ClientEvent::SessionUpdate { .. } => "session.update",
             ClientEvent::InputAudioBufferAppend { .. } => "input_audio_buffer.append",
             ClientEvent::InputAudioBufferCommit { .. } => "input_audio_buffer.commit",

@@ -590,6 +590,7 @@ fn session_record(e: &SessionEvent) -> Option<Record> {
                 crate::events::ErrorSource::Twilio => "twilio".into(),
                 crate::events::ErrorSource::Tool => "tool".into(),
                 crate::events::ErrorSource::Transport => "transport".into(),
+                crate::events::ErrorSource::Application => "application".into(),
             },
             message: cut_to(message, 300),
         },

@@ -142,8 +142,9 @@ impl ServerConfig {
     /// (127.0.0.1), `OPENAI_API_KEY`, `OPENAI_REALTIME_URL` (default
     /// [`DEFAULT_REALTIME_URL`](crate::session::DEFAULT_REALTIME_URL)), `PUBLIC_URL`,
     /// `TWILIO_AUTH_TOKEN` (also turns one-time stream tokens on, 30 s), `GREETING`,
-    /// `STREAM_TOKENS` (`off` disables one-time stream tokens), `MAX_CONNECTIONS` (2000). Empty
-    /// values count as unset.
+    /// `STREAM_TOKENS` (`off` disables one-time stream tokens), `MAX_CONNECTIONS` (2000),
+    /// `AGENT_GREETING` (the instruction for the agent's first response: the agent speaks
+    /// first; unset, it waits for the caller). Empty values count as unset.
     /// This is the only place the library reads the environment, and only when called.
     pub fn from_env() -> ServerConfig {
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
@@ -162,6 +163,7 @@ impl ServerConfig {
         if let Some(url) = env("OPENAI_REALTIME_URL") {
             session.model.url = url;
         }
+        session.call.greeting = env("AGENT_GREETING").map(crate::call::Greeting::Instructions);
         ServerConfig {
             bind: SocketAddr::new(ip, port),
             public_url: env("PUBLIC_URL"),

@@ -922,6 +922,36 @@ impl SessionHandle {
         self.command(Command::UpdateAgent(agent));
     }
 
+    /// Asks the model for a response now (`response.create`), with `instructions` for this
+    /// response only if given (they replace the session's for it). Queued while a response
+    /// is active; the model answers the caller's turns by itself unless turn detection is
+    /// off or `create_response` is false.
+    pub fn create_response(&self, instructions: Option<String>) {
+        self.create_response_with(crate::model::ResponseConfig {
+            instructions,
+            ..Default::default()
+        });
+    }
+
+    /// Like [`SessionHandle::create_response`], with every per-response option.
+    pub fn create_response_with(&self, response: crate::model::ResponseConfig) {
+        self.command(Command::CreateResponse(response));
+    }
+
+    /// Commits the caller audio sent so far as a user turn (`input_audio_buffer.commit`): for
+    /// sessions with turn detection off (push to talk). Follow with
+    /// [`SessionHandle::create_response`].
+    pub fn commit_audio(&self) {
+        self.command(Command::CommitAudio);
+    }
+
+    /// Sends a client event to the model exactly as given (escape hatch for events this crate
+    /// does not wrap). It must be a JSON object with a string `type`; a `session.update` that
+    /// sets an audio format other than `audio/pcmu` is refused (a [`SessionEvent::Error`]).
+    pub fn send_raw(&self, json: impl Into<String>) {
+        self.command(Command::SendRaw(json.into()));
+    }
+
     /// The conversation so far (empty once the call has ended).
     pub fn history(&self) -> Vec<HistoryItem> {
         let (tx, rx) = crossbeam_channel::bounded(1);

@@ -4,9 +4,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use twilio_realtime::agent::{Agent, FunctionTool, OutputGuardrail, Verdict};
-use twilio_realtime::call::{CallCore, CallOptions, Command, Output};
+use twilio_realtime::call::{CallCore, CallOptions, Command, Greeting, Output};
 use twilio_realtime::events::{CloseReason, ErrorSource, InterruptCause, SessionEvent};
-use twilio_realtime::model::{ClientEvent, ServerEvent};
+use twilio_realtime::model::{ClientEvent, ResponseConfig, ServerEvent};
 use twilio_realtime::twilio::{TwilioCommand, TwilioMessage};
 
 const SID: &str = "MZ18ad3ab5a668481ce02b83e7395059f0";
@@ -48,10 +48,22 @@ impl H {
     /// A call with the model ready and Twilio started, outputs drained.
     fn ready(agent: Agent) -> H {
         let mut h = H::new(agent);
-        h.model(json!({"type":"session.created","event_id":"e0","session":{"type":"realtime"}}));
+        h.configured();
         h.start();
         h.drain();
         h
+    }
+
+    /// `session.created`, then the `session.updated` that confirms µ-law both ways.
+    fn configured(&mut self) {
+        self.model(json!({"type":"session.created","event_id":"e0","session":{"type":"realtime"}}));
+        self.updated("audio/pcmu");
+    }
+
+    /// A `session.updated` showing `format` both ways.
+    fn updated(&mut self, format: &str) {
+        self.model(json!({"type":"session.updated","event_id":"e1","session":{"type":"realtime",
+            "audio":{"input":{"format":{"type":format}},"output":{"format":{"type":format},"voice":"marin"}}}}));
     }
 
     fn ms(&mut self, n: u64) {
@@ -212,12 +224,21 @@ fn first_session_update_is_pcmu_with_empty_tools_then_ready() {
     let evs = model_events(&out);
     assert_eq!(evs.len(), 1);
     assert_eq!(evs[0]["type"], "session.update");
+    assert!(
+        evs[0]["event_id"].as_str().is_some_and(|id| !id.is_empty()),
+        "the update is tagged so a refusal can name it"
+    );
     assert_pcmu(&evs[0]["session"]);
     assert_eq!(evs[0]["session"]["tools"], json!([]));
     assert_eq!(evs[0]["session"]["instructions"], "Be brief.");
     assert!(
-        matches!(out.last(), Some(Output::ModelReady)),
-        "ready comes after the update"
+        !out.iter().any(|o| matches!(o, Output::ModelReady)),
+        "not ready before the server confirmed the update"
+    );
+    h.updated("audio/pcmu");
+    assert!(
+        matches!(h.drain().last(), Some(Output::ModelReady)),
+        "ready once session.updated shows µ-law both ways"
     );
 }
 
@@ -226,7 +247,7 @@ fn commands_before_ready_wait_for_the_session_update() {
     let mut h = H::new(Agent::new("A", "x"));
     h.cmd(Command::SendMessage("hello".into()));
     assert!(model_events(&h.drain()).is_empty());
-    h.model(json!({"type":"session.created","event_id":"e0","session":{}}));
+    h.configured();
     assert_eq!(
         types(&h.drain()),
         [
@@ -237,10 +258,250 @@ fn commands_before_ready_wait_for_the_session_update() {
     );
 }
 
+fn refusal(event_id: &Value, code: &str, param: &str) -> Value {
+    json!({"type":"error","event_id":"e_err","error":{"type":"invalid_request_error","code":code,
+        "message":"Invalid value: 'robot'. Supported values are: 'alloy', 'marin'.","param":param,"event_id":event_id}})
+}
+
+fn closed_reason(out: &[Output]) -> Option<CloseReason> {
+    events(out).into_iter().find_map(|e| match e {
+        SessionEvent::Closed { reason } => Some(reason),
+        _ => None,
+    })
+}
+
+#[test]
+fn refused_first_session_update_ends_the_call_before_any_audio() {
+    let mut h = H::new(Agent::new("A", "x").voice("robot"));
+    h.start();
+    h.model(json!({"type":"session.created","event_id":"e0","session":{}}));
+    let out = h.drain();
+    let id = model_events(&out)[0]["event_id"].clone();
+    h.model(refusal(&id, "invalid_value", "session.audio.output.voice"));
+    let out = h.drain();
+    assert!(!out.iter().any(|o| matches!(o, Output::ModelReady)));
+    assert!(out.iter().any(|o| matches!(o, Output::CloseModel)));
+    assert!(out.iter().any(|o| matches!(o, Output::CloseTwilio)));
+    assert_eq!(
+        closed_reason(&out),
+        Some(CloseReason::ModelConfigRejected {
+            param: Some("session.audio.output.voice".into()),
+            message: "Invalid value: 'robot'. Supported values are: 'alloy', 'marin'.".into(),
+        })
+    );
+    // whatever the model sends now goes nowhere
+    h.response_created("r1");
+    h.delta("r1", "i1", 0, &audio(160));
+    assert!(twilio_cmds(&h.drain()).is_empty());
+}
+
+#[test]
+fn session_updated_without_pcmu_ends_the_call() {
+    let mut h = H::new(Agent::new("A", "x"));
+    h.start();
+    h.model(json!({"type":"session.created","event_id":"e0","session":{}}));
+    h.drain();
+    h.updated("audio/pcm");
+    let out = h.drain();
+    assert!(!out.iter().any(|o| matches!(o, Output::ModelReady)));
+    assert!(matches!(
+        closed_reason(&out),
+        Some(CloseReason::ModelConfigRejected { param: Some(p), .. }) if p == "session.audio.input.format"
+    ));
+}
+
+#[test]
+fn model_audio_before_the_session_is_confirmed_is_never_forwarded() {
+    let mut h = H::new(Agent::new("A", "x"));
+    h.start();
+    h.model(json!({"type":"session.created","event_id":"e0","session":{}}));
+    h.response_created("r1");
+    h.delta("r1", "i1", 0, &audio(480));
+    let out = h.drain();
+    assert!(
+        !twilio_cmds(&out)
+            .iter()
+            .any(|c| matches!(c, TwilioCommand::Media { .. })),
+        "24 kHz PCM would be noise on the phone"
+    );
+    h.updated("audio/pcmu");
+    assert!(h.drain().iter().any(|o| matches!(o, Output::ModelReady)));
+}
+
+#[test]
+fn refused_later_update_keeps_the_call_on_the_confirmed_configuration() {
+    let billing = Agent::new("Billing", "You do billing.");
+    let mut h = H::ready(Agent::new("Front", "You route.").handoff(&billing));
+    h.response_created("r1");
+    h.function_call("r1", "fc1", "call_1", "transfer_to_billing", "{}");
+    let evs = model_events(&h.drain());
+    let upd = evs.iter().find(|e| e["type"] == "session.update").unwrap();
+    let id = upd["event_id"].clone();
+    assert!(id.as_str().is_some(), "every session.update is tagged");
+    h.response_done("r1", "completed");
+    h.model(refusal(&id, "invalid_value", "session.instructions"));
+    let out = h.drain();
+    assert_eq!(closed_reason(&out), None, "the call goes on");
+    assert!(events(&out)
+        .iter()
+        .any(|e| matches!(e, SessionEvent::Error { .. })));
+    assert_eq!(types(&out), ["response.create"]);
+}
+
+fn greeting_opts(g: Greeting) -> CallOptions {
+    CallOptions {
+        greeting: Some(g),
+        ..CallOptions::default()
+    }
+}
+
+#[test]
+fn greeting_goes_out_once_confirmed_and_started() {
+    // confirmed first, then start
+    let mut h = H::with(
+        Agent::new("A", "You are Ann."),
+        greeting_opts(Greeting::Instructions("Greet the caller.".into())),
+    );
+    h.configured();
+    let out = h.drain();
+    assert!(out.iter().any(|o| matches!(o, Output::ModelReady)));
+    assert!(
+        !types(&out).contains(&"response.create".to_owned()),
+        "no greeting before Twilio gave a streamSid"
+    );
+    h.start();
+    let evs = model_events(&h.drain());
+    assert_eq!(evs.len(), 1);
+    assert_eq!(evs[0]["type"], "response.create");
+    let instr = evs[0]["response"]["instructions"].as_str().unwrap();
+    assert!(instr.starts_with("You are Ann."), "{instr}");
+    assert!(instr.ends_with("Greet the caller."), "{instr}");
+
+    // started first, then confirmed: the greeting follows the confirmation
+    let mut h = H::with(
+        Agent::new("A", "x"),
+        greeting_opts(Greeting::Say("Hello, this is Ann.".into())),
+    );
+    h.start();
+    h.model(json!({"type":"session.created","event_id":"e0","session":{}}));
+    assert_eq!(types(&h.drain()), ["session.update"]);
+    h.updated("audio/pcmu");
+    let out = h.drain();
+    let evs = model_events(&out);
+    assert_eq!(evs.len(), 1);
+    assert!(evs[0]["response"]["instructions"]
+        .as_str()
+        .unwrap()
+        .contains("Hello, this is Ann."));
+    let ready = out.iter().position(|o| matches!(o, Output::ModelReady));
+    let create = out.iter().position(|o| matches!(o, Output::Model(_)));
+    assert!(ready < create, "caller audio kept so far goes first");
+}
+
+#[test]
+fn greeting_is_cut_by_barge_in_like_any_response_and_not_repeated() {
+    let mut h = H::with(
+        Agent::new("A", "x"),
+        greeting_opts(Greeting::Instructions("Greet.".into())),
+    );
+    h.configured();
+    h.start();
+    h.drain();
+    h.response_created("r1");
+    for _ in 0..5 {
+        h.delta("r1", "i1", 0, &audio(800));
+    }
+    h.drain();
+    h.ms(200);
+    speech_started(&mut h);
+    let out = h.drain();
+    assert!(matches!(
+        twilio_cmds(&out).first(),
+        Some(TwilioCommand::Clear { .. })
+    ));
+    assert_eq!(types(&out), ["conversation.item.truncate"]);
+    h.response_done("r1", "cancelled");
+    assert!(
+        types(&h.drain()).is_empty(),
+        "the greeting is one response, not retried"
+    );
+}
+
+#[test]
+fn greeting_is_skipped_when_the_agent_already_answers() {
+    let mut h = H::with(
+        Agent::new("A", "x"),
+        greeting_opts(Greeting::Instructions("Greet.".into())),
+    );
+    h.model(json!({"type":"session.created","event_id":"e0","session":{}}));
+    h.updated("audio/pcmu");
+    // the caller spoke first (buffered audio) and the server answers that turn
+    h.response_created("r1");
+    h.drain();
+    h.start();
+    assert!(types(&h.drain()).is_empty());
+}
+
+#[test]
+fn create_response_commit_and_raw_commands() {
+    let mut h = H::ready(Agent::new("A", "x"));
+    h.cmd(Command::CreateResponse(ResponseConfig {
+        instructions: Some("Say hi.".into()),
+        ..Default::default()
+    }));
+    let evs = model_events(&h.drain());
+    assert_eq!(evs[0]["type"], "response.create");
+    assert_eq!(evs[0]["response"]["instructions"], "Say hi.");
+    h.response_created("r1");
+    // one response at a time: the next waits for response.done
+    h.cmd(Command::CreateResponse(ResponseConfig::default()));
+    assert!(types(&h.drain()).is_empty());
+    h.response_done("r1", "completed");
+    let evs = model_events(&h.drain());
+    assert_eq!(evs.len(), 1);
+    assert_eq!(evs[0]["type"], "response.create");
+    assert!(evs[0].get("response").is_none());
+    h.response_created("r2");
+    h.response_done("r2", "completed");
+    h.drain();
+
+    h.cmd(Command::CommitAudio);
+    assert_eq!(types(&h.drain()), ["input_audio_buffer.commit"]);
+
+    let raw = r#"{"type":"input_audio_buffer.clear","event_id":"mine"}"#;
+    h.cmd(Command::SendRaw(raw.into()));
+    let out = h.drain();
+    assert!(matches!(&out[..], [Output::Model(ev)] if ev.to_json() == raw));
+
+    for bad in [
+        "not json",
+        "[1,2]",
+        r#"{"no_type":1}"#,
+        r#"{"type":"session.update","session":{"type":"realtime","audio":{"output":{"format":{"type":"audio/pcm","rate":24000}}}}}"#,
+    ] {
+        h.cmd(Command::SendRaw(bad.into()));
+        let out = h.drain();
+        assert!(types(&out).is_empty(), "{bad} was sent");
+        assert!(
+            matches!(events(&out)[..], [SessionEvent::Error { .. }]),
+            "{bad}"
+        );
+    }
+    // a raw session.update is tagged and tracked: its refusal does not end the call
+    h.cmd(Command::SendRaw(
+        r#"{"type":"session.update","session":{"type":"realtime","instructions":"y"}}"#.into(),
+    ));
+    let evs = model_events(&h.drain());
+    let id = evs[0]["event_id"].clone();
+    assert!(id.as_str().is_some());
+    h.model(refusal(&id, "invalid_value", "session.instructions"));
+    assert_eq!(closed_reason(&h.drain()), None);
+}
+
 #[test]
 fn agent_audio_before_start_waits_for_stream_sid() {
     let mut h = H::new(Agent::new("A", "x"));
-    h.model(json!({"type":"session.created","event_id":"e0","session":{}}));
+    h.configured();
     h.response_created("r1");
     h.delta("r1", "i1", 0, &audio(160));
     h.delta("r1", "i1", 0, &audio(320));
@@ -303,6 +564,11 @@ fn handoff_and_update_agent_keep_pcmu_and_send_empty_tools() {
         "response still active"
     );
     h.response_done("r1", "completed");
+    assert!(
+        types(&h.drain()).is_empty(),
+        "the next response waits until the server confirmed the new agent's session"
+    );
+    h.updated("audio/pcmu");
     assert_eq!(types(&h.drain()), ["response.create"]);
 
     h.cmd(Command::UpdateAgent(
@@ -317,7 +583,7 @@ fn handoff_and_update_agent_keep_pcmu_and_send_empty_tools() {
 fn voice_is_not_changed_after_the_assistant_spoke() {
     let b = Agent::new("B", "b").voice("cedar");
     let mut h = H::new(Agent::new("A", "a").voice("marin").handoff(&b));
-    h.model(json!({"type":"session.created","event_id":"e0","session":{}}));
+    h.configured();
     let first = model_events(&h.drain());
     assert_eq!(first[0]["session"]["audio"]["output"]["voice"], "marin");
     h.start();
@@ -436,7 +702,7 @@ fn barge_in_clears_first_then_truncates_at_what_was_heard() {
     // measure the round trip: the probe sent at start echoes 60 ms later
     let probe = marks(&{
         let mut g = H::new(Agent::new("A", "x"));
-        g.model(json!({"type":"session.created","event_id":"e0","session":{}}));
+        g.configured();
         g.start();
         g.drain()
     });
@@ -690,7 +956,7 @@ fn server_vad_without_interrupt_response_gets_a_cancel() {
         ..CallOptions::default()
     };
     let mut h = H::with(Agent::new("A", "x"), opts);
-    h.model(json!({"type":"session.created","event_id":"e0","session":{}}));
+    h.configured();
     h.start();
     h.response_created("r1");
     h.delta("r1", "i1", 0, &audio(800));
@@ -758,12 +1024,13 @@ fn parallel_tools_then_one_response_create() {
     h.core.handle_tool_result(h.now, "c2", Ok("b".into()));
     assert_eq!(types(&h.drain()), ["conversation.item.create"]);
     h.core.handle_tool_result(h.now, "c1", Ok("a".into()));
-    assert_eq!(
-        types(&h.drain()),
-        ["conversation.item.create", "response.create"]
-    );
+    let evs = model_events(&h.drain());
+    assert_eq!(evs.len(), 2);
+    assert_eq!(evs[0]["type"], "conversation.item.create");
+    assert_eq!(evs[1]["type"], "response.create");
+    let id = evs[1]["event_id"].clone();
     // the model's refusal of our response.create lets a later one go out
-    h.model(json!({"type":"error","event_id":"e","error":{"type":"invalid_request_error","code":"conversation_already_has_active_response","message":"busy","param":null,"event_id":"tr_resp_1"}}));
+    h.model(json!({"type":"error","event_id":"e","error":{"type":"invalid_request_error","code":"conversation_already_has_active_response","message":"busy","param":null,"event_id":id}}));
     h.cmd(Command::SendMessage("hi".into()));
     assert_eq!(
         types(&h.drain()),
@@ -981,7 +1248,7 @@ fn extreme_options_never_panic() {
         .tool(weather_tool())
         .output_guardrail(OutputGuardrail::new("g", |_| Verdict::Pass));
     let mut h = H::with(agent, opts);
-    h.model(json!({"type":"session.created","event_id":"e0","session":{}}));
+    h.configured();
     h.start();
     h.ms(20);
     h.mark("rtt:1");
@@ -1129,13 +1396,21 @@ fn session_expired_reconnects_and_replays_the_conversation() {
     h.model(json!({"type":"session.created","event_id":"e9","session":{}}));
     let out = h.drain();
     let evs = model_events(&out);
-    assert_eq!(evs[0]["type"], "session.update");
+    assert_eq!(
+        types(&out),
+        ["session.update"],
+        "only the update until it is confirmed"
+    );
     assert_pcmu(&evs[0]["session"]);
     assert_eq!(evs[0]["session"]["tools"][0]["name"], "get_weather");
-    assert_eq!(evs[1]["item"]["content"][0]["text"], "Hi there");
-    assert_eq!(evs[1]["item"]["role"], "user");
-    assert_eq!(evs[2]["item"]["role"], "assistant");
-    assert!(matches!(out.last(), Some(Output::ModelReady)));
+    assert!(!out.iter().any(|o| matches!(o, Output::ModelReady)));
+    h.updated("audio/pcmu");
+    let out = h.drain();
+    let evs = model_events(&out);
+    assert_eq!(evs[0]["item"]["content"][0]["text"], "Hi there");
+    assert_eq!(evs[0]["item"]["role"], "user");
+    assert_eq!(evs[1]["item"]["role"], "assistant");
+    assert!(out.iter().any(|o| matches!(o, Output::ModelReady)));
 }
 
 #[test]
@@ -1151,7 +1426,7 @@ fn dtmf_is_an_event_and_optionally_a_message() {
         ..CallOptions::default()
     };
     let mut h = H::with(Agent::new("A", "x"), opts);
-    h.model(json!({"type":"session.created","event_id":"e0","session":{}}));
+    h.configured();
     h.start();
     h.drain();
     h.twilio(dtmf);
@@ -1205,7 +1480,7 @@ fn approval_that_never_comes_is_rejected_at_the_deadline() {
         ..Default::default()
     };
     let mut h = H::with(Agent::new("A", "x").tool(t), opts);
-    h.model(json!({"type":"session.created","event_id":"e0","session":{"type":"realtime"}}));
+    h.configured();
     h.start();
     h.drain();
     h.function_call("r1", "f1", "c1", "get_weather", r#"{"location":"X"}"#);
@@ -1248,7 +1523,7 @@ fn a_twilio_stream_that_goes_silent_ends_the_call_and_closes_the_model() {
         ..Default::default()
     };
     let mut h = H::with(Agent::new("A", "x"), opts);
-    h.model(json!({"type":"session.created","event_id":"e0","session":{"type":"realtime"}}));
+    h.configured();
     // no silence rule before start (the start timeout covers that)
     assert_ne!(h.core.next_deadline(), None);
     h.start();
@@ -1295,7 +1570,7 @@ fn a_quiet_model_is_pinged_and_lost_when_nothing_answers() {
     };
     let mut h = H::with(Agent::new("A", "x"), opts);
     h.core.handle_model_connected(h.now);
-    h.model(json!({"type":"session.created","event_id":"e0","session":{"type":"realtime"}}));
+    h.configured();
     h.start();
     h.drain();
     // model events postpone the ping
@@ -1349,7 +1624,7 @@ fn liveness_options_at_duration_max_never_fire() {
     let t = weather_tool().needs_approval(true);
     let mut h = H::with(Agent::new("A", "x").tool(t), opts);
     h.core.handle_model_connected(h.now);
-    h.model(json!({"type":"session.created","event_id":"e0","session":{"type":"realtime"}}));
+    h.configured();
     h.start();
     h.function_call("r1", "f1", "c1", "get_weather", "{}");
     h.drain();

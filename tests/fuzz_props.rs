@@ -268,8 +268,13 @@ impl World {
                 "stop":{"accountSid":"AC1","callSid":"CA1"}})),
             Step::Dtmf => self.twilio(json!({"event":"dtmf","streamSid":SIDS[0],
                 "dtmf":{"track":"inbound_track","digit":"5"}})),
-            Step::SessionCreated => self.model(json!({"type":"session.created","event_id":"e",
-                "session":{"type":"realtime"}})),
+            Step::SessionCreated => {
+                self.model(json!({"type":"session.created","event_id":"e",
+                    "session":{"type":"realtime"}}));
+                // The server confirms µ-law (the core is ready only then).
+                self.model(json!({"type":"session.updated","event_id":"e","session":{"type":"realtime",
+                    "audio":{"input":{"format":{"type":"audio/pcmu"}},"output":{"format":{"type":"audio/pcmu"}}}}}))
+            }
             Step::ResponseCreated(r) => self.model(json!({"type":"response.created","event_id":"e",
                 "response":{"id":resp(*r),"status":"in_progress","output":[]}})),
             Step::ItemAdded(r, i) => self.model(json!({"type":"response.output_item.added",

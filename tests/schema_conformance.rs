@@ -186,6 +186,9 @@ fn events_the_call_engine_emits_are_schema_valid() {
         agent,
         CallOptions {
             forward_dtmf: true,
+            greeting: Some(twilio_realtime::call::Greeting::Instructions(
+                "Greet the caller.".into(),
+            )),
             ..Default::default()
         },
         now,
@@ -196,6 +199,12 @@ fn events_the_call_engine_emits_are_schema_valid() {
     feed(
         &mut core,
         json!({"type":"session.created","event_id":"e","session":{}}),
+    );
+    // Ready only once the server confirmed µ-law both ways.
+    feed(
+        &mut core,
+        json!({"type":"session.updated","event_id":"e","session":{"type":"realtime",
+            "audio":{"input":{"format":{"type":"audio/pcmu"}},"output":{"format":{"type":"audio/pcmu"}}}}}),
     );
     core.handle_twilio(
         now,
@@ -225,6 +234,12 @@ fn events_the_call_engine_emits_are_schema_valid() {
     feed(
         &mut core,
         json!({"type":"response.done","event_id":"e","response":{"id":"r1","status":"cancelled"}}),
+    );
+    // The handoff's session.update is confirmed (responses wait for that).
+    feed(
+        &mut core,
+        json!({"type":"session.updated","event_id":"e","session":{"type":"realtime",
+            "audio":{"input":{"format":{"type":"audio/pcmu"}},"output":{"format":{"type":"audio/pcmu"}}}}}),
     );
     core.handle_command(now, Command::SendMessage("hi".into()));
     core.handle_twilio(

@@ -533,6 +533,8 @@ impl Engine {
                     self.start_response(r);
                 }
             }
+            // `ClientEvent::parse` never yields a raw event.
+            ClientEvent::Raw { .. } => {}
             ClientEvent::ResponseCancel { event_id, .. } => {
                 if self.active.is_some() {
                     self.cancel();
