@@ -53,6 +53,36 @@ type Handler = dyn Fn(&ToolCall) -> Result<String, ToolError> + Send + Sync;
 
 /// A function tool the model may call. Its handler runs on a worker thread, never on the
 /// thread that moves audio, so a slow tool cannot delay the call.
+///
+/// ```
+/// use std::time::Duration;
+/// use serde_json::json;
+/// use twilio_realtime::agent::{FunctionTool, ToolCall};
+///
+/// let lookup = FunctionTool::new(
+///     "order_status",
+///     "Look up an order by its number.",
+///     json!({"type": "object", "properties": {"order": {"type": "string"}}, "required": ["order"]}),
+///     |call| match call.arguments["order"].as_str() {
+///         Some("A-1") => Ok("Shipped yesterday.".to_owned()),
+///         Some(other) => Err(format!("no order {other}").into()),
+///         None => Err("no order number".into()),
+///     },
+/// )
+/// .timeout(Duration::from_secs(5));
+///
+/// // What the session does on a worker thread when the model calls it: the output, or the
+/// // error's text, goes back to the model as the function call's output.
+/// let call = |args: &str| ToolCall {
+///     call_id: "call_1".into(),
+///     name: "order_status".into(),
+///     arguments: serde_json::from_str(args).unwrap(),
+///     raw_arguments: args.into(),
+/// };
+/// assert_eq!(lookup.invoke(&call(r#"{"order":"A-1"}"#)), Ok("Shipped yesterday.".to_owned()));
+/// assert_eq!(lookup.invoke(&call(r#"{"order":"Z-9"}"#)), Err("no order Z-9".to_owned()));
+/// assert_eq!(lookup.definition().name, "order_status");
+/// ```
 #[derive(Clone)]
 pub struct FunctionTool {
     name: String,
@@ -222,6 +252,21 @@ enum HandoffTarget {
 }
 
 /// A voice agent: instructions, voice, tools, handoffs and output guardrails. Cheap to clone.
+///
+/// ```
+/// use twilio_realtime::agent::Agent;
+///
+/// let orders = Agent::new("Orders", "You answer questions about orders. Be brief.")
+///     .handoff_description("Anything about an existing order");
+/// let front = Agent::new("Front desk", "You greet callers and pass them on.")
+///     .voice("marin")
+///     .handoff(&orders);
+///
+/// // A handoff is a tool the model can call; calling it switches the session to `orders`.
+/// let tools: Vec<String> = front.tool_definitions().into_iter().map(|t| t.name).collect();
+/// assert_eq!(tools, ["transfer_to_orders"]);
+/// assert_eq!(front.reachable().len(), 2); // every agent a call can end up with
+/// ```
 #[derive(Debug, Clone)]
 pub struct Agent {
     inner: Arc<AgentInner>,

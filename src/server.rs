@@ -248,7 +248,41 @@ impl Stopper {
     }
 }
 
-/// The bridge server. See the module docs.
+/// The bridge server. See the module docs for its routes.
+///
+/// A call through the server on 127.0.0.1, with the fake model in place of OpenAI and a
+/// simulated Twilio caller (no key, no phone, no network):
+///
+/// ```
+/// use std::sync::Arc;
+/// use twilio_realtime::agent::Agent;
+/// use twilio_realtime::server::{Server, ServerConfig};
+/// use twilio_realtime::sim::fake_model::{FakeModel, FakeModelConfig, Reply};
+/// use twilio_realtime::sim::twilio_call::{Segment, TwilioCall, TwilioCallConfig};
+///
+/// let model = FakeModel::start(FakeModelConfig {
+///     script: vec![Reply::say("Hello, how can I help?", 400)],
+///     ..Default::default()
+/// })?;
+/// let mut cfg = ServerConfig::new(); // reads no environment variable
+/// cfg.bind = "127.0.0.1:0".parse()?;
+/// cfg.session = cfg.session.url(model.url());
+/// let server = Server::bind(cfg, Arc::new(|| Agent::new("Assistant", "Be brief.")))?;
+/// let (addr, stopper) = (server.local_addr(), server.stopper());
+/// let running = std::thread::spawn(move || server.run());
+///
+/// let report = TwilioCall::run(TwilioCallConfig::new(addr, vec![
+///     Segment::Speech(600),
+///     Segment::WaitForAgent { quiet_ms: 300, timeout_ms: 10_000 },
+///     Segment::HangUp,
+/// ]))?;
+/// assert_eq!(report.played_ms(), 400); // the caller heard the whole answer
+///
+/// stopper.stop();
+/// let stats = running.join().unwrap()?;
+/// assert_eq!(stats.calls, 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct Server {
     listener: TcpListener,
     cfg: Arc<ServerConfig>,

@@ -280,7 +280,55 @@ fn lock(lane: &Mutex<Lane>) -> MutexGuard<'_, Lane> {
     lane.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Starts sessions.
+/// Starts sessions: [`Session::start`] runs one call on a Twilio WebSocket the application
+/// accepted itself and returns its [`SessionHandle`].
+///
+/// A whole call, embedded in the application's own listener; the fake model stands in for
+/// OpenAI and the simulator for Twilio, so this runs with no key and no phone:
+///
+/// ```
+/// use std::net::TcpListener;
+/// use twilio_realtime::agent::Agent;
+/// use twilio_realtime::events::SessionEvent;
+/// use twilio_realtime::session::{Session, SessionOptions};
+/// use twilio_realtime::sim::fake_model::{FakeModel, FakeModelConfig, Reply};
+/// use twilio_realtime::sim::twilio_call::{Segment, TwilioCall, TwilioCallConfig};
+/// use twilio_realtime::ws::{WsConfig, WsConn};
+///
+/// let model = FakeModel::start(FakeModelConfig {
+///     script: vec![Reply::say("It is sunny.", 400)],
+///     ..Default::default()
+/// })?;
+/// let listener = TcpListener::bind("127.0.0.1:0")?;
+/// let addr = listener.local_addr()?;
+/// // "Twilio" dials in from another thread: the caller speaks, listens, hangs up.
+/// let caller = std::thread::spawn(move || {
+///     TwilioCall::run(TwilioCallConfig::new(addr, vec![
+///         Segment::Speech(600),
+///         Segment::WaitForAgent { quiet_ms: 300, timeout_ms: 10_000 },
+///         Segment::HangUp,
+///     ]))
+/// });
+///
+/// let (tcp, _) = listener.accept()?;
+/// let (twilio, _request) = WsConn::accept(tcp, None, &WsConfig::default())?;
+/// let agent = Agent::new("Assistant", "You are a friendly phone assistant.");
+/// // A real deployment passes its key: SessionOptions::new(Some(key)).
+/// let opts = SessionOptions::new(None).url(model.url());
+/// let session = Session::start(twilio, agent, opts)?;
+/// let mut said = Vec::new();
+/// for event in session.events().iter() {
+///     match event {
+///         SessionEvent::AgentEnd { text, .. } => said.push(text),
+///         SessionEvent::Closed { .. } => break,
+///         _ => {}
+///     }
+/// }
+/// session.join();
+/// assert_eq!(said, ["It is sunny."]);
+/// assert_eq!(caller.join().unwrap()?.played_ms(), 400);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct Session;
 
@@ -857,7 +905,9 @@ fn model_incoming(
     }
 }
 
-/// The application's handle on a running call.
+/// The application's handle on a running call: its [`events`](SessionHandle::events), and
+/// commands (`send_message`, `interrupt`, `approve` / `reject`, `update_agent`, `history`,
+/// `close`). [`Session`] shows one in use.
 #[derive(Debug)]
 pub struct SessionHandle {
     events: Receiver<SessionEvent>,

@@ -178,6 +178,56 @@ pub struct ModelRecording {
 }
 
 /// A running fake model. Stops when dropped.
+///
+/// Point a session's model URL at [`FakeModel::url`]; [`FakeModel::recording`] then says what
+/// the bridge sent. Here the caller's question makes the model call a tool, and the reply after
+/// the tool's output is spoken:
+///
+/// ```
+/// use std::sync::Arc;
+/// use serde_json::json;
+/// use twilio_realtime::agent::{Agent, FunctionTool};
+/// use twilio_realtime::server::{Server, ServerConfig};
+/// use twilio_realtime::sim::fake_model::{FakeModel, FakeModelConfig, Reply};
+/// use twilio_realtime::sim::twilio_call::{Segment, TwilioCall, TwilioCallConfig};
+///
+/// let model = FakeModel::start(FakeModelConfig {
+///     script: vec![
+///         Reply::call("get_weather", r#"{"location":"Paris"}"#),
+///         Reply::say("It is sunny in Paris.", 500),
+///     ],
+///     ..Default::default()
+/// })?;
+/// fn agent() -> Agent {
+///     Agent::new("Assistant", "You answer weather questions.").tool(FunctionTool::new(
+///         "get_weather",
+///         "The weather in a city.",
+///         json!({"type": "object", "properties": {"location": {"type": "string"}}}),
+///         |call| Ok(format!("Sunny in {}.", call.arguments["location"].as_str().unwrap_or("?"))),
+///     ))
+/// }
+/// let mut cfg = ServerConfig::new();
+/// cfg.bind = "127.0.0.1:0".parse()?;
+/// cfg.session = cfg.session.url(model.url());
+/// let server = Server::bind(cfg, Arc::new(agent))?;
+/// let (addr, stopper) = (server.local_addr(), server.stopper());
+/// let running = std::thread::spawn(move || server.run());
+///
+/// let report = TwilioCall::run(TwilioCallConfig::new(addr, vec![
+///     Segment::Speech(700),
+///     Segment::WaitForAgent { quiet_ms: 300, timeout_ms: 10_000 },
+///     Segment::HangUp,
+/// ]))?;
+/// stopper.stop();
+/// running.join().unwrap()?;
+///
+/// let rec = model.recording();
+/// assert_eq!(rec.function_outputs.len(), 1);
+/// assert_eq!(rec.function_outputs[0].1, "Sunny in Paris.");
+/// assert!(rec.violations.is_empty(), "{:?}", rec.violations);
+/// assert_eq!(report.played_ms(), 500);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct FakeModel {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,

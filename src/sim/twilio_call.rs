@@ -254,7 +254,51 @@ impl Rng {
     }
 }
 
-/// Runs simulated calls.
+/// Runs simulated calls: [`TwilioCall::run`] dials the bridge like Twilio Media Streams,
+/// plays the caller's script in real time and returns a [`CallReport`] with the ground
+/// truth (what was played when, marks, clears, protocol violations).
+///
+/// A caller who interrupts a long answer over a network with 40 ms of delay each way:
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use twilio_realtime::agent::Agent;
+/// use twilio_realtime::server::{Server, ServerConfig};
+/// use twilio_realtime::sim::fake_model::{FakeModel, FakeModelConfig, Reply};
+/// use twilio_realtime::sim::twilio_call::{Segment, TwilioCall, TwilioCallConfig};
+///
+/// let model = FakeModel::start(FakeModelConfig {
+///     script: vec![Reply::say("Let me tell you everything about our opening hours.", 6000)],
+///     ..Default::default()
+/// })?;
+/// let mut cfg = ServerConfig::new();
+/// cfg.bind = "127.0.0.1:0".parse()?;
+/// cfg.session = cfg.session.url(model.url());
+/// let server = Server::bind(cfg, Arc::new(|| Agent::new("Assistant", "Be thorough.")))?;
+/// let (addr, stopper) = (server.local_addr(), server.stopper());
+/// let running = std::thread::spawn(move || server.run());
+///
+/// let mut call = TwilioCallConfig::new(addr, vec![
+///     Segment::Speech(600),
+///     Segment::Silence(1500), // the answer starts playing
+///     Segment::Speech(600),   // the caller talks over it
+///     Segment::WaitForAgent { quiet_ms: 300, timeout_ms: 10_000 },
+///     Segment::HangUp,
+/// ]);
+/// call.one_way_delay = Duration::from_millis(40);
+/// let report = TwilioCall::run(call)?;
+/// stopper.stop();
+/// running.join().unwrap()?;
+///
+/// assert!(report.violations.is_empty(), "{:?}", report.violations);
+/// assert_eq!(report.clears.len(), 1, "the bridge cleared Twilio's buffer on the barge-in");
+/// assert!(report.played_ms() < 6000, "the caller did not hear the whole answer");
+/// for (at, what) in &report.timeline {
+///     println!("{:>6} ms  {what}", at.as_millis());
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct TwilioCall;
 
