@@ -177,7 +177,12 @@ fn run_setting(
     let replies = o.calls * (o.rounds + 2) + 8;
     let model = FakeModel::start(FakeModelConfig {
         script: (0..replies)
-            .map(|_| Reply::say("This is a long answer that the caller interrupts.", answer_ms))
+            .map(|_| {
+                Reply::say(
+                    "This is a long answer that the caller interrupts.",
+                    answer_ms,
+                )
+            })
             .collect(),
         keep_events: false,
         ..Default::default()

@@ -69,7 +69,9 @@ pub struct CallOptions {
     pub session: SessionConfig,
     /// Round trip to Twilio assumed until the call has measured it. Default 100 ms.
     pub default_rtt: Duration,
-    /// How often to re-measure the round trip while nothing plays. Default 10 s.
+    /// How often to re-measure the round trip while nothing plays (one `mark` each way per
+    /// probe). Default 500 ms: a barge-in's accuracy under jitter depends on how many samples the
+    /// call has (see [`crate::playback::RttEstimator`]).
     pub rtt_probe_interval: Duration,
     /// Run output guardrails every this many new characters of agent text (and on the final
     /// text). Default 100.
@@ -145,7 +147,7 @@ impl Default for CallOptions {
         CallOptions {
             session: SessionConfig::new(),
             default_rtt: Duration::from_millis(100),
-            rtt_probe_interval: Duration::from_secs(10),
+            rtt_probe_interval: Duration::from_millis(500),
             guardrail_debounce_chars: 100,
             forward_dtmf: false,
             drain_timeout: Duration::from_secs(5),
@@ -720,6 +722,9 @@ impl CallCore {
             MarkOutcome::Played => {}
             MarkOutcome::ItemFinished { item_id, .. } => {
                 log::trace!(target: LOG, "item {item_id} played out");
+                if !self.ledger.is_playing() {
+                    self.schedule_probe(now);
+                }
                 self.maybe_audio_stopped();
             }
             MarkOutcome::Probe => {
@@ -738,6 +743,13 @@ impl CallCore {
         }
         if self.draining.is_some() && !self.ledger.is_playing() {
             self.finish_drain();
+        }
+    }
+
+    /// Sends a round-trip probe one probe interval from now (if nothing plays by then).
+    fn schedule_probe(&mut self, now: Instant) {
+        if self.next_probe_at.is_none() {
+            self.next_probe_at = Some(now + self.opts.rtt_probe_interval);
         }
     }
 
@@ -1244,6 +1256,9 @@ impl CallCore {
             });
         }
         self.ledger.clear();
+        // Twilio's buffer is empty once the clear lands: keep measuring the round trip while
+        // nothing plays.
+        self.schedule_probe(now);
         self.speaking_items.clear();
         self.audio_reported = false;
         self.event(SessionEvent::AudioInterrupted { cause, heard });

@@ -9,18 +9,34 @@
 //!
 //! # Where the caller really is
 //!
-//! An echo for byte offset `X` arrives one-way delay *after* `X` was played, and a `clear` sent
-//! now takes another one-way delay to stop playback. With `rtt` the round-trip time between
-//! us and Twilio, the caller has heard, at the moment the `clear` lands,
-//! `X + 8 × (now − t_echo + rtt)` bytes — provided the audio after `X` arrived in time to play
-//! without a gap. The ledger replays its unacknowledged chunks through a small playout model
+//! Playback goes in *runs*: a run starts when a chunk reaches an empty buffer at Twilio, and
+//! from then on each byte plays 1/8 ms after the one before it. If a run started playing at
+//! `T0`, the caller has heard `8 × (t_land − T0)` bytes of it when a `clear` lands at
+//! `t_land`. The ledger estimates both from what it sees, with `rtt` the measured round trip
+//! and one-way delays taken as `rtt/2`:
+//!
+//! - `t_land = now + rtt/2`. The clear's own one-way delay is unknowable per message: under
+//!   jitter it is the one error no estimate removes (the physical limit).
+//! - `T0` two ways, combined by their variances. Every chunk echo of the run says "offset `X`
+//!   played one way back before this": the mean over the run's echoes of
+//!   `t_echo − X/8` − rtt/2 is `T0` up to the echoes' *mean* jitter (not one echo's) and the
+//!   round-trip estimate's error. And the run's first chunk was sent at `t_sent`: `T0 =
+//!   t_sent + rtt/2` is off by that chunk's own one-way jitter, but the clear takes the same
+//!   way, so this estimate needs no round trip at all (it cancels). The echoes win once the
+//!   run and the round-trip estimate have a few samples each; the send time carries the first
+//!   echoes of a call (see [`PlaybackLedger::heard_at_clear`]).
+//!
+//! From that anchor the ledger replays its unacknowledged chunks through a small playout model
 //! (a chunk starts at the later of "previous chunk ended" and "chunk arrived at Twilio",
-//! `sent_at + rtt/2`) so under-runs are accounted for, and it never claims more than was sent.
+//! `sent_at + rtt/2`, and one that arrives at an empty buffer starts a new run) so under-runs
+//! are accounted for, and it never claims more than was sent.
 //!
 //! The round trip is measured on the call itself: a mark sent while nothing is buffered at
-//! Twilio echoes after exactly one round trip (a probe), and a chunk sent while every earlier
-//! mark was echoed echoes after one round trip plus its own duration. Samples are smoothed like
-//! TCP's SRTT. The TypeScript SDK instead adds a flat 50 ms to the last acknowledged mark.
+//! Twilio echoes after exactly one round trip (a probe, every 500 ms while nothing plays by
+//! default), and a chunk sent while every earlier mark was echoed echoes after one round trip
+//! plus its own duration. Under jitter what matters is the *mean* round trip, so samples are
+//! averaged (see [`RttEstimator`]). The TypeScript SDK instead adds a flat 50 ms to the last
+//! acknowledged mark.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -147,12 +163,60 @@ struct Chunk {
     /// Every earlier mark had been echoed when this chunk was sent (Twilio's buffer was empty),
     /// so its echo measures one round trip plus its own duration.
     from_idle: bool,
+    /// The chunk reached (by the playout model) an empty buffer at Twilio: it starts a run.
+    run_start: bool,
 }
 
-/// Smoothed round-trip estimate between the bridge and Twilio.
+/// A stretch of playback without a gap: it starts when a chunk reaches an empty buffer at
+/// Twilio, and from then on each byte plays 1/8 ms after the one before it.
+#[derive(Debug, Clone)]
+struct Run {
+    /// Stream offset of the run's first byte.
+    start: u64,
+    /// When the run's first chunk was sent.
+    first_sent: Instant,
+    /// Mean over the run's echoes of "echo arrival − `first_sent` − time to play the run up to
+    /// the echoed offset", in µs: the first chunk's way out plus the echoes' (averaged) way back.
+    lag_us: i64,
+    /// Chunk echoes averaged into `lag_us`.
+    echoes: u64,
+}
+
+/// Time to play `bytes` of µ-law at 8 bytes per ms.
+fn play_time(bytes: u64) -> Duration {
+    Duration::from_micros(bytes.saturating_mul(1000) / BYTES_PER_MS as u64)
+}
+
+/// `t` moved by `us` µs, either way (saturating at `t` if the clock cannot go there).
+fn shift(t: Instant, us: i64) -> Instant {
+    let d = Duration::from_micros(us.unsigned_abs());
+    if us >= 0 {
+        t.checked_add(d).unwrap_or(t)
+    } else {
+        t.checked_sub(d).unwrap_or(t)
+    }
+}
+
+fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// Samples that weigh fully in [`RttEstimator`]'s mean before it becomes an EWMA of the same
+/// gain (and in a playout run's anchor, see [`PlaybackLedger::heard_at_clear`]).
+const MEAN_WINDOW: u64 = 16;
+
+/// Round-trip estimate between the bridge and Twilio.
+///
+/// Under jitter every sample is the sum of two independent one-way delays, and what a barge-in
+/// needs is their *mean* (the clear's own delay is unknowable; its expectation is not). So the
+/// estimate is the plain mean of the first 16 samples, then an EWMA of gain 1/16 (worth about
+/// 31 samples of averaging, and it still follows a route change). An SRTT-style EWMA of gain
+/// 1/4 or 1/8 (RFC 6298) follows the last few samples: its error, a good part of one sample's
+/// jitter, is a bias every barge-in of the call inherits, and it moves from call to call.
 #[derive(Debug, Clone)]
 pub struct RttEstimator {
-    srtt: Option<Duration>,
+    /// Mean in µs once there is a sample.
+    mean_us: Option<u64>,
     default: Duration,
     samples: u64,
 }
@@ -161,34 +225,43 @@ impl RttEstimator {
     /// A new estimator that answers `default` until it has a sample.
     pub fn new(default: Duration) -> RttEstimator {
         RttEstimator {
-            srtt: None,
+            mean_us: None,
             default,
             samples: 0,
         }
     }
 
-    /// Adds one round-trip sample (EWMA with gain 1/4 after the first sample).
+    /// Adds one round-trip sample (mean of the first 16, then EWMA with gain 1/16).
     pub fn sample(&mut self, rtt: Duration) {
         // A sample of more than 5 s means the echo was held up by something else (e.g. a
         // buffer we did not know about); it would poison the estimate.
         if rtt > Duration::from_secs(5) {
             return;
         }
-        self.samples += 1;
-        self.srtt = Some(match self.srtt {
-            None => rtt,
-            Some(s) => (s * 3 + rtt) / 4,
+        let x = rtt.as_micros() as u64;
+        self.samples = self.samples.saturating_add(1);
+        let n = self.samples.min(MEAN_WINDOW);
+        self.mean_us = Some(match self.mean_us {
+            None => x,
+            // Both at most 5 s in µs: no overflow.
+            Some(m) => (m * (n - 1) + x + n / 2) / n,
         });
     }
 
     /// The current estimate.
     pub fn get(&self) -> Duration {
-        self.srtt.unwrap_or(self.default)
+        self.mean_us.map_or(self.default, Duration::from_micros)
     }
 
     /// How many samples were taken.
     pub fn samples(&self) -> u64 {
         self.samples
+    }
+
+    /// How many independent samples the estimate is worth (its variance is that of one sample
+    /// divided by this): the count while it is a plain mean, at most 31 for the EWMA.
+    fn effective_samples(&self) -> u64 {
+        self.samples.min(2 * MEAN_WINDOW - 1)
     }
 }
 
@@ -202,6 +275,12 @@ pub struct PlaybackLedger {
     stream_end: u64,
     /// Last acknowledged stream offset and when its echo arrived.
     last_ack: Option<(u64, Instant)>,
+    /// The playout run the latest echo belongs to.
+    run: Option<Run>,
+    /// Unacknowledged chunks that start a run.
+    pending_run_starts: usize,
+    /// When Twilio is estimated to finish playing everything sent (to spot under-runs).
+    play_end: Option<Instant>,
     rtt: RttEstimator,
     probe_seq: u64,
     probe_out: Option<(u64, Instant)>,
@@ -216,6 +295,9 @@ impl PlaybackLedger {
             chunks: VecDeque::new(),
             stream_end: 0,
             last_ack: None,
+            run: None,
+            pending_run_starts: 0,
+            play_end: None,
             rtt: RttEstimator::new(default_rtt),
             probe_seq: 0,
             probe_out: None,
@@ -258,6 +340,16 @@ impl PlaybackLedger {
         bytes: u64,
     ) -> String {
         let from_idle = self.idle();
+        // By the playout model, does this chunk find Twilio's buffer empty (a new run)?
+        let arrival = now + self.rtt.get() / 2;
+        let (run_start, play_from) = match self.play_end {
+            Some(end) if !from_idle && arrival <= end => (false, end),
+            _ => (true, arrival),
+        };
+        self.play_end = Some(play_from + play_time(bytes));
+        if run_start {
+            self.pending_run_starts += 1;
+        }
         let idx = match self.find(item_id, content_index) {
             Some(i) => i,
             None => {
@@ -282,6 +374,7 @@ impl PlaybackLedger {
             len: bytes,
             sent_at: now,
             from_idle,
+            run_start,
         });
         MarkName::Chunk {
             generation: self.generation,
@@ -357,7 +450,7 @@ impl PlaybackLedger {
                 }
                 entry.acked = offset;
                 let global = entry.stream_start + offset;
-                self.ack_to(now, global);
+                self.ack_to(now, global, true);
                 MarkOutcome::Played
             }
             MarkName::Done {
@@ -373,7 +466,9 @@ impl PlaybackLedger {
                 };
                 let entry = self.entries.remove(idx);
                 let global = entry.stream_start + entry.sent;
-                self.ack_to(now, global);
+                // A done mark may be sent after its audio finished playing (the model said
+                // "done" late): its echo time is not a playback time, so it is no run sample.
+                self.ack_to(now, global, false);
                 MarkOutcome::ItemFinished {
                     item_id: entry.item_id,
                     response_id: entry.response_id,
@@ -382,22 +477,88 @@ impl PlaybackLedger {
         }
     }
 
-    fn ack_to(&mut self, now: Instant, global: u64) {
+    fn ack_to(&mut self, now: Instant, global: u64, playback_sample: bool) {
         while let Some(front) = self.chunks.front() {
             if front.end > global {
                 break;
             }
             if front.end == global && front.from_idle {
-                let played = Duration::from_millis(front.len / BYTES_PER_MS as u64);
+                let played = play_time(front.len);
                 let elapsed = now.saturating_duration_since(front.sent_at);
                 if elapsed >= played {
                     self.rtt.sample(elapsed - played);
                 }
             }
+            if front.run_start {
+                self.pending_run_starts = self.pending_run_starts.saturating_sub(1);
+                self.run = Some(Run {
+                    start: front.end - front.len,
+                    first_sent: front.sent_at,
+                    lag_us: 0,
+                    echoes: 0,
+                });
+            }
             self.chunks.pop_front();
+        }
+        if playback_sample {
+            if let Some(run) = self.run.as_mut().filter(|r| global > r.start) {
+                let lag = micros(now.saturating_duration_since(run.first_sent))
+                    .saturating_sub(micros(play_time(global - run.start)));
+                run.echoes = run.echoes.saturating_add(1);
+                let n = run.echoes.min(MEAN_WINDOW) as i64;
+                run.lag_us = run
+                    .lag_us
+                    .saturating_add(lag.saturating_sub(run.lag_us) / n);
+            }
         }
         if self.last_ack.is_none_or(|(g, _)| global >= g) {
             self.last_ack = Some((global, now));
+        }
+        // Everything still buffered follows the anchored run without a gap: re-base the
+        // estimated end of playout on it (it is better than the send-time model).
+        if self.pending_run_starts == 0 {
+            if let Some((pos, at)) = self.anchor() {
+                self.play_end = Some(at + play_time(self.stream_end.saturating_sub(pos)));
+            }
+        }
+    }
+
+    /// When the anchored run started playing, in µs after its first chunk was sent.
+    ///
+    /// Two estimates, combined by their variances (in units of one one-way delay's variance
+    /// σ², with `n` echoes in the run and `m` round-trip samples in the estimate):
+    /// - from the echoes: mean lag − rtt/2. Its error at a barge-in is the echoes' mean way
+    ///   back (σ²/n) plus the round-trip estimate's error (2σ²/m);
+    /// - from the send time: rtt/2 after the first chunk was sent. Its error at a barge-in is
+    ///   that chunk's own way out (σ²), but it needs no round-trip estimate at all: the clear
+    ///   takes the same way, so the estimate's error cancels.
+    fn run_start_us(&self, run: &Run) -> i64 {
+        let half = micros(self.rtt.get()) / 2;
+        let from_echoes = run.lag_us.saturating_sub(half);
+        let from_send = half;
+        let n = run.echoes.min(2 * MEAN_WINDOW - 1) as i64;
+        let m = self.rtt.effective_samples() as i64;
+        if n == 0 || m == 0 {
+            return from_send;
+        }
+        // weight(echoes) = 1 / (1 + 1/n + 2/m) = nm / (nm + m + 2n); n, m < 32, values < 5 s.
+        (from_echoes * n * m + from_send * (m + 2 * n)) / (n * m + m + 2 * n)
+    }
+
+    /// The best estimate of a stream offset and the moment Twilio played it: the anchored
+    /// run's start (see [`PlaybackLedger::run_start_us`]) carried forward to the last
+    /// acknowledged offset; the last echo minus half a round trip if no run has echoes.
+    fn anchor(&self) -> Option<(u64, Instant)> {
+        let (g, t) = self.last_ack?;
+        match &self.run {
+            Some(run) if run.echoes > 0 && g >= run.start => {
+                let start = shift(run.first_sent, self.run_start_us(run));
+                Some((g, start + play_time(g - run.start)))
+            }
+            _ => {
+                let half = self.rtt.get() / 2;
+                Some((g, t.checked_sub(half).unwrap_or(t)))
+            }
         }
     }
 
@@ -408,15 +569,15 @@ impl PlaybackLedger {
     }
 
     /// Estimated stream offset the caller will have heard when a `clear` sent at `now` takes
-    /// effect at Twilio (one-way delay later).
+    /// effect at Twilio (half a round trip later): the anchored run's estimated start (see the
+    /// module docs), carried to the last acknowledged offset, then the unacknowledged chunks
+    /// through the playout model; never past what was sent.
     pub fn heard_at_clear(&self, now: Instant) -> u64 {
-        let rtt = self.rtt.get();
-        let half = rtt / 2;
+        let half = self.rtt.get() / 2;
         let clear_lands = now + half;
         // Anchor: where playback was, and when.
-        let (mut pos, mut cursor) = match self.last_ack {
-            // Offset `g` was played one-way delay before its echo arrived.
-            Some((g, t)) => (g, t.checked_sub(half).unwrap_or(t)),
+        let (mut pos, mut cursor) = match self.anchor() {
+            Some(a) => a,
             None => match self.chunks.front() {
                 Some(c) => (c.end - c.len, c.sent_at + half),
                 None => return self.stream_end,
@@ -442,7 +603,7 @@ impl PlaybackLedger {
                 return from + playable;
             }
             pos = c.end;
-            cursor = play_start + Duration::from_micros(remaining * 1000 / BYTES_PER_MS as u64);
+            cursor = play_start + play_time(remaining);
         }
         pos.min(self.stream_end)
     }
@@ -470,12 +631,20 @@ impl PlaybackLedger {
     }
 
     /// Forgets everything sent in this generation and starts the next one (after a `clear`).
+    ///
+    /// The marks the clear makes Twilio echo are no round-trip samples: they come back in one
+    /// burst, and on one TCP connection each waits for the one before it, so the last of them
+    /// is the latest of many delays (not a typical one), and which of them was still buffered
+    /// depends on the very position being estimated.
     pub fn clear(&mut self) {
         self.generation += 1;
         self.entries.clear();
         self.chunks.clear();
         self.stream_end = 0;
         self.last_ack = None;
+        self.run = None;
+        self.pending_run_starts = 0;
+        self.play_end = None;
     }
 }
 
@@ -653,5 +822,98 @@ mod tests {
         );
         assert!(!l.is_playing());
         assert!(l.truncations(t0 + ms(150)).is_empty());
+    }
+
+    /// Pins the round trip at `rtt` with `n` probes, each echoed exactly `rtt` after it left.
+    fn probed(
+        default: Duration,
+        rtt: Duration,
+        n: usize,
+        t0: Instant,
+    ) -> (PlaybackLedger, Instant) {
+        let mut l = PlaybackLedger::new(default);
+        let mut t = t0;
+        for _ in 0..n {
+            let p = l.start_probe(t).unwrap();
+            t += rtt;
+            assert_eq!(l.on_mark(t, &p), MarkOutcome::Probe);
+        }
+        (l, t)
+    }
+
+    #[test]
+    fn rtt_is_the_mean_of_its_samples_then_a_slow_ewma() {
+        let mut r = RttEstimator::new(ms(100));
+        assert_eq!(r.get(), ms(100), "the default until a sample");
+        r.sample(ms(60));
+        r.sample(ms(20));
+        // The mean; an EWMA of gain 1/4 would say 50 and follow whichever sample came last.
+        assert_eq!(r.get(), ms(40));
+        for i in 0..14 {
+            r.sample(ms(if i % 2 == 0 { 30 } else { 50 }));
+        }
+        assert_eq!((r.samples(), r.get()), (16, ms(40)));
+        // From the 17th sample on, each moves the estimate by 1/16 of its difference.
+        r.sample(ms(200));
+        assert_eq!(r.get(), ms(50));
+        r.sample(Duration::from_secs(6));
+        assert_eq!(
+            (r.samples(), r.get()),
+            (17, ms(50)),
+            "a 6 s sample is ignored"
+        );
+    }
+
+    #[test]
+    fn the_anchor_averages_the_runs_echoes_instead_of_trusting_the_last() {
+        let t0 = Instant::now();
+        // 80 ms round trip, well measured (16 probes), 40 ms each way on average.
+        let (mut l, t1) = probed(ms(100), ms(80), 16, t0);
+        // 2 s of audio in 100 ms chunks, sent at t1 (a burst faster than real time).
+        let marks: Vec<String> = (0..20)
+            .map(|_| l.record_chunk(t1, "r", "i", 0, 800))
+            .collect();
+        // The first chunk took 50 ms to get there: playback starts at t1 + 50. The echoes take
+        // 30 and 50 ms in turn (40 on average); the last of them took 50.
+        for (k, m) in marks.iter().take(10).enumerate() {
+            let back = if k % 2 == 0 { 30 } else { 50 };
+            let at = t1 + ms(50 + 100 * (k as u64 + 1) + back);
+            assert_eq!(l.on_mark(at, m), MarkOutcome::Played);
+        }
+        // Barge-in 1.5 s after the burst: the clear lands 40 ms later (on average), 1490 ms
+        // into playback = 11920 bytes.
+        let heard = l.heard_at_clear(t1 + ms(1500)) as i64;
+        // The last echo alone (t − 40 ms) would put playback 10 ms late: 11840 bytes. The
+        // send time alone (t1 + 40 ms) 10 ms early: 12000. The run's mean echo says 50 ms,
+        // weighted against the send time by their variances (10 echoes, 17 round-trip
+        // samples): 48.2 ms, i.e. 14 bytes (1.8 ms) over.
+        assert!((heard - 11920).abs() <= 16, "heard {heard}");
+    }
+
+    #[test]
+    fn before_any_echo_a_wrong_default_round_trip_cancels_out() {
+        let t0 = Instant::now();
+        // The default says 300 ms, the call has not measured anything yet.
+        let mut l = PlaybackLedger::new(ms(300));
+        l.record_chunk(t0, "r", "i", 0, 8000);
+        // Playback starts a one-way delay after t0 and the clear stops it a one-way delay
+        // after it is sent: whatever that delay is, 50 ms were heard.
+        assert_eq!(l.heard_at_clear(t0 + ms(50)), 400);
+    }
+
+    #[test]
+    fn a_chunk_that_finds_the_buffer_empty_starts_a_new_run() {
+        let t0 = Instant::now();
+        let (mut l, t1) = probed(ms(100), ms(40), 16, t0);
+        // A: 100 ms, plays t1+20 .. t1+120, echo at t1+140.
+        let a = l.record_chunk(t1, "r", "i", 0, 800);
+        assert_eq!(l.on_mark(t1 + ms(140), &a), MarkOutcome::Played);
+        // The model stalls: B (200 ms) and C (1 s) are sent at t1+500, B plays t1+520 .. 720.
+        let b = l.record_chunk(t1 + ms(500), "r", "i", 0, 1600);
+        l.record_chunk(t1 + ms(500), "r", "i", 0, 8000);
+        assert_eq!(l.on_mark(t1 + ms(740), &b), MarkOutcome::Played);
+        // Barge-in at t1+900, the clear lands at t1+920: A, B and 200 ms of C. Anchored on
+        // A's run (no gap), offset 2400 would have played at t1+320: 400 ms too many.
+        assert_eq!(l.heard_at_clear(t1 + ms(900)), 800 + 1600 + 1600);
     }
 }

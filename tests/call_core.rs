@@ -760,6 +760,55 @@ fn barge_in_clears_first_then_truncates_at_what_was_heard() {
 }
 
 #[test]
+fn round_trip_probes_resume_whenever_nothing_plays() {
+    let mut h = H::ready(Agent::new("A", "x"));
+    // The probe sent at start echoes; the next one is due 500 ms later while nothing plays.
+    h.ms(60);
+    h.mark("rtt:1");
+    h.ms(499);
+    h.tick();
+    assert!(marks(&h.drain()).is_empty());
+    h.ms(1);
+    h.tick();
+    assert_eq!(marks(&h.drain()), ["rtt:2"]);
+    h.ms(60);
+    h.mark("rtt:2");
+    // Audio goes out: no probe while Twilio plays (its echo would wait behind the audio).
+    h.response_created("r1");
+    h.delta("r1", "i1", 0, &audio(800));
+    h.audio_done("r1", "i1");
+    h.response_done("r1", "completed");
+    h.drain();
+    h.ms(600);
+    h.tick();
+    assert!(marks(&h.drain()).is_empty(), "still playing");
+    // Played out: probing starts again.
+    h.mark("0:0:800:i1");
+    h.mark("0:0:done:i1");
+    h.drain();
+    h.ms(500);
+    h.tick();
+    assert_eq!(marks(&h.drain()), ["rtt:3"]);
+    h.ms(60);
+    h.mark("rtt:3");
+    // And after a barge-in: the clear empties Twilio's buffer.
+    h.response_created("r2");
+    h.delta("r2", "i2", 0, &audio(8000));
+    h.drain();
+    h.ms(300);
+    speech_started(&mut h);
+    h.drain();
+    h.ms(500);
+    h.tick();
+    assert_eq!(marks(&h.drain()), ["rtt:4"]);
+    assert_eq!(
+        h.core.ledger().rtt().samples(),
+        4,
+        "three probes and the idle chunk"
+    );
+}
+
+#[test]
 fn truncation_never_passes_what_was_sent() {
     let mut h = H::ready(Agent::new("A", "x"));
     h.response_created("r1");

@@ -86,7 +86,9 @@ pub struct TwilioCallConfig {
     pub script: Vec<Segment>,
     /// One-way network delay between the bridge and Twilio (both directions).
     pub one_way_delay: Duration,
-    /// Extra random delay per message, up to this much (order is kept).
+    /// Extra random delay per message, uniform from zero to this much, drawn for each message
+    /// independently; a message never overtakes the one sent before it in the same direction
+    /// (one TCP connection each way).
     pub jitter: Duration,
     /// Seed of the jitter.
     pub seed: u64,
@@ -254,6 +256,21 @@ impl Rng {
     }
 }
 
+/// When a message sent at `sent` arrives at the other end of one direction of the simulated
+/// network.
+///
+/// Every message draws its own delay, `one_way_delay + U[0, jitter]`, independently of the
+/// others. Each direction is one TCP connection (Twilio's media stream is one WebSocket, RFC
+/// 6455), and TCP hands the receiver the bytes in the order they were sent (RFC 9293): a
+/// message that drew a shorter delay than the one sent before it still waits for that one
+/// (head-of-line blocking). So it arrives at the later of its own time and the previous
+/// message's arrival, `last`, which this updates.
+fn deliver(sent: Instant, cfg: &TwilioCallConfig, rng: &mut Rng, last: &mut Instant) -> Instant {
+    let t = (sent + cfg.one_way_delay + rng.below(cfg.jitter)).max(*last);
+    *last = t;
+    t
+}
+
 /// Runs simulated calls: [`TwilioCall::run`] dials the bridge like Twilio Media Streams,
 /// plays the caller's script in real time and returns a [`CallReport`] with the ground
 /// truth (what was played when, marks, clears, protocol violations).
@@ -359,8 +376,7 @@ impl TwilioCall {
         macro_rules! push_out {
             ($msg:expr) => {{
                 let now = Instant::now();
-                let t = (now + cfg.one_way_delay + rng.below(cfg.jitter)).max(last_out);
-                last_out = t;
+                let t = deliver(now, &cfg, &mut rng, &mut last_out);
                 outq.push_back((t, $msg.to_json()));
             }};
         }
@@ -436,8 +452,7 @@ impl TwilioCall {
                     stream_sid: Some(stream_sid.clone()),
                     mark: MarkInfo { name },
                 });
-                let ts = (t + cfg.one_way_delay + rng.below(cfg.jitter)).max(last_out);
-                last_out = ts;
+                let ts = deliver(t, &cfg, &mut rng, &mut last_out);
                 outq.push_back((ts, m.to_json()));
             }
             if play.agent_run_started.is_some() && play.end <= now && play.pending_marks.is_empty()
@@ -661,9 +676,7 @@ impl TwilioCall {
                 .min(Duration::from_millis(20));
             match rx.recv_timeout(timeout) {
                 Ok(Incoming::Text(t)) => {
-                    let arrive =
-                        (Instant::now() + cfg.one_way_delay + rng.below(cfg.jitter)).max(last_in);
-                    last_in = arrive;
+                    let arrive = deliver(Instant::now(), &cfg, &mut rng, &mut last_in);
                     inq.push_back((arrive, t.as_str().to_owned()));
                 }
                 Ok(Incoming::Binary(_)) => report.violations.push("binary frame".into()),
@@ -826,8 +839,7 @@ impl TwilioCall {
                         stream_sid: Some(stream_sid.to_owned()),
                         mark: MarkInfo { name },
                     });
-                    let ts = (t + cfg.one_way_delay + rng.below(cfg.jitter)).max(*last_out);
-                    *last_out = ts;
+                    let ts = deliver(t, cfg, rng, last_out);
                     outq.push_back((ts, m.to_json()));
                 }
                 if let Some(s) = play.agent_run_started.take() {
@@ -847,5 +859,50 @@ impl TwilioCall {
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_message_is_delayed_independently_but_never_overtakes() {
+        let mut cfg = TwilioCallConfig::new("127.0.0.1:1".parse().unwrap(), Vec::new());
+        cfg.one_way_delay = Duration::from_millis(30);
+        cfg.jitter = Duration::from_millis(20);
+        let mut rng = Rng(12345);
+        let t0 = Instant::now();
+        // Far apart (100 ms > the jitter): every delay is the message's own, uniform 30..50 ms.
+        let mut last = t0;
+        let delays: Vec<Duration> = (0..2000u32)
+            .map(|i| {
+                let sent = t0 + Duration::from_millis(100) * i;
+                deliver(sent, &cfg, &mut rng, &mut last) - sent
+            })
+            .collect();
+        let (lo, hi) = (Duration::from_millis(30), Duration::from_millis(50));
+        assert!(delays.iter().all(|d| *d >= lo && *d <= hi));
+        assert!(delays.iter().any(|d| *d < Duration::from_millis(31)));
+        assert!(delays.iter().any(|d| *d > Duration::from_millis(49)));
+        let mean = delays.iter().sum::<Duration>() / delays.len() as u32;
+        assert!(mean > Duration::from_millis(39) && mean < Duration::from_millis(41));
+        // Sent 1 ms apart: arrivals keep the sending order, so some wait behind the one before.
+        let mut last = t0;
+        let mut prev = t0;
+        let mut held = 0;
+        for i in 0..2000u32 {
+            let sent = t0 + Duration::from_millis(1) * i;
+            let own_latest = sent + hi;
+            let at = deliver(sent, &cfg, &mut rng, &mut last);
+            assert!(at >= prev && at >= sent + lo);
+            // It waits only for earlier messages, which arrive by their own latest.
+            assert!(at <= own_latest);
+            if at == prev {
+                held += 1;
+            }
+            prev = at;
+        }
+        assert!(held > 500, "head-of-line blocking happens: {held}");
     }
 }
