@@ -67,7 +67,8 @@ pub struct CallOptions {
     /// Base model session settings (turn detection, transcription, …). Instructions, voice and
     /// tools come from the current agent; the audio format is always `audio/pcmu` both ways.
     pub session: SessionConfig,
-    /// Round trip to Twilio assumed until the call has measured it. Default 100 ms.
+    /// Round trip to Twilio assumed until the call has measured it (at most 5 s). Default
+    /// 100 ms.
     pub default_rtt: Duration,
     /// How often to re-measure the round trip while nothing plays (one `mark` each way per
     /// probe). Default 500 ms: a barge-in's accuracy under jitter depends on how many samples the
@@ -749,7 +750,7 @@ impl CallCore {
     /// Sends a round-trip probe one probe interval from now (if nothing plays by then).
     fn schedule_probe(&mut self, now: Instant) {
         if self.next_probe_at.is_none() {
-            self.next_probe_at = Some(now + self.opts.rtt_probe_interval);
+            self.next_probe_at = after(now, self.opts.rtt_probe_interval);
         }
     }
 

@@ -205,6 +205,9 @@ fn micros(d: Duration) -> i64 {
 /// gain (and in a playout run's anchor, see [`PlaybackLedger::heard_at_clear`]).
 const MEAN_WINDOW: u64 = 16;
 
+/// Round-trip samples above this are ignored (and a larger default is capped to it).
+const MAX_SAMPLE: Duration = Duration::from_secs(5);
+
 /// Round-trip estimate between the bridge and Twilio.
 ///
 /// Under jitter every sample is the sum of two independent one-way delays, and what a barge-in
@@ -222,11 +225,12 @@ pub struct RttEstimator {
 }
 
 impl RttEstimator {
-    /// A new estimator that answers `default` until it has a sample.
+    /// A new estimator that answers `default` (at most 5 s, the largest sample it takes) until
+    /// it has a sample.
     pub fn new(default: Duration) -> RttEstimator {
         RttEstimator {
             mean_us: None,
-            default,
+            default: default.min(MAX_SAMPLE),
             samples: 0,
         }
     }
@@ -235,7 +239,7 @@ impl RttEstimator {
     pub fn sample(&mut self, rtt: Duration) {
         // A sample of more than 5 s means the echo was held up by something else (e.g. a
         // buffer we did not know about); it would poison the estimate.
-        if rtt > Duration::from_secs(5) {
+        if rtt > MAX_SAMPLE {
             return;
         }
         let x = rtt.as_micros() as u64;
@@ -898,6 +902,11 @@ mod tests {
         l.record_chunk(t0, "r", "i", 0, 8000);
         // Playback starts a one-way delay after t0 and the clear stops it a one-way delay
         // after it is sent: whatever that delay is, 50 ms were heard.
+        assert_eq!(l.heard_at_clear(t0 + ms(50)), 400);
+        // Even an absurd default (capped to 5 s) does not change that, nor panic.
+        let mut l = PlaybackLedger::new(Duration::MAX);
+        l.record_chunk(t0, "r", "i", 0, 8000);
+        assert_eq!(l.rtt().get(), Duration::from_secs(5));
         assert_eq!(l.heard_at_clear(t0 + ms(50)), 400);
     }
 
