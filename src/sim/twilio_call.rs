@@ -62,7 +62,8 @@ pub enum Segment {
         /// Give up waiting for agent audio after this long.
         timeout_ms: u32,
     },
-    /// Send nothing for this many ms (the timestamps jump).
+    /// Send nothing for this many ms (the timestamps jump): no media and no mark echoes (a
+    /// network outage: what Twilio has to send meanwhile goes out when it ends, in order).
     Gap(u32),
     /// Send `stop` and close.
     HangUp,
@@ -417,6 +418,8 @@ impl TwilioCall {
         let mut hung_up = false;
         let mut script_done_at: Option<Instant> = None;
         let mut bridge_closed = false;
+        // During a `Gap`, nothing goes out until this instant.
+        let mut gap_until = t0;
         let deadline = t0 + cfg.max_duration;
 
         loop {
@@ -583,6 +586,7 @@ impl TwilioCall {
                                 .push((at(now), format!("network gap ({ms} ms)")));
                             media_ts += ms as u64;
                             next_frame += Duration::from_millis(ms as u64);
+                            gap_until = gap_until.max(next_frame);
                             gap = true;
                             break;
                         }
@@ -625,7 +629,7 @@ impl TwilioCall {
                 }
             }
             // 4. send what is due
-            while outq.front().is_some_and(|(t, _)| *t <= now) {
+            while now >= gap_until && outq.front().is_some_and(|(t, _)| *t <= now) {
                 let Some((_, text)) = outq.pop_front() else {
                     break;
                 };
@@ -660,7 +664,7 @@ impl TwilioCall {
             let mut wake = next_frame;
             for t in [
                 inq.front().map(|x| x.0),
-                outq.front().map(|x| x.0),
+                outq.front().map(|x| x.0.max(gap_until)),
                 play.pending_marks.front().map(|x| x.0),
             ]
             .into_iter()
