@@ -11,7 +11,9 @@
 //! (verify X-Twilio-Signature), `GREETING` (said before the stream connects),
 //! `CALL_RECORDING_DIR` (record every call's timeline there, see `recording`),
 //! `AGENT_GREETING` (the instruction for the agent's first response, e.g. "Greet the caller
-//! and ask how you can help."; unset, the agent waits for the caller to speak), `RUST_LOG`.
+//! and ask how you can help."; unset, the agent waits for the caller to speak), `RUST_LOG`
+//! (default `info`; tungstenite's frame dumps stay out even at `trace` unless the filter names
+//! `tungstenite`, see `twilio_realtime::logging`).
 
 use std::sync::Arc;
 
@@ -22,7 +24,9 @@ use twilio_realtime::recording::RecordTo;
 use twilio_realtime::server::{stop_on_signals, Server, ServerConfig};
 
 fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    if let Err(e) = twilio_realtime::logging::init("info") {
+        eprintln!("no logging: {e}");
+    }
     let mut cfg = ServerConfig::from_env();
     if let Some(dir) = std::env::var_os("CALL_RECORDING_DIR").filter(|d| !d.is_empty()) {
         log::info!(

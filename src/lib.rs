@@ -37,7 +37,9 @@
 //!
 //! Logging goes through the `log` crate with one target per side, so
 //! `RUST_LOG=twilio_realtime::twilio=debug` shows just the Twilio side (also `::model`,
-//! `::session`, `::tools`, `::ws`). Audio payloads and keys are never logged.
+//! `::session`, `::tools`, `::ws`). Audio payloads, keys, tokens and a peer's free text are
+//! never in the crate's own log lines, at any level; [`logging::init`] sets up `env_logger` so
+//! that the dependencies' frame dumps (tungstenite at `trace`) stay out unless asked for.
 #![deny(missing_docs)]
 
 pub mod agent;
@@ -46,6 +48,7 @@ pub mod events;
 pub mod http;
 pub mod inbound;
 mod inbox;
+pub mod logging;
 pub mod model;
 pub mod mulaw;
 pub mod playback;

@@ -1,5 +1,6 @@
 //! The example server binary (`examples/twilio_server.rs`), run as a process and driven by the
-//! Twilio simulator and the fake model: TwiML, routes, signatures, SIGTERM during a call.
+//! Twilio simulator and the fake model: TwiML, routes, signatures, SIGTERM during a call, and
+//! a log at `trace` with no secret in it.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -8,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use base64::Engine;
 use twilio_realtime::signature;
 use twilio_realtime::sim::fake_model::{FakeModel, FakeModelConfig, Reply};
 use twilio_realtime::sim::twilio_call::{Segment, TwilioCall, TwilioCallConfig};
@@ -90,6 +92,10 @@ fn build_example() -> PathBuf {
 }
 
 fn start(model_url: &str, token: Option<&str>) -> Proc {
+    start_logging(model_url, token, "debug")
+}
+
+fn start_logging(model_url: &str, token: Option<&str>, rust_log: &str) -> Proc {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let log = std::env::temp_dir().join(format!(
         "twilio-realtime-server-{}-{}.log",
@@ -112,7 +118,7 @@ fn start(model_url: &str, token: Option<&str>) -> Proc {
         .env("OPENAI_REALTIME_URL", model_url)
         .env("PUBLIC_URL", PUBLIC)
         .env("GREETING", "Connecting you now.")
-        .env("RUST_LOG", "debug")
+        .env("RUST_LOG", rust_log)
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log).unwrap());
     if let Some(t) = token {
@@ -401,5 +407,111 @@ fn sigterm_during_a_call_lets_it_finish() {
     assert!(
         TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_err(),
         "no longer accepting"
+    );
+}
+
+/// The longest run of base64 alphabet characters in `s`, and the run (a 20 ms audio payload is
+/// 216 of them; a hex dump of a frame is longer still; nothing else the server logs comes near).
+fn longest_base64_run(s: &str) -> (usize, &str) {
+    let mut best = (0, "");
+    let mut start = None;
+    for (i, c) in s.char_indices().chain(std::iter::once((s.len(), ' '))) {
+        let b64 = c.is_ascii_alphanumeric() || c == '+' || c == '/' || c == '=';
+        match (b64, start) {
+            (true, None) => start = Some(i),
+            (false, Some(st)) => {
+                if i - st > best.0 {
+                    best = (i - st, &s[st..i]);
+                }
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    best
+}
+
+/// Issue 16 item 5: at `RUST_LOG=trace`, through a whole call (signed webhook, one-time stream
+/// token in `start`, caller speech, a tool call, agent audio with marks, a barge-in, hang-up),
+/// the server's log holds no audio payload, no API key, no auth token and no stream token.
+#[test]
+fn at_trace_the_log_holds_no_payload_key_or_token() {
+    let model = FakeModel::start(FakeModelConfig {
+        require_key: Some("test-key".into()),
+        script: vec![
+            Reply::call("get_weather", r#"{"location":"Paris"}"#),
+            Reply::say("It is eighteen degrees and sunny in Paris today.", 1500),
+            Reply::say(
+                "Let me tell you a much longer story about the weather.",
+                3000,
+            ),
+        ],
+        ..Default::default()
+    })
+    .unwrap();
+    let p = start_logging(&model.url(), Some(TOKEN), "trace");
+    let sig = signature::compute(TOKEN, &format!("{PUBLIC}/incoming-call"), &form());
+    let token = stream_token(p.addr, &sig);
+    let mut cfg = TwilioCallConfig::new(
+        p.addr,
+        vec![
+            Segment::Silence(200),
+            Segment::Speech(900),
+            Segment::WaitForAgent {
+                quiet_ms: 400,
+                timeout_ms: 10_000,
+            },
+            Segment::Speech(900),
+            Segment::BargeIn {
+                after_ms: 500,
+                speech_ms: 700,
+                timeout_ms: 10_000,
+            },
+            Segment::Silence(500),
+            Segment::HangUp,
+        ],
+    );
+    cfg.headers.push((
+        "X-Twilio-Signature".into(),
+        signature::compute(TOKEN, "wss://bridge.example.test/media-stream", &[]),
+    ));
+    cfg.call_sid = Some("CA0001".into());
+    cfg.custom_parameters.insert("token".into(), token.clone());
+    let report = TwilioCall::run(cfg).unwrap();
+    assert!(report.played_ms() > 1000, "{:#?}", report.timeline);
+    assert!(
+        !report.clears.is_empty(),
+        "a barge-in: {:#?}",
+        report.timeline
+    );
+    assert_eq!(model.recording().function_outputs.len(), 1);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let log = loop {
+        let log = p.log();
+        if log.contains("ended") || Instant::now() > deadline {
+            break log;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(log.contains("TRACE"), "the server ran at trace: {log}");
+
+    for (what, secret) in [
+        ("API key", "test-key"),
+        ("auth token", TOKEN),
+        ("stream token", token.as_str()),
+    ] {
+        assert!(!log.contains(secret), "the {what} leaked into the log");
+    }
+    let b64 = base64::engine::general_purpose::STANDARD;
+    for frame in report.caller_audio.chunks_exact(160) {
+        assert!(
+            !log.contains(&b64.encode(frame)[..40]),
+            "a caller payload leaked into the log"
+        );
+    }
+    let (n, run) = longest_base64_run(&log);
+    assert!(
+        n < 64,
+        "something like a payload is in the log ({n} chars): {run}"
     );
 }
