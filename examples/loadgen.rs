@@ -22,6 +22,9 @@
 //! a barge-in (`speech_started`), which the bridge turns into a Twilio `clear` and a
 //! `conversation.item.truncate`.
 //!
+//! Progress (phase, calls connected / running / done, the bridge's CPU and RSS) goes to stderr:
+//! a bar on a terminal, a line every 5 s otherwise.
+//!
 //! Latency: every caller frame and every agent delta carries a tag (a magic and the send time)
 //! in its first 12 audio bytes; the receiving side here computes now − tag. Each figure covers
 //! the bridge plus two loopback hops (generator → bridge → generator).
@@ -40,6 +43,9 @@ use serde_json::{json, Value};
 use tungstenite::Message;
 use twilio_realtime::sim::chaos::ProcessStats;
 use twilio_realtime::ws::{ClientRequest, Duplex, Incoming, WsConfig, WsConn, WsSender};
+
+#[path = "shared/progress.rs"]
+mod progress;
 
 const MAGIC: [u8; 4] = *b"LGT1";
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
@@ -505,15 +511,10 @@ struct ProcFigures {
 }
 
 fn proc_figures(pid: u32) -> Option<ProcFigures> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may contain spaces) start after ") ".
-    let rest = stat.rsplit_once(") ")?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let utime: u64 = f.get(11)?.parse().ok()?;
-    let stime: u64 = f.get(12)?.parse().ok()?;
+    let cpu_ticks = progress::cpu_ticks(pid)?;
     let st = ProcessStats::of_pid(pid).ok()?;
     Some(ProcFigures {
-        cpu_ticks: utime + stime,
+        cpu_ticks,
         rss_kb: st.rss_kb,
         hwm_kb: st.peak_rss_kb,
         threads: st.threads as u64,
@@ -526,11 +527,6 @@ fn self_cpu_s() -> f64 {
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
     let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     tv(ru.ru_utime) + tv(ru.ru_stime)
-}
-
-fn clk_tck() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
 }
 
 struct Bridge {
@@ -698,6 +694,35 @@ fn main() {
         "loadgen: {} calls, ramp {} s, {} s measured, bridge `{}`",
         a.calls, a.ramp, a.seconds, a.bridge
     );
+    // Phases: 0 ramp-up, 1 warm-up, 2 measuring, 3 quiescing.
+    let phase = Arc::new(AtomicU64::new(0));
+    let connected = Arc::new(AtomicU64::new(0));
+    let shown = {
+        let (phase, connected, callers) = (phase.clone(), connected.clone(), callers.clone());
+        let planned = a.ramp + 3 + a.seconds + 2;
+        let started = Instant::now();
+        progress::Progress::start(pid, "bridge", "s", Duration::from_secs(5), move || {
+            let done = callers
+                .lock()
+                .map(|v| {
+                    v.iter()
+                        .filter(|c| c.closed.load(Ordering::Relaxed))
+                        .count()
+                })
+                .unwrap_or(0) as u64;
+            let connected = connected.load(Ordering::Relaxed);
+            progress::Snapshot {
+                phase: ["ramp-up", "warm-up", "measuring", "quiescing"]
+                    [phase.load(Ordering::Relaxed).min(3) as usize]
+                    .to_owned(),
+                pos: started.elapsed().as_secs(),
+                len: planned,
+                connected,
+                running: connected.saturating_sub(done),
+                done,
+            }
+        })
+    };
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let ramp_gap = Duration::from_secs_f64(a.ramp as f64 / a.calls.max(1) as f64);
     let mut failed = 0;
@@ -707,12 +732,15 @@ fn main() {
             Some((c, d)) => {
                 callers.lock().expect("callers").push(c);
                 sockets.push(d);
+                connected.fetch_add(1, Ordering::Relaxed);
             }
             None => failed += 1,
         }
         thread::sleep(ramp_gap);
     }
+    phase.store(1, Ordering::Relaxed);
     thread::sleep(Duration::from_secs(3)); // warm-up: every call has replied at least once
+    phase.store(2, Ordering::Relaxed);
     let gen_cpu0 = self_cpu_s();
     let before = proc_figures(pid);
     let t0 = Instant::now();
@@ -733,6 +761,7 @@ fn main() {
 
     // Quiesce: no new frames or deltas; let what is in flight arrive, then hang up.
     sh.quiesce.store(true, Ordering::Relaxed);
+    phase.store(3, Ordering::Relaxed);
     thread::sleep(Duration::from_millis(1500));
     let alive = callers
         .lock()
@@ -765,13 +794,14 @@ fn main() {
     for d in sockets {
         d.join();
     }
+    shown.finish();
     drop(bridge);
 
     let (Some(before), Some(after)) = (before, after) else {
         eprintln!("the bridge process went away during the run");
         std::process::exit(1);
     };
-    let cpu_s = (after.cpu_ticks - before.cpu_ticks) as f64 / clk_tck();
+    let cpu_s = (after.cpu_ticks - before.cpu_ticks) as f64 / progress::clk_tck();
     let call_minutes = a.calls as f64 * measured / 60.0;
     let idle_rss = idle.as_ref().map_or(0, |f| f.rss_kb);
     let idle_threads = idle.as_ref().map_or(0, |f| f.threads);

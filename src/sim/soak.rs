@@ -41,6 +41,95 @@ pub struct SoakConfig {
     pub at_once: usize,
     /// How long threads and descriptors may take to return to the baseline. Default 10 s.
     pub settle: Duration,
+    /// Counters the run updates as it goes, for a progress display (`examples/soak.rs`).
+    pub progress: Arc<SoakProgress>,
+}
+
+/// Where a soak run is, updated as it goes (read it from another thread).
+#[derive(Debug, Default)]
+pub struct SoakProgress {
+    phase: AtomicUsize,
+    started: AtomicUsize,
+    done: AtomicUsize,
+    ok: AtomicUsize,
+}
+
+/// The stage a soak run is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SoakPhase {
+    /// Starting the bridges and warming every path up.
+    WarmUp,
+    /// The calls in a row.
+    InARow,
+    /// The calls at once.
+    AtOnce,
+    /// Waiting for threads and descriptors to come back.
+    Settling,
+    /// Finished.
+    Done,
+}
+
+impl SoakPhase {
+    /// A short name.
+    pub fn name(self) -> &'static str {
+        match self {
+            SoakPhase::WarmUp => "warm-up",
+            SoakPhase::InARow => "calls in a row",
+            SoakPhase::AtOnce => "calls at once",
+            SoakPhase::Settling => "settling",
+            SoakPhase::Done => "done",
+        }
+    }
+}
+
+impl SoakProgress {
+    /// The current stage.
+    pub fn phase(&self) -> SoakPhase {
+        match self.phase.load(Ordering::Relaxed) {
+            0 => SoakPhase::WarmUp,
+            1 => SoakPhase::InARow,
+            2 => SoakPhase::AtOnce,
+            3 => SoakPhase::Settling,
+            _ => SoakPhase::Done,
+        }
+    }
+
+    /// Measured calls started so far (warm-up calls are not counted).
+    pub fn started(&self) -> usize {
+        self.started.load(Ordering::Relaxed)
+    }
+
+    /// Measured calls finished so far.
+    pub fn done(&self) -> usize {
+        self.done.load(Ordering::Relaxed)
+    }
+
+    /// Healthy measured calls that went as expected so far.
+    pub fn ok(&self) -> usize {
+        self.ok.load(Ordering::Relaxed)
+    }
+
+    fn set(&self, phase: SoakPhase) {
+        let n = match phase {
+            SoakPhase::WarmUp => 0,
+            SoakPhase::InARow => 1,
+            SoakPhase::AtOnce => 2,
+            SoakPhase::Settling => 3,
+            SoakPhase::Done => 4,
+        };
+        self.phase.store(n, Ordering::Relaxed);
+    }
+
+    fn call<T>(&self, f: impl FnOnce() -> T, ok: impl FnOnce(&T) -> bool) -> T {
+        self.started.fetch_add(1, Ordering::Relaxed);
+        let r = f();
+        if ok(&r) {
+            self.ok.fetch_add(1, Ordering::Relaxed);
+        }
+        self.done.fetch_add(1, Ordering::Relaxed);
+        r
+    }
 }
 
 impl Default for SoakConfig {
@@ -50,6 +139,7 @@ impl Default for SoakConfig {
             lanes: 8,
             at_once: 100,
             settle: Duration::from_secs(10),
+            progress: Arc::default(),
         }
     }
 }
@@ -241,6 +331,8 @@ fn healthy_call(addr: SocketAddr, seed: u64) -> bool {
 /// Runs a soak; see the module docs.
 pub fn soak(cfg: &SoakConfig) -> io::Result<SoakReport> {
     let t0 = Instant::now();
+    let progress = cfg.progress.clone();
+    progress.set(SoakPhase::WarmUp);
     let say = || Reply::say("Sure, here you are.", 400);
     let bridges = vec![
         bridge(
@@ -317,15 +409,17 @@ pub fn soak(cfg: &SoakConfig) -> io::Result<SoakReport> {
     let next = Arc::new(AtomicUsize::new(0));
     let ok = Arc::new(AtomicUsize::new(0));
     let healthy = bridges[0].addr;
+    progress.set(SoakPhase::InARow);
     let lanes: Vec<_> = (0..cfg.lanes.max(1))
         .map(|_| {
             let (next, ok, total) = (next.clone(), ok.clone(), cfg.in_a_row);
+            let progress = progress.clone();
             thread::spawn(move || loop {
                 let n = next.fetch_add(1, Ordering::SeqCst);
                 if n >= total {
                     break;
                 }
-                if healthy_call(healthy, n as u64) {
+                if progress.call(|| healthy_call(healthy, n as u64), |ok| *ok) {
                     ok.fetch_add(1, Ordering::SeqCst);
                 }
             })
@@ -334,6 +428,7 @@ pub fn soak(cfg: &SoakConfig) -> io::Result<SoakReport> {
     for l in lanes {
         let _ = l.join();
     }
+    progress.set(SoakPhase::Settling);
     idle(cfg.settle);
     let after_in_a_row = ProcessStats::settle(&baseline, cfg.settle)?;
 
@@ -341,6 +436,7 @@ pub fn soak(cfg: &SoakConfig) -> io::Result<SoakReport> {
     let mut kinds: std::collections::BTreeMap<String, usize> = Default::default();
     let healthy_ok = Arc::new(AtomicUsize::new(0));
     let mut healthy_total = 0;
+    progress.set(SoakPhase::AtOnce);
     let barrier = Arc::new(std::sync::Barrier::new(cfg.at_once.max(1)));
     let mut calls = Vec::with_capacity(cfg.at_once);
     for i in 0..cfg.at_once {
@@ -359,6 +455,7 @@ pub fn soak(cfg: &SoakConfig) -> io::Result<SoakReport> {
             healthy_total += 1;
         }
         let (barrier, healthy_ok) = (barrier.clone(), healthy_ok.clone());
+        let progress = progress.clone();
         calls.push(
             thread::Builder::new()
                 .name("soak-call".into())
@@ -367,12 +464,17 @@ pub fn soak(cfg: &SoakConfig) -> io::Result<SoakReport> {
                     barrier.wait();
                     match fault {
                         None => {
-                            if healthy_call(addr, 10_000 + i as u64) && counts {
+                            let fine =
+                                progress.call(|| healthy_call(addr, 10_000 + i as u64), |ok| *ok);
+                            if fine && counts {
                                 healthy_ok.fetch_add(1, Ordering::SeqCst);
                             }
                         }
                         Some(f) => {
-                            let _ = run_faulty_call(addr, f, Duration::from_millis(1500));
+                            let _ = progress.call(
+                                || run_faulty_call(addr, f, Duration::from_millis(1500)),
+                                |_| false,
+                            );
                         }
                     }
                 })?,
@@ -381,9 +483,11 @@ pub fn soak(cfg: &SoakConfig) -> io::Result<SoakReport> {
     for c in calls {
         let _ = c.join();
     }
+    progress.set(SoakPhase::Settling);
     idle(cfg.settle);
     let after_at_once = ProcessStats::settle(&baseline, cfg.settle)?;
 
+    progress.set(SoakPhase::Done);
     let mut server_calls = 0;
     for b in bridges {
         b.stopper.stop();
