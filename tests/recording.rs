@@ -436,3 +436,44 @@ fn recording_is_off_by_default() {
     let opts = twilio_realtime::session::SessionOptions::new(None);
     assert_eq!(opts.recording, None);
 }
+
+#[test]
+fn a_long_call_makes_a_small_picture() {
+    // Half an hour: caller audio and agent audio every 100 ms, a mark after each chunk.
+    let mut entries = vec![Entry {
+        t_us: 0,
+        record: Record::Header {
+            format: 1,
+            version: "0.1.0".into(),
+            started_unix_ms: 0,
+        },
+    }];
+    for i in 1..=18_000u64 {
+        let t_us = i * 100_000;
+        entries.push(Entry {
+            t_us,
+            record: Record::CallerAudio {
+                ms: 100,
+                level: (i % 40 * 100) as u16,
+            },
+        });
+        entries.push(Entry {
+            t_us,
+            record: Record::AgentAudio {
+                bytes: 800,
+                level: 4000,
+            },
+        });
+        entries.push(Entry {
+            t_us,
+            record: Record::MarkSent {
+                name: format!("0:0:{}:item_1", i * 800),
+            },
+        });
+    }
+    let svg = call_picture::Picture::from_recording(&entries)
+        .svg()
+        .unwrap();
+    assert!(svg.len() < 1_000_000, "{} bytes", svg.len());
+    check_svg(&svg, &["caller", "marks sent"]);
+}

@@ -116,6 +116,33 @@ fn mark_item(name: &str) -> Option<String> {
     }
 }
 
+/// At most one level per `px_ms` of time: contiguous levels that start within one pixel of
+/// the current one merge into it (the loudest wins), so a long call's picture stays small.
+fn thin(levels: &[Level], px_ms: f64) -> Vec<Level> {
+    let mut out: Vec<Level> = Vec::new();
+    for l in levels {
+        match out.last_mut() {
+            Some(cur) if l.from - cur.from < px_ms && l.from <= cur.to + 1.0 => {
+                cur.to = cur.to.max(l.to);
+                cur.level = cur.level.max(l.level);
+            }
+            _ => out.push(*l),
+        }
+    }
+    out
+}
+
+/// At most one tick per `px_ms` of time.
+fn thin_ticks(times: &[f64], px_ms: f64) -> Vec<f64> {
+    let mut out: Vec<f64> = Vec::new();
+    for t in times {
+        if out.last().is_none_or(|last| t - last >= px_ms) {
+            out.push(*t);
+        }
+    }
+    out
+}
+
 fn median(mut v: Vec<f64>) -> Option<f64> {
     if v.is_empty() {
         return None;
@@ -489,10 +516,12 @@ impl Picture {
         }
 
         // Audio tracks: mirrored envelopes around the lane's middle.
+        // Plot width in pixels is about W - 260: one pixel is this many ms.
+        let px_ms = dur_s * 1000.0 / f64::from(W - 260);
         let envelope = |levels: &[Level], (y0, y1): (f64, f64)| -> Vec<(f64, f64, f64, f64)> {
             let mid = (y0 + y1) / 2.0;
             let half = (y1 - y0) / 2.0 * 0.95;
-            levels
+            thin(levels, px_ms)
                 .iter()
                 .filter(|l| l.level > 30.0)
                 .map(|l| {
@@ -534,9 +563,9 @@ impl Picture {
         // Marks: one tick each.
         for (times, (y0, y1)) in [(&self.marks_sent, sent_y), (&self.marks_echoed, echo_y)] {
             chart.draw_series(
-                times
-                    .iter()
-                    .map(|t| PathElement::new(vec![(s(*t), y0), (s(*t), y1)], grey)),
+                thin_ticks(times, px_ms)
+                    .into_iter()
+                    .map(|t| PathElement::new(vec![(s(t), y0), (s(t), y1)], grey)),
             )?;
         }
 
@@ -760,8 +789,9 @@ pub fn summary(entries: &[Entry]) -> String {
         p.clears.len(),
         p.rtt_ms
     );
+    const MAX_ROWS: usize = 8;
     let _ = writeln!(out, "barge-ins {}", interrupts.len());
-    for (t, cause, heard) in &interrupts {
+    for (t, cause, heard) in interrupts.iter().take(MAX_ROWS) {
         let items: Vec<String> = heard
             .iter()
             .map(|(item, h)| {
@@ -785,9 +815,15 @@ pub fn summary(entries: &[Entry]) -> String {
             }
         );
     }
+    if interrupts.len() > MAX_ROWS {
+        let _ = writeln!(out, "  … and {} more", interrupts.len() - MAX_ROWS);
+    }
     let _ = writeln!(out, "tools     {}", p.tools.len());
-    for t in &p.tools {
+    for t in p.tools.iter().take(MAX_ROWS) {
         let _ = writeln!(out, "  {:>6.2} s  {}", secs(t.from), t.label);
+    }
+    if p.tools.len() > MAX_ROWS {
+        let _ = writeln!(out, "  … and {} more", p.tools.len() - MAX_ROWS);
     }
     if !errors.is_empty() {
         let _ = writeln!(out, "errors    {}", errors.len());
