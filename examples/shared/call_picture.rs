@@ -443,7 +443,7 @@ impl Picture {
         let top = 11.2;
         let title = if self.rtt_ms > 0.0 {
             format!(
-                "{}, round trip to Twilio ~{:.0} ms",
+                "{} · round trip to Twilio ~{:.0} ms",
                 self.title, self.rtt_ms
             )
         } else {
