@@ -477,3 +477,35 @@ fn a_long_call_makes_a_small_picture() {
     assert!(svg.len() < 1_000_000, "{} bytes", svg.len());
     check_svg(&svg, &["caller", "marks sent"]);
 }
+
+#[test]
+fn a_reconnect_shows_both_model_connections() {
+    let at = |ms: u64, record: Record| Entry {
+        t_us: ms * 1000,
+        record,
+    };
+    let entries = vec![
+        at(0, Record::ModelConnecting),
+        at(50, Record::ModelConnected),
+        at(60_000, Record::ModelConnecting),
+        at(60_080, Record::ModelConnected),
+        at(
+            90_000,
+            Record::Closed {
+                reason: "twilio stream stopped".into(),
+            },
+        ),
+    ];
+    let p = call_picture::Picture::from_recording(&entries);
+    let spans: Vec<(f64, f64, bool)> = p.model.iter().map(|s| (s.from, s.to, s.faint)).collect();
+    assert_eq!(
+        spans,
+        [
+            (0.0, 50.0, true),
+            (50.0, 60_000.0, false),
+            (60_000.0, 60_080.0, true),
+            (60_080.0, 90_000.0, false)
+        ]
+    );
+    assert!(call_picture::summary(&entries).contains("2 connection(s)"));
+}

@@ -286,7 +286,18 @@ impl Picture {
                         faint: *is_error,
                     });
                 }
-                Record::ModelConnecting => model_from = Some((t, false)),
+                Record::ModelConnecting => {
+                    // A reconnect replaces the connection that was open.
+                    if let Some((from, up)) = model_from.take() {
+                        p.model.push(Span {
+                            from,
+                            to: t,
+                            label: "replaced".into(),
+                            faint: !up,
+                        });
+                    }
+                    model_from = Some((t, false));
+                }
                 Record::ModelConnected => {
                     if let Some((from, false)) = model_from {
                         p.model.push(Span {
