@@ -202,7 +202,7 @@ fn a_recorded_call_reads_back_matches_the_call_and_holds_nothing_sensitive() {
         TOKEN,
         SECRET_ARGUMENT,
         SECRET_SPEECH,
-        "4242",
+        "account number",
         "sunny",
         "+15550100",
     ] {
