@@ -799,8 +799,10 @@ impl Shell {
         }
         // Written from this thread under the socket lock (no hand-off to the writer thread:
         // one wake-up less per frame); only this thread writes Twilio frames, so they keep
-        // their order, and a `clear` never waits behind queued audio. A peer that stops
-        // reading blocks this call's session thread up to the write timeout, then ends it.
+        // their order, and a `clear` never waits behind queued audio. The write never waits
+        // for the peer: for one that stops reading, the frames stay in the bounded write
+        // buffer, and the writer thread gives the socket up after the write timeout (the
+        // reader then reports it and the call ends).
         if let Err(e) = self
             .twilio
             .sender()

@@ -103,6 +103,19 @@ pub(crate) fn set_tcp_keepalive(
     Ok(())
 }
 
+/// Sets a socket's receive buffer (`SO_RCVBUF`; the kernel doubles it and enforces a
+/// minimum). The simulator uses it on a listener for a peer whose TCP window closes quickly.
+pub(crate) fn set_recv_buffer(fd: RawFd, bytes: usize) -> io::Result<()> {
+    let bytes = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    set_int_opt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, bytes)
+}
+
+/// Sets a socket's send buffer (`SO_SNDBUF`; the kernel doubles it and enforces a minimum).
+pub(crate) fn set_send_buffer(fd: RawFd, bytes: usize) -> io::Result<()> {
+    let bytes = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    set_int_opt(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, bytes)
+}
+
 /// Reads an integer socket option (tests check what was set).
 #[cfg(test)]
 pub(crate) fn get_int_opt(fd: RawFd, level: libc::c_int, name: libc::c_int) -> io::Result<i32> {

@@ -13,7 +13,11 @@
 //! * the **writer** blocks on a bounded channel and takes the lock only to send; on
 //!   `WouldBlock` it waits for `POLLOUT` outside the lock and flushes;
 //! * [`WsSender::send_now`] writes from the calling thread under the same lock, with no
-//!   hand-off: the caller-audio lane uses it to forward each frame with one thread wake-up;
+//!   hand-off: the caller-audio lane uses it to forward each frame with one thread wake-up. It
+//!   never waits for the peer: when the socket is full the frame stays in tungstenite's write
+//!   buffer and the writer thread flushes it (and gives the connection up after the write
+//!   timeout), so no lock is ever held across a wait and a peer that stops reading delays
+//!   nobody else;
 //! * a `try_clone` of the `TcpStream` kept aside lets any thread `shutdown` the socket, which
 //!   wakes the reader's `poll`.
 //!
@@ -143,6 +147,11 @@ pub struct WsConfig {
     /// socket (the reader reports the error). `None` leaves the system default (off).
     /// Default 15 s (a dead peer is noticed within about 25 s even when nothing is sent).
     pub tcp_keepalive: Option<Duration>,
+    /// The kernel's send buffer for the socket (`SO_SNDBUF`, which the kernel doubles), once
+    /// the connection runs. `None` leaves the kernel's autotuning (up to `tcp_wmem`'s maximum,
+    /// megabytes). A small one bounds the kernel memory a peer that stops reading can hold and
+    /// lets the write timeout notice it sooner. Default `None`.
+    pub send_buffer_size: Option<usize>,
     /// TLS settings for `wss://` (default: the system's roots).
     pub tls_connector: Option<native_tls::TlsConnector>,
 }
@@ -155,6 +164,7 @@ impl fmt::Debug for WsConfig {
             .field("outbound_capacity", &self.outbound_capacity)
             .field("connect_timeout", &self.connect_timeout)
             .field("tcp_keepalive", &self.tcp_keepalive)
+            .field("send_buffer_size", &self.send_buffer_size)
             .field("custom_tls", &self.tls_connector.is_some())
             .finish_non_exhaustive()
     }
@@ -175,6 +185,7 @@ impl Default for WsConfig {
             close_timeout: Duration::from_secs(1),
             thread_stack_size: 256 * 1024,
             tcp_keepalive: Some(Duration::from_secs(15)),
+            send_buffer_size: None,
             tls_connector: None,
         }
     }
@@ -584,10 +595,13 @@ impl WsConn {
         Ok((conn, head))
     }
 
-    fn prepare(mut self) -> Result<(Arc<Shared>, WsConfig), WsError> {
+    fn prepare(mut self) -> Result<(Arc<Shared>, Receiver<()>, WsConfig), WsError> {
         if let Some(idle) = self.cfg.tcp_keepalive {
             let interval = (idle / 3).max(Duration::from_secs(1));
             sys::set_tcp_keepalive(self.tcp.as_raw_fd(), idle, interval, 3).map_err(WsError::Io)?;
+        }
+        if let Some(bytes) = self.cfg.send_buffer_size {
+            sys::set_send_buffer(self.tcp.as_raw_fd(), bytes).map_err(WsError::Io)?;
         }
         self.tcp.set_read_timeout(None).map_err(WsError::Io)?;
         self.tcp.set_write_timeout(None).map_err(WsError::Io)?;
@@ -595,6 +609,7 @@ impl WsConn {
         let sock = self.ws.get_mut();
         sock.armed = matches!(sock.inner, MaybeTlsStream::Plain(_));
         let fd = self.tcp.as_raw_fd();
+        let (flush_tx, flush_rx) = bounded(1);
         Ok((
             Arc::new(Shared {
                 ws: Mutex::new(self.ws),
@@ -604,7 +619,10 @@ impl WsConn {
                 write_timeout: self.cfg.write_timeout,
                 epoch: Instant::now(),
                 last_rx_us: AtomicU64::new(0),
+                flush_tx,
+                failure: Mutex::new(None),
             }),
+            flush_rx,
             self.cfg,
         ))
     }
@@ -616,7 +634,7 @@ impl WsConn {
     where
         F: FnMut(Incoming) + Send + 'static,
     {
-        let (shared, cfg) = self.prepare()?;
+        let (shared, flush_rx, cfg) = self.prepare()?;
         let (tx, rx) = bounded::<Out>(cfg.outbound_capacity.max(1));
         let (stop_tx, stop_rx) = unbounded::<()>();
         let writer = {
@@ -625,7 +643,7 @@ impl WsConn {
             thread::Builder::new()
                 .name(format!("{name}-wr"))
                 .stack_size(cfg.thread_stack_size)
-                .spawn(move || writer_loop(&shared, &rx, &stop_rx, close_timeout))
+                .spawn(move || writer_loop(&shared, &rx, &flush_rx, &stop_rx, close_timeout))
                 .map_err(WsError::Io)?
         };
         let reader = {
@@ -718,6 +736,10 @@ struct Shared {
     epoch: Instant,
     /// Microseconds from `epoch` to the last frame read (of any kind, pings and pongs too).
     last_rx_us: AtomicU64,
+    /// Asks the writer thread to flush what [`Shared::write_now`] left in tungstenite's buffer.
+    flush_tx: Sender<()>,
+    /// Why the writer gave the connection up (the reader reports it as its last message).
+    failure: Mutex<Option<WsError>>,
 }
 
 impl Shared {
@@ -737,8 +759,30 @@ impl Shared {
         self.ws.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Writes one message without ever waiting: the lock is held only for non-blocking
+    /// syscalls. When the socket is full, the rest stays in tungstenite's write buffer (bounded
+    /// by `max_write_buffer_size`) and the writer thread flushes it, giving the connection up
+    /// after the write timeout. So a peer that stops reading never blocks the caller.
+    fn write_now(&self, msg: Message) -> Result<(), WsError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(WsError::Closed);
+        }
+        let first = self.lock().send(msg);
+        match first {
+            Ok(()) => Ok(()),
+            Err(e) if is_would_block(&e) => {
+                // Full: a flush is already requested if the slot is taken.
+                if self.flush_tx.try_send(()).is_ok() {
+                    log::debug!(target: LOG, "socket full; the writer thread flushes");
+                }
+                Ok(())
+            }
+            Err(e) => Err(map_err(e)),
+        }
+    }
+
     /// Writes (or queues inside tungstenite) one message and flushes it, waiting for
-    /// writability outside the lock.
+    /// writability outside the lock. Only the writer thread waits like this.
     fn write(&self, msg: Message) -> Result<(), WsError> {
         if self.closed.load(Ordering::Acquire) {
             return Err(WsError::Closed);
@@ -749,22 +793,52 @@ impl Shared {
             Err(e) if is_would_block(&e) => {}
             Err(e) => return Err(map_err(e)),
         }
-        let deadline = std::time::Instant::now() + self.write_timeout;
+        self.flush_within()
+    }
+
+    /// Flushes tungstenite's buffer, waiting for writability outside the lock, for at most
+    /// the write timeout.
+    fn flush_within(&self) -> Result<(), WsError> {
+        let deadline = std::time::Instant::now()
+            .checked_add(self.write_timeout)
+            .unwrap_or_else(|| std::time::Instant::now() + Duration::from_secs(86_400 * 365));
         loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                return Err(WsError::WriteTimeout);
-            }
-            sys::wait_writable(self.fd, Some(left)).map_err(WsError::Io)?;
             if self.closed.load(Ordering::Acquire) {
                 return Err(WsError::Closed);
             }
             match self.lock().flush() {
                 Ok(()) => return Ok(()),
-                Err(e) if is_would_block(&e) => continue,
+                Err(e) if is_would_block(&e) => {}
                 Err(e) => return Err(map_err(e)),
             }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(WsError::WriteTimeout);
+            }
+            sys::wait_writable(self.fd, Some(left)).map_err(WsError::Io)?;
         }
+    }
+
+    /// Gives the connection up for `why` (kept for the reader's last message).
+    fn fail(&self, why: WsError) {
+        if !matches!(why, WsError::Closed) {
+            log::debug!(target: LOG, "write failed: {why}");
+            let mut f = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+            if f.is_none() {
+                *f = Some(why);
+            }
+        }
+        self.shutdown();
+    }
+
+    /// How the reader ends once the socket is shut: with the writer's failure, if any.
+    fn end(&self) -> Incoming {
+        let f = self
+            .failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        f.map_or(Incoming::Closed(None), Incoming::Error)
     }
 
     fn shutdown(&self) {
@@ -794,6 +868,7 @@ enum Out {
 fn writer_loop(
     shared: &Shared,
     rx: &Receiver<Out>,
+    flush_rx: &Receiver<()>,
     stop_rx: &Receiver<()>,
     close_timeout: Duration,
 ) {
@@ -802,10 +877,7 @@ fn writer_loop(
             recv(rx) -> m => match m {
                 Ok(Out::Msg(msg)) => {
                     if let Err(e) = shared.write(msg) {
-                        if !matches!(e, WsError::Closed) {
-                            log::debug!(target: LOG, "write failed: {e}");
-                        }
-                        shared.shutdown();
+                        shared.fail(e);
                         return;
                     }
                 }
@@ -830,6 +902,14 @@ fn writer_loop(
                     return;
                 }
             },
+            // A `write_now` found the socket full: push the rest out, or give up after the
+            // write timeout.
+            recv(flush_rx) -> _ => {
+                if let Err(e) = shared.flush_within() {
+                    shared.fail(e);
+                    return;
+                }
+            }
             recv(stop_rx) -> _ => {
                 shared.shutdown();
                 return;
@@ -906,19 +986,19 @@ fn reader_loop<F: FnMut(Incoming)>(shared: &Shared, mut on_message: F, stop_tx: 
             }
             Err(e) if is_would_block(&e) => {
                 if shared.closed.load(Ordering::Acquire) {
-                    break Incoming::Closed(None);
+                    break shared.end();
                 }
                 if let Err(e) = sys::wait_readable(shared.fd, None) {
                     break Incoming::Error(WsError::Io(e));
                 }
             }
             Err(tungstenite::Error::ConnectionClosed) | Err(tungstenite::Error::AlreadyClosed) => {
-                break Incoming::Closed(None)
+                break shared.end()
             }
             Err(e) => {
                 if shared.closed.load(Ordering::Acquire) {
-                    // We closed it ourselves: not an error.
-                    break Incoming::Closed(None);
+                    // We closed it ourselves: not an error (unless the writer gave up).
+                    break shared.end();
                 }
                 // Tell the peer why before dropping it: 1009 for a message over the size cap,
                 // 1002 for a broken frame (best effort; the connection is ending either way).
@@ -1052,10 +1132,13 @@ impl WsSender {
 
     /// Writes a message directly from the calling thread, under the socket lock, with no
     /// hand-off to the writer thread. Its order relative to messages still waiting in the
-    /// writer's queue is not defined; messages sent with `send_now` from one thread keep their
-    /// order. Waits (bounded by the write timeout) if the socket is full.
+    /// writer's queue is not defined; messages sent with `send_now` keep their order. Never
+    /// waits for the peer: if the socket is full, the message stays in the write buffer
+    /// (`max_write_buffer_size`; beyond it this fails) and the writer thread flushes it; if
+    /// the peer takes nothing for the write timeout the connection is given up and the reader
+    /// ends with [`WsError::WriteTimeout`].
     pub fn send_now(&self, msg: Message) -> Result<(), WsError> {
-        let r = self.shared.write(msg);
+        let r = self.shared.write_now(msg);
         if let Err(e) = &r {
             if !matches!(e, WsError::Closed) {
                 self.abort();

@@ -401,3 +401,83 @@ fn a_panicking_socket_handler_closes_only_its_connection() {
     );
     assert!(after.fds <= baseline.fds, "{baseline:?} -> {after:?}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// §7 No lock across blocking I/O on the audio path
+
+#[test]
+fn a_model_that_stops_reading_never_delays_the_clear_and_the_call_ends_by_the_write_timeout() {
+    use twilio_realtime::sim::fake_model::Faults;
+    let _s = serial();
+    // The caller asks, the agent answers with 20 s of audio sent in real time; 1.5 s after the
+    // connection opened the model stops reading: with a 16 KiB send buffer on the bridge's
+    // model socket its window closes ~2.5 s later while caller audio keeps coming (measured).
+    // At 6.5 s it reports that the caller spoke (it heard it before it stalled); the model
+    // socket's 5 s write timeout runs from the moment it filled. With a lock held across the
+    // blocked write (the bug this guards against) the clear waited ~3.3 s and the agent's
+    // audio stopped reaching Twilio.
+    let stall_at = Duration::from_millis(1500);
+    let barge_at = Duration::from_millis(6_500);
+    let speech_started = r#"{"type":"input_audio_buffer.speech_started","event_id":"ev_stall","audio_start_ms":1200,"item_id":"item_caller_2"}"#;
+    let rig = Rig::start_with(
+        FakeModelConfig {
+            script: vec![Reply::say("A very long answer.", 20_000)],
+            audio_speed: 1.0,
+            faults: Faults {
+                stall_reads: Some((stall_at, Duration::from_secs(30))),
+                raw: vec![(barge_at, speech_started.to_owned())],
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        agent,
+        |cfg| {
+            cfg.session.model.ws.write_timeout = Duration::from_secs(5);
+            cfg.session.model.ws.send_buffer_size = Some(16 * 1024);
+            cfg.session.call.twilio_silence_timeout = Duration::from_secs(30);
+        },
+    );
+    let t0 = Instant::now();
+    let mut call = TwilioCallConfig::new(
+        rig.addr,
+        vec![
+            Segment::Speech(600),
+            Segment::Silence(20_000),
+            Segment::HangUp,
+        ],
+    );
+    call.one_way_delay = Duration::from_millis(2);
+    call.jitter = Duration::ZERO;
+    call.keep_audio = false;
+    let report = TwilioCall::run(call).expect("call");
+    rig.wait_idle();
+    let rec = rig.model.recording();
+    // When the model's connection started, on the test's clock: its first client event.
+    let model_t0 = rec.events.first().expect("a session.update").0;
+    let barge = model_t0 + barge_at;
+    let clear = report.clears.first().expect("a clear reached twilio");
+    let clear_at = t0 + clear.at;
+    let delay = clear_at.saturating_duration_since(barge);
+    eprintln!(
+        "clear reached twilio {:.1} ms after the model reported the barge-in (model stalled {:?} earlier)",
+        delay.as_secs_f64() * 1000.0,
+        barge_at - stall_at
+    );
+    // The point: not held behind the 4 s write timeout of the stalled model socket.
+    assert!(delay < Duration::from_secs(1), "clear delayed {delay:?}");
+    assert!(clear.dropped_bytes > 0, "the clear cut playing audio");
+    // Then the write-timeout rule ends the call (the model socket is given up).
+    match rig.closed().as_slice() {
+        [CloseReason::ModelDisconnected(why)] => {
+            assert!(why.contains("write timeout"), "{why}")
+        }
+        other => panic!("expected the model's write timeout, got {other:?}"),
+    }
+    assert!(report.closed_by_bridge, "{:?}", report.timeline);
+    assert!(
+        report.duration < Duration::from_secs(15),
+        "ended by the rule, not the hang-up: {:?}",
+        report.duration
+    );
+    rig.stop();
+}

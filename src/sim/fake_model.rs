@@ -79,6 +79,10 @@ pub struct Faults {
     pub raw: Vec<(Duration, String)>,
     /// Send a `session_expired` error after this long, then close.
     pub session_expired_after: Option<Duration>,
+    /// Stop reading the socket `.0` after the connection opened, for `.1` (events still go
+    /// out): a peer whose TCP window closes once the kernel's buffers are full (DESIGN.md §7:
+    /// a peer that stops reading).
+    pub stall_reads: Option<(Duration, Duration)>,
     /// Refuse the upgrade with this HTTP status.
     pub reject_status: Option<u16>,
 }
@@ -264,6 +268,12 @@ impl FakeModel {
     /// Starts listening on 127.0.0.1 (a free port).
     pub fn start(cfg: FakeModelConfig) -> std::io::Result<FakeModel> {
         let listener = TcpListener::bind("127.0.0.1:0")?;
+        if cfg.faults.stall_reads.is_some() {
+            // Set on the listener, so every connection's window is sized from it from the
+            // first segment on: the window closes after a few KiB instead of megabytes.
+            use std::os::fd::AsRawFd;
+            crate::sys::set_recv_buffer(listener.as_raw_fd(), 8 * 1024)?;
+        }
         let addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
         let rec = Arc::new(Mutex::new(ModelRecording::default()));
@@ -360,11 +370,17 @@ fn connection(sh: Arc<Shared>, tcp: std::net::TcpStream) {
         }
     }
     thread::sleep(sh.cfg.faults.accept_delay);
+    let stall = sh.cfg.faults.stall_reads;
+    let mut ws_cfg = WsConfig::default();
+    if stall.is_some() {
+        // One message queued: the reader stops reading the socket as soon as the engine does.
+        ws_cfg.inbound_capacity = 1;
+    }
     let conn = match WsConn::accept_head(
         tungstenite::stream::MaybeTlsStream::Plain(tcp),
         &head,
         leftover,
-        &WsConfig::default(),
+        &ws_cfg,
     ) {
         Ok(c) => c,
         Err(e) => {
@@ -385,6 +401,19 @@ fn connection(sh: Arc<Shared>, tcp: std::net::TcpStream) {
             .next_deadline()
             .map(|d| d.saturating_duration_since(Instant::now()))
             .unwrap_or(Duration::from_millis(200));
+        let stalled = stall.is_some_and(|(after, len)| {
+            let t = e.started.elapsed();
+            t >= after && t < after.saturating_add(len)
+        });
+        if stalled {
+            // Not reading: the reader thread blocks on the full queue, the window closes.
+            thread::sleep(timeout.min(Duration::from_millis(20)));
+            if !e.tick() || sh.stop.load(Ordering::SeqCst) {
+                duplex.close();
+                break;
+            }
+            continue;
+        }
         match rx.recv_timeout(timeout) {
             Ok(Incoming::Text(t)) => e.on_client(t.as_str()),
             Ok(Incoming::Binary(_)) => e.violation("binary frame".into()),
@@ -400,6 +429,8 @@ fn connection(sh: Arc<Shared>, tcp: std::net::TcpStream) {
             break;
         }
     }
+    // A reader blocked on a full queue must not keep the join waiting.
+    drop(rx);
     duplex.join();
 }
 
