@@ -1,10 +1,16 @@
 //! Property tests in place of fuzz targets (they run on stable Rust and in CI, and shrink a
-//! failure to a minimal case): the Twilio parser, the model-event parser, and the call core fed
-//! arbitrary event sequences.
+//! failure to a minimal case): the Twilio parser, the model-event parser, and the call core
+//! together with the caller-audio lane (wired as the session wires them) fed arbitrary event
+//! sequences: `media` timestamps over the whole `u64` range (jitter, gaps, jumps, clocks that go
+//! backwards), transcripts with multibyte characters from interleaved items.
 //!
-//! Invariants: nothing panics; a parsed `media` or audio delta always carries valid base64;
-//! every frame for Twilio carries the streamSid from `start` (never before it, never empty);
-//! every `conversation.item.truncate` claims no more audio than was sent to Twilio for that item.
+//! Invariants: nothing panics (debug builds check overflow); a parsed `media` or audio delta
+//! always carries valid base64; every frame for Twilio carries the streamSid from `start` (never
+//! before it, never empty); every `conversation.item.truncate` claims no more audio than was
+//! sent to Twilio for that item; caller frames reach the model only while it is ready, in
+//! order, byte-exact, each at most once, and only frames the early buffer dropped go missing;
+//! gap padding never exceeds the wall time since the first frame; a response's text is its
+//! items' texts in order of first appearance, each item's final text replacing its deltas.
 //!
 //! CI runs proptest's default 256 cases per property. A long run:
 //!
@@ -12,7 +18,7 @@
 //! PROPTEST_CASES=20000 cargo test --release --test fuzz_props
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -20,6 +26,8 @@ use proptest::prelude::*;
 use serde_json::json;
 use twilio_realtime::agent::{Agent, FunctionTool, OutputGuardrail, Verdict};
 use twilio_realtime::call::{CallCore, CallOptions, Command, Output};
+use twilio_realtime::events::SessionEvent;
+use twilio_realtime::inbound::{InboundAudio, InboundConfig};
 use twilio_realtime::model::{ClientEvent, ServerEvent};
 use twilio_realtime::mulaw;
 use twilio_realtime::playback::MarkName;
@@ -132,10 +140,43 @@ proptest! {
 // ---------------------------------------------------------------------------------------------
 // The call core on arbitrary sequences
 
+/// A `media` timestamp: the next one Twilio would send moved by some ms (jitter, a gap, a
+/// step back), any `u64`, one near `u64::MAX`, or none (it did not parse).
+#[derive(Debug, Clone)]
+enum Ts {
+    Next(i32),
+    Any(u64),
+    NearMax(u16),
+    Missing,
+}
+
+fn ts() -> impl Strategy<Value = Ts> {
+    prop_oneof![
+        40 => (-3..3i32).prop_map(Ts::Next),
+        8 => (-60_000..60_000i32).prop_map(Ts::Next),
+        4 => any::<u64>().prop_map(Ts::Any),
+        2 => any::<u16>().prop_map(Ts::NearMax),
+        1 => Just(Ts::Missing),
+    ]
+}
+
+/// Caller frame sizes in µ-law bytes (20 ms is 160).
+const FRAME_SIZES: [usize; 4] = [160, 160, 8, 1600];
+
+/// Agent text, often with multibyte characters.
+fn text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("hello forbidden words".to_owned()),
+        "[a-zé🎉— ]{0,8}",
+        any::<String>(),
+    ]
+}
+
 #[derive(Debug, Clone)]
 enum Step {
     Start(usize),
-    Media(u16),
+    /// A caller frame of one of [`FRAME_SIZES`] bytes with this timestamp.
+    Media(Ts, usize),
     EchoMark(usize),
     BogusMark(String),
     Stop,
@@ -145,7 +186,7 @@ enum Step {
     ItemAdded(u8, u8),
     Delta(u8, u8, u16),
     AudioDone(u8, u8),
-    Transcript(u8, u8, bool),
+    Transcript(u8, u8, bool, String),
     FunctionCall(u8, bool),
     ResponseDone(u8, bool),
     SpeechStarted,
@@ -164,8 +205,10 @@ enum Step {
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
+        // 0 and 1: the two stream ids; 2: the first id in a format the bridge refuses.
         40 => (0..2usize).prop_map(Step::Start),
-        32 => any::<u16>().prop_map(Step::Media),
+        3 => Just(Step::Start(2)),
+        64 => (ts(), 0..FRAME_SIZES.len()).prop_map(|(t, n)| Step::Media(t, n)),
         48 => any::<usize>().prop_map(Step::EchoMark),
         8 => "[a-z0-9:_]{0,20}".prop_map(Step::BogusMark),
         1 => Just(Step::Stop),
@@ -175,7 +218,8 @@ fn step() -> impl Strategy<Value = Step> {
         24 => (0..3u8, 0..4u8).prop_map(|(r, i)| Step::ItemAdded(r, i)),
         80 => (0..3u8, 0..4u8, 1..4000u16).prop_map(|(r, i, n)| Step::Delta(r, i, n)),
         16 => (0..3u8, 0..4u8).prop_map(|(r, i)| Step::AudioDone(r, i)),
-        16 => (0..3u8, 0..4u8, any::<bool>()).prop_map(|(r, i, d)| Step::Transcript(r, i, d)),
+        24 => (0..3u8, 0..4u8, any::<bool>(), text())
+            .prop_map(|(r, i, d, t)| Step::Transcript(r, i, d, t)),
         8 => (0..3u8, any::<bool>()).prop_map(|(r, known)| Step::FunctionCall(r, known)),
         24 => (0..3u8, any::<bool>()).prop_map(|(r, c)| Step::ResponseDone(r, c)),
         24 => Just(Step::SpeechStarted),
@@ -219,9 +263,32 @@ fn agent() -> Agent {
         }))
 }
 
+/// What the application should see as a response's text, kept the documented way: per item,
+/// in order of first appearance, a final text replacing the item's deltas.
+#[derive(Default)]
+struct Texts {
+    /// item -> (response, order, text)
+    items: HashMap<String, (String, u64, String)>,
+    seq: u64,
+    /// Responses whose `AgentEnd` is due, with the expected text.
+    expected: VecDeque<String>,
+}
+
 struct World {
     core: CallCore,
+    lane: InboundAudio,
+    /// The model is ready for caller audio (as the core said).
+    ready: bool,
     now: Instant,
+    first_media_at: Option<Instant>,
+    /// Twilio's clock: the timestamp of the last frame sent.
+    last_ts: u64,
+    /// Tags of caller frames sent but not yet seen at the model, in order.
+    in_flight: VecDeque<u8>,
+    next_tag: u8,
+    /// Frames that went missing on the way (must be ones the early buffer dropped).
+    skipped: u64,
+    texts: Texts,
     stream_sid: Option<String>,
     marks: Vec<String>,
     /// Bytes of each (item, content index) sent to Twilio, from the ledger marks.
@@ -245,16 +312,142 @@ impl World {
         self.core.handle_twilio(self.now, msg);
     }
 
-    fn apply(&mut self, s: &Step) {
+    /// Runs `f` on the lane with a sink that checks every append.
+    fn lane(
+        &mut self,
+        f: impl FnOnce(&mut InboundAudio, &mut dyn FnMut(&str)),
+    ) -> Result<(), TestCaseError> {
+        let mut appends: Vec<String> = Vec::new();
+        f(&mut self.lane, &mut |b64: &str| {
+            appends.push(b64.to_owned())
+        });
+        if !appends.is_empty() {
+            prop_assert!(self.ready, "caller audio sent to a model that is not ready");
+        }
+        for a in appends {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(&a)
+                .map_err(|e| TestCaseError::fail(format!("append is not base64: {e}")))?;
+            let Some(&first) = bytes.first() else {
+                continue;
+            };
+            if first == mulaw::SILENCE {
+                prop_assert!(
+                    bytes.iter().all(|&b| b == mulaw::SILENCE),
+                    "padding is silence"
+                );
+                prop_assert!(bytes.len() <= 8000, "padding in appends of at most 1 s");
+                continue;
+            }
+            prop_assert!(
+                bytes.iter().all(|&b| b == first),
+                "a frame arrives byte-exact"
+            );
+            // In order, at most once: skip the frames the early buffer dropped.
+            loop {
+                match self.in_flight.pop_front() {
+                    Some(t) if t == first => break,
+                    Some(_) => self.skipped += 1,
+                    None => prop_assert!(false, "frame {first} out of order or twice"),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn media(&mut self, t: &Ts, size: usize) -> Result<(), TestCaseError> {
+        let ts = match t {
+            Ts::Next(d) => Some(
+                self.last_ts
+                    .saturating_add(20)
+                    .saturating_add_signed(*d as i64),
+            ),
+            Ts::Any(v) => Some(*v),
+            Ts::NearMax(d) => Some(u64::MAX - *d as u64),
+            Ts::Missing => None,
+        };
+        if let Some(ts) = ts {
+            self.last_ts = ts;
+        }
+        // Tags 1..=250: never silence, never 0.
+        self.next_tag = self.next_tag % 250 + 1;
+        let tag = self.next_tag;
+        let payload = base64::engine::general_purpose::STANDARD.encode(vec![tag; size]);
+        self.in_flight.push_back(tag);
+        self.first_media_at.get_or_insert(self.now);
+        let now = self.now;
+        self.core.handle_twilio_activity(now);
+        self.lane(|lane, sink| lane.on_media(now, &payload, ts, sink))
+    }
+
+    fn transcript(&mut self, r: u8, i: u8, done: bool, text: &str) {
+        let (resp, item) = (format!("resp_{r}"), format!("item_{i}"));
+        let t = &mut self.texts;
+        let seq = t.seq;
+        let e = t
+            .items
+            .entry(item.clone())
+            .or_insert_with(|| (resp.clone(), seq, String::new()));
+        if e.1 == seq {
+            t.seq += 1;
+        }
+        if done {
+            e.2.clear();
+        }
+        e.2.push_str(text);
+        let v = if done {
+            json!({"type":"response.output_audio_transcript.done","event_id":"e",
+                "response_id":resp,"item_id":item,"output_index":0,"content_index":0,
+                "transcript":text})
+        } else {
+            json!({"type":"response.output_audio_transcript.delta","event_id":"e",
+                "response_id":resp,"item_id":item,"output_index":0,"content_index":0,
+                "delta":text})
+        };
+        self.model(v);
+    }
+
+    fn response_done(&mut self, r: u8, cancelled: bool) {
+        let resp = format!("resp_{r}");
+        if self.core.ended().is_none() {
+            let mut items: Vec<(u64, String)> = Vec::new();
+            self.texts.items.retain(|_, (owner, seq, text)| {
+                if *owner != resp {
+                    return true;
+                }
+                items.push((*seq, std::mem::take(text)));
+                false
+            });
+            items.sort_by_key(|(seq, _)| *seq);
+            self.texts
+                .expected
+                .push_back(items.into_iter().map(|(_, t)| t).collect());
+        }
+        self.model(json!({"type":"response.done",
+            "event_id":"e","response":{"id":resp,
+            "status": if cancelled {"cancelled"} else {"completed"},"output":[]}}));
+    }
+
+    fn apply(&mut self, s: &Step) -> Result<(), TestCaseError> {
         let now = self.now;
         let resp = |r: u8| format!("resp_{r}");
         let item = |i: u8| format!("item_{i}");
         match s {
-            Step::Start(i) => self.twilio(json!({"event":"start","streamSid":SIDS[*i],
-                "start":{"accountSid":"AC1","streamSid":SIDS[*i],"callSid":"CA1","tracks":["inbound"],
-                "customParameters":{},"mediaFormat":{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1}}})),
-            Step::Media(ts) => self.twilio(json!({"event":"media","streamSid":SIDS[0],
-                "media":{"track":"inbound","chunk":"1","timestamp":ts.to_string(),"payload":b64(160)}})),
+            Step::Start(i) => {
+                let (sid, encoding) = match i {
+                    2 => (SIDS[0], "audio/l16"),
+                    _ => (SIDS[*i], "audio/x-mulaw"),
+                };
+                let v = json!({"event":"start","streamSid":sid,
+                    "start":{"accountSid":"AC1","streamSid":sid,"callSid":"CA1","tracks":["inbound"],
+                    "customParameters":{},"mediaFormat":{"encoding":encoding,"sampleRate":8000,"channels":1}}});
+                // The Twilio reader tells the lane, then the session thread tells the core.
+                if let Ok(TwilioMessage::Start(st)) = TwilioMessage::parse(&v.to_string()) {
+                    self.lane.on_start(&st.start.media_format);
+                }
+                self.twilio(v)
+            }
+            Step::Media(t, n) => self.media(t, FRAME_SIZES[*n])?,
             Step::EchoMark(i) => {
                 if !self.marks.is_empty() {
                     let name = self.marks[i % self.marks.len()].clone();
@@ -275,7 +468,8 @@ impl World {
                 self.model(json!({"type":"session.updated","event_id":"e","session":{"type":"realtime",
                     "audio":{"input":{"format":{"type":"audio/pcmu"}},"output":{"format":{"type":"audio/pcmu"}}}}}))
             }
-            Step::ResponseCreated(r) => self.model(json!({"type":"response.created","event_id":"e",
+            Step::ResponseCreated(r) => self
+                .model(json!({"type":"response.created","event_id":"e",
                 "response":{"id":resp(*r),"status":"in_progress","output":[]}})),
             Step::ItemAdded(r, i) => self.model(json!({"type":"response.output_item.added",
                 "event_id":"e","response_id":resp(*r),"output_index":0,
@@ -286,18 +480,7 @@ impl World {
             Step::AudioDone(r, i) => self.model(json!({"type":"response.output_audio.done",
                 "event_id":"e","response_id":resp(*r),"item_id":item(*i),"output_index":0,
                 "content_index":0})),
-            Step::Transcript(r, i, done) => {
-                let text = "hello forbidden words";
-                if *done {
-                    self.model(json!({"type":"response.output_audio_transcript.done","event_id":"e",
-                        "response_id":resp(*r),"item_id":item(*i),"output_index":0,"content_index":0,
-                        "transcript":text}))
-                } else {
-                    self.model(json!({"type":"response.output_audio_transcript.delta","event_id":"e",
-                        "response_id":resp(*r),"item_id":item(*i),"output_index":0,"content_index":0,
-                        "delta":text}))
-                }
-            }
+            Step::Transcript(r, i, done, text) => self.transcript(*r, *i, *done, text),
             Step::FunctionCall(r, known) => {
                 let name = if *known { "get_weather" } else { "nope" };
                 let call_id = format!("call_{}", self.tools.len());
@@ -308,9 +491,7 @@ impl World {
                     "arguments":"{\"location\":\"Paris\"}"}}));
                 self.tools.push(call_id);
             }
-            Step::ResponseDone(r, cancelled) => self.model(json!({"type":"response.done",
-                "event_id":"e","response":{"id":resp(*r),
-                "status": if *cancelled {"cancelled"} else {"completed"},"output":[]}})),
+            Step::ResponseDone(r, cancelled) => self.response_done(*r, *cancelled),
             Step::SpeechStarted => self.model(json!({"type":"input_audio_buffer.speech_started",
                 "event_id":"e","audio_start_ms":100,"item_id":"item_user"})),
             Step::SpeechStopped => self.model(json!({"type":"input_audio_buffer.speech_stopped",
@@ -318,7 +499,11 @@ impl World {
             Step::Truncated(i, ms) => self.model(json!({"type":"conversation.item.truncated",
                 "event_id":"e","item_id":item(*i),"content_index":0,"audio_end_ms":ms})),
             Step::ModelError(expired) => {
-                let code = if *expired { "session_expired" } else { "invalid_value" };
+                let code = if *expired {
+                    "session_expired"
+                } else {
+                    "invalid_value"
+                };
                 self.model(json!({"type":"error","event_id":"e","error":{
                     "type":"invalid_request_error","code":code,"message":"m","param":null,
                     "event_id":null}}))
@@ -330,7 +515,11 @@ impl World {
             Step::ToolDone(i, ok) => {
                 if !self.tools.is_empty() {
                     let id = self.tools[i % self.tools.len()].clone();
-                    let r = if *ok { Ok("ok".into()) } else { Err("bad".into()) };
+                    let r = if *ok {
+                        Ok("ok".into())
+                    } else {
+                        Err("bad".into())
+                    };
                     self.core.handle_tool_result(now, &id, r);
                 }
             }
@@ -345,15 +534,34 @@ impl World {
             Step::TwilioClosed => self.core.handle_twilio_closed(now, "gone"),
             Step::Advance(ms) => {
                 self.now += Duration::from_millis(*ms as u64);
-                self.core.handle_timeout(self.now);
+                let now = self.now;
+                self.core.handle_timeout(now);
+                if self.lane.next_deadline().is_some_and(|d| d <= now) {
+                    self.lane(|lane, sink| lane.on_timeout(now, sink))?;
+                }
             }
         }
+        Ok(())
     }
 
     /// Checks every output against the invariants.
     fn drain(&mut self) -> Result<(), TestCaseError> {
         while let Some(o) = self.core.poll_output() {
             match o {
+                // Wired to the lane as the session wires them.
+                Output::ModelReady => {
+                    self.ready = true;
+                    self.lane(|lane, sink| lane.set_ready(true, sink))?;
+                }
+                Output::ModelNotReady => {
+                    self.ready = false;
+                    self.lane(|lane, sink| lane.set_ready(false, sink))?;
+                }
+                Output::CallerSpeaking(s) => self.lane.set_caller_speaking(s),
+                Output::Event(SessionEvent::AgentEnd { text, .. }) => {
+                    let expected = self.texts.expected.pop_front();
+                    prop_assert_eq!(Some(text), expected, "a response's text, per item");
+                }
                 Output::Twilio(cmd) => {
                     let sid = match &cmd {
                         TwilioCommand::Media { stream_sid, .. }
@@ -398,6 +606,20 @@ impl World {
                 _ => {}
             }
         }
+        let stats = self.lane.stats();
+        let wall = self
+            .first_media_at
+            .map_or(Duration::ZERO, |t| self.now.saturating_duration_since(t));
+        prop_assert!(
+            u128::from(stats.gap_padding_bytes) <= wall.as_millis() * 8,
+            "{} bytes of gap padding in {wall:?}",
+            stats.gap_padding_bytes
+        );
+        prop_assert!(
+            stats.inactivity_padding_bytes <= stats.frames_in * 8000,
+            "one inactivity padding per stall at most"
+        );
+        prop_assert!(self.skipped <= stats.frames_dropped, "a frame went missing");
         Ok(())
     }
 }
@@ -408,7 +630,19 @@ proptest! {
         let now = Instant::now();
         let mut w = World {
             core: CallCore::new(agent(), CallOptions::default(), now),
+            // A small early buffer, so that dropping the oldest is exercised too.
+            lane: InboundAudio::new(InboundConfig {
+                max_buffered_bytes: 4000,
+                ..InboundConfig::default()
+            }),
+            ready: false,
             now,
+            first_media_at: None,
+            last_ts: 0,
+            in_flight: VecDeque::new(),
+            next_tag: 0,
+            skipped: 0,
+            texts: Texts::default(),
             stream_sid: None,
             marks: Vec::new(),
             sent: HashMap::new(),
@@ -418,11 +652,11 @@ proptest! {
         for s in &steps {
             if let Step::Start(i) = s {
                 // The first start wins; a second one is ignored by the core.
-                if w.stream_sid.is_none() && w.core.ended().is_none() {
+                if w.stream_sid.is_none() && w.core.ended().is_none() && *i < 2 {
                     w.stream_sid = Some(SIDS[*i].to_owned());
                 }
             }
-            w.apply(s);
+            w.apply(s)?;
             w.drain()?;
         }
     }
