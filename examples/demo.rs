@@ -17,6 +17,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use twilio_realtime::call::Greeting;
 use twilio_realtime::events::SessionEvent;
 use twilio_realtime::recording::{self, Record, RecordTo};
 use twilio_realtime::server::{Server, ServerConfig};
@@ -46,11 +47,12 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     let model = FakeModel::start(FakeModelConfig {
-        greeting: Some(Reply::say(
-            "Hello! This is the demo agent. Ask me about the weather.",
-            2600,
-        )),
         script: vec![
+            // The greeting: the agent speaks first because the bridge asks it to (below).
+            Reply::say(
+                "Hello! This is the demo agent. Ask me about the weather.",
+                2600,
+            ),
             Reply::call("get_weather", r#"{"location":"Paris"}"#),
             Reply::say(
                 "In Paris it is 18 degrees and sunny today, and the rest of the week looks just as \
@@ -68,6 +70,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     cfg.twilio_auth_token = None;
     cfg.session.model.url = model.url();
     cfg.session.model.api_key = Some("demo-key-not-used".into());
+    // What AGENT_GREETING sets for the example server: the Realtime API never speaks first.
+    cfg.session.call.greeting = Some(Greeting::Instructions(
+        "Greet the caller and offer to tell them the weather.".into(),
+    ));
     std::fs::create_dir_all(OUT)?;
     let recording = Path::new(OUT).join("call.jsonl");
     cfg.session.recording = Some(RecordTo::File(recording.clone()));
@@ -191,6 +197,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         report.played_ms(),
         report.clears.len(),
         report.marks_echoed
+    );
+    println!(
+        "Audio formats at the model (bytes): caller audio received as {:?}, agent audio sent as {:?} (the session starts as 24 kHz audio/pcm; nothing flows before it is confirmed as audio/pcmu).",
+        rec.appended_by_format, rec.sent_by_format
     );
     let (agent_wav, caller_wav) = report.write_wavs(Path::new(OUT))?;
     println!(

@@ -929,6 +929,13 @@ impl CallCore {
             }
             ServerEvent::ResponseCreated(e) => {
                 let id = e.response.id;
+                if self.model != ModelState::Ready {
+                    // A model that speaks before the session is confirmed speaks 24 kHz PCM:
+                    // none of this response's audio goes to the phone, even after the
+                    // confirmation arrives mid-response.
+                    log::warn!(target: LOG, "response {id} started before the session was confirmed; its audio is dropped");
+                    self.cut_responses.insert(id.clone());
+                }
                 self.response_requested = None;
                 self.active_response = Some(id);
                 let agent = self.agent.name().to_owned();

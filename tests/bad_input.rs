@@ -130,16 +130,17 @@ fn next_call_hears(rig: &Rig, ms: u64) {
     assert!(report.violations.is_empty(), "{:?}", report.violations);
 }
 
+/// A model whose every response is a 400 ms "Hello." (the agent greets: see `common::greet`).
 fn greeting_model() -> FakeModelConfig {
     FakeModelConfig {
-        greeting: Some(Reply::say("Hello.", 400)),
+        default_reply: Reply::say("Hello.", 400),
         ..Default::default()
     }
 }
 
 #[test]
 fn twilio_garbage_is_reported_and_the_call_keeps_forwarding() {
-    let rig = Rig::start(greeting_model(), agent);
+    let rig = Rig::start_with(greeting_model(), agent, common::greet);
     let raw = Raw::connect(&rig);
     raw.connected();
     raw.media(0, 0xFD); // before start: kept, forwarded once the call is up
@@ -208,7 +209,7 @@ fn twilio_garbage_is_reported_and_the_call_keeps_forwarding() {
 
 #[test]
 fn a_message_over_the_size_cap_ends_only_that_call() {
-    let rig = Rig::start(greeting_model(), agent);
+    let rig = Rig::start_with(greeting_model(), agent, common::greet);
     let raw = Raw::connect(&rig);
     raw.connected();
     raw.start(SID);
@@ -234,6 +235,7 @@ fn a_message_over_the_size_cap_ends_only_that_call() {
 #[test]
 fn a_stream_that_never_starts_is_closed() {
     let rig = Rig::start_with(greeting_model(), agent, |cfg| {
+        common::greet(cfg);
         cfg.session.call.start_timeout = Duration::from_millis(300);
     });
     let raw = Raw::connect(&rig);
@@ -254,7 +256,7 @@ fn a_stream_that_never_starts_is_closed() {
 
 #[test]
 fn stop_without_start_ends_the_call_cleanly() {
-    let rig = Rig::start(greeting_model(), agent);
+    let rig = Rig::start_with(greeting_model(), agent, common::greet);
     let raw = Raw::connect(&rig);
     raw.connected();
     stop_then_next_call_works(rig, &raw);
@@ -278,7 +280,7 @@ fn model_garbage_is_reported_and_the_agent_keeps_talking() {
         r#"{"type":"input_audio_buffer.speech_stopped","event_id":"ev_8","audio_end_ms":10,"item_id":"item_u"}"#,
     ];
     let model = FakeModelConfig {
-        greeting: Some(Reply::say("Hello, nice to hear from you.", 1200)),
+        default_reply: Reply::say("Hello, nice to hear from you.", 1200),
         audio_speed: 1.0,
         faults: Faults {
             raw: raw.iter().map(|r| (at, r.to_string())).collect(),
@@ -286,7 +288,7 @@ fn model_garbage_is_reported_and_the_agent_keeps_talking() {
         },
         ..Default::default()
     };
-    let rig = Rig::start(model, agent);
+    let rig = Rig::start_with(model, agent, common::greet);
     let report = listen_until_quiet(&rig).expect("call");
     rig.wait_idle();
     assert!(report.violations.is_empty(), "{:?}", report.violations);
@@ -329,6 +331,7 @@ fn raw_http(addr: std::net::SocketAddr, partial: &str) -> String {
 #[test]
 fn http_requests_that_never_finish_time_out_and_the_server_keeps_serving() {
     let rig = Rig::start_with(greeting_model(), agent, |cfg| {
+        common::greet(cfg);
         cfg.header_timeout = Duration::from_millis(300);
     });
     let addr = rig.addr;
@@ -353,7 +356,7 @@ fn http_requests_that_never_finish_time_out_and_the_server_keeps_serving() {
 /// expect `audio/pcmu`); the next call works.
 #[test]
 fn a_stream_in_another_media_format_is_refused() {
-    let rig = Rig::start(greeting_model(), agent);
+    let rig = Rig::start_with(greeting_model(), agent, common::greet);
     let raw = Raw::connect(&rig);
     raw.connected();
     raw.text(&format!(

@@ -466,3 +466,207 @@ fn audio_stopped_comes_from_the_last_mark_not_from_the_hang_up() {
     rig.wait_idle();
     rig.stop();
 }
+
+// ---------------------------------------------------------------------------------------------
+// Who speaks first, and what the model confirmed (issue 10 §1–§3)
+
+#[test]
+fn without_a_greeting_the_agent_waits_for_the_caller() {
+    let rig = Rig::start(FakeModelConfig::default(), agent);
+    let (report, rec) = call(&rig, vec![Segment::Silence(1500), Segment::HangUp], 5, 0);
+    assert_eq!(report.played_ms(), 0, "the model never speaks first");
+    assert_eq!(rec.responses, 0);
+    assert!(rec.response_requests.is_empty());
+    rig.stop();
+}
+
+#[test]
+fn the_agent_greets_first_and_the_caller_can_talk_over_it() {
+    let model = FakeModelConfig {
+        script: vec![Reply::say(
+            "Hello, thanks for calling, how can I help?",
+            3000,
+        )],
+        audio_speed: 1.0,
+        ..Default::default()
+    };
+    let rig = Rig::start_with(model, agent, common::greet);
+    let (report, rec) = call(
+        &rig,
+        vec![
+            Segment::BargeIn {
+                after_ms: 800,
+                speech_ms: 700,
+                timeout_ms: 10_000,
+            },
+            Segment::Silence(1500),
+            Segment::HangUp,
+        ],
+        20,
+        0,
+    );
+    // One response.create, with the greeting's instructions after the agent's own.
+    let greet = &rec.response_requests[0];
+    let instr = greet["instructions"].as_str().unwrap_or("");
+    assert!(
+        instr.starts_with("You answer calls.") && instr.ends_with("Greet the caller."),
+        "{greet}"
+    );
+    // Only µ-law went either way.
+    assert_eq!(
+        rec.appended_by_format.keys().collect::<Vec<_>>(),
+        ["audio/pcmu"]
+    );
+    assert_eq!(
+        rec.sent_by_format.keys().collect::<Vec<_>>(),
+        ["audio/pcmu"]
+    );
+    // The greeting was cut like any response: clear, then a truncation the server accepted.
+    assert!(!report.clears.is_empty(), "{:?}", report.timeline);
+    let t = &rec.truncations[0];
+    assert!(t.accepted, "{t:?}");
+    let heard = report.heard_ms_by_item();
+    let truth = heard.get(&t.item_id).copied().unwrap_or(0);
+    assert!(
+        (t.audio_end_ms as i64 - truth as i64).abs() <= 60,
+        "told {} ms, heard {truth} ms",
+        t.audio_end_ms
+    );
+    rig.stop();
+}
+
+#[test]
+fn a_refused_session_update_ends_the_call_before_any_audio() {
+    let rig = Rig::start_with(
+        FakeModelConfig::default(),
+        || Agent::new("Robot", "Beep.").voice("robot"),
+        common::greet,
+    );
+    let mut cfg = TwilioCallConfig::new(rig.addr, vec![Segment::Speech(3000), Segment::HangUp]);
+    cfg.max_duration = Duration::from_secs(10);
+    let report = TwilioCall::run(cfg).expect("call runs");
+    rig.wait_idle();
+    let rec = rig.model.recording();
+    assert!(report.closed_by_bridge, "{:?}", report.timeline);
+    assert_eq!(report.played_ms(), 0);
+    assert_eq!(rec.errors_sent, ["invalid_value"]);
+    assert_eq!(rec.appended_bytes, 0, "no caller audio in the wrong format");
+    assert!(rec.response_requests.is_empty(), "no greeting either");
+    assert!(
+        matches!(
+            &rig.closed()[..],
+            [CloseReason::ModelConfigRejected { param: Some(p), .. }] if p == "session.audio.output.voice"
+        ),
+        "{:?}",
+        rig.closed()
+    );
+    rig.stop();
+}
+
+#[test]
+fn a_model_that_speaks_unasked_before_confirming_is_never_heard() {
+    let model = FakeModelConfig {
+        default_reply: Reply::say("Fine.", 400),
+        faults: Faults {
+            unsolicited_greeting: Some(Reply::say("Static!", 1500)),
+            ..Default::default()
+        },
+        audio_speed: 1.0,
+        ..Default::default()
+    };
+    // No voice: once the model has spoken, production refuses a voice change.
+    let rig = Rig::start(model, || Agent::new("A", "x"));
+    let (report, rec) = call(&rig, vec![Segment::Silence(2500), Segment::HangUp], 5, 0);
+    assert!(
+        rec.sent_by_format.get("audio/pcm").copied().unwrap_or(0) > 0,
+        "the fault spoke 24 kHz PCM: {:?}",
+        rec.sent_by_format
+    );
+    assert_eq!(report.played_ms(), 0, "none of it reached the caller");
+    rig.stop();
+}
+
+/// One session on its own socket (no server), so the test holds the `SessionHandle`.
+fn session_call(
+    model: &twilio_realtime::sim::fake_model::FakeModel,
+    agent: Agent,
+    call_opts: twilio_realtime::call::CallOptions,
+) -> (
+    std::net::SocketAddr,
+    std::sync::mpsc::Receiver<twilio_realtime::session::SessionHandle>,
+) {
+    use twilio_realtime::session::{Session, SessionOptions};
+    use twilio_realtime::ws::{WsConfig, WsConn};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut opts = SessionOptions::new(Some("test-key".into())).url(model.url());
+    opts.call = call_opts;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (tcp, _) = listener.accept().unwrap();
+        let (twilio, _) = WsConn::accept(tcp, None, &WsConfig::default()).unwrap();
+        tx.send(Session::start(twilio, agent, opts).unwrap())
+            .unwrap();
+    });
+    (addr, rx)
+}
+
+#[test]
+fn push_to_talk_commits_and_asks_for_responses_through_the_handle() {
+    use twilio_realtime::model::{SessionConfig, TurnDetection};
+    let model = twilio_realtime::sim::fake_model::FakeModel::start(FakeModelConfig {
+        script: vec![Reply::say("You said something.", 600)],
+        caller_transcripts: vec!["Is it raining?".into()],
+        ..Default::default()
+    })
+    .unwrap();
+    let call_opts = twilio_realtime::call::CallOptions {
+        session: SessionConfig::new().turn_detection(TurnDetection::Disabled),
+        ..Default::default()
+    };
+    let (addr, handle) = session_call(&model, Agent::new("A", "x"), call_opts);
+    let caller = std::thread::spawn(move || {
+        TwilioCall::run(TwilioCallConfig::new(
+            addr,
+            vec![
+                Segment::Speech(1000),
+                Segment::WaitForAgent {
+                    quiet_ms: 500,
+                    timeout_ms: 8_000,
+                },
+                Segment::HangUp,
+            ],
+        ))
+        .unwrap()
+    });
+    let session = handle.recv_timeout(Duration::from_secs(5)).unwrap();
+    // The caller talks; nobody detects turns: the application commits and asks.
+    common::wait_until("the caller's audio", Duration::from_secs(5), || {
+        model.recording().appended_bytes >= 1000 * 8
+    });
+    session.commit_audio();
+    session.create_response(Some("Answer the question.".into()));
+    let report = caller.join().unwrap();
+    session.join();
+    let rec = model.recording();
+    check_protocol(&report, &rec);
+    assert!(rec.turns.is_empty(), "no VAD ran: {:?}", rec.turns);
+    assert_eq!(
+        rec.session_updates[0]["audio"]["input"]["turn_detection"],
+        Value::Null
+    );
+    assert_eq!(
+        rec.events
+            .iter()
+            .filter(|(_, e)| e.contains("input_audio_buffer.commit"))
+            .count(),
+        1
+    );
+    assert!(rec.errors_sent.is_empty(), "{:?}", rec.errors_sent);
+    assert_eq!(rec.response_requests.len(), 1);
+    assert_eq!(
+        rec.response_requests[0]["instructions"],
+        "Answer the question."
+    );
+    assert_eq!(report.played_ms(), 600, "{:?}", report.timeline);
+}

@@ -118,6 +118,7 @@ fn start_logging(model_url: &str, token: Option<&str>, rust_log: &str) -> Proc {
         .env("OPENAI_REALTIME_URL", model_url)
         .env("PUBLIC_URL", PUBLIC)
         .env("GREETING", "Connecting you now.")
+        .env("AGENT_GREETING", "Greet the caller.")
         .env("RUST_LOG", rust_log)
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log).unwrap());
@@ -226,7 +227,7 @@ fn twiml_routes_and_errors() {
 #[test]
 fn signatures_are_required_when_a_token_is_set() {
     let model = FakeModel::start(FakeModelConfig {
-        greeting: Some(Reply::say("Hi.", 300)),
+        default_reply: (Reply::say("Hi.", 300)),
         ..Default::default()
     })
     .unwrap();
@@ -296,7 +297,7 @@ fn stream_token(addr: SocketAddr, sig: &str) -> String {
 #[test]
 fn one_time_stream_tokens_are_checked_before_the_model_is_called() {
     let model = FakeModel::start(FakeModelConfig {
-        greeting: Some(Reply::say("Hi.", 300)),
+        default_reply: (Reply::say("Hi.", 300)),
         ..Default::default()
     })
     .unwrap();
@@ -359,7 +360,7 @@ fn one_time_stream_tokens_are_checked_before_the_model_is_called() {
 #[test]
 fn sigterm_during_a_call_lets_it_finish() {
     let model = FakeModel::start(FakeModelConfig {
-        greeting: Some(Reply::say("Hello, I am still talking to you.", 2500)),
+        default_reply: (Reply::say("Hello, I am still talking to you.", 2500)),
         ..Default::default()
     })
     .unwrap();

@@ -179,11 +179,12 @@ fn a_twilio_peer_that_stops_reading_ends_only_its_own_call() {
     // A long greeting sent 300x faster than real time: 7 MB for each caller, more than the
     // kernel's socket buffers and the outbound queue hold.
     let model = FakeModelConfig {
-        greeting: Some(Reply::say("A very long story.", 900_000)),
+        default_reply: Reply::say("A very long story.", 900_000),
         audio_speed: 300.0,
         ..Default::default()
     };
     let rig = Rig::start_with(model, agent, |cfg| {
+        common::greet(cfg);
         cfg.twilio_ws.write_timeout = Duration::from_secs(1);
     });
 

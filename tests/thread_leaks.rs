@@ -32,12 +32,14 @@ fn settle(target: usize) -> usize {
 #[test]
 fn a_hundred_calls_in_a_row_leave_no_thread_behind() {
     let _serial = SERIAL.lock().unwrap();
-    let rig = Rig::start(
+    // The agent greets every caller (the model never speaks first).
+    let rig = Rig::start_with(
         FakeModelConfig {
-            greeting: Some(Reply::say("Hi.", 200)),
+            default_reply: Reply::say("Hi.", 200),
             ..Default::default()
         },
         || Agent::new("A", "x"),
+        common::greet,
     );
     // one call to warm up (lazy statics, the fake model's first connection thread)
     let run = |n| {

@@ -1,13 +1,35 @@
 //! A fake OpenAI Realtime server on 127.0.0.1 that speaks complete GA events.
 //!
-//! It runs an energy VAD over the µ-law it receives (speech started/stopped, committed, the
-//! user item), answers each turn from a script (audio paced faster than real time with
-//! transcript deltas, or a function call), handles `conversation.item.truncate` and
-//! `response.cancel` like the real server (including the `invalid_value` error past the end of
-//! an item and `conversation_already_has_active_response`), records everything it received,
-//! and can inject faults.
+//! It behaves like production where the bridge can tell (DESIGN.md §3 and §7, the official
+//! schemas in `shared/spec`):
+//!
+//! * it **never speaks first**: a response starts only on `response.create`, or when server VAD
+//!   with `create_response` commits a caller turn (an unsolicited greeting exists only as the
+//!   named fault [`Faults::unsolicited_greeting`], off by default);
+//! * a new session has **production's defaults**: `audio/pcm` at 24 kHz both ways, voice
+//!   `alloy`, `server_vad` (threshold 0.5, 300 ms prefix, 500 ms silence, `create_response` and
+//!   `interrupt_response` true). Audio it receives is heard only while the input format is
+//!   `audio/pcmu` (anything else is noise to it, and a violation); audio it sends is PCM16 at
+//!   24 kHz until the output format is `audio/pcmu`. The recording counts every audio byte
+//!   under the format it was received or sent in ([`ModelRecording::appended_by_format`],
+//!   [`ModelRecording::sent_by_format`]), so a bridge that never switched is caught;
+//! * it **refuses what production refuses**, with production's `error` shape (`type`,
+//!   `code`, `message`, `param`, and the `event_id` of the offending client event), and a
+//!   refused `session.update` leaves the previous configuration: an unknown voice
+//!   (`invalid_value`, the built-in voices of the spec), a tool whose name is not
+//!   `^[a-zA-Z0-9_-]{1,64}$` (OpenAI's function-name rule), a voice change once the assistant
+//!   has produced audio (`cannot_update_voice`), an audio format outside the spec's, truncation
+//!   past the end of an item or of a non-assistant item (`invalid_value`), a second
+//!   `response.create` while one is active (`conversation_already_has_active_response`), a
+//!   commit of an empty buffer (`input_audio_buffer_commit_empty`);
+//! * it runs an energy VAD over the µ-law it hears (speech started/stopped, committed, the user
+//!   item), transcribes caller turns when the session asks for input transcription (the text
+//!   comes from [`FakeModelConfig::caller_transcripts`]: it hears tones, not words), answers
+//!   from a script (audio paced faster than real time with transcript deltas, or a function
+//!   call), handles `conversation.item.truncate` and `response.cancel`, records everything it
+//!   received, and can inject faults.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -85,16 +107,24 @@ pub struct Faults {
     pub stall_reads: Option<(Duration, Duration)>,
     /// Refuse the upgrade with this HTTP status.
     pub reject_status: Option<u16>,
+    /// NOT production behaviour: speak this right after `session.created`, unasked, in the
+    /// session's default format (24 kHz PCM), like a server that spoke first. For testing that
+    /// a bridge never forwards audio of an unconfirmed session. Off (`None`) by default.
+    pub unsolicited_greeting: Option<Reply>,
 }
 
 /// Settings of the fake model.
 #[derive(Debug, Clone)]
 pub struct FakeModelConfig {
-    /// Replies, one per response, in order (shared by all connections). When empty, a short
-    /// default reply.
+    /// Replies, one per response, in order (shared by all connections). When empty,
+    /// [`FakeModelConfig::default_reply`].
     pub script: Vec<Reply>,
-    /// Spoken as soon as the first `session.update` arrives.
-    pub greeting: Option<Reply>,
+    /// The reply once the script is used up. Default `Reply::say("Okay.", 600)`.
+    pub default_reply: Reply,
+    /// Transcripts of the caller's turns, in order (shared by all connections), sent as
+    /// `conversation.item.input_audio_transcription.completed` when the session enables input
+    /// transcription. When used up: `caller turn N`.
+    pub caller_transcripts: Vec<String>,
     /// How much faster than real time audio is sent. Default 4.
     pub audio_speed: f32,
     /// Audio per delta. Default 100 ms.
@@ -118,7 +148,8 @@ impl Default for FakeModelConfig {
     fn default() -> Self {
         FakeModelConfig {
             script: Vec::new(),
-            greeting: None,
+            default_reply: Reply::say("Okay.", 600),
+            caller_transcripts: Vec::new(),
             audio_speed: 4.0,
             chunk_ms: 100,
             vad_threshold: 800.0,
@@ -161,6 +192,15 @@ pub struct ModelRecording {
     pub appended_bytes: u64,
     /// The appended audio itself (capped at 10 minutes).
     pub appended_audio: Vec<u8>,
+    /// Caller audio bytes appended, per input format in force when they arrived
+    /// (`audio/pcmu`, `audio/pcm`, …). Only `audio/pcmu` bytes were heard.
+    pub appended_by_format: BTreeMap<String, u64>,
+    /// Agent audio bytes sent as deltas, per output format they were encoded in.
+    pub sent_by_format: BTreeMap<String, u64>,
+    /// Every `response.create`'s `response` options (`null` when it had none).
+    pub response_requests: Vec<Value>,
+    /// Caller turns transcribed (`input_audio_transcription.completed` sent): (item, text).
+    pub transcribed: Vec<(String, String)>,
     /// Truncations received.
     pub truncations: Vec<TruncationRecord>,
     /// `function_call_output`s received: (call id, output).
@@ -250,6 +290,8 @@ impl std::fmt::Debug for FakeModel {
 struct Shared {
     cfg: FakeModelConfig,
     script: Mutex<VecDeque<Reply>>,
+    transcripts: Mutex<VecDeque<String>>,
+    turns: AtomicU64,
     rec: Arc<Mutex<ModelRecording>>,
     ids: AtomicU64,
     stop: Arc<AtomicBool>,
@@ -279,6 +321,8 @@ impl FakeModel {
         let rec = Arc::new(Mutex::new(ModelRecording::default()));
         let shared = Arc::new(Shared {
             script: Mutex::new(cfg.script.iter().cloned().collect()),
+            transcripts: Mutex::new(cfg.caller_transcripts.iter().cloned().collect()),
+            turns: AtomicU64::new(0),
             cfg,
             rec: rec.clone(),
             ids: AtomicU64::new(1),
@@ -393,9 +437,11 @@ fn connection(sh: Arc<Shared>, tcp: std::net::TcpStream) {
     };
     sh.rec().connections += 1;
     let mut e = Engine::new(sh.clone(), duplex.sender());
-    e.send(json!({"type":"session.created","event_id": sh.id("event"),
-        "session": {"type":"realtime","object":"realtime.session","id": sh.id("sess"),"model":"gpt-realtime",
-            "audio":{"input":{"format":{"type":"audio/pcm","rate":24000}},"output":{"format":{"type":"audio/pcm","rate":24000},"voice":"alloy"}}}}));
+    e.send(json!({"type":"session.created","event_id": sh.id("event"),"session": e.session}));
+    if let Some(g) = sh.cfg.faults.unsolicited_greeting.clone() {
+        log::info!(target: LOG, "fault: speaking first, unasked, in the session's default format");
+        e.start_response(g);
+    }
     loop {
         let timeout = e
             .next_deadline()
@@ -436,6 +482,8 @@ fn connection(sh: Arc<Shared>, tcp: std::net::TcpStream) {
 
 struct ActiveResponse {
     id: String,
+    /// The output format its audio was encoded in (fixed when it started).
+    format: String,
     item_id: Option<String>,
     queue: VecDeque<(Instant, Value)>,
     audio_item: Option<(String, u64)>,
@@ -448,6 +496,11 @@ struct Engine {
     // session
     session: Value,
     updates: u64,
+    /// The assistant has produced audio in this session (the voice is fixed from then on).
+    spoke: bool,
+    /// Bytes appended since the last commit.
+    uncommitted: u64,
+    assistant_items: HashSet<String>,
     // VAD over the appended stream
     offset: u64,
     frame: Vec<u8>,
@@ -472,12 +525,16 @@ impl Engine {
     fn new(sh: Arc<Shared>, out: WsSender) -> Engine {
         let n = sh.cfg.faults.errors.len();
         let n_raw = sh.cfg.faults.raw.len();
+        let session = default_session(&sh);
         Engine {
             sh,
             out,
             started: Instant::now(),
-            session: json!({}),
+            session,
             updates: 0,
+            spoke: false,
+            uncommitted: 0,
+            assistant_items: HashSet::new(),
             offset: 0,
             frame: Vec::with_capacity(160),
             speaking: false,
@@ -501,9 +558,20 @@ impl Engine {
     }
 
     fn error(&self, code: &str, message: String, event_id: Option<String>) {
+        self.error_param(code, message, None, event_id);
+    }
+
+    /// An `error` event in production's shape (type, code, message, param, event_id).
+    fn error_param(
+        &self,
+        code: &str,
+        message: String,
+        param: Option<String>,
+        event_id: Option<String>,
+    ) {
         self.sh.rec().errors_sent.push(code.to_owned());
         self.send(json!({"type":"error","event_id": self.sh.id("event"),
-            "error":{"type":"invalid_request_error","code":code,"message":message,"param":null,"event_id":event_id}}));
+            "error":{"type":"invalid_request_error","code":code,"message":message,"param":param,"event_id":event_id}}));
     }
 
     fn violation(&self, what: String) {
@@ -512,17 +580,87 @@ impl Engine {
         self.error("invalid_request_error", what, None);
     }
 
+    fn format(&self, dir: &str) -> String {
+        self.session["audio"][dir]["format"]["type"]
+            .as_str()
+            .unwrap_or("audio/pcm")
+            .to_owned()
+    }
+
+    /// Why production would refuse this `session.update`, as (code, message, param).
+    fn refuse_update(&self, v: &Value) -> Option<(&'static str, String, Option<String>)> {
+        let voice = &v["audio"]["output"]["voice"];
+        if !voice.is_null() {
+            let known = voice.as_str().is_some_and(|n| VOICES.contains(&n))
+                || voice["id"].as_str().is_some_and(|id| !id.is_empty());
+            if !known {
+                let list: Vec<String> = VOICES.iter().map(|v| format!("'{v}'")).collect();
+                return Some((
+                    "invalid_value",
+                    format!(
+                        "Invalid value: {voice}. Supported values are: {}.",
+                        list.join(", ")
+                    ),
+                    Some("session.audio.output.voice".into()),
+                ));
+            }
+            if self.spoke && *voice != self.session["audio"]["output"]["voice"] {
+                // Seen from the live API (openai/openai-agents-python#1661): param null.
+                return Some((
+                    "cannot_update_voice",
+                    "Cannot update a conversation's voice if assistant audio is present.".into(),
+                    None,
+                ));
+            }
+        }
+        for dir in ["input", "output"] {
+            let f = &v["audio"][dir]["format"];
+            if f.is_null() {
+                continue;
+            }
+            let ok = match f["type"].as_str() {
+                Some("audio/pcmu") | Some("audio/pcma") => true,
+                Some("audio/pcm") => f["rate"].is_null() || f["rate"] == 24000,
+                _ => false,
+            };
+            if !ok {
+                return Some((
+                    "invalid_value",
+                    format!("Invalid audio format: {f}."),
+                    Some(format!("session.audio.{dir}.format")),
+                ));
+            }
+        }
+        if let Some(tools) = v["tools"].as_array() {
+            for (i, t) in tools.iter().enumerate() {
+                let name = t["name"].as_str().unwrap_or("");
+                let valid = !name.is_empty()
+                    && name.len() <= 64
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+                if !valid {
+                    return Some((
+                        "invalid_value",
+                        format!(
+                            "Invalid 'session.tools[{i}].name': string does not match pattern. \
+                             Expected a string that matches the pattern '^[a-zA-Z0-9_-]+$'."
+                        ),
+                        Some(format!("session.tools[{i}].name")),
+                    ));
+                }
+            }
+        }
+        None
+    }
+
     fn turn_cfg(&self) -> &Value {
         &self.session["audio"]["input"]["turn_detection"]
     }
 
     fn vad_on(&self) -> bool {
-        // server VAD is the default until a session.update sets null
-        !(self.updates > 0
-            && self.turn_cfg().is_null()
-            && self.session["audio"]["input"]
-                .get("turn_detection")
-                .is_some())
+        // server VAD is the default (the session starts with it) until an update sets null
+        self.turn_cfg().is_object()
     }
 
     fn flag(&self, name: &str) -> bool {
@@ -547,25 +685,32 @@ impl Engine {
             Err(e) => return self.violation(format!("unparseable client event: {e}")),
         };
         match ev {
-            ClientEvent::SessionUpdate { session, .. } => {
-                let v = serde_json::to_value(&session).unwrap_or(Value::Null);
+            ClientEvent::SessionUpdate { session, event_id } => {
+                // The raw JSON, not our typed view of it: fields the bridge left out stay as
+                // they are on the server.
+                let raw: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+                let v = raw["session"].clone();
+                let v = if v.is_object() {
+                    v
+                } else {
+                    serde_json::to_value(&session).unwrap_or(Value::Null)
+                };
                 if self.sh.cfg.keep_events {
                     self.sh.rec().session_updates.push(v.clone());
                 }
-                let fmt_in = &v["audio"]["input"]["format"]["type"];
-                let fmt_out = &v["audio"]["output"]["format"]["type"];
-                if fmt_in != "audio/pcmu" || fmt_out != "audio/pcmu" {
-                    self.sh.rec().violations.push(format!(
-                        "session.update without audio/pcmu both ways: {fmt_in} / {fmt_out}"
-                    ));
-                }
-                merge(&mut self.session, v);
                 self.updates += 1;
-                self.send(json!({"type":"session.updated","event_id": self.sh.id("event"),"session": self.session}));
-                if self.updates == 1 {
-                    if let Some(g) = self.sh.cfg.greeting.clone() {
-                        self.start_response(g);
+                if let Some((code, message, param)) = self.refuse_update(&v) {
+                    // A refused update leaves the previous configuration (DESIGN.md §7).
+                    self.error_param(code, message, param, event_id);
+                } else {
+                    merge(&mut self.session, v);
+                    let (fmt_in, fmt_out) = (self.format("input"), self.format("output"));
+                    if fmt_in != "audio/pcmu" || fmt_out != "audio/pcmu" {
+                        self.sh.rec().violations.push(format!(
+                            "the session is not audio/pcmu both ways after an update: {fmt_in} / {fmt_out}"
+                        ));
                     }
+                    self.send(json!({"type":"session.updated","event_id": self.sh.id("event"),"session": self.session}));
                 }
             }
             ClientEvent::InputAudioBufferAppend { audio, .. } => {
@@ -574,12 +719,25 @@ impl Engine {
                     Err(_) => self.error("invalid_value", "audio is not valid base64".into(), None),
                 }
             }
-            ClientEvent::InputAudioBufferCommit { .. } => {
-                let id = self.sh.id("item");
-                self.commit(id);
+            ClientEvent::InputAudioBufferCommit { event_id } => {
+                if self.uncommitted < 100 * 8 {
+                    let ms = self.uncommitted as f64 / 8.0;
+                    self.error(
+                        "input_audio_buffer_commit_empty",
+                        format!("Error committing input audio buffer: buffer too small. Expected at least 100ms of audio, but buffer only has {ms:.2}ms of audio."),
+                        event_id,
+                    );
+                } else {
+                    let id = self.sh.id("item");
+                    self.commit(id);
+                }
             }
-            ClientEvent::InputAudioBufferClear { .. } => self
-                .send(json!({"type":"input_audio_buffer.cleared","event_id": self.sh.id("event")})),
+            ClientEvent::InputAudioBufferClear { .. } => {
+                self.uncommitted = 0;
+                self.send(
+                    json!({"type":"input_audio_buffer.cleared","event_id": self.sh.id("event")}),
+                )
+            }
             ClientEvent::ConversationItemCreate { item, .. } => self.item_create(item),
             ClientEvent::ConversationItemTruncate {
                 item_id,
@@ -602,11 +760,13 @@ impl Engine {
                     self.error("item_not_found", format!("Item {item_id} not found"), None);
                 }
             }
-            ClientEvent::ResponseCreate { event_id, .. } => {
-                if self.active.is_some() {
+            ClientEvent::ResponseCreate { event_id, response } => {
+                let options = serde_json::to_value(&response).unwrap_or(Value::Null);
+                self.sh.rec().response_requests.push(options);
+                if let Some(a) = &self.active {
                     self.error(
                         "conversation_already_has_active_response",
-                        "Conversation already has an active response in progress".into(),
+                        format!("Conversation already has an active response in progress: {}. Wait until the response is finished before creating a new one.", a.id),
                         event_id,
                     );
                 } else {
@@ -673,6 +833,18 @@ impl Engine {
                 return;
             }
         };
+        if !self.assistant_items.contains(&item_id) {
+            // Truncation applies to assistant audio only (DESIGN.md §7).
+            self.error_param(
+                "invalid_value",
+                format!(
+                    "Item {item_id} is not an assistant audio message and cannot be truncated."
+                ),
+                Some("item_id".into()),
+                event_id,
+            );
+            return;
+        }
         let accepted = audio_end_ms <= item_ms;
         self.sh.rec().truncations.push(TruncationRecord {
             at: Instant::now(),
@@ -687,22 +859,36 @@ impl Engine {
                 "item_id": item_id,"content_index": content_index,"audio_end_ms": audio_end_ms}),
             );
         } else {
-            self.error(
+            self.error_param(
                 "invalid_value",
                 format!("Audio content of {item_ms} ms is already shorter than {audio_end_ms} ms"),
+                Some("audio_end_ms".into()),
                 event_id,
             );
         }
     }
 
     fn on_audio(&mut self, bytes: &[u8]) {
+        let format = self.format("input");
         {
             let mut r = self.sh.rec();
             r.appended_bytes += bytes.len() as u64;
+            let first = !r.appended_by_format.contains_key(&format);
+            *r.appended_by_format.entry(format.clone()).or_default() += bytes.len() as u64;
+            if format != "audio/pcmu" {
+                if first {
+                    r.violations.push(format!(
+                        "caller audio appended while the input format is {format} (noise to the model)"
+                    ));
+                }
+                // Not what the server expects: it hears nothing usable.
+                return;
+            }
             if self.sh.cfg.keep_events && r.appended_audio.len() < 10 * 60 * 8000 {
                 r.appended_audio.extend_from_slice(bytes);
             }
         }
+        self.uncommitted += bytes.len() as u64;
         for &b in bytes {
             self.frame.push(b);
             if self.frame.len() == 160 {
@@ -767,6 +953,8 @@ impl Engine {
     }
 
     fn commit(&mut self, item: String) {
+        let ms = self.uncommitted / 8;
+        self.uncommitted = 0;
         let prev = self.last_item.replace(item.clone());
         self.items.insert(item.clone(), 0);
         self.send(json!({"type":"input_audio_buffer.committed","event_id": self.sh.id("event"),"previous_item_id": prev,"item_id": item}));
@@ -774,6 +962,21 @@ impl Engine {
             "content":[{"type":"input_audio","transcript":null}]});
         for ty in ["conversation.item.added", "conversation.item.done"] {
             self.send(json!({"type":ty,"event_id": self.sh.id("event"),"previous_item_id": prev,"item": it}));
+        }
+        // Transcription runs on commit when the session enables it (the spec's
+        // `input_audio_transcription.completed`); the fake hears tones, so the text is scripted.
+        if self.session["audio"]["input"]["transcription"].is_object() {
+            let n = self.sh.turns.fetch_add(1, Ordering::Relaxed) + 1;
+            let text = self
+                .sh
+                .transcripts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pop_front()
+                .unwrap_or_else(|| format!("caller turn {n}"));
+            self.sh.rec().transcribed.push((item.clone(), text.clone()));
+            self.send(json!({"type":"conversation.item.input_audio_transcription.completed","event_id": self.sh.id("event"),
+                "item_id": item,"content_index":0,"transcript": text,"usage":{"type":"duration","seconds": ms as f64 / 1000.0}}));
         }
     }
 
@@ -783,7 +986,7 @@ impl Engine {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .pop_front()
-            .unwrap_or_else(|| Reply::say("Okay.", 600))
+            .unwrap_or_else(|| self.sh.cfg.default_reply.clone())
     }
 
     fn start_response(&mut self, reply: Reply) {
@@ -807,6 +1010,7 @@ impl Engine {
                 q.push_back((now, ev(&sh, json!({"type":"response.output_item.added","response_id":rid,"output_index":0,"item":item}))));
                 q.push_back((now, ev(&sh, json!({"type":"conversation.item.added","previous_item_id":prev,"item":item}))));
                 q.push_back((now, ev(&sh, json!({"type":"response.content_part.added","response_id":rid,"item_id":iid,"output_index":0,"content_index":0,"part":{"type":"audio","transcript":""}}))));
+                let pcm_out = self.format("output") != "audio/pcmu";
                 let chunk = self.sh.cfg.chunk_ms.max(20);
                 let n = ms.div_ceil(chunk).max(1);
                 let words: Vec<&str> = transcript.split_inclusive(' ').collect();
@@ -818,7 +1022,11 @@ impl Engine {
                     if len == 0 {
                         break;
                     }
-                    let audio = voice(len, i);
+                    let audio = if pcm_out {
+                        pcm24k(&voice(len, i))
+                    } else {
+                        voice(len, i)
+                    };
                     let b64 = base64::engine::general_purpose::STANDARD.encode(&audio);
                     q.push_back((at, ev(&sh, json!({"type":"response.output_audio.delta","response_id":rid,"item_id":iid,"output_index":0,"content_index":0,"delta":b64}))));
                     let w: String = words
@@ -844,6 +1052,7 @@ impl Engine {
                     q.push_back((end, ev(&sh, v)));
                 }
                 audio_item = Some((iid.clone(), 0));
+                self.assistant_items.insert(iid.clone());
             }
             Reply::FunctionCall { name, arguments } => {
                 let call_id = self.sh.id("call");
@@ -866,6 +1075,7 @@ impl Engine {
         self.items.insert(iid.clone(), 0);
         self.active = Some(ActiveResponse {
             id: rid,
+            format: self.format("output"),
             item_id: Some(iid),
             queue: q,
             audio_item,
@@ -894,11 +1104,17 @@ impl Engine {
                 };
                 if v["type"] == "response.output_audio.delta" {
                     let n = mulaw::base64_decoded_len(v["delta"].as_str().unwrap_or("")) as u64;
+                    let format = a.format.clone();
+                    // 8 bytes per ms of µ-law, 48 of 24 kHz PCM16.
+                    let per_ms = if format == "audio/pcm" { 48 } else { 8 };
                     if let Some((id, bytes)) = &mut a.audio_item {
                         *bytes += n;
-                        self.items.insert(id.clone(), *bytes / 8);
+                        self.items.insert(id.clone(), *bytes / per_ms);
                     }
-                    self.sh.rec().audio_sent_bytes += n;
+                    self.spoke = true;
+                    let mut r = self.sh.rec();
+                    r.audio_sent_bytes += n;
+                    *r.sent_by_format.entry(format).or_default() += n;
                 }
                 let _ = self.out.send(Message::text(v.to_string()));
             }
@@ -941,6 +1157,37 @@ impl Engine {
         }
         true
     }
+}
+
+/// The built-in voices of the GA spec (`VoiceIdsShared`).
+const VOICES: [&str; 10] = [
+    "alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar",
+];
+
+/// A new session as production starts it: 24 kHz PCM both ways, voice `alloy`, server VAD
+/// with the spec's defaults (the silence from the fake's settings).
+fn default_session(sh: &Shared) -> Value {
+    json!({"type":"realtime","object":"realtime.session","id": sh.id("sess"),"model":"gpt-realtime",
+        "output_modalities":["audio"],"instructions":"","tools":[],"tool_choice":"auto",
+        "max_output_tokens":"inf",
+        "audio":{
+            "input":{"format":{"type":"audio/pcm","rate":24000},"transcription":null,"noise_reduction":null,
+                "turn_detection":{"type":"server_vad","threshold":0.5,"prefix_padding_ms":300,
+                    "silence_duration_ms": sh.cfg.silence_ms,"create_response":true,"interrupt_response":true,
+                    "idle_timeout_ms":null}},
+            "output":{"format":{"type":"audio/pcm","rate":24000},"voice":"alloy","speed":1.0}}})
+}
+
+/// µ-law at 8 kHz as little-endian PCM16 at 24 kHz (what the model sends before `audio/pcmu`).
+fn pcm24k(mulaw_audio: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(mulaw_audio.len() * 6);
+    for &b in mulaw_audio {
+        let s = mulaw::decode(b).to_le_bytes();
+        for _ in 0..3 {
+            out.extend_from_slice(&s);
+        }
+    }
+    out
 }
 
 /// Speech-like µ-law: a 200 Hz tone with a 4 Hz envelope (loud enough for a VAD).

@@ -280,6 +280,10 @@ fn bridge(name: &'static str, model: FakeModelConfig, handshake: Duration) -> io
     cfg.session.model.ws.handshake_timeout = handshake;
     cfg.session.call.start_timeout = Duration::from_secs(1);
     cfg.session.call.drain_timeout = Duration::from_secs(1);
+    // The agent greets each caller (the model, like production, never speaks first).
+    cfg.session.call.greeting = Some(crate::call::Greeting::Instructions(
+        "Greet the caller briefly.".into(),
+    ));
     cfg.twilio_ws.write_timeout = Duration::from_secs(2);
     cfg.shutdown_grace = Duration::from_secs(5);
     let server = Server::bind(
@@ -338,8 +342,8 @@ pub fn soak(cfg: &SoakConfig) -> io::Result<SoakReport> {
         bridge(
             "healthy",
             FakeModelConfig {
-                greeting: Some(Reply::say("Hi.", 200)),
-                script: vec![say(); 4],
+                script: vec![Reply::say("Hi.", 200)],
+                default_reply: say(),
                 audio_speed: 8.0,
                 ..Default::default()
             },
@@ -348,7 +352,7 @@ pub fn soak(cfg: &SoakConfig) -> io::Result<SoakReport> {
         bridge(
             "model fails mid-call",
             FakeModelConfig {
-                greeting: Some(Reply::say("Hello there, one moment.", 1500)),
+                default_reply: Reply::say("Hello there, one moment.", 1500),
                 faults: Faults {
                     errors: vec![(
                         Duration::from_millis(100),

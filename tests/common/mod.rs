@@ -273,6 +273,14 @@ pub fn tls_pair() -> (native_tls::TlsAcceptor, native_tls::TlsConnector) {
     (acceptor, connector)
 }
 
+/// Server settings in which the agent greets each caller first (a `response.create` once the
+/// model confirmed the session): the fake model, like production, never speaks first.
+pub fn greet(cfg: &mut ServerConfig) {
+    cfg.session.call.greeting = Some(twilio_realtime::call::Greeting::Instructions(
+        "Greet the caller.".into(),
+    ));
+}
+
 /// Polls `f` every 10 ms until it holds; panics naming `what` after `within`.
 pub fn wait_until(what: &str, within: std::time::Duration, mut f: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + within;
