@@ -15,8 +15,10 @@
 //! `t_land`. The ledger estimates both from what it sees, with `rtt` the measured round trip
 //! and one-way delays taken as `rtt/2`:
 //!
-//! - `t_land = now + rtt/2`. The clear's own one-way delay is unknowable per message: under
-//!   jitter it is the one error no estimate removes (the physical limit).
+//! - `t_land = now + rtt/2`, plus the expected wait behind media sent just before the clear
+//!   (one TCP connection delivers in order; see [`PlaybackLedger::heard_at_clear`]). The
+//!   clear's own one-way delay is unknowable per message: under jitter it is the one error no
+//!   estimate removes (the physical limit).
 //! - `T0` two ways, combined by their variances. Every chunk echo of the run says "offset `X`
 //!   played one way back before this": the mean over the run's echoes of
 //!   `t_echo − X/8` − rtt/2 is `T0` up to the echoes' *mean* jitter (not one echo's) and the
@@ -220,6 +222,8 @@ const MAX_SAMPLE: Duration = Duration::from_secs(5);
 pub struct RttEstimator {
     /// Mean in µs once there is a sample.
     mean_us: Option<u64>,
+    /// Variance of the samples about the mean, µs², with the same weights as the mean.
+    var_us2: f64,
     default: Duration,
     samples: u64,
 }
@@ -230,6 +234,7 @@ impl RttEstimator {
     pub fn new(default: Duration) -> RttEstimator {
         RttEstimator {
             mean_us: None,
+            var_us2: 0.0,
             default: default.min(MAX_SAMPLE),
             samples: 0,
         }
@@ -247,9 +252,21 @@ impl RttEstimator {
         let n = self.samples.min(MEAN_WINDOW);
         self.mean_us = Some(match self.mean_us {
             None => x,
-            // Both at most 5 s in µs: no overflow.
-            Some(m) => (m * (n - 1) + x + n / 2) / n,
+            Some(m) => {
+                // Weight g = 1/n: Welford's running variance while it is a plain mean, the
+                // exponentially weighted one after.
+                let g = 1.0 / n as f64;
+                let dev = x as f64 - m as f64;
+                self.var_us2 = (1.0 - g) * (self.var_us2 + g * dev * dev);
+                // Both at most 5 s in µs: no overflow.
+                (m * (n - 1) + x + n / 2) / n
+            }
         });
+    }
+
+    /// The standard deviation of the samples (zero until there are two).
+    pub fn deviation(&self) -> Duration {
+        Duration::from_micros(self.var_us2.max(0.0).sqrt().round() as u64)
     }
 
     /// The current estimate.
@@ -573,12 +590,15 @@ impl PlaybackLedger {
     }
 
     /// Estimated stream offset the caller will have heard when a `clear` sent at `now` takes
-    /// effect at Twilio (half a round trip later): the anchored run's estimated start (see the
-    /// module docs), carried to the last acknowledged offset, then the unacknowledged chunks
-    /// through the playout model; never past what was sent.
+    /// effect at Twilio: the anchored run's estimated start (see the module docs), carried to
+    /// the last acknowledged offset, then the unacknowledged chunks through the playout model
+    /// up to half a round trip after `now`, plus the clear's expected wait behind the media
+    /// and marks sent less than one jitter width before it (each message's one-way delay taken
+    /// as independent and uniform over a width estimated from the round-trip samples' spread);
+    /// never past what was sent.
     pub fn heard_at_clear(&self, now: Instant) -> u64 {
         let half = self.rtt.get() / 2;
-        let clear_lands = now + half;
+        let clear_lands = now + half + self.clear_queueing(now);
         // Anchor: where playback was, and when.
         let (mut pos, mut cursor) = match self.anchor() {
             Some(a) => a,
@@ -610,6 +630,53 @@ impl PlaybackLedger {
             cursor = play_start + play_time(remaining);
         }
         pos.min(self.stream_end)
+    }
+
+    /// How much later than half a round trip after `now` a `clear` sent at `now` is expected to
+    /// land, because on one TCP connection it cannot overtake the media and marks sent just
+    /// before it (RFC 9293 delivers in order).
+    ///
+    /// Each message's one-way delay is taken as independent and uniform over a width `w`,
+    /// estimated from the spread of the round-trip samples (each is two one-way delays, so
+    /// their variance is `2·w²/12`), capped at the round trip itself. The clear lands at the
+    /// latest of its own arrival and those of the two messages (media, mark) of every chunk
+    /// sent less than `w` before it; this is the expectation of that latest arrival minus the
+    /// clear's own mean, integrated numerically (32 steps, only at a barge-in). Zero without
+    /// jitter, with fewer than 4 samples, and when nothing was sent within `w` (the model had
+    /// finished sending).
+    fn clear_queueing(&self, now: Instant) -> Duration {
+        if self.rtt.samples() < 4 {
+            return Duration::ZERO;
+        }
+        let w =
+            (self.rtt.deviation().as_secs_f64() * 6f64.sqrt()).min(self.rtt.get().as_secs_f64());
+        if w <= 0.0 {
+            return Duration::ZERO;
+        }
+        // How long before `now` each recent chunk was sent, as a fraction of `w`.
+        let ago: Vec<f64> = self
+            .chunks
+            .iter()
+            .rev()
+            .map(|c| now.saturating_duration_since(c.sent_at).as_secs_f64() / w)
+            .take_while(|a| *a < 1.0)
+            .take(32)
+            .collect();
+        if ago.is_empty() {
+            return Duration::ZERO;
+        }
+        // The latest arrival M, relative to the clear's earliest, in units of w, is in [0, 1]:
+        // P(M <= x) = x · Π (min(1, x + ago))² ; E[M] = ∫ (1 − P(M <= x)) dx.
+        const STEPS: usize = 32;
+        let mut expect = 0.0;
+        for i in 0..STEPS {
+            let x = (i as f64 + 0.5) / STEPS as f64;
+            let cdf = ago
+                .iter()
+                .fold(x, |p, a| p * (x + a).min(1.0) * (x + a).min(1.0));
+            expect += (1.0 - cdf) / STEPS as f64;
+        }
+        Duration::from_secs_f64(((expect - 0.5) * w).max(0.0))
     }
 
     /// Computes one truncation per entry whose audio the caller did not hear completely, as of
@@ -924,5 +991,36 @@ mod tests {
         // Barge-in at t1+900, the clear lands at t1+920: A, B and 200 ms of C. Anchored on
         // A's run (no gap), offset 2400 would have played at t1+320: 400 ms too many.
         assert_eq!(l.heard_at_clear(t1 + ms(900)), 800 + 1600 + 1600);
+    }
+
+    #[test]
+    fn a_clear_right_behind_media_is_expected_to_land_later() {
+        let t0 = Instant::now();
+        // Round trips of 60 and 100 ms in turn: 20 ms standard deviation, i.e. one-way delays
+        // spread uniformly over w = 20 × √6 = 49 ms.
+        let mut l = PlaybackLedger::new(ms(100));
+        let mut t = t0;
+        for i in 0..16 {
+            let p = l.start_probe(t).unwrap();
+            t += ms(if i % 2 == 0 { 60 } else { 100 });
+            l.on_mark(t, &p);
+        }
+        assert_eq!((l.rtt().get(), l.rtt().deviation()), (ms(80), ms(20)));
+        let w = 20.0 * 6f64.sqrt();
+        assert_eq!(
+            l.clear_queueing(t),
+            Duration::ZERO,
+            "nothing sent: no queue"
+        );
+        // A chunk (media + mark) sent just now: the clear lands at the latest of three
+        // uniform delays, 3/4 of w instead of 1/2, a quarter of w later.
+        l.record_chunk(t, "r", "i", 0, 800);
+        let q = l.clear_queueing(t).as_secs_f64() * 1000.0;
+        assert!((q - w / 4.0).abs() < 0.5, "{q} ms");
+        // Sent longer than w ago: it has arrived before the clear could.
+        assert_eq!(l.clear_queueing(t + ms(50)), Duration::ZERO);
+        // In between, less.
+        let half_way = l.clear_queueing(t + ms(25)).as_secs_f64() * 1000.0;
+        assert!(half_way > 0.0 && half_way < q / 2.0, "{half_way} ms");
     }
 }
