@@ -27,8 +27,8 @@
 //!
 //! Options: `--calls N` calls per scenario and setting (default 12), `--rounds R` barge-ins
 //! per call (default 5), `--concurrency C` calls at a time (default 12), `--settings
-//! D:J,D:J,…` (default `0:0,20:5,40:10,80:20`), `--scenarios streaming,finished`, `--raw`
-//! (print every barge-in).
+//! D:J,D:J,…` (default `0:0,20:5,40:10,80:20`), `--scenarios streaming,finished`, `--seed S`
+//! (another set of jitter draws; default 0), `--raw` (print every barge-in).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -72,6 +72,7 @@ struct Opts {
     settings: Vec<(u64, u64)>,
     scenarios: Vec<Scenario>,
     raw: bool,
+    seed: u64,
 }
 
 fn parse_args() -> Result<Opts, String> {
@@ -82,6 +83,7 @@ fn parse_args() -> Result<Opts, String> {
         settings: vec![(0, 0), (20, 5), (40, 10), (80, 20)],
         scenarios: vec![Scenario::Streaming, Scenario::Finished],
         raw: false,
+        seed: 0,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -117,6 +119,7 @@ fn parse_args() -> Result<Opts, String> {
                     .collect::<Result<_, String>>()?
             }
             "--raw" => o.raw = true,
+            "--seed" => o.seed = val()?.parse().map_err(|e| format!("--seed: {e}"))?,
             _ => return Err(format!("unknown argument {a}")),
         }
     }
@@ -216,7 +219,7 @@ fn run_setting(
                 let mut c = TwilioCallConfig::new(addr, script(s, call, o.rounds));
                 c.one_way_delay = Duration::from_millis(delay - jitter);
                 c.jitter = Duration::from_millis(2 * jitter);
-                c.seed = 1 + call as u64 * 7 + delay * 1000 + jitter;
+                c.seed = 1 + call as u64 * 7 + delay * 1000 + jitter + o.seed * 1_000_003;
                 c.max_duration = Duration::from_secs(60);
                 c.keep_audio = false;
                 match TwilioCall::run(c) {
