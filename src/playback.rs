@@ -203,9 +203,12 @@ fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
 
-/// Samples that weigh fully in [`RttEstimator`]'s mean before it becomes an EWMA of the same
-/// gain (and in a playout run's anchor, see [`PlaybackLedger::heard_at_clear`]).
+/// Echoes that weigh fully in a playout run's mean lag before it becomes an EWMA of the same
+/// gain (see [`PlaybackLedger::heard_at_clear`]).
 const MEAN_WINDOW: u64 = 16;
+
+/// Round-trip samples [`RttEstimator`] keeps.
+const RTT_WINDOW: usize = 32;
 
 /// Round-trip samples above this are ignored (and a larger default is capped to it).
 const MAX_SAMPLE: Duration = Duration::from_secs(5);
@@ -213,17 +216,21 @@ const MAX_SAMPLE: Duration = Duration::from_secs(5);
 /// Round-trip estimate between the bridge and Twilio.
 ///
 /// Under jitter every sample is the sum of two independent one-way delays, and what a barge-in
-/// needs is their *mean* (the clear's own delay is unknowable; its expectation is not). So the
-/// estimate is the plain mean of the first 16 samples, then an EWMA of gain 1/16 (worth about
-/// 31 samples of averaging, and it still follows a route change). An SRTT-style EWMA of gain
-/// 1/4 or 1/8 (RFC 6298) follows the last few samples: its error, a good part of one sample's
-/// jitter, is a bias every barge-in of the call inherits, and it moves from call to call.
+/// needs is their *mean* (the clear's own delay is unknowable; its expectation is not). An
+/// SRTT-style EWMA of gain 1/4 or 1/8 (RFC 6298) follows the last few samples: its error, a
+/// good part of one sample's jitter, is a bias every barge-in of the call inherits, and it
+/// moves from call to call. So the estimate is the mean of the middle half of the last 32
+/// samples (all of them while there are fewer than 4): nearly as steady as a plain mean of
+/// that many, and one echo held up by a stall or a retransmission does not move it. The
+/// window's interquartile range measures the jitter ([`RttEstimator::spread`]).
 #[derive(Debug, Clone)]
 pub struct RttEstimator {
-    /// Mean in µs once there is a sample.
+    /// The latest samples in µs, a ring (`samples` were ever taken).
+    window: [u32; RTT_WINDOW],
+    /// Trimmed mean of the window in µs, once there is a sample.
     mean_us: Option<u64>,
-    /// Variance of the samples about the mean, µs², with the same weights as the mean.
-    var_us2: f64,
+    /// Interquartile range of the window in µs (0 with fewer than 8 samples).
+    iqr_us: u64,
     default: Duration,
     samples: u64,
 }
@@ -233,40 +240,39 @@ impl RttEstimator {
     /// it has a sample.
     pub fn new(default: Duration) -> RttEstimator {
         RttEstimator {
+            window: [0; RTT_WINDOW],
             mean_us: None,
-            var_us2: 0.0,
+            iqr_us: 0,
             default: default.min(MAX_SAMPLE),
             samples: 0,
         }
     }
 
-    /// Adds one round-trip sample (mean of the first 16, then EWMA with gain 1/16).
+    /// Adds one round-trip sample.
     pub fn sample(&mut self, rtt: Duration) {
         // A sample of more than 5 s means the echo was held up by something else (e.g. a
         // buffer we did not know about); it would poison the estimate.
         if rtt > MAX_SAMPLE {
             return;
         }
-        let x = rtt.as_micros() as u64;
+        // At most 5 s in µs: fits a u32.
+        let x = rtt.as_micros() as u32;
+        self.window[(self.samples % RTT_WINDOW as u64) as usize] = x;
         self.samples = self.samples.saturating_add(1);
-        let n = self.samples.min(MEAN_WINDOW);
-        self.mean_us = Some(match self.mean_us {
-            None => x,
-            Some(m) => {
-                // Weight g = 1/n: Welford's running variance while it is a plain mean, the
-                // exponentially weighted one after.
-                let g = 1.0 / n as f64;
-                let dev = x as f64 - m as f64;
-                self.var_us2 = (1.0 - g) * (self.var_us2 + g * dev * dev);
-                // Both at most 5 s in µs: no overflow.
-                (m * (n - 1) + x + n / 2) / n
-            }
-        });
-    }
-
-    /// The standard deviation of the samples (zero until there are two).
-    pub fn deviation(&self) -> Duration {
-        Duration::from_micros(self.var_us2.max(0.0).sqrt().round() as u64)
+        let n = (self.samples as usize).min(RTT_WINDOW);
+        let mut sorted = self.window;
+        let v = &mut sorted[..n];
+        v.sort_unstable();
+        let trim = if n >= 4 { n / 4 } else { 0 };
+        let kept = &v[trim..n - trim];
+        let sum: u64 = kept.iter().map(|&x| x as u64).sum();
+        let len = kept.len() as u64;
+        self.mean_us = Some((sum + len / 2) / len);
+        self.iqr_us = if n >= 8 {
+            (v[n - 1 - n / 4] - v[n / 4]) as u64
+        } else {
+            0
+        };
     }
 
     /// The current estimate.
@@ -274,15 +280,26 @@ impl RttEstimator {
         self.mean_us.map_or(self.default, Duration::from_micros)
     }
 
+    /// The interquartile range of the recent samples (zero with fewer than 8): how much the
+    /// round trip jitters.
+    pub fn spread(&self) -> Duration {
+        Duration::from_micros(self.iqr_us)
+    }
+
     /// How many samples were taken.
     pub fn samples(&self) -> u64 {
         self.samples
     }
 
-    /// How many independent samples the estimate is worth (its variance is that of one sample
-    /// divided by this): the count while it is a plain mean, at most 31 for the EWMA.
+    /// How many independent samples the estimate is worth (its variance is about that of one
+    /// sample divided by this): the window's length, less a little for the trimming.
     fn effective_samples(&self) -> u64 {
-        self.samples.min(2 * MEAN_WINDOW - 1)
+        let n = self.samples.min(RTT_WINDOW as u64);
+        if n >= 4 {
+            n * 3 / 4
+        } else {
+            n
+        }
     }
 }
 
@@ -522,9 +539,20 @@ impl PlaybackLedger {
             self.chunks.pop_front();
         }
         if playback_sample {
+            // One jitter width and a little (5 ms), if the estimator can tell the width yet.
+            let w = match micros(self.jitter_width()) {
+                0 => 0,
+                w => w.saturating_add(5_000),
+            };
             if let Some(run) = self.run.as_mut().filter(|r| global > r.start) {
-                let lag = micros(now.saturating_duration_since(run.first_sent))
+                let mut lag = micros(now.saturating_duration_since(run.first_sent))
                     .saturating_sub(micros(play_time(global - run.start)));
+                // The echoes' way back varies over about one jitter width: an echo much later
+                // than that was held up by something else (a stall, a retransmission) and
+                // counts as no later than the width allows.
+                if run.echoes > 0 && w > 0 {
+                    lag = lag.clamp(run.lag_us.saturating_sub(w), run.lag_us.saturating_add(w));
+                }
                 run.echoes = run.echoes.saturating_add(1);
                 let n = run.echoes.min(MEAN_WINDOW) as i64;
                 run.lag_us = run
@@ -632,24 +660,30 @@ impl PlaybackLedger {
         pos.min(self.stream_end)
     }
 
+    /// The width `w` over which one message's one-way delay is spread, if each is uniform over
+    /// it and independent: a round trip is then the sum of two, whose quartiles lie
+    /// `(2 − √2)·w` apart, so `w = IQR / (2 − √2)`; capped at the round trip itself (zero
+    /// until the estimator has 8 samples).
+    fn jitter_width(&self) -> Duration {
+        self.rtt
+            .spread()
+            .div_f64(2.0 - std::f64::consts::SQRT_2)
+            .min(self.rtt.get())
+    }
+
     /// How much later than half a round trip after `now` a `clear` sent at `now` is expected to
     /// land, because on one TCP connection it cannot overtake the media and marks sent just
     /// before it (RFC 9293 delivers in order).
     ///
-    /// Each message's one-way delay is taken as independent and uniform over a width `w`,
-    /// estimated from the spread of the round-trip samples (each is two one-way delays, so
-    /// their variance is `2·w²/12`), capped at the round trip itself. The clear lands at the
+    /// Each message's one-way delay is taken as independent and uniform over a width `w`
+    /// ([`PlaybackLedger::jitter_width`]). The clear lands at the
     /// latest of its own arrival and those of the two messages (media, mark) of every chunk
     /// sent less than `w` before it; this is the expectation of that latest arrival minus the
     /// clear's own mean, integrated numerically (32 steps, only at a barge-in). Zero without
-    /// jitter, with fewer than 4 samples, and when nothing was sent within `w` (the model had
+    /// jitter, with fewer than 8 samples, and when nothing was sent within `w` (the model had
     /// finished sending).
     fn clear_queueing(&self, now: Instant) -> Duration {
-        if self.rtt.samples() < 4 {
-            return Duration::ZERO;
-        }
-        let w =
-            (self.rtt.deviation().as_secs_f64() * 6f64.sqrt()).min(self.rtt.get().as_secs_f64());
+        let w = self.jitter_width().as_secs_f64();
         if w <= 0.0 {
             return Duration::ZERO;
         }
@@ -913,7 +947,7 @@ mod tests {
     }
 
     #[test]
-    fn rtt_is_the_mean_of_its_samples_then_a_slow_ewma() {
+    fn rtt_is_a_trimmed_mean_of_the_recent_samples() {
         let mut r = RttEstimator::new(ms(100));
         assert_eq!(r.get(), ms(100), "the default until a sample");
         r.sample(ms(60));
@@ -924,15 +958,19 @@ mod tests {
             r.sample(ms(if i % 2 == 0 { 30 } else { 50 }));
         }
         assert_eq!((r.samples(), r.get()), (16, ms(40)));
-        // From the 17th sample on, each moves the estimate by 1/16 of its difference.
-        r.sample(ms(200));
-        assert_eq!(r.get(), ms(50));
+        // 20 · 30 · 30 · 30 | 30 30 30 30 50 50 50 50 | 50 50 50 60: quartiles 30 and 50.
+        assert_eq!(r.spread(), ms(20));
+        // An echo held up for 400 ms by a stall is trimmed away: it only shifts the middle
+        // half by one sample (a plain mean would jump to 61 ms).
+        r.sample(ms(400));
+        assert_eq!(r.get(), Duration::from_micros(41_111));
         r.sample(Duration::from_secs(6));
-        assert_eq!(
-            (r.samples(), r.get()),
-            (17, ms(50)),
-            "a 6 s sample is ignored"
-        );
+        assert_eq!(r.samples(), 17, "a 6 s sample is ignored");
+        // A route change: once half the window says 100 ms, the estimate follows.
+        for _ in 0..24 {
+            r.sample(ms(100));
+        }
+        assert_eq!(r.get(), ms(100));
     }
 
     #[test]
@@ -957,7 +995,7 @@ mod tests {
         // The last echo alone (t − 40 ms) would put playback 10 ms late: 11840 bytes. The
         // send time alone (t1 + 40 ms) 10 ms early: 12000. The run's mean echo says 50 ms,
         // weighted against the send time by their variances (10 echoes, 17 round-trip
-        // samples): 48.2 ms, i.e. 14 bytes (1.8 ms) over.
+        // samples worth 12 after trimming): 48 ms, i.e. 16 bytes (2 ms) over.
         assert!((heard - 11920).abs() <= 16, "heard {heard}");
     }
 
@@ -996,8 +1034,8 @@ mod tests {
     #[test]
     fn a_clear_right_behind_media_is_expected_to_land_later() {
         let t0 = Instant::now();
-        // Round trips of 60 and 100 ms in turn: 20 ms standard deviation, i.e. one-way delays
-        // spread uniformly over w = 20 × √6 = 49 ms.
+        // Round trips of 60 and 100 ms in turn: quartiles 40 ms apart, i.e. one-way delays
+        // spread uniformly over w = 68 ms.
         let mut l = PlaybackLedger::new(ms(100));
         let mut t = t0;
         for i in 0..16 {
@@ -1005,8 +1043,10 @@ mod tests {
             t += ms(if i % 2 == 0 { 60 } else { 100 });
             l.on_mark(t, &p);
         }
-        assert_eq!((l.rtt().get(), l.rtt().deviation()), (ms(80), ms(20)));
-        let w = 20.0 * 6f64.sqrt();
+        assert_eq!((l.rtt().get(), l.rtt().spread()), (ms(80), ms(40)));
+        // (The quartiles of a sum of two uniform delays lie (2 − √2)·w apart.)
+        let w = 40.0 / (2.0 - 2f64.sqrt());
+        assert!((l.jitter_width().as_secs_f64() * 1000.0 - w).abs() < 0.01);
         assert_eq!(
             l.clear_queueing(t),
             Duration::ZERO,
@@ -1018,9 +1058,9 @@ mod tests {
         let q = l.clear_queueing(t).as_secs_f64() * 1000.0;
         assert!((q - w / 4.0).abs() < 0.5, "{q} ms");
         // Sent longer than w ago: it has arrived before the clear could.
-        assert_eq!(l.clear_queueing(t + ms(50)), Duration::ZERO);
+        assert_eq!(l.clear_queueing(t + ms(70)), Duration::ZERO);
         // In between, less.
-        let half_way = l.clear_queueing(t + ms(25)).as_secs_f64() * 1000.0;
+        let half_way = l.clear_queueing(t + ms(34)).as_secs_f64() * 1000.0;
         assert!(half_way > 0.0 && half_way < q / 2.0, "{half_way} ms");
     }
 }
