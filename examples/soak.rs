@@ -1,4 +1,5 @@
-//! Soak: 1,000 calls in a row, then 100 at once with misbehaving callers and failing models,
+//! Soak: 1,000 calls in a row, then 100 at once with misbehaving callers (half-open ones
+//! among them) and failing models (one stops reading mid-call, one's tool panics),
 //! all through in-process bridge servers; threads, file descriptors and memory must come back
 //! to where they were.
 //!

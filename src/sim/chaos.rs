@@ -38,15 +38,20 @@ pub enum CallerFault {
     NoStart,
     /// Starts, then never reads again; drops the connection at the end.
     StopReading,
+    /// Starts and streams a little audio, then sends nothing more without closing (its host
+    /// vanished, the TCP connection was never closed: a half-open peer). The bridge must end
+    /// the call by its silence rule (`CallOptions::twilio_silence_timeout`).
+    HalfOpen,
 }
 
 impl CallerFault {
     /// Every fault, for round-robin mixes.
-    pub const ALL: [CallerFault; 4] = [
+    pub const ALL: [CallerFault; 5] = [
         CallerFault::Vanish,
         CallerFault::Garbage,
         CallerFault::NoStart,
         CallerFault::StopReading,
+        CallerFault::HalfOpen,
     ];
 }
 
@@ -132,6 +137,22 @@ pub fn run_faulty_call(
             } else {
                 out.abort();
             }
+        }
+        CallerFault::HalfOpen => {
+            send(start_json(sid));
+            let mut n = 0;
+            while t0.elapsed() < duration.min(Duration::from_millis(300)) {
+                send(media_json(sid, n, &payload));
+                n += 1;
+                thread::sleep(Duration::from_millis(20));
+            }
+            // Silence on the wire; whatever the bridge sends is drained unread. Waits for the
+            // bridge to close the stream (or gives up after 30 s).
+            while t0.elapsed() < Duration::from_secs(30) && !duplex.is_closed() {
+                while rx.try_recv().is_ok() {}
+                thread::sleep(Duration::from_millis(20));
+            }
+            out.abort();
         }
         CallerFault::StopReading => unreachable!("handled above"),
     }

@@ -1,6 +1,7 @@
 //! A soak run in one process: bridge servers (in-process) in front of a healthy fake model, a
-//! model that fails mid-call, one that refuses, and one that never finishes its handshake;
-//! many calls in a row, then many at once with misbehaving callers; and the process's threads,
+//! model that fails mid-call, one that refuses, one that never finishes its handshake, one that
+//! stops reading mid-call, and one whose agent's tool panics; many calls in a row, then many at
+//! once with misbehaving callers (half-open ones among them); and the process's threads,
 //! descriptors and memory before and after. `examples/soak.rs` runs the full size; the test
 //! suite a small one.
 //!
@@ -263,7 +264,21 @@ struct Bridge {
     model: FakeModel,
 }
 
+fn soak_agent() -> Agent {
+    Agent::new("Soak", "You answer calls briefly.")
+}
+
 fn bridge(name: &'static str, model: FakeModelConfig, handshake: Duration) -> io::Result<Bridge> {
+    bridge_with(name, model, handshake, soak_agent, |_| {})
+}
+
+fn bridge_with(
+    name: &'static str,
+    model: FakeModelConfig,
+    handshake: Duration,
+    agent: fn() -> Agent,
+    tweak: impl FnOnce(&mut ServerConfig),
+) -> io::Result<Bridge> {
     // Counters only: the fake model's event log would grow with every call and hide what the
     // bridge itself holds.
     let model = FakeModel::start(FakeModelConfig {
@@ -285,11 +300,11 @@ fn bridge(name: &'static str, model: FakeModelConfig, handshake: Duration) -> io
         "Greet the caller briefly.".into(),
     ));
     cfg.twilio_ws.write_timeout = Duration::from_secs(2);
+    // Half-open callers are given up after 1 s of silence (live streams send every 20 ms).
+    cfg.session.call.twilio_silence_timeout = Duration::from_secs(1);
     cfg.shutdown_grace = Duration::from_secs(5);
-    let server = Server::bind(
-        cfg,
-        Arc::new(|| Agent::new("Soak", "You answer calls briefly.")),
-    )?;
+    tweak(&mut cfg);
+    let server = Server::bind(cfg, Arc::new(agent))?;
     let addr = server.local_addr();
     let stopper = server.stopper();
     let thread = thread::Builder::new()
@@ -387,6 +402,50 @@ pub fn soak(cfg: &SoakConfig) -> io::Result<SoakReport> {
                 ..Default::default()
             },
             Duration::from_millis(300),
+        )?,
+        // Stops reading 300 ms into each connection for 6 s: the bridge's model socket fills
+        // (a 16 KiB send buffer) and is given up after its 1 s write timeout.
+        bridge_with(
+            "model stops reading",
+            FakeModelConfig {
+                faults: Faults {
+                    stall_reads: Some((Duration::from_millis(300), Duration::from_secs(6))),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+            Duration::from_secs(5),
+            soak_agent,
+            |cfg| {
+                cfg.session.model.ws.send_buffer_size = Some(16 * 1024);
+                cfg.session.model.ws.write_timeout = Duration::from_secs(1);
+            },
+        )?,
+        // Every first reply calls a tool that panics; the call goes on with the next reply.
+        bridge_with(
+            "tool panics",
+            FakeModelConfig {
+                script: [
+                    Reply::call("boom", "{}"),
+                    Reply::say("Sorry, that failed.", 300),
+                ]
+                .into_iter()
+                .cycle()
+                .take(2_000)
+                .collect(),
+                audio_speed: 8.0,
+                ..Default::default()
+            },
+            Duration::from_secs(5),
+            || {
+                soak_agent().tool(crate::agent::FunctionTool::new(
+                    "boom",
+                    "Always fails.",
+                    json!({"type": "object"}),
+                    |_| panic!("soak: a tool that panics"),
+                ))
+            },
+            |_| {},
         )?,
     ];
 
