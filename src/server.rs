@@ -398,8 +398,11 @@ impl Server {
             }
         }
         log::info!(target: LOG, "stopped accepting; {} live calls", self.shared.live_calls.load(Ordering::SeqCst));
-        let deadline = Instant::now() + self.cfg.shutdown_grace;
-        while self.shared.live_calls.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+        // A grace past what an Instant holds (Duration::MAX) means: wait for every call.
+        let deadline = Instant::now().checked_add(self.cfg.shutdown_grace);
+        while self.shared.live_calls.load(Ordering::SeqCst) > 0
+            && deadline.is_none_or(|d| Instant::now() < d)
+        {
             thread::sleep(Duration::from_millis(20));
         }
         if self.shared.live_calls.load(Ordering::SeqCst) > 0 {

@@ -1043,9 +1043,12 @@ impl SessionHandle {
 
 /// Why a session closed, from its event stream: waits for [`SessionEvent::Closed`].
 pub fn wait_closed(events: &Receiver<SessionEvent>, timeout: Duration) -> Option<CloseReason> {
-    let deadline = Instant::now() + timeout;
+    // A timeout past what an Instant holds (Duration::MAX) means: wait as long as it takes.
+    let deadline = Instant::now().checked_add(timeout);
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
+        let left = deadline.map_or(Duration::MAX, |d| {
+            d.saturating_duration_since(Instant::now())
+        });
         match events.recv_timeout(left) {
             Ok(SessionEvent::Closed { reason }) => return Some(reason),
             Ok(_) => {}
@@ -1063,6 +1066,16 @@ mod tests {
     use crate::sim::fake_model::{FakeModel, FakeModelConfig, Faults};
     use crate::sim::twilio_call::{CallReport, Segment, TwilioCall, TwilioCallConfig};
     use std::net::TcpListener;
+
+    #[test]
+    fn wait_closed_takes_duration_max() {
+        let (tx, rx) = unbounded();
+        tx.send(SessionEvent::Closed {
+            reason: CloseReason::Closed,
+        })
+        .unwrap();
+        assert_eq!(wait_closed(&rx, Duration::MAX), Some(CloseReason::Closed));
+    }
 
     fn call(model: FakeModelConfig, panic_in_start: bool) -> (Option<CloseReason>, CallReport) {
         let fake = FakeModel::start(model).unwrap();

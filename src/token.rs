@@ -114,7 +114,11 @@ impl StreamTokens {
             token.clone(),
             Issued {
                 call_sid: call_sid.to_owned(),
-                expires: now + self.ttl,
+                // A ttl past what an Instant holds (Duration::MAX) means a century.
+                expires: now
+                    .checked_add(self.ttl)
+                    .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 86_400)))
+                    .unwrap_or(now),
             },
         );
         Ok(token)
@@ -160,6 +164,17 @@ fn random_hex(n: usize) -> io::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ttl_of_duration_max_does_not_overflow() {
+        let tokens = StreamTokens::new(Duration::MAX, 2);
+        let t0 = Instant::now();
+        let a = tokens.issue_at("CA1", t0).unwrap();
+        assert_eq!(
+            tokens.redeem_at(Some(&a), "CA1", t0 + Duration::from_secs(86_400)),
+            Ok(())
+        );
+    }
 
     #[test]
     fn once_for_the_right_call_before_expiry() {
