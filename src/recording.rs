@@ -24,18 +24,21 @@
 //! # Cost
 //!
 //! A session without a recording does one `Option` check per frame. With one, lines are
-//! formatted on the thread that saw the event (a small struct, no audio) and handed to one
-//! writer thread per recorded call through a bounded queue; when the queue is full a line is
-//! dropped rather than the call slowed, and the count of dropped lines is the file's last
-//! record ([`Record::Dropped`]). A file that cannot be created costs a warning, not the call.
+//! formatted on the thread that saw the event (a small struct, no audio) into that thread's
+//! batch, and batches (8 KiB, or half a second old) go to one writer thread per recorded call
+//! through a bounded queue: one wake-up per batch, not per line. When the queue is full a
+//! batch is dropped rather than the call slowed, and the count of dropped lines is the file's
+//! last record ([`Record::Dropped`]). A file that cannot be created costs a warning, not the
+//! call.
 //!
 //! # Format
 //!
 //! One JSON object per line: `t_us` (microseconds since the session started) and `kind`
 //! (the [`Record`] variant in `snake_case`) with its fields. The first line is a
-//! [`Record::Header`]; lines are in the order they were written, which may differ from `t_us`
-//! order by a few milliseconds (echoed marks are recorded with their arrival time when the
-//! session thread picks them up). [`read`] parses a file back.
+//! [`Record::Header`]. Lines from the session thread and from the Twilio reader (the caller's
+//! loudness) arrive in batches, so the file is in `t_us` order only per thread (sort by
+//! `t_us` to merge them; echoed marks are recorded with their arrival time, a little before
+//! the session thread picks them up). [`read`] parses a file back.
 //!
 //! ```
 //! use twilio_realtime::recording::{read, Entry, Record};
@@ -52,7 +55,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
@@ -68,11 +71,20 @@ const LOG: &str = "twilio_realtime::recording";
 /// The version of the file format written in [`Record::Header::format`].
 pub const FORMAT_VERSION: u32 = 1;
 
-/// Lines waiting for the writer thread at most; past that, lines are dropped and counted.
-const QUEUE: usize = 4096;
+/// Batches of lines waiting for the writer thread at most; past that, batches are dropped and
+/// their lines counted.
+const QUEUE: usize = 64;
 
-/// Lines kept in memory before a [`RecordTo::Dir`] file can be named (no `start` yet).
-const MAX_UNNAMED: usize = 512;
+/// A thread's lines go to the writer in batches of about this many bytes, or older than
+/// [`BATCH_AGE`]: one writer wake-up per batch, not per line.
+const BATCH_BYTES: usize = 8 * 1024;
+
+/// The oldest line a batch may hold before it is sent (checked at the next line, and when the
+/// recorder is dropped).
+const BATCH_AGE: Duration = Duration::from_millis(500);
+
+/// Bytes kept in memory before a [`RecordTo::Dir`] file can be named (no `start` yet).
+const MAX_UNNAMED: usize = 256 * 1024;
 
 /// Peer-supplied strings (mark names, ids) are cut to this many bytes.
 const MAX_STR: usize = 128;
@@ -361,18 +373,42 @@ pub fn write(mut w: impl Write, entries: &[Entry]) -> std::io::Result<()> {
 }
 
 enum Msg {
-    Line(String),
+    /// Whole lines, each ending in a newline.
+    Lines(Vec<u8>, u64),
     /// The call's id is known: a [`RecordTo::Dir`] file can be named.
     Name(String),
 }
 
-/// A session's recorder: cheap to clone, shared by the threads of one call. Dropping the
-/// last clone (or [`Recorder::finish`]) ends the file.
-#[derive(Debug, Clone)]
+/// A session's recorder, one per thread that records (a clone starts with an empty batch).
+/// Lines collect in a batch that goes to the writer thread when it is big or old enough, and
+/// when the recorder is dropped; dropping the last clone ends the file.
+#[derive(Debug)]
 pub(crate) struct Recorder {
     t0: Instant,
     tx: Sender<Msg>,
     dropped: Arc<AtomicU64>,
+    batch: Vec<u8>,
+    lines: u64,
+    oldest: Option<Instant>,
+}
+
+impl Clone for Recorder {
+    fn clone(&self) -> Recorder {
+        Recorder {
+            t0: self.t0,
+            tx: self.tx.clone(),
+            dropped: self.dropped.clone(),
+            batch: Vec::new(),
+            lines: 0,
+            oldest: None,
+        }
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.flush();
+    }
 }
 
 impl std::fmt::Debug for Msg {
@@ -410,7 +446,14 @@ impl Recorder {
                 return None;
             }
         };
-        let rec = Recorder { t0, tx, dropped };
+        let mut rec = Recorder {
+            t0,
+            tx,
+            dropped,
+            batch: Vec::with_capacity(BATCH_BYTES + 512),
+            lines: 0,
+            oldest: None,
+        };
         let started_unix_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
@@ -428,37 +471,57 @@ impl Recorder {
     }
 
     /// Records `r` as happening now.
-    pub(crate) fn now(&self, r: Record) {
+    pub(crate) fn now(&mut self, r: Record) {
         self.at(Instant::now(), r);
     }
 
     /// Records `r` as happening at `t`.
-    pub(crate) fn at(&self, t: Instant, record: Record) {
+    pub(crate) fn at(&mut self, t: Instant, record: Record) {
         let e = Entry {
             t_us: t.saturating_duration_since(self.t0).as_micros() as u64,
             record,
         };
-        let Ok(line) = serde_json::to_string(&e) else {
+        let start = self.batch.len();
+        if serde_json::to_writer(&mut self.batch, &e).is_err() {
+            self.batch.truncate(start);
             return;
-        };
-        self.send(Msg::Line(line));
+        }
+        self.batch.push(b'\n');
+        self.lines += 1;
+        let oldest = *self.oldest.get_or_insert(t);
+        if self.batch.len() >= BATCH_BYTES || t.saturating_duration_since(oldest) >= BATCH_AGE {
+            self.flush();
+        }
+    }
+
+    /// Hands the batch to the writer thread.
+    fn flush(&mut self) {
+        if self.lines == 0 {
+            return;
+        }
+        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH_BYTES + 512));
+        let lines = std::mem::take(&mut self.lines);
+        self.oldest = None;
+        self.send(Msg::Lines(batch, lines));
     }
 
     fn send(&self, m: Msg) {
         match self.tx.try_send(m) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
+            Err(TrySendError::Full(Msg::Lines(_, n))) => {
+                self.dropped.fetch_add(n, Ordering::Relaxed);
             }
-            Err(TrySendError::Disconnected(_)) => {}
+            Err(_) => {}
         }
     }
 
     /// A message Twilio sent (not media: see [`CallerMeter`]).
-    pub(crate) fn twilio_in(&self, msg: &TwilioMessage) {
+    pub(crate) fn twilio_in(&mut self, msg: &TwilioMessage) {
         let r = match msg {
             TwilioMessage::Connected(_) => Record::TwilioConnected,
             TwilioMessage::Start(s) => {
+                // The lines so far go first: the writer names the file before writing them.
+                self.flush();
                 self.send(Msg::Name(s.start.call_sid.clone()));
                 Record::TwilioStart {
                     call_sid: cut(&s.start.call_sid),
@@ -485,7 +548,7 @@ impl Recorder {
     }
 
     /// An echoed mark, at the time it arrived.
-    pub(crate) fn mark_echoed(&self, at: Instant, msg: &TwilioMessage) {
+    pub(crate) fn mark_echoed(&mut self, at: Instant, msg: &TwilioMessage) {
         if let TwilioMessage::Mark(m) = msg {
             self.at(
                 at,
@@ -497,7 +560,7 @@ impl Recorder {
     }
 
     /// An event from the model (deltas skipped).
-    pub(crate) fn model_in(&self, ev: &ServerEvent) {
+    pub(crate) fn model_in(&mut self, ev: &ServerEvent) {
         let ty = ev.event_type();
         if ty.ends_with(".delta") {
             return;
@@ -507,7 +570,7 @@ impl Recorder {
 
     /// One output of the call core, about to be performed; `rtt_ms` is the ledger's current
     /// round-trip estimate.
-    pub(crate) fn output(&self, o: &Output, rtt_ms: u64) {
+    pub(crate) fn output(&mut self, o: &Output, rtt_ms: u64) {
         let r = match o {
             Output::Twilio(TwilioCommand::Media { payload, .. }) => {
                 let (bytes, level) = level_of_base64(payload);
@@ -710,13 +773,14 @@ fn create_new_in(dir: &Path, stem: &str) -> std::io::Result<(PathBuf, File)> {
 }
 
 fn writer(to: RecordTo, rx: Receiver<Msg>, dropped: Arc<AtomicU64>) {
-    let mut pending: VecDeque<String> = VecDeque::new();
+    let mut pending: VecDeque<Vec<u8>> = VecDeque::new();
+    let mut pending_bytes = 0usize;
     let mut out: Option<BufWriter<File>> = None;
     let mut failed = false;
     let open = |res: std::io::Result<(PathBuf, File)>| match res {
         Ok((path, f)) => {
             log::debug!(target: LOG, "recording the call to {}", path.display());
-            Some(BufWriter::with_capacity(32 * 1024, f))
+            Some(BufWriter::with_capacity(BATCH_BYTES, f))
         }
         Err(e) => {
             log::warn!(target: LOG, "call not recorded: {e}");
@@ -733,12 +797,10 @@ fn writer(to: RecordTo, rx: Receiver<Msg>, dropped: Arc<AtomicU64>) {
         out = open(File::create(path).map(|f| (path.clone(), f)));
         failed = out.is_none();
     }
-    let write_line = |out: &mut Option<BufWriter<File>>, failed: &mut bool, line: &str| {
+    // `lines` are whole lines, each with its newline.
+    let write_lines = |out: &mut Option<BufWriter<File>>, failed: &mut bool, lines: &[u8]| {
         if let Some(w) = out {
-            if let Err(e) = w
-                .write_all(line.as_bytes())
-                .and_then(|_| w.write_all(b"\n"))
-            {
+            if let Err(e) = w.write_all(lines) {
                 log::warn!(target: LOG, "recording stopped: {e}");
                 *out = None;
                 *failed = true;
@@ -747,14 +809,15 @@ fn writer(to: RecordTo, rx: Receiver<Msg>, dropped: Arc<AtomicU64>) {
     };
     for m in rx.iter() {
         match m {
-            Msg::Line(line) => {
+            Msg::Lines(lines, n) => {
                 if out.is_some() {
-                    write_line(&mut out, &mut failed, &line);
+                    write_lines(&mut out, &mut failed, &lines);
                 } else if !failed {
-                    if pending.len() >= MAX_UNNAMED {
-                        dropped.fetch_add(1, Ordering::Relaxed);
+                    if pending_bytes + lines.len() > MAX_UNNAMED {
+                        dropped.fetch_add(n, Ordering::Relaxed);
                     } else {
-                        pending.push_back(line);
+                        pending_bytes += lines.len();
+                        pending.push_back(lines);
                     }
                 }
             }
@@ -763,8 +826,8 @@ fn writer(to: RecordTo, rx: Receiver<Msg>, dropped: Arc<AtomicU64>) {
                     let stem = file_stem(&sid).unwrap_or_else(|| format!("nostart-{}", unix_ms()));
                     out = open(create_new_in(dir, &stem));
                     failed = out.is_none();
-                    for line in pending.drain(..) {
-                        write_line(&mut out, &mut failed, &line);
+                    for lines in pending.drain(..) {
+                        write_lines(&mut out, &mut failed, &lines);
                     }
                 }
             }
@@ -773,8 +836,8 @@ fn writer(to: RecordTo, rx: Receiver<Msg>, dropped: Arc<AtomicU64>) {
     if let (RecordTo::Dir(dir), None, false) = (&to, &out, failed) {
         out = open(create_new_in(dir, &format!("nostart-{}", unix_ms())));
         failed = out.is_none();
-        for line in pending.drain(..) {
-            write_line(&mut out, &mut failed, &line);
+        for lines in pending.drain(..) {
+            write_lines(&mut out, &mut failed, &lines);
         }
     }
     let lost = dropped.load(Ordering::Relaxed);
@@ -784,7 +847,7 @@ fn writer(to: RecordTo, rx: Receiver<Msg>, dropped: Arc<AtomicU64>) {
             record: Record::Dropped { lines: lost },
         };
         if let Ok(line) = serde_json::to_string(&e) {
-            write_line(&mut out, &mut failed, &line);
+            write_lines(&mut out, &mut failed, format!("{line}\n").as_bytes());
         }
     }
     if let Some(mut w) = out {

@@ -343,7 +343,7 @@ impl Session {
         let start = Instant::now();
         let (shell_tx, shell_rx) = inbox::<ShellMsg>();
         let (event_tx, event_rx) = unbounded::<SessionEvent>();
-        let (recorder, recorder_thread) = match opts.recording.as_ref() {
+        let (mut recorder, recorder_thread) = match opts.recording.as_ref() {
             Some(to) => Recorder::start(to, start).unzip(),
             None => (None, None),
         };
@@ -362,7 +362,7 @@ impl Session {
             call_opts.connect_model_on_start = true;
         }
         if !call_opts.connect_model_on_start {
-            if let Some(r) = &recorder {
+            if let Some(r) = &mut recorder {
                 r.now(Record::ModelConnecting);
             }
             spawn_model_connect(0, &opts.model, shell_tx.clone());
@@ -596,7 +596,7 @@ impl Shell {
     fn apply_deferred_marks(&mut self) {
         std::mem::swap(&mut lock(&self.lane).marks, &mut self.marks);
         for (at, mark) in self.marks.drain(..) {
-            if let Some(r) = &self.recorder {
+            if let Some(r) = &mut self.recorder {
                 r.mark_echoed(at, &mark);
             }
             self.core.handle_twilio(at, mark);
@@ -605,7 +605,7 @@ impl Shell {
 
     fn handle(&mut self, msg: ShellMsg) {
         let now = Instant::now();
-        if let Some(r) = &self.recorder {
+        if let Some(r) = &mut self.recorder {
             record_shell_msg(r, &msg, self.model_gen);
         }
         match msg {
@@ -691,7 +691,7 @@ impl Shell {
     fn drain_outputs(&mut self) -> bool {
         let mut ended = false;
         while let Some(o) = self.core.poll_output() {
-            if let Some(r) = &self.recorder {
+            if let Some(r) = &mut self.recorder {
                 r.output(&o, self.core.ledger().rtt().get().as_millis() as u64);
             }
             match o {
@@ -840,7 +840,7 @@ impl Shell {
 }
 
 /// What a message to the session thread adds to the call's recording.
-fn record_shell_msg(r: &Recorder, msg: &ShellMsg, gen: u64) {
+fn record_shell_msg(r: &mut Recorder, msg: &ShellMsg, gen: u64) {
     match msg {
         ShellMsg::Twilio(m) => r.twilio_in(m),
         ShellMsg::TwilioBad(_) => r.now(Record::TwilioBad),
