@@ -60,6 +60,9 @@ use crate::twilio::{TwilioCommand, TwilioMessage};
 
 const LOG: &str = "twilio_realtime::session";
 const TOOLS_LOG: &str = "twilio_realtime::tools";
+/// Function calls kept per response until its `response.done` (a bound against a peer that
+/// never ends a response).
+const MAX_CALLS_PER_RESPONSE: usize = 64;
 
 /// Options of a call (and of the session built on it).
 #[derive(Debug, Clone)]
@@ -111,6 +114,13 @@ pub struct CallOptions {
     /// arrived. `None` (the default): the agent waits for the caller (the Realtime API never
     /// speaks first).
     pub greeting: Option<Greeting>,
+    /// Transcribe the caller's audio (`audio.input.transcription`) when
+    /// [`CallOptions::session`] sets no transcription of its own. The transcripts fill the
+    /// history's user items, and after `session_expired` the new model session gets the
+    /// caller's turns from them (it cannot be given the old session's audio). Default
+    /// `gpt-4o-mini-transcribe`; `None` turns it off (the caller's turns are then missing from
+    /// a carried-over conversation).
+    pub caller_transcription: Option<crate::model::Transcription>,
 }
 
 /// How the agent greets the caller (see [`CallOptions::greeting`]).
@@ -161,6 +171,10 @@ impl Default for CallOptions {
             model_pong_timeout: Duration::from_secs(10),
             approval_timeout: Duration::from_secs(60),
             greeting: None,
+            caller_transcription: Some(crate::model::Transcription {
+                model: Some("gpt-4o-mini-transcribe".into()),
+                ..Default::default()
+            }),
         }
     }
 }
@@ -307,6 +321,9 @@ struct PendingTool {
     tool: Option<FunctionTool>,
     deadline: Option<Instant>,
     awaiting_approval: bool,
+    /// The caller (or the application) interrupted the agent after this call was made: its
+    /// output is still given to the model, but no `response.create` follows it.
+    interrupted: bool,
 }
 
 #[derive(Debug, Default)]
@@ -339,6 +356,9 @@ pub struct CallCore {
     /// Event ids of our `session.update`s the server has not answered yet, in order.
     config_pending: VecDeque<String>,
     greeting: Option<Greeting>,
+    /// Function calls of responses still in progress, run at their `response.done` unless the
+    /// response was cut or did not complete.
+    calls_by_response: HashMap<String, Vec<Item>>,
     /// Options for the next `response.create` (from [`Command::CreateResponse`]).
     next_response: Option<ResponseConfig>,
     pending_model: Vec<ClientEvent>,
@@ -396,6 +416,7 @@ impl CallCore {
             resumed: false,
             config_pending: VecDeque::new(),
             greeting,
+            calls_by_response: HashMap::new(),
             next_response: None,
             pending_model: Vec::new(),
             ledger,
@@ -575,6 +596,11 @@ impl CallCore {
             .tools(self.agent.tool_definitions())
             .input_format(AudioFormat::Pcmu)
             .output_format(AudioFormat::Pcmu);
+        if cfg.transcription_setting().is_none() {
+            if let Some(t) = &self.opts.caller_transcription {
+                cfg = cfg.transcription(t.clone());
+            }
+        }
         if let Some(v) = self.agent.voice_name() {
             if self.assistant_audio_seen {
                 log::info!(
@@ -854,6 +880,7 @@ impl CallCore {
         if self.reconnect_pending {
             self.reconnect_pending = false;
             log::info!(target: LOG, "model session expired; reconnecting");
+            self.reset_model_session();
             self.model = ModelState::Reconnecting;
             self.out(Output::ModelNotReady);
             self.out(Output::ConnectModel);
@@ -869,6 +896,43 @@ impl CallCore {
         } else {
             self.out(Output::CloseTwilio);
             self.finish(reason);
+        }
+    }
+
+    /// What belonged to the expired model session goes: its items do not exist in the next
+    /// one. Audio still playing is cleared (its truncation could not be told to anyone),
+    /// pending tool calls are dropped (their call ids are unknown to the new session; a late
+    /// result is ignored), responses and config updates in flight are forgotten, and the voice
+    /// may be set again. The conversation itself is carried over as text on confirmation.
+    fn reset_model_session(&mut self) {
+        if self.ledger.is_playing() {
+            if let Some(sid) = self.stream_sid.clone() {
+                self.out(Output::Twilio(TwilioCommand::Clear { stream_sid: sid }));
+            }
+        }
+        self.ledger.clear();
+        self.pending_twilio.clear();
+        self.speaking_items.clear();
+        for (call_id, p) in std::mem::take(&mut self.tools) {
+            log::info!(target: TOOLS_LOG, "tool call {} ({call_id}) dropped: the model session expired", p.call.name);
+            self.error(
+                ErrorSource::Tool,
+                format!(
+                    "tool call {} dropped: the model session expired",
+                    p.call.name
+                ),
+            );
+        }
+        // (Cut responses and agent texts stay until their `response.done`, which the old
+        // session can no longer send: a few entries, once an hour at most.)
+        self.calls_by_response.clear();
+        self.config_pending.clear();
+        self.needs_response = false;
+        self.next_response = None;
+        self.assistant_audio_seen = false;
+        if self.audio_reported {
+            self.audio_reported = false;
+            self.event(SessionEvent::AudioStopped);
         }
     }
 
@@ -975,9 +1039,17 @@ impl CallCore {
                 self.agent_text(&d.response_id, &d.item_id, &d.text, true)
             }
             ServerEvent::OutputItemDone(e) if is_function_call(&e.item) => {
-                self.on_function_call(now, &e.item);
+                let calls = self.calls_by_response.entry(e.response_id).or_default();
+                if calls.len() < MAX_CALLS_PER_RESPONSE {
+                    calls.push(e.item);
+                } else {
+                    log::warn!(target: TOOLS_LOG, "too many function calls in one response; one ignored");
+                }
             }
-            ServerEvent::ResponseDone(e) => self.on_response_done(&e.response),
+            ServerEvent::ResponseDone(e) => {
+                self.run_function_calls(now, &e.response);
+                self.on_response_done(&e.response);
+            }
             _ => {}
         }
     }
@@ -1233,7 +1305,29 @@ impl CallCore {
                 self.out(Output::Twilio(TwilioCommand::Clear { stream_sid: sid }));
             }
         }
-        self.pending_twilio.clear();
+        // Audio that never reached Twilio (it came before `start`) was heard for 0 ms.
+        let mut unsent: Vec<(String, u32)> = Vec::new();
+        for p in self.pending_twilio.drain(..) {
+            if let PendingTwilio::Audio {
+                item_id,
+                content_index,
+                ..
+            } = p
+            {
+                if !unsent
+                    .iter()
+                    .any(|(i, c)| *i == item_id && *c == content_index)
+                {
+                    unsent.push((item_id, content_index));
+                }
+            }
+        }
+        // Tools already running were asked for before the interruption: their output is
+        // still given to the model, but without a response.create that would talk over the
+        // caller (the caller's turn is answered as usual).
+        for t in self.tools.values_mut() {
+            t.interrupted = true;
+        }
         if let Some(r) = &response {
             let server_cancels =
                 cause == InterruptCause::CallerSpeech && self.opts.session.interrupt_response();
@@ -1263,6 +1357,19 @@ impl CallCore {
                 audio_end_ms: t.audio_end_ms,
             });
         }
+        for (item_id, content_index) in unsent {
+            if heard.iter().any(|(i, _)| *i == item_id) {
+                continue;
+            }
+            log::debug!(target: LOG, "truncate {item_id} at 0 ms (never reached twilio)");
+            heard.push((item_id.clone(), 0));
+            self.send_model(ClientEvent::ConversationItemTruncate {
+                event_id: None,
+                item_id,
+                content_index,
+                audio_end_ms: 0,
+            });
+        }
         self.ledger.clear();
         // Twilio's buffer is empty once the clear lands: keep measuring the round trip while
         // nothing plays.
@@ -1277,6 +1384,43 @@ impl CallCore {
 
     // ----------------------------------------------------------------------------------------
     // Tools and handoffs
+
+    /// At `response.done`: runs the response's function calls, unless it was cut (barge-in,
+    /// `interrupt()`, a guardrail) or did not complete (`cancelled`, `incomplete`, `failed`),
+    /// or the call item itself is not `completed`. Calls that are not run get no output and
+    /// no `response.create`: the caller has the floor, and their next turn is answered as
+    /// usual (the model sees the unfinished call in the conversation).
+    fn run_function_calls(&mut self, now: Instant, response: &crate::model::Response) {
+        let mut calls = self
+            .calls_by_response
+            .remove(&response.id)
+            .unwrap_or_default();
+        // Calls only listed in `response.done` (no `output_item.done` seen) count too.
+        for item in response.output.iter().filter(|i| is_function_call(i)) {
+            if calls.len() < MAX_CALLS_PER_RESPONSE
+                && !calls.iter().any(|c| c.call_id == item.call_id)
+            {
+                calls.push(item.clone());
+            }
+        }
+        if calls.is_empty() {
+            return;
+        }
+        let completed = response.status.as_deref().is_none_or(|s| s == "completed")
+            && !self.cut_responses.contains(&response.id);
+        for item in calls {
+            let item_done = item.status.as_deref().is_none_or(|s| s == "completed");
+            if completed && item_done {
+                self.on_function_call(now, &item);
+            } else {
+                let name = item.name.as_deref().unwrap_or("?");
+                log::info!(
+                    target: TOOLS_LOG,
+                    "function call {name} not run: its response was cut or did not complete"
+                );
+            }
+        }
+    }
 
     fn on_function_call(&mut self, now: Instant, item: &Item) {
         let name = item.name.clone().unwrap_or_default();
@@ -1338,6 +1482,7 @@ impl CallCore {
                     tool: Some(tool),
                     deadline: now.checked_add(self.opts.approval_timeout),
                     awaiting_approval: true,
+                    interrupted: false,
                 },
             );
             self.event(SessionEvent::ToolApprovalRequested {
@@ -1371,6 +1516,7 @@ impl CallCore {
                 tool: None,
                 deadline: after(now, timeout),
                 awaiting_approval: false,
+                interrupted: false,
             },
         );
     }
@@ -1382,6 +1528,19 @@ impl CallCore {
         call_id: &str,
         output: String,
         is_error: bool,
+    ) {
+        self.tool_output_then(agent, tool, call_id, output, is_error, true);
+    }
+
+    /// Gives the model a call's output; asks for a response only when `respond`.
+    fn tool_output_then(
+        &mut self,
+        agent: &str,
+        tool: &str,
+        call_id: &str,
+        output: String,
+        is_error: bool,
+        respond: bool,
     ) {
         self.send_model(ClientEvent::ConversationItemCreate {
             event_id: None,
@@ -1395,7 +1554,11 @@ impl CallCore {
             output,
             is_error,
         });
-        self.needs_response = true;
+        if respond {
+            self.needs_response = true;
+        } else {
+            log::debug!(target: TOOLS_LOG, "no response.create after {tool}: the agent was interrupted since the call");
+        }
         self.maybe_create_response();
     }
 
@@ -1428,7 +1591,14 @@ impl CallCore {
                 (format!("Error: {e}"), true)
             }
         };
-        self.tool_output(&agent, &p.call.name, call_id, output, is_error);
+        self.tool_output_then(
+            &agent,
+            &p.call.name,
+            call_id,
+            output,
+            is_error,
+            !p.interrupted,
+        );
     }
 
     fn handoff_target(&self, tool_name: &str) -> Option<Agent> {

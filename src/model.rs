@@ -451,6 +451,10 @@ impl SessionConfig {
     pub fn instructions_text(&self) -> Option<&str> {
         self.instructions.as_deref()
     }
+    /// The input transcription setting, if set.
+    pub fn transcription_setting(&self) -> Option<&Transcription> {
+        self.transcription.as_ref()
+    }
     /// The turn detection setting (`None`: left to the server, which uses server VAD).
     pub fn turn_detection_setting(&self) -> Option<&TurnDetection> {
         self.turn_detection.as_ref()

@@ -140,6 +140,19 @@ impl H {
         );
     }
 
+    /// A function call, then its response's `response.done` (calls run only then).
+    fn function_call_done(
+        &mut self,
+        resp: &str,
+        item: &str,
+        call_id: &str,
+        name: &str,
+        args: &str,
+    ) {
+        self.function_call(resp, item, call_id, name, args);
+        self.response_done(resp, "completed");
+    }
+
     fn function_call(&mut self, resp: &str, item: &str, call_id: &str, name: &str, args: &str) {
         self.model(json!({"type":"response.output_item.done","event_id":"e","response_id":resp,"output_index":0,
             "item":{"id":item,"object":"realtime.item","type":"function_call","status":"completed",
@@ -334,11 +347,11 @@ fn refused_later_update_keeps_the_call_on_the_confirmed_configuration() {
     let mut h = H::ready(Agent::new("Front", "You route.").handoff(&billing));
     h.response_created("r1");
     h.function_call("r1", "fc1", "call_1", "transfer_to_billing", "{}");
+    h.response_done("r1", "completed");
     let evs = model_events(&h.drain());
     let upd = evs.iter().find(|e| e["type"] == "session.update").unwrap();
     let id = upd["event_id"].clone();
     assert!(id.as_str().is_some(), "every session.update is tagged");
-    h.response_done("r1", "completed");
     h.model(refusal(&id, "invalid_value", "session.instructions"));
     let out = h.drain();
     assert_eq!(closed_reason(&out), None, "the call goes on");
@@ -540,6 +553,11 @@ fn handoff_and_update_agent_keep_pcmu_and_send_empty_tools() {
     );
     h.response_created("r1");
     h.function_call("r1", "fc1", "call_1", "transfer_to_billing", "{}");
+    assert!(
+        types(&h.drain()).is_empty(),
+        "the handoff waits for its response.done"
+    );
+    h.response_done("r1", "completed");
     let out = h.drain();
     let evs = model_events(&out);
     let upd = evs
@@ -561,11 +579,6 @@ fn handoff_and_update_agent_keep_pcmu_and_send_empty_tools() {
     }));
     assert!(
         !types(&out).contains(&"response.create".to_owned()),
-        "response still active"
-    );
-    h.response_done("r1", "completed");
-    assert!(
-        types(&h.drain()).is_empty(),
         "the next response waits until the server confirmed the new agent's session"
     );
     h.updated("audio/pcmu");
@@ -590,6 +603,7 @@ fn voice_is_not_changed_after_the_assistant_spoke() {
     h.response_created("r1");
     h.delta("r1", "i1", 0, &audio(160));
     h.function_call("r1", "fc", "c1", "transfer_to_b", "");
+    h.response_done("r1", "completed");
     let evs = model_events(&h.drain());
     let upd = evs.iter().find(|e| e["type"] == "session.update").unwrap();
     assert!(
@@ -1031,6 +1045,11 @@ fn tool_round_trip_answers_after_the_response_is_done() {
         "get_weather",
         r#"{"location":"Paris"}"#,
     );
+    assert!(
+        !h.drain().iter().any(|o| matches!(o, Output::RunTool(_))),
+        "a call runs once its response is done (a cut response's calls never run)"
+    );
+    h.response_done("r1", "completed");
     let out = h.drain();
     let run = out
         .iter()
@@ -1047,14 +1066,8 @@ fn tool_round_trip_answers_after_the_response_is_done() {
     h.core.handle_tool_result(h.now, "call_1", result);
     let out = h.drain();
     let evs = model_events(&out);
-    assert_eq!(
-        evs.len(),
-        1,
-        "output at once, no response.create while r1 is active"
-    );
+    assert_eq!(types(&out), ["conversation.item.create", "response.create"]);
     assert_eq!(evs[0]["item"]["output"], "sunny in Paris");
-    h.response_done("r1", "completed");
-    assert_eq!(types(&h.drain()), ["response.create"]);
 }
 
 #[test]
@@ -1092,7 +1105,7 @@ fn tool_timeout_and_errors_become_outputs() {
     let slow = FunctionTool::new("slow", "d", json!({"type":"object"}), |_| Ok("late".into()))
         .timeout(Duration::from_secs(2));
     let mut h = H::ready(Agent::new("A", "x").tool(slow));
-    h.function_call("r1", "f1", "c1", "slow", "{}");
+    h.function_call_done("r1", "f1", "c1", "slow", "{}");
     h.drain();
     assert_eq!(h.core.next_deadline(), Some(h.now + Duration::from_secs(2)));
     h.ms(2000);
@@ -1106,7 +1119,7 @@ fn tool_timeout_and_errors_become_outputs() {
     assert!(h.drain().is_empty());
     // unknown tool
     h.response_done("r-none", "completed");
-    h.function_call("r2", "f2", "c2", "nope", "{}");
+    h.function_call_done("r2", "f2", "c2", "nope", "{}");
     let out = h.drain();
     assert!(model_events(&out)[0]["item"]["output"]
         .as_str()
@@ -1117,7 +1130,7 @@ fn tool_timeout_and_errors_become_outputs() {
         .any(|e| matches!(e, SessionEvent::Error { .. })));
     // bad JSON arguments
     let mut h = H::ready(Agent::new("A", "x").tool(weather_tool()));
-    h.function_call("r1", "f1", "c1", "get_weather", "{not json");
+    h.function_call_done("r1", "f1", "c1", "get_weather", "{not json");
     let out = h.drain();
     assert!(!out.iter().any(|o| matches!(o, Output::RunTool(_))));
     assert!(model_events(&out)[0]["item"]["output"]
@@ -1125,7 +1138,7 @@ fn tool_timeout_and_errors_become_outputs() {
         .unwrap()
         .contains("not valid JSON"));
     // failing tool
-    h.function_call("r1", "f2", "c2", "get_weather", "{}");
+    h.function_call_done("r1", "f2", "c2", "get_weather", "{}");
     h.drain();
     h.core
         .handle_tool_result(h.now, "c2", Err("service down".into()));
@@ -1143,7 +1156,7 @@ fn tool_timeout_and_errors_become_outputs() {
 fn approval_holds_the_call_until_approved_or_rejected() {
     let t = weather_tool().needs_approval(true);
     let mut h = H::ready(Agent::new("A", "x").tool(t));
-    h.function_call("r1", "f1", "c1", "get_weather", r#"{"location":"X"}"#);
+    h.function_call_done("r1", "f1", "c1", "get_weather", r#"{"location":"X"}"#);
     let out = h.drain();
     assert!(events(&out).iter().any(
         |e| matches!(e, SessionEvent::ToolApprovalRequested { call_id, .. } if call_id == "c1")
@@ -1154,7 +1167,7 @@ fn approval_holds_the_call_until_approved_or_rejected() {
     h.cmd(Command::Approve("c1".into()));
     assert!(h.drain().iter().any(|o| matches!(o, Output::RunTool(_))));
 
-    h.function_call("r1", "f2", "c2", "get_weather", r#"{"location":"Y"}"#);
+    h.function_call_done("r1", "f2", "c2", "get_weather", r#"{"location":"Y"}"#);
     h.drain();
     h.cmd(Command::Reject {
         call_id: "c2".into(),
@@ -1532,7 +1545,7 @@ fn approval_that_never_comes_is_rejected_at_the_deadline() {
     h.configured();
     h.start();
     h.drain();
-    h.function_call("r1", "f1", "c1", "get_weather", r#"{"location":"X"}"#);
+    h.function_call_done("r1", "f1", "c1", "get_weather", r#"{"location":"X"}"#);
     h.drain();
     h.ms(59_000);
     // Twilio keeps the stream alive meanwhile.
@@ -1683,4 +1696,148 @@ fn liveness_options_at_duration_max_never_fire() {
     h.tick();
     assert!(h.core.ended().is_none());
     assert!(!h.drain().iter().any(|o| matches!(o, Output::PingModel)));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Protocol details the real API enforces (issue 10 §9)
+
+fn runs(out: &[Output]) -> usize {
+    out.iter()
+        .filter(|o| matches!(o, Output::RunTool(_)))
+        .count()
+}
+
+#[test]
+fn function_calls_of_a_cut_response_are_not_run_and_nothing_talks_over_the_caller() {
+    let billing = Agent::new("Billing", "You do billing.");
+    let mut h = H::ready(Agent::new("A", "x").tool(weather_tool()).handoff(&billing));
+    h.response_created("r1");
+    h.delta("r1", "i1", 0, &audio(800));
+    h.function_call("r1", "f1", "c1", "get_weather", r#"{"location":"Oslo"}"#);
+    h.function_call("r1", "f2", "c2", "transfer_to_billing", "{}");
+    assert_eq!(runs(&h.drain()), 0, "calls wait for their response.done");
+    speech_started(&mut h); // the caller barges in before the response is done
+    h.drain();
+    h.response_done("r1", "cancelled");
+    let out = h.drain();
+    assert_eq!(runs(&out), 0, "a cut response's calls are not run");
+    assert!(
+        types(&out).is_empty(),
+        "no output, no handoff, no response.create"
+    );
+    assert!(!events(&out).iter().any(|e| matches!(
+        e,
+        SessionEvent::Handoff { .. } | SessionEvent::ToolStart { .. }
+    )));
+    assert_eq!(h.core.agent().name(), "A");
+
+    // interrupt() cuts too, even if the server then reports the response completed
+    h.response_created("r2");
+    h.delta("r2", "i2", 0, &audio(800));
+    h.function_call("r2", "f3", "c3", "get_weather", r#"{"location":"Rome"}"#);
+    h.cmd(Command::Interrupt);
+    h.drain();
+    h.response_done("r2", "completed");
+    assert_eq!(runs(&h.drain()), 0);
+
+    // an incomplete call item is not run either
+    h.response_created("r3");
+    h.model(json!({"type":"response.output_item.done","event_id":"e","response_id":"r3","output_index":0,
+        "item":{"id":"f4","object":"realtime.item","type":"function_call","status":"incomplete",
+        "name":"get_weather","call_id":"c4","arguments":"{\"loc"}}));
+    h.response_done("r3", "incomplete");
+    let out = h.drain();
+    assert_eq!(runs(&out), 0);
+    assert!(types(&out).is_empty());
+}
+
+#[test]
+fn a_tool_running_when_the_caller_barges_in_answers_without_a_response_create() {
+    let mut h = H::ready(Agent::new("A", "x").tool(weather_tool()));
+    h.response_created("r1");
+    h.delta("r1", "i1", 0, &audio(1600));
+    h.function_call("r1", "f1", "c1", "get_weather", r#"{"location":"Oslo"}"#);
+    h.response_done("r1", "completed");
+    assert_eq!(runs(&h.drain()), 1);
+    h.ms(50);
+    speech_started(&mut h); // still hearing "let me check"
+    h.drain();
+    h.core.handle_tool_result(h.now, "c1", Ok("sunny".into()));
+    let out = h.drain();
+    assert_eq!(
+        types(&out),
+        ["conversation.item.create"],
+        "the output is given; the caller's turn is answered as usual"
+    );
+}
+
+#[test]
+fn audio_queued_before_start_that_a_barge_in_discards_is_truncated_at_zero() {
+    let mut h = H::new(Agent::new("A", "x"));
+    h.configured();
+    h.response_created("r1");
+    h.delta("r1", "i1", 0, &audio(800));
+    h.drain();
+    speech_started(&mut h);
+    let out = h.drain();
+    let evs = model_events(&out);
+    let t = evs
+        .iter()
+        .find(|e| e["type"] == "conversation.item.truncate")
+        .expect("the unheard item is truncated");
+    assert_eq!(t["item_id"], "i1");
+    assert_eq!(t["audio_end_ms"], 0);
+    assert!(events(&out).iter().any(|e| matches!(e,
+        SessionEvent::AudioInterrupted { heard, .. } if heard == &vec![("i1".to_owned(), 0)])));
+    h.start();
+    assert!(
+        !twilio_cmds(&h.drain())
+            .iter()
+            .any(|c| matches!(c, TwilioCommand::Media { .. })),
+        "the discarded audio never plays"
+    );
+}
+
+#[test]
+fn session_expiry_resets_tools_and_playback_and_carries_the_callers_words() {
+    let mut h = H::ready(Agent::new("A", "x").voice("marin").tool(weather_tool()));
+    // the first update asks for caller transcription by default
+    // a caller turn, transcribed
+    h.model(json!({"type":"conversation.item.added","event_id":"e","previous_item_id":null,"item":{"id":"u1","object":"realtime.item","type":"message","status":"completed","role":"user","content":[{"type":"input_audio","transcript":null}]}}));
+    h.model(json!({"type":"conversation.item.input_audio_transcription.completed","event_id":"e","item_id":"u1","content_index":0,"transcript":"Weather in Oslo?","usage":{"type":"duration","seconds":1.2}}));
+    // the agent speaks and calls a tool
+    h.response_created("r1");
+    h.delta("r1", "i1", 0, &audio(1600));
+    h.function_call("r1", "f1", "c1", "get_weather", r#"{"location":"Oslo"}"#);
+    h.response_done("r1", "completed");
+    assert_eq!(runs(&h.drain()), 1);
+    // the session expires while the audio plays and the tool runs
+    h.model(json!({"type":"error","event_id":"e","error":{"type":"invalid_request_error","code":"session_expired","message":"Your session hit the maximum duration of 60 minutes."}}));
+    h.core.handle_model_closed(h.now, "closed");
+    let out = h.drain();
+    assert!(
+        twilio_cmds(&out)
+            .iter()
+            .any(|c| matches!(c, TwilioCommand::Clear { .. })),
+        "the old session's audio is cleared"
+    );
+    assert!(!h.core.ledger().is_playing());
+    // the old tool's late result is ignored
+    h.core.handle_tool_result(h.now, "c1", Ok("sunny".into()));
+    assert!(types(&h.drain()).is_empty());
+    // the new session: voice set again, then the conversation with the caller's words
+    h.core.handle_model_connected(h.now);
+    h.model(json!({"type":"session.created","event_id":"e9","session":{}}));
+    let evs = model_events(&h.drain());
+    assert_eq!(evs[0]["session"]["audio"]["output"]["voice"], "marin");
+    assert!(evs[0]["session"]["audio"]["input"]["transcription"]["model"].is_string());
+    h.updated("audio/pcmu");
+    let evs = model_events(&h.drain());
+    let user: Vec<&Value> = evs.iter().filter(|e| e["item"]["role"] == "user").collect();
+    assert_eq!(user.len(), 1, "{evs:?}");
+    assert_eq!(user[0]["item"]["content"][0]["text"], "Weather in Oslo?");
+    assert!(
+        !evs.iter().any(|e| e["type"] == "response.create"),
+        "nothing answers the dropped tool call"
+    );
 }

@@ -663,10 +663,80 @@ fn push_to_talk_commits_and_asks_for_responses_through_the_handle() {
         1
     );
     assert!(rec.errors_sent.is_empty(), "{:?}", rec.errors_sent);
+    assert_eq!(
+        rec.transcribed,
+        [(rec.transcribed[0].0.clone(), "Is it raining?".to_owned())],
+        "the committed turn was transcribed (caller transcription is on by default)"
+    );
     assert_eq!(rec.response_requests.len(), 1);
     assert_eq!(
         rec.response_requests[0]["instructions"],
         "Answer the question."
     );
     assert_eq!(report.played_ms(), 600, "{:?}", report.timeline);
+}
+
+#[test]
+fn after_session_expired_the_new_session_gets_the_whole_conversation() {
+    // Issue 10 §9, through the threaded session: the fake expires the session mid-call.
+    let model = FakeModelConfig {
+        script: vec![
+            Reply::say("It is sunny in Oslo.", 800),
+            Reply::say("Still sunny.", 600),
+        ],
+        caller_transcripts: vec!["What is the weather in Oslo?".into(), "And now?".into()],
+        faults: Faults {
+            // Per connection: the second session would expire 4 s after it began, after
+            // this call has ended.
+            session_expired_after: Some(Duration::from_millis(4000)),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let rig = Rig::start(model, agent);
+    let (report, rec) = call(
+        &rig,
+        vec![
+            Segment::Speech(800),
+            Segment::WaitForAgent {
+                quiet_ms: 600,
+                timeout_ms: 8_000,
+            },
+            // the session expires around here; the call goes on
+            Segment::Silence(1500),
+            Segment::Speech(800),
+            Segment::WaitForAgent {
+                quiet_ms: 600,
+                timeout_ms: 8_000,
+            },
+            Segment::HangUp,
+        ],
+        5,
+        0,
+    );
+    assert_eq!(rec.connections, 2, "reconnected after session_expired");
+    // The new session was told what the caller said and what the agent answered.
+    assert!(
+        rec.user_texts
+            .iter()
+            .any(|t| t == "What is the weather in Oslo?"),
+        "caller turns carried over: {:?}",
+        rec.user_texts
+    );
+    let replayed_agent = rec
+        .events
+        .iter()
+        .any(|(_, e)| e.contains("conversation.item.create") && e.contains("It is sunny in Oslo."));
+    assert!(replayed_agent, "agent turns carried over");
+    // Its first update set the voice again (a new session may) and confirmed µ-law.
+    assert_eq!(rec.session_updates.len(), 2);
+    assert_eq!(rec.session_updates[1]["audio"]["output"]["voice"], "marin");
+    assert_eq!(
+        rec.appended_by_format.keys().collect::<Vec<_>>(),
+        ["audio/pcmu"]
+    );
+    // Both answers were heard, and the call ended normally.
+    assert_eq!(report.played_ms(), 1400, "{:?}", report.timeline);
+    assert_eq!(rig.closed(), vec![CloseReason::TwilioStopped]);
+    rig.stop();
 }
