@@ -47,6 +47,11 @@ pub struct ToolCall {
     pub arguments: Value,
     /// The arguments exactly as the model sent them.
     pub raw_arguments: String,
+    /// Who is on the line (e.g. look the caller's account up by
+    /// [`CallInfo::from`](crate::call_info::CallInfo::from)). Set by the session for every
+    /// invocation once Twilio's `start` has arrived; `None` when a [`crate::call::CallCore`] is
+    /// driven without a session.
+    pub call_info: Option<Arc<crate::call_info::CallInfo>>,
 }
 
 type Handler = dyn Fn(&ToolCall) -> Result<String, ToolError> + Send + Sync;
@@ -490,6 +495,7 @@ mod tests {
             name: "t".into(),
             arguments: v,
             raw_arguments: String::new(),
+            call_info: None,
         };
         assert_eq!(
             t.invoke(&call(serde_json::json!({}))),

@@ -447,6 +447,19 @@ impl CallCore {
         }
     }
 
+    /// Replaces the agent the call starts with, before the model session is configured (the
+    /// session does this on `start` when the agent is chosen per call from its
+    /// [`CallInfo`](crate::call_info::CallInfo)). Returns false, changing nothing, once
+    /// `session.created` has been handled: use [`Command::UpdateAgent`] then.
+    pub fn set_starting_agent(&mut self, agent: Agent) -> bool {
+        if self.model != ModelState::Connecting || self.ended.is_some() {
+            return false;
+        }
+        self.agents = agent.reachable();
+        self.agent = agent;
+        true
+    }
+
     /// The next thing to do, in order.
     pub fn poll_output(&mut self) -> Option<Output> {
         self.outputs.pop_front()
@@ -1473,6 +1486,7 @@ impl CallCore {
             name: name.clone(),
             arguments,
             raw_arguments: raw.clone(),
+            call_info: None,
         };
         if tool.requires_approval() {
             self.tools.insert(

@@ -44,6 +44,7 @@
 
 pub mod agent;
 pub mod call;
+pub mod call_info;
 pub mod events;
 pub mod http;
 pub mod inbound;

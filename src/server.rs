@@ -11,13 +11,26 @@
 //!   without a trailing slash); a missing or wrong signature gets a 403. URLs are built from
 //!   the configured public URL, never from proxy-rewritten headers, when one is set.
 //!
+//!
+//! The agent factory gets each call's [`CallInfo`] (caller, callee, direction, the webhook's
+//! fields such as `CallerName` or `AnsweredBy`), so the agent can be chosen and its
+//! instructions personalised per caller; a factory that takes no argument (`Arc<Fn() ->
+//! Agent>` or a plain `fn() -> Agent`) works as well and is called when the stream connects.
+//! The webhook's fields are kept by CallSid (at most 4,096 calls, 8 MiB, 60 s) until the
+//! call's stream starts; see [`crate::call_info`] for what waits for them (only the model
+//! session's configuration, never the model handshake).
+//!
 //! ```no_run
-//! use std::sync::Arc;
 //! use twilio_realtime::agent::Agent;
+//! use twilio_realtime::call_info::CallInfo;
 //! use twilio_realtime::server::{Server, ServerConfig};
 //!
 //! let cfg = ServerConfig::from_env();
-//! let server = Server::bind(cfg, Arc::new(|| Agent::new("Assistant", "Be helpful."))).unwrap();
+//! let server = Server::bind(cfg, |call: &CallInfo| {
+//!     let name = call.caller_name().unwrap_or("the caller");
+//!     Agent::new("Assistant", format!("Be helpful. You are speaking with {name}."))
+//! })
+//! .unwrap();
 //! println!("listening on {}", server.local_addr());
 //! server.run().unwrap();
 //! ```
@@ -32,9 +45,12 @@ use std::time::{Duration, Instant};
 use tungstenite::stream::MaybeTlsStream;
 
 use crate::agent::Agent;
+use crate::call_info::{CallInfo, WebhookCalls, WebhookForm};
 use crate::events::SessionEvent;
 use crate::http::{self, HttpError, HttpLimits, RequestHead};
-use crate::session::{Session, SessionHandle, SessionOptions, TransportEvents};
+use crate::session::{
+    AgentForCall, AgentSource, Session, SessionHandle, SessionOptions, TransportEvents,
+};
 use crate::signature;
 use crate::token::{StreamTokens, TOKEN_PARAMETER};
 use crate::twilio::Start;
@@ -42,8 +58,71 @@ use crate::ws::{WsConfig, WsConn};
 
 const LOG: &str = "twilio_realtime::server";
 
-/// Builds the agent for each new call.
-pub type AgentFactory = Arc<dyn Fn() -> Agent + Send + Sync>;
+/// Builds the agent for each new call (see [`IntoAgentFactory`] for what [`Server::bind`]
+/// takes).
+#[derive(Clone)]
+#[non_exhaustive]
+pub enum AgentFactory {
+    /// Called when a media stream connects, without the call's details; nothing waits for
+    /// `start`.
+    Fixed(Arc<dyn Fn() -> Agent + Send + Sync>),
+    /// Called on the stream's `start` with the call's [`CallInfo`].
+    PerCall(AgentForCall),
+}
+
+impl std::fmt::Debug for AgentFactory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AgentFactory::Fixed(_) => "AgentFactory::Fixed",
+            AgentFactory::PerCall(_) => "AgentFactory::PerCall",
+        })
+    }
+}
+
+/// What [`Server::bind`] accepts as the agent factory: a closure or function taking the call's
+/// `&CallInfo` (the usual form), a `fn() -> Agent`, an `Arc` of a `Fn() -> Agent` (the form
+/// before [`CallInfo`] existed), or an [`AgentFactory`]. `Marker` only tells the forms apart;
+/// write a closure's argument type out (`|call: &CallInfo| …`).
+pub trait IntoAgentFactory<Marker> {
+    /// The factory.
+    fn into_agent_factory(self) -> AgentFactory;
+}
+
+impl<F> IntoAgentFactory<fn(&CallInfo) -> Agent> for F
+where
+    F: Fn(&CallInfo) -> Agent + Send + Sync + 'static,
+{
+    fn into_agent_factory(self) -> AgentFactory {
+        AgentFactory::PerCall(Arc::new(self))
+    }
+}
+
+impl<F> IntoAgentFactory<fn() -> Agent> for F
+where
+    F: Fn() -> Agent + Send + Sync + 'static,
+{
+    fn into_agent_factory(self) -> AgentFactory {
+        AgentFactory::Fixed(Arc::new(self))
+    }
+}
+
+impl<F> IntoAgentFactory<Arc<dyn Fn() -> Agent>> for Arc<F>
+where
+    F: Fn() -> Agent + Send + Sync + ?Sized + 'static,
+{
+    fn into_agent_factory(self) -> AgentFactory {
+        AgentFactory::Fixed(Arc::new(move || self()))
+    }
+}
+
+impl IntoAgentFactory<AgentFactory> for AgentFactory {
+    fn into_agent_factory(self) -> AgentFactory {
+        self
+    }
+}
+
+/// How long the webhook's fields wait for their call's stream to start.
+const WEBHOOK_FIELDS_TTL: Duration = Duration::from_secs(60);
 
 /// Sees every event of every call (call number, event). Runs on the call's own thread.
 pub type EventHook = Arc<dyn Fn(u64, &SessionEvent) + Send + Sync>;
@@ -290,6 +369,7 @@ pub struct Server {
     hook: Option<EventHook>,
     shared: Arc<Shared>,
     tokens: Option<Arc<StreamTokens>>,
+    webhooks: Arc<WebhookCalls>,
 }
 
 impl std::fmt::Debug for Server {
@@ -301,8 +381,9 @@ impl std::fmt::Debug for Server {
 }
 
 impl Server {
-    /// Binds the listening socket.
-    pub fn bind(cfg: ServerConfig, agent: AgentFactory) -> io::Result<Server> {
+    /// Binds the listening socket. `agent` builds each call's agent; see [`IntoAgentFactory`].
+    pub fn bind<M>(cfg: ServerConfig, agent: impl IntoAgentFactory<M>) -> io::Result<Server> {
+        let agent = agent.into_agent_factory();
         let listener = TcpListener::bind(cfg.bind)?;
         let tokens = cfg
             .stream_token_ttl
@@ -310,13 +391,16 @@ impl Server {
         let mut cfg = cfg;
         if let Some(tokens) = &tokens {
             let tokens = tokens.clone();
-            cfg.session.start_check = Some(Arc::new(move |start: &Start| {
+            cfg.session.start_check = Some(Arc::new(move |start: &Start, _: &CallInfo| {
                 let token = start.start.custom_parameters.get(TOKEN_PARAMETER);
                 tokens
                     .redeem(token.map(String::as_str), &start.start.call_sid)
                     .map_err(|e| e.to_string())
             }));
         }
+        let webhooks = Arc::new(WebhookCalls::new(WEBHOOK_FIELDS_TTL, 4096, 8 << 20));
+        let directory = webhooks.clone();
+        cfg.session.webhook_fields = Some(Arc::new(move |call_sid: &str| directory.take(call_sid)));
         Ok(Server {
             listener,
             cfg: Arc::new(cfg),
@@ -324,6 +408,7 @@ impl Server {
             hook: None,
             shared: Arc::new(Shared::default()),
             tokens,
+            webhooks,
         })
     }
 
@@ -385,6 +470,7 @@ impl Server {
                 hook: self.hook.clone(),
                 shared: self.shared.clone(),
                 tokens: self.tokens.clone(),
+                webhooks: self.webhooks.clone(),
             };
             let spawned = thread::Builder::new()
                 .name("conn".into())
@@ -501,6 +587,7 @@ struct ConnCtx {
     hook: Option<EventHook>,
     shared: Arc<Shared>,
     tokens: Option<Arc<StreamTokens>>,
+    webhooks: Arc<WebhookCalls>,
 }
 
 fn respond(stream: &mut TcpStream, status: u16, ctype: &str, body: &str) {
@@ -631,6 +718,11 @@ impl ConnCtx {
                 .map(|(_, v)| v.as_str())
                 .unwrap_or("")
         };
+        // Kept for the call's `CallInfo` until its stream starts (signature checked above).
+        self.webhooks.insert(
+            field("CallSid"),
+            WebhookForm::from_pairs(form.iter().cloned()),
+        );
         let mut params = vec![("caller", field("From").to_owned())];
         if let Some(tokens) = &self.tokens {
             match tokens.issue(field("CallSid")) {
@@ -689,7 +781,11 @@ impl ConnCtx {
             // Nobody looks at the raw messages: do not copy each one into an event.
             opts.transport_events = TransportEvents::None;
         }
-        let handle = match Session::start(conn, (self.agent)(), opts) {
+        let agent = match &self.agent {
+            AgentFactory::Fixed(f) => AgentSource::Ready(f()),
+            AgentFactory::PerCall(f) => AgentSource::PerCall(f.clone()),
+        };
+        let handle = match Session::start(conn, agent, opts) {
             Ok(h) => h,
             Err(e) => {
                 log::error!(target: LOG, "call {call_no}: session did not start: {e}");

@@ -28,7 +28,7 @@
 //! session.join();
 //! ```
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -37,6 +37,7 @@ use tungstenite::Message;
 
 use crate::agent::Agent;
 use crate::call::{CallCore, CallOptions, Command, GuardrailRun, Output};
+use crate::call_info::{CallInfo, WebhookForm};
 use crate::events::{CloseReason, ErrorSource, HistoryItem, SessionEvent, TransportEvent};
 use crate::inbound::{InboundAudio, InboundConfig, InboundStats};
 use crate::inbox::{inbox, InboxReceiver, InboxSender};
@@ -93,10 +94,61 @@ impl std::fmt::Debug for ModelOptions {
     }
 }
 
-/// Decides on Twilio's `start` whether the stream may go on (`Err(why)` refuses it). With one
-/// set, the model connection opens only after the check passed, so a refused stream costs no
-/// model session. [`crate::server`] uses it for one-time stream tokens.
-pub type StartCheck = Arc<dyn Fn(&crate::twilio::Start) -> Result<(), String> + Send + Sync>;
+/// Decides on Twilio's `start` whether the stream may go on (`Err(why)` refuses it), given the
+/// raw `start` (whose `customParameters` still hold the one-time stream token) and the call's
+/// [`CallInfo`] (without it). With one set, the model connection opens only after the check
+/// passed, so a refused stream costs no model session. [`crate::server`] uses it for one-time
+/// stream tokens.
+pub type StartCheck =
+    Arc<dyn Fn(&crate::twilio::Start, &CallInfo) -> Result<(), String> + Send + Sync>;
+
+/// Finds the call webhook's form fields for a CallSid (see [`crate::call_info::WebhookCalls`]);
+/// asked once, on `start`.
+pub type WebhookLookup = Arc<dyn Fn(&str) -> Option<WebhookForm> + Send + Sync>;
+
+/// Chooses a call's agent from its [`CallInfo`]; called once, on Twilio's `start`.
+pub type AgentForCall = Arc<dyn Fn(&CallInfo) -> Agent + Send + Sync>;
+
+/// The agent a session speaks as: fixed, or chosen per call once `start` brings the call's
+/// details. `Session::start(twilio, agent, opts)` takes an [`Agent`] as it always did.
+///
+/// With [`AgentSource::PerCall`] the model connection still opens at once (the handshake is
+/// the slow part and overlaps with Twilio's `connected` and `start`); only the model
+/// session's configuration, which carries the agent, waits for `start` (see
+/// [`crate::call_info`]). A factory that panics ends that call (rejected), no other.
+#[derive(Clone)]
+#[non_exhaustive]
+pub enum AgentSource {
+    /// This agent, whoever calls.
+    Ready(Agent),
+    /// The agent this function returns for the call.
+    PerCall(AgentForCall),
+}
+
+impl AgentSource {
+    /// An agent chosen per call.
+    pub fn per_call<F>(f: F) -> AgentSource
+    where
+        F: Fn(&CallInfo) -> Agent + Send + Sync + 'static,
+    {
+        AgentSource::PerCall(Arc::new(f))
+    }
+}
+
+impl From<Agent> for AgentSource {
+    fn from(agent: Agent) -> AgentSource {
+        AgentSource::Ready(agent)
+    }
+}
+
+impl std::fmt::Debug for AgentSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AgentSource::Ready(a) => f.debug_tuple("Ready").field(&a.name()).finish(),
+            AgentSource::PerCall(_) => f.write_str("PerCall"),
+        }
+    }
+}
 
 /// Everything a session needs besides the Twilio socket and the agent.
 #[derive(Clone)]
@@ -112,6 +164,9 @@ pub struct SessionOptions {
     /// Checked on `start` before any model connection is opened (default: none, and the model
     /// connection opens the moment the session starts).
     pub start_check: Option<StartCheck>,
+    /// Where the call webhook's form fields are found for the [`CallInfo`] (default: none; the
+    /// bundled server sets it to the fields its webhook kept).
+    pub webhook_fields: Option<WebhookLookup>,
     /// Record the call's timeline (no audio, no keys) to a JSON-lines file; see
     /// [`crate::recording`]. Default: off, which costs nothing.
     pub recording: Option<RecordTo>,
@@ -125,6 +180,7 @@ impl std::fmt::Debug for SessionOptions {
             .field("inbound", &self.inbound)
             .field("transport_events", &self.transport_events)
             .field("start_check", &self.start_check.is_some())
+            .field("webhook_fields", &self.webhook_fields.is_some())
             .field("recording", &self.recording)
             .finish()
     }
@@ -151,6 +207,7 @@ impl SessionOptions {
             inbound: InboundConfig::default(),
             transport_events: TransportEvents::default(),
             start_check: None,
+            webhook_fields: None,
             recording: None,
         }
     }
@@ -334,13 +391,21 @@ pub struct Session;
 
 impl Session {
     /// Runs a call on an accepted Twilio WebSocket (see [`WsConn::accept`]): opens the model
-    /// connection at once, starts the call's threads and returns a handle.
+    /// connection at once, starts the call's threads and returns a handle. `agent` is an
+    /// [`Agent`] or an [`AgentSource`] (e.g. [`AgentSource::per_call`]).
     pub fn start(
         twilio: WsConn,
-        agent: Agent,
+        agent: impl Into<AgentSource>,
         opts: SessionOptions,
     ) -> Result<SessionHandle, SessionError> {
         let start = Instant::now();
+        let (agent, agent_for) = match agent.into() {
+            AgentSource::Ready(a) => (a, None),
+            // Replaced on `start` (CallCore::set_starting_agent), before the model session is
+            // configured; never configured into a model session itself.
+            AgentSource::PerCall(f) => (Agent::new("pending", ""), Some(f)),
+        };
+        let call_info = Arc::new(OnceLock::new());
         let (shell_tx, shell_rx) = inbox::<ShellMsg>();
         let (event_tx, event_rx) = unbounded::<SessionEvent>();
         let (mut recorder, recorder_thread) = match opts.recording.as_ref() {
@@ -396,6 +461,10 @@ impl Session {
             started: start,
             model_ready_logged: false,
             start_check: opts.start_check.clone(),
+            webhook_fields: opts.webhook_fields.clone(),
+            agent_for,
+            held_model: None,
+            call_info: call_info.clone(),
             recorder,
             recorder_thread,
             closed_sent: false,
@@ -410,6 +479,7 @@ impl Session {
             tx: shell_tx,
             thread: Some(thread),
             lane,
+            call_info,
         })
     }
 }
@@ -536,6 +606,13 @@ struct Shell {
     started: Instant,
     model_ready_logged: bool,
     start_check: Option<StartCheck>,
+    webhook_fields: Option<WebhookLookup>,
+    /// The per-call agent factory, until `start` has run it.
+    agent_for: Option<AgentForCall>,
+    /// A model connection that opened before the per-call agent was chosen: not read (its
+    /// `session.created` waits in the socket) until `start` has run the factory.
+    held_model: Option<(u64, WsConn)>,
+    call_info: Arc<OnceLock<Arc<CallInfo>>>,
     /// The call's recording, if it is recorded.
     recorder: Option<Recorder>,
     recorder_thread: Option<RecorderThread>,
@@ -610,14 +687,7 @@ impl Shell {
         }
         match msg {
             ShellMsg::Twilio(TwilioMessage::Start(start)) if self.core.stream_sid().is_none() => {
-                let verdict = self
-                    .start_check
-                    .as_ref()
-                    .map_or(Ok(()), |check| check(&start));
-                match verdict {
-                    Ok(()) => self.core.handle_twilio(now, TwilioMessage::Start(start)),
-                    Err(why) => self.core.reject(now, &why),
-                }
+                self.on_start(now, start)
             }
             ShellMsg::Twilio(m) => self.core.handle_twilio(now, m),
             ShellMsg::TwilioBad(e) => self.emit(SessionEvent::Error {
@@ -629,20 +699,11 @@ impl Shell {
                 if gen != self.model_gen || self.core.ended().is_some() {
                     return;
                 }
-                let tx = self.shell_tx.clone();
-                let events = self.events.clone();
-                let transport = self.transport;
-                let spawned = conn.spawn("model", move |inc| {
-                    model_incoming(gen, inc, &tx, &events, transport)
-                });
-                match spawned {
-                    Ok(d) => {
-                        lock(&self.lane).model = Some(d.sender());
-                        self.model = Some(d);
-                        self.core.handle_model_connected(now);
-                    }
-                    Err(e) => self.core.handle_model_connect_failed(now, &e.to_string()),
+                if self.agent_for.is_some() {
+                    self.held_model = Some((gen, conn));
+                    return;
                 }
+                self.model_connected(now, gen, conn);
             }
             ShellMsg::ModelConnectFailed(gen, why) => {
                 if gen == self.model_gen {
@@ -680,6 +741,57 @@ impl Shell {
             // Applied at the top of this wake-up already.
             ShellMsg::Marks => {}
             ShellMsg::Panicked(why) => self.core.handle_panic(now, &why),
+        }
+    }
+
+    /// Twilio's first `start`: the call's details, the application's check, the per-call
+    /// agent, then the core; a model connection held for the agent is taken into use.
+    fn on_start(&mut self, now: Instant, start: crate::twilio::Start) {
+        let webhook = self
+            .webhook_fields
+            .as_ref()
+            .and_then(|lookup| lookup(&start.start.call_sid));
+        let info = Arc::new(CallInfo::from_start(&start, webhook));
+        let _ = self.call_info.set(info.clone());
+        if let Some(check) = &self.start_check {
+            if let Err(why) = check(&start, &info) {
+                self.held_model = None;
+                return self.core.reject(now, &why);
+            }
+        }
+        if let Some(factory) = self.agent_for.take() {
+            let chosen = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| factory(&info)));
+            match chosen {
+                Ok(agent) => {
+                    self.core.set_starting_agent(agent);
+                }
+                Err(_) => {
+                    log::error!(target: LOG, "the agent factory panicked; ending this call");
+                    self.held_model = None;
+                    return self.core.reject(now, "the agent factory panicked");
+                }
+            }
+        }
+        self.core.handle_twilio(now, TwilioMessage::Start(start));
+        if let Some((gen, conn)) = self.held_model.take() {
+            self.model_connected(now, gen, conn);
+        }
+    }
+
+    fn model_connected(&mut self, now: Instant, gen: u64, conn: WsConn) {
+        let tx = self.shell_tx.clone();
+        let events = self.events.clone();
+        let transport = self.transport;
+        let spawned = conn.spawn("model", move |inc| {
+            model_incoming(gen, inc, &tx, &events, transport)
+        });
+        match spawned {
+            Ok(d) => {
+                lock(&self.lane).model = Some(d.sender());
+                self.model = Some(d);
+                self.core.handle_model_connected(now);
+            }
+            Err(e) => self.core.handle_model_connect_failed(now, &e.to_string()),
         }
     }
 
@@ -734,7 +846,8 @@ impl Shell {
                     l.model = None;
                 }
                 Output::CallerSpeaking(s) => lock(&self.lane).inbound.set_caller_speaking(s),
-                Output::RunTool(run) => {
+                Output::RunTool(mut run) => {
+                    run.call.call_info = self.call_info.get().cloned();
                     let tx = self.shell_tx.clone();
                     let res = thread::Builder::new().name("tool".into()).spawn(move || {
                         // (A tool that panics is reported as failed by `invoke`.)
@@ -916,6 +1029,7 @@ pub struct SessionHandle {
     tx: InboxSender<ShellMsg>,
     thread: Option<JoinHandle<()>>,
     lane: Arc<Mutex<Lane>>,
+    call_info: Arc<OnceLock<Arc<CallInfo>>>,
 }
 
 impl std::fmt::Debug for ShellMsg {
@@ -1011,6 +1125,11 @@ impl SessionHandle {
             return Vec::new();
         }
         rx.recv_timeout(Duration::from_secs(5)).unwrap_or_default()
+    }
+
+    /// Who is on the line, once Twilio's `start` has arrived (see [`crate::call_info`]).
+    pub fn call_info(&self) -> Option<Arc<CallInfo>> {
+        self.call_info.get().cloned()
     }
 
     /// Counters of the caller-audio lane.
