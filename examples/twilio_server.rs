@@ -14,6 +14,10 @@
 //! and ask how you can help."; unset, the agent waits for the caller to speak), `RUST_LOG`
 //! (default `info`; tungstenite's frame dumps stay out even at `trace` unless the filter names
 //! `tungstenite`, see `twilio_realtime::logging`).
+//! Outbound calls (`POST /outbound`, see README): `TWILIO_ACCOUNT_SID`, `TWILIO_API_KEY` +
+//! `TWILIO_API_SECRET` (or `TWILIO_AUTH_TOKEN`), `TWILIO_FROM_NUMBER`, `OUTBOUND_SECRET`,
+//! `TWILIO_API_BASE`, `OUTBOUND_MACHINE_DETECTION`. Status callbacks arrive at
+//! `POST /call-status` and are logged.
 
 use std::sync::Arc;
 
@@ -42,6 +46,11 @@ fn main() {
     }
     if cfg.twilio_auth_token.is_none() {
         log::warn!("TWILIO_AUTH_TOKEN is not set: requests are not authenticated");
+    }
+    match &cfg.outbound {
+        Some(o) if o.secret.is_some() => log::info!("outbound calls: POST /outbound"),
+        Some(_) => log::warn!("OUTBOUND_SECRET is not set: POST /outbound is off"),
+        None => {}
     }
     let server = match Server::bind(cfg, Arc::new(weather_agent::weather_agent)) {
         Ok(s) => s,

@@ -52,6 +52,7 @@ mod inbox;
 pub mod logging;
 pub mod model;
 pub mod mulaw;
+pub mod outbound;
 pub mod playback;
 pub mod recording;
 mod redact;

@@ -4,11 +4,21 @@
 //! * `POST /incoming-call` answers TwiML: an optional `<Say>` greeting, then
 //!   `<Connect><Stream url="wss://HOST/media-stream">` with the caller's number as a
 //!   `<Parameter name="caller">`.
+//! * `POST /call-status` takes Twilio's status callbacks (initiated, ringing, in-progress,
+//!   completed, busy, no-answer, failed, canceled, with `CallDuration`) and hands each to the
+//!   [`Server::on_call_status`] hook as an [`outbound::StatusCallback`]; `204` (`400` without
+//!   `CallSid`/`CallStatus`).
+//! * `POST /outbound` (with [`ServerConfig::outbound`] and its secret as
+//!   `Authorization: Bearer …`) places a call to the form's `To` through Twilio's REST API;
+//!   Twilio then requests `/incoming-call` when the callee answers (with `AnsweredBy` under
+//!   machine detection) and posts progress to `/call-status`. Answers `200` with
+//!   `{"call_sid", "status"}`, `401` for a wrong secret, `404` when outbound calls are not
+//!   configured, `502`/`429`/`504` for Twilio's errors, rate limit and timeout.
 //! * `GET /healthz` answers `ok`.
 //! * `GET /media-stream` with a WebSocket upgrade runs a call; without one it is a 400.
 //! * With an auth token configured, `X-Twilio-Signature` is checked on the webhook (URL +
 //!   sorted form parameters) and on the upgrade (the `wss://` URL from the TwiML, with or
-//!   without a trailing slash); a missing or wrong signature gets a 403. URLs are built from
+//!   without a trailing slash) and on `/call-status`; a missing or wrong signature gets a 403. URLs are built from
 //!   the configured public URL, never from proxy-rewritten headers, when one is set.
 //!
 //!
@@ -48,6 +58,9 @@ use crate::agent::Agent;
 use crate::call_info::{CallInfo, WebhookCalls, WebhookForm};
 use crate::events::SessionEvent;
 use crate::http::{self, HttpError, HttpLimits, RequestHead};
+use crate::outbound::{
+    self, MachineDetection, OutboundCall, RestError, StatusCallback, TwilioRest,
+};
 use crate::session::{
     AgentForCall, AgentSource, Session, SessionHandle, SessionOptions, TransportEvents,
 };
@@ -127,6 +140,34 @@ const WEBHOOK_FIELDS_TTL: Duration = Duration::from_secs(60);
 /// Sees every event of every call (call number, event). Runs on the call's own thread.
 pub type EventHook = Arc<dyn Fn(u64, &SessionEvent) + Send + Sync>;
 
+/// Sees every status callback Twilio posts to `/call-status`. Runs on the request's thread
+/// (Twilio waits for the answer: keep it short).
+pub type StatusHook = Arc<dyn Fn(&StatusCallback) + Send + Sync>;
+
+/// Outbound calls through Twilio's REST API (the `POST /outbound` route).
+#[derive(Clone)]
+pub struct OutboundConfig {
+    /// The REST client (account, credentials, API base, timeout).
+    pub rest: TwilioRest,
+    /// The caller id calls are placed from (one of the account's numbers).
+    pub from: String,
+    /// The bearer secret `POST /outbound` requires; without one the route answers 404.
+    pub secret: Option<String>,
+    /// Answering-machine detection for every call placed. Default off.
+    pub machine_detection: Option<MachineDetection>,
+}
+
+impl std::fmt::Debug for OutboundConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutboundConfig")
+            .field("rest", &self.rest)
+            .field("from", &self.from)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("machine_detection", &self.machine_detection)
+            .finish()
+    }
+}
+
 /// Settings of the bridge server.
 #[derive(Clone)]
 pub struct ServerConfig {
@@ -160,6 +201,9 @@ pub struct ServerConfig {
     /// opened. `None` turns them off. Default: off; [`ServerConfig::from_env`] turns them on
     /// (30 s) when `TWILIO_AUTH_TOKEN` is set, unless `STREAM_TOKENS=off`.
     pub stream_token_ttl: Option<Duration>,
+    /// Outbound calls (`POST /outbound`). Default: none; [`ServerConfig::from_env`] sets it
+    /// when `TWILIO_ACCOUNT_SID`, credentials and `TWILIO_FROM_NUMBER` are set.
+    pub outbound: Option<OutboundConfig>,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -180,6 +224,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("shutdown_grace", &self.shutdown_grace)
             .field("max_body", &self.max_body)
             .field("stream_token_ttl", &self.stream_token_ttl)
+            .field("outbound", &self.outbound)
             .finish()
     }
 }
@@ -214,6 +259,7 @@ impl ServerConfig {
             shutdown_grace: Duration::from_secs(30),
             max_body: 64 * 1024,
             stream_token_ttl: None,
+            outbound: None,
         }
     }
 
@@ -224,6 +270,13 @@ impl ServerConfig {
     /// `STREAM_TOKENS` (`off` disables one-time stream tokens), `MAX_CONNECTIONS` (2000),
     /// `AGENT_GREETING` (the instruction for the agent's first response: the agent speaks
     /// first; unset, it waits for the caller). Empty values count as unset.
+    ///
+    /// Outbound calls ([`ServerConfig::outbound`]) are on when `TWILIO_ACCOUNT_SID`,
+    /// credentials (`TWILIO_API_KEY` with `TWILIO_API_SECRET`, else `TWILIO_AUTH_TOKEN`) and
+    /// `TWILIO_FROM_NUMBER` are set; `TWILIO_API_BASE` (default
+    /// [`outbound::DEFAULT_API_BASE`]), `OUTBOUND_SECRET` (the bearer secret of
+    /// `POST /outbound`; without it the route answers 404) and `OUTBOUND_MACHINE_DETECTION`
+    /// (`Enable` or `DetectMessageEnd`; default off) go with them.
     /// This is the only place the library reads the environment, and only when called.
     pub fn from_env() -> ServerConfig {
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
@@ -238,6 +291,36 @@ impl ServerConfig {
                 "0" | "off" | "false" | "no"
             )
         });
+        let credentials = match (env("TWILIO_API_KEY"), env("TWILIO_API_SECRET")) {
+            (Some(sid), Some(secret)) => Some(outbound::Credentials::ApiKey { sid, secret }),
+            _ => twilio_auth_token
+                .clone()
+                .map(outbound::Credentials::AuthToken),
+        };
+        let outbound = match (
+            env("TWILIO_ACCOUNT_SID"),
+            credentials,
+            env("TWILIO_FROM_NUMBER"),
+        ) {
+            (Some(account), Some(credentials), Some(from)) => Some(OutboundConfig {
+                rest: TwilioRest::with_options(
+                    env("TWILIO_API_BASE").unwrap_or_else(|| outbound::DEFAULT_API_BASE.into()),
+                    account,
+                    credentials,
+                    Duration::from_secs(10),
+                ),
+                from,
+                secret: env("OUTBOUND_SECRET"),
+                machine_detection: env("OUTBOUND_MACHINE_DETECTION").and_then(|v| {
+                    match v.to_ascii_lowercase().as_str() {
+                        "enable" | "on" | "true" | "1" => Some(MachineDetection::Enable),
+                        "detectmessageend" => Some(MachineDetection::DetectMessageEnd),
+                        _ => None,
+                    }
+                }),
+            }),
+            _ => None,
+        };
         let mut session = SessionOptions::new(env("OPENAI_API_KEY"));
         if let Some(url) = env("OPENAI_REALTIME_URL") {
             session.model.url = url;
@@ -254,6 +337,7 @@ impl ServerConfig {
             max_connections: env("MAX_CONNECTIONS")
                 .and_then(|n| n.parse().ok())
                 .unwrap_or(2000),
+            outbound,
             ..ServerConfig::new()
         }
     }
@@ -367,6 +451,7 @@ pub struct Server {
     cfg: Arc<ServerConfig>,
     agent: AgentFactory,
     hook: Option<EventHook>,
+    status_hook: Option<StatusHook>,
     shared: Arc<Shared>,
     tokens: Option<Arc<StreamTokens>>,
     webhooks: Arc<WebhookCalls>,
@@ -406,6 +491,7 @@ impl Server {
             cfg: Arc::new(cfg),
             agent,
             hook: None,
+            status_hook: None,
             shared: Arc::new(Shared::default()),
             tokens,
             webhooks,
@@ -415,6 +501,12 @@ impl Server {
     /// Sees every event of every call.
     pub fn on_event(mut self, hook: EventHook) -> Server {
         self.hook = Some(hook);
+        self
+    }
+
+    /// Sees every status callback posted to `/call-status`.
+    pub fn on_call_status(mut self, hook: StatusHook) -> Server {
+        self.status_hook = Some(hook);
         self
     }
 
@@ -468,6 +560,7 @@ impl Server {
                 cfg: self.cfg.clone(),
                 agent: self.agent.clone(),
                 hook: self.hook.clone(),
+                status_hook: self.status_hook.clone(),
                 shared: self.shared.clone(),
                 tokens: self.tokens.clone(),
                 webhooks: self.webhooks.clone(),
@@ -585,6 +678,7 @@ struct ConnCtx {
     cfg: Arc<ServerConfig>,
     agent: AgentFactory,
     hook: Option<EventHook>,
+    status_hook: Option<StatusHook>,
     shared: Arc<Shared>,
     tokens: Option<Arc<StreamTokens>>,
     webhooks: Arc<WebhookCalls>,
@@ -633,6 +727,10 @@ impl ConnCtx {
             (_, "/incoming-call") => {
                 respond(&mut stream, 405, "text/plain", "method not allowed\n")
             }
+            ("POST", "/call-status") => self.call_status(stream, &head, leftover, deadline),
+            (_, "/call-status") => respond(&mut stream, 405, "text/plain", "method not allowed\n"),
+            ("POST", "/outbound") => self.outbound(stream, &head, leftover, deadline),
+            (_, "/outbound") => respond(&mut stream, 405, "text/plain", "method not allowed\n"),
             ("GET", "/healthz") => respond(&mut stream, 200, "text/plain", "ok\n"),
             (_, "/healthz") => respond(&mut stream, 405, "text/plain", "method not allowed\n"),
             ("GET", "/media-stream") | ("GET", "/media-stream/") => {
@@ -666,6 +764,57 @@ impl ConnCtx {
         respond(stream, 403, "text/plain", "forbidden\n");
     }
 
+    /// Reads a form body; answers 408/400 itself and returns `None` when it cannot.
+    fn read_form(
+        &self,
+        stream: &mut TcpStream,
+        head: &RequestHead,
+        leftover: Vec<u8>,
+        deadline: Instant,
+    ) -> Option<Vec<(String, String)>> {
+        let mut by = http::ReadBy::new(stream, deadline);
+        match http::read_body(&mut by, head, leftover, self.cfg.max_body) {
+            Ok(b) => Some(http::parse_form(&b)),
+            Err(HttpError::Timeout) => {
+                log::debug!(target: LOG, "request body timed out");
+                respond(stream, 408, "text/plain", "request timeout\n");
+                None
+            }
+            Err(e) => {
+                log::debug!(target: LOG, "request body unreadable: {e}");
+                respond(stream, 400, "text/plain", "bad request\n");
+                None
+            }
+        }
+    }
+
+    /// With an auth token configured: true if the request carries Twilio's signature of its
+    /// URL and form; else answers 403 and returns false. True without a token.
+    fn signed(
+        &self,
+        stream: &mut TcpStream,
+        head: &RequestHead,
+        form: &[(String, String)],
+        what: &str,
+    ) -> bool {
+        let Some(token) = &self.cfg.twilio_auth_token else {
+            return true;
+        };
+        let ok = match (self.origin(head), head.header("x-twilio-signature")) {
+            (Some(origin), Some(sig)) => {
+                let url = format!("{origin}{}", head.target);
+                let params: Vec<(&str, &str)> =
+                    form.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                signature::validate_lenient(token, &url, &params, sig)
+            }
+            _ => false,
+        };
+        if !ok {
+            self.forbidden(stream, what);
+        }
+        ok
+    }
+
     fn incoming_call(
         &self,
         mut stream: TcpStream,
@@ -673,35 +822,11 @@ impl ConnCtx {
         leftover: Vec<u8>,
         deadline: Instant,
     ) {
-        let mut by = http::ReadBy::new(&stream, deadline);
-        let body = match http::read_body(&mut by, head, leftover, self.cfg.max_body) {
-            Ok(b) => b,
-            Err(HttpError::Timeout) => {
-                log::debug!(target: LOG, "webhook body timed out");
-                respond(&mut stream, 408, "text/plain", "request timeout\n");
-                return;
-            }
-            Err(e) => {
-                log::debug!(target: LOG, "webhook body unreadable: {e}");
-                respond(&mut stream, 400, "text/plain", "bad request\n");
-                return;
-            }
+        let Some(form) = self.read_form(&mut stream, head, leftover, deadline) else {
+            return;
         };
-        let form = http::parse_form(&body);
-        if let Some(token) = &self.cfg.twilio_auth_token {
-            let ok = match (self.origin(head), head.header("x-twilio-signature")) {
-                (Some(origin), Some(sig)) => {
-                    let url = format!("{origin}{}", head.target);
-                    let params: Vec<(&str, &str)> =
-                        form.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-                    signature::validate_lenient(token, &url, &params, sig)
-                }
-                _ => false,
-            };
-            if !ok {
-                self.forbidden(&mut stream, "webhook");
-                return;
-            }
+        if !self.signed(&mut stream, head, &form, "webhook") {
+            return;
         }
         let Some(origin) = self.origin(head) else {
             respond(
@@ -738,6 +863,159 @@ impl ConnCtx {
         let twiml = twiml(&stream_url(&origin), self.cfg.greeting.as_deref(), &params);
         log::info!(target: LOG, "incoming call webhook answered");
         respond(&mut stream, 200, "text/xml", &twiml);
+    }
+
+    fn call_status(
+        &self,
+        mut stream: TcpStream,
+        head: &RequestHead,
+        leftover: Vec<u8>,
+        deadline: Instant,
+    ) {
+        let Some(form) = self.read_form(&mut stream, head, leftover, deadline) else {
+            return;
+        };
+        if !self.signed(&mut stream, head, &form, "status callback") {
+            return;
+        }
+        let Some(status) = StatusCallback::from_form(WebhookForm::from_pairs(form)) else {
+            log::debug!(target: LOG, "status callback without CallSid or CallStatus");
+            respond(
+                &mut stream,
+                400,
+                "text/plain",
+                "CallSid and CallStatus required\n",
+            );
+            return;
+        };
+        log::info!(
+            target: LOG,
+            "call {} is {}{}",
+            status.call_sid,
+            status.status.as_str(),
+            status
+                .duration
+                .map(|d| format!(" after {} s", d.as_secs()))
+                .unwrap_or_default()
+        );
+        if let Some(hook) = &self.status_hook {
+            // The application's code: a panic there fails this request only.
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook(&status)));
+            if run.is_err() {
+                log::error!(target: LOG, "the status hook panicked");
+                respond(&mut stream, 500, "text/plain", "internal error\n");
+                return;
+            }
+        }
+        if let Err(e) = http::write_response(&mut stream, 204, "text/plain", &[], b"") {
+            log::debug!(target: LOG, "response not written: {e}");
+        }
+    }
+
+    fn outbound(
+        &self,
+        mut stream: TcpStream,
+        head: &RequestHead,
+        leftover: Vec<u8>,
+        deadline: Instant,
+    ) {
+        let Some(cfg) = self.cfg.outbound.as_ref() else {
+            respond(
+                &mut stream,
+                404,
+                "text/plain",
+                "outbound calls are not configured\n",
+            );
+            return;
+        };
+        let Some(secret) = cfg.secret.as_deref() else {
+            respond(
+                &mut stream,
+                404,
+                "text/plain",
+                "outbound calls are not configured\n",
+            );
+            return;
+        };
+        let presented = head
+            .header("authorization")
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        if !presented.is_some_and(|p| secret_matches(secret, p)) {
+            self.shared.forbidden.fetch_add(1, Ordering::Relaxed);
+            log::warn!(target: LOG, "rejected /outbound: missing or wrong bearer secret");
+            respond(&mut stream, 401, "text/plain", "unauthorized\n");
+            return;
+        }
+        let Some(form) = self.read_form(&mut stream, head, leftover, deadline) else {
+            return;
+        };
+        let field = |name: &str| {
+            form.iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.trim())
+                .filter(|v| !v.is_empty())
+        };
+        let Some(to) = field("To") else {
+            respond(&mut stream, 400, "text/plain", "To is required\n");
+            return;
+        };
+        let Some(origin) = self.cfg.public_url.as_deref() else {
+            respond(
+                &mut stream,
+                500,
+                "text/plain",
+                "PUBLIC_URL is required for outbound calls (Twilio must reach this server)\n",
+            );
+            return;
+        };
+        let from = field("From").unwrap_or(&cfg.from);
+        let mut call = OutboundCall::to_bridge(origin, to, from);
+        call.machine_detection = cfg.machine_detection;
+        match cfg.rest.place_call(&call) {
+            Ok(placed) => {
+                let body = serde_json::json!({"call_sid": placed.sid, "status": placed.status});
+                if let Err(e) = http::write_response(
+                    &mut stream,
+                    200,
+                    "application/json",
+                    &[],
+                    body.to_string().as_bytes(),
+                ) {
+                    log::debug!(target: LOG, "response not written: {e}");
+                }
+            }
+            Err(e) => {
+                let (status, retry) = match &e {
+                    RestError::RateLimited { retry_after, .. } => {
+                        (429, retry_after.map(|d| d.as_secs().to_string()))
+                    }
+                    RestError::Timeout => (504, None),
+                    _ => (502, None),
+                };
+                let code = match &e {
+                    RestError::Unauthorized(b)
+                    | RestError::Rejected { error: b, .. }
+                    | RestError::RateLimited { error: b, .. }
+                    | RestError::Server { error: b, .. } => b.code,
+                    _ => None,
+                };
+                let body = serde_json::json!({"error": e.to_string(), "twilio_code": code});
+                let extra: Vec<(&str, &str)> = retry
+                    .as_deref()
+                    .map(|r| vec![("Retry-After", r)])
+                    .unwrap_or_default();
+                if let Err(e) = http::write_response(
+                    &mut stream,
+                    status,
+                    "application/json",
+                    &extra,
+                    body.to_string().as_bytes(),
+                ) {
+                    log::debug!(target: LOG, "response not written: {e}");
+                }
+            }
+        }
     }
 
     fn media_stream(self, stream: TcpStream, head: &RequestHead, leftover: Vec<u8>) {
@@ -882,6 +1160,21 @@ pub fn stop_on_signals(stopper: Stopper) -> io::Result<()> {
     Ok(())
 }
 
+/// Compares a presented secret with the configured one in constant time (HMAC tags of both
+/// under one key, compared by `hmac`'s constant-time verify).
+fn secret_matches(expected: &str, presented: &str) -> bool {
+    use hmac::{Hmac, KeyInit, Mac};
+    type H = Hmac<sha1::Sha1>;
+    let tag = |s: &str| {
+        let mut m = <H as KeyInit>::new_from_slice(b"twilio-realtime outbound secret")
+            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        m.update(s.as_bytes());
+        m
+    };
+    let want = tag(expected).finalize().into_bytes();
+    tag(presented).verify_slice(&want).is_ok()
+}
+
 /// The `wss://…/media-stream` URL for a public `https://` (or `http://`) origin.
 pub fn stream_url(origin: &str) -> String {
     let origin = origin.trim_end_matches('/');
@@ -939,6 +1232,14 @@ fn xml_escape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_compare_exactly() {
+        assert!(secret_matches("s3cret", "s3cret"));
+        assert!(!secret_matches("s3cret", "s3cre"));
+        assert!(!secret_matches("s3cret", "s3cret "));
+        assert!(!secret_matches("s3cret", ""));
+    }
 
     #[test]
     fn stream_urls() {

@@ -26,4 +26,5 @@ pub mod chaos;
 pub mod fake_model;
 pub mod soak;
 pub mod twilio_call;
+pub mod twilio_rest;
 pub mod wav;

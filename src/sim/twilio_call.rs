@@ -83,6 +83,8 @@ pub struct TwilioCallConfig {
     /// The CallSid to present in `start` (e.g. the one a webhook was called with). Default: a
     /// random, realistic one.
     pub call_sid: Option<String>,
+    /// The AccountSid to present in `start`. Default: a random, realistic one.
+    pub account_sid: Option<String>,
     /// The caller's script.
     pub script: Vec<Segment>,
     /// One-way network delay between the bridge and Twilio (both directions).
@@ -112,6 +114,7 @@ impl TwilioCallConfig {
             headers: Vec::new(),
             custom_parameters: custom,
             call_sid: None,
+            account_sid: None,
             script,
             one_way_delay: Duration::from_millis(30),
             jitter: Duration::from_millis(5),
@@ -357,7 +360,10 @@ impl TwilioCall {
         let at = |t: Instant| t.saturating_duration_since(t0);
         let stream_sid = sid("MZ", &mut rng);
         let call_sid = cfg.call_sid.clone().unwrap_or_else(|| sid("CA", &mut rng));
-        let account_sid = sid("AC", &mut rng);
+        let account_sid = cfg
+            .account_sid
+            .clone()
+            .unwrap_or_else(|| sid("AC", &mut rng));
         let mut report = CallReport {
             stream_sid: stream_sid.clone(),
             call_sid: call_sid.clone(),
