@@ -231,7 +231,7 @@ fn a_panic_on_the_session_thread_ends_only_that_call() {
     let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let rig = Rig::start_with(FakeModelConfig::default(), agent, |cfg| {
         cfg.stream_token_ttl = None;
-        cfg.session.start_check = Some(Arc::new(move |_| {
+        cfg.session.start_check = Some(Arc::new(move |_, _| {
             if calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 1 {
                 panic!("start check bug");
             }
