@@ -17,7 +17,10 @@ use twilio_realtime::outbound::OutboundCall;
 use twilio_realtime::server::ServerConfig;
 
 fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    // Keeps ureq's raw request dumps (the Authorization header) out even at RUST_LOG=trace.
+    if let Err(e) = twilio_realtime::logging::init("info") {
+        eprintln!("no logging: {e}");
+    }
     let Some(to) = std::env::args().nth(1) else {
         eprintln!("usage: dial NUMBER (E.164, e.g. +15550100)");
         std::process::exit(2);

@@ -83,6 +83,7 @@ type Handler = dyn Fn(&ToolCall) -> Result<String, ToolError> + Send + Sync;
 ///     name: "order_status".into(),
 ///     arguments: serde_json::from_str(args).unwrap(),
 ///     raw_arguments: args.into(),
+///     call_info: None, // the session sets who is on the line
 /// };
 /// assert_eq!(lookup.invoke(&call(r#"{"order":"A-1"}"#)), Ok("Shipped yesterday.".to_owned()));
 /// assert_eq!(lookup.invoke(&call(r#"{"order":"Z-9"}"#)), Err("no order Z-9".to_owned()));

@@ -5,7 +5,9 @@
 //! API keys, auth tokens, one-time stream tokens or a peer's free text (e.g. a mark's name), at
 //! any level. Its dependencies are another matter: at `trace`, tungstenite logs every frame it
 //! reads or writes (caller audio, the `start` message with its one-time stream token) and the
-//! client handshake request (with the `Authorization: Bearer` API key). [`init`] therefore keeps
+//! client handshake request (with the `Authorization: Bearer` API key), and `ureq_proto` dumps
+//! the raw bytes of each REST request (with the `Authorization: Basic` credentials of outbound
+//! calls). [`init`] therefore keeps
 //! the [`FRAME_DUMPING_TARGETS`] at `debug` at most, whatever `RUST_LOG` says, unless the
 //! filter names such a target itself: `RUST_LOG=trace` is safe to turn on in production, and
 //! `RUST_LOG=trace,tungstenite=trace` opts in to frame dumps (secrets included) on purpose.
@@ -18,7 +20,9 @@ use log::{Level, LevelFilter, Log, Metadata, Record, SetLoggerError};
 
 /// Log targets of dependencies that print whole frames or requests (payloads, tokens, keys)
 /// at `trace`. Kept at `debug` by [`init`] unless the filter names them.
-pub const FRAME_DUMPING_TARGETS: &[&str] = &["tungstenite"];
+/// (`ureq_proto`: the REST client's protocol layer, which dumps every request's raw bytes, the
+/// `Authorization: Basic` header of [`crate::outbound`] included.)
+pub const FRAME_DUMPING_TARGETS: &[&str] = &["tungstenite", "ureq_proto"];
 
 /// Whether `target` is one of the [`FRAME_DUMPING_TARGETS`] (or a module inside one).
 pub fn is_frame_dumping_target(target: &str) -> bool {

@@ -1234,6 +1234,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn outbound_secrets_stay_out_of_debug() {
+        let mut cfg = ServerConfig::new();
+        cfg.outbound = Some(OutboundConfig {
+            rest: TwilioRest::new(
+                "AC1",
+                outbound::Credentials::ApiKey {
+                    sid: "SK1".into(),
+                    secret: "api-secret-value".into(),
+                },
+            ),
+            from: "+1555".into(),
+            secret: Some("bearer-secret-value".into()),
+            machine_detection: None,
+        });
+        let d = format!("{cfg:?}");
+        assert!(d.contains("SK1") && d.contains("+1555"), "{d}");
+        assert!(
+            !d.contains("api-secret-value") && !d.contains("bearer-secret-value"),
+            "{d}"
+        );
+    }
+
+    #[test]
     fn secrets_compare_exactly() {
         assert!(secret_matches("s3cret", "s3cret"));
         assert!(!secret_matches("s3cret", "s3cre"));

@@ -13,6 +13,7 @@ use base64::Engine;
 use twilio_realtime::signature;
 use twilio_realtime::sim::fake_model::{FakeModel, FakeModelConfig, Reply};
 use twilio_realtime::sim::twilio_call::{Segment, TwilioCall, TwilioCallConfig};
+use twilio_realtime::sim::twilio_rest::{FakeTwilio, FakeTwilioConfig};
 
 const TOKEN: &str = "test-auth-token";
 const PUBLIC: &str = "https://bridge.example.test";
@@ -92,10 +93,19 @@ fn build_example() -> PathBuf {
 }
 
 fn start(model_url: &str, token: Option<&str>) -> Proc {
-    start_logging(model_url, token, "debug")
+    start_with(model_url, token, "debug", &[])
 }
 
 fn start_logging(model_url: &str, token: Option<&str>, rust_log: &str) -> Proc {
+    start_with(model_url, token, rust_log, &[])
+}
+
+fn start_with(
+    model_url: &str,
+    token: Option<&str>,
+    rust_log: &str,
+    extra_env: &[(&str, &str)],
+) -> Proc {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let log = std::env::temp_dir().join(format!(
         "twilio-realtime-server-{}-{}.log",
@@ -124,6 +134,9 @@ fn start_logging(model_url: &str, token: Option<&str>, rust_log: &str) -> Proc {
         .stderr(std::fs::File::create(&log).unwrap());
     if let Some(t) = token {
         cmd.env("TWILIO_AUTH_TOKEN", t);
+    }
+    for (k, v) in extra_env {
+        cmd.env(k, v);
     }
     let mut child = cmd.spawn().unwrap();
     let mut out = BufReader::new(child.stdout.take().unwrap());
@@ -514,5 +527,87 @@ fn at_trace_the_log_holds_no_payload_key_or_token() {
     assert!(
         n < 64,
         "something like a payload is in the log ({n} chars): {run}"
+    );
+}
+
+#[test]
+fn outbound_calls_and_status_callbacks_through_the_example_server() {
+    let model = FakeModel::start(FakeModelConfig {
+        script: vec![Reply::say("Hello from the bridge.", 600)],
+        ..Default::default()
+    })
+    .unwrap();
+    let twilio = FakeTwilio::start(FakeTwilioConfig::new("127.0.0.1:9".parse().unwrap())).unwrap();
+    let base = twilio.base_url();
+    // At trace: ureq's protocol layer would dump the REST request's raw bytes.
+    let p = start_with(
+        &model.url(),
+        Some("fake-auth-token"),
+        "trace",
+        &[
+            ("TWILIO_ACCOUNT_SID", twilio.account_sid()),
+            ("TWILIO_FROM_NUMBER", "+15550199"),
+            ("TWILIO_API_BASE", &base),
+            ("OUTBOUND_SECRET", "operator-secret"),
+            ("OUTBOUND_MACHINE_DETECTION", "Enable"),
+        ],
+    );
+    twilio.deliver_to(p.addr);
+    let dial = |secret: &str| {
+        let body = "To=%2B15550100";
+        request(
+            p.addr,
+            &format!(
+                "POST /outbound HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {secret}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+                p.addr,
+                body.len()
+            ),
+        )
+    };
+    assert_eq!(dial("wrong").0, 401);
+    let (status, resp) = dial("operator-secret");
+    assert_eq!(status, 200, "{resp}");
+    assert!(resp.contains("\"call_sid\":\"CA"), "{resp}");
+    assert!(
+        twilio.wait_done(1, Duration::from_secs(30)),
+        "the call ended"
+    );
+    let rec = twilio.recording();
+    let req = &rec.requests[0];
+    // TWILIO_AUTH_TOKEN is the REST credential when no API key is set.
+    assert_eq!(req.user.as_deref(), Some(twilio.account_sid()));
+    assert!(req
+        .form
+        .contains(&("Url".into(), format!("{PUBLIC}/incoming-call"))));
+    assert!(req
+        .form
+        .contains(&("MachineDetection".into(), "Enable".into())));
+    let call = &rec.calls[0];
+    assert!(call.errors.is_empty(), "{:?}", call.errors);
+    assert_eq!(call.webhook.as_ref().map(|w| w.status), Some(200));
+    assert_eq!(call.callbacks.len(), 4);
+    assert!(
+        call.callbacks.iter().all(|c| c.status == 204),
+        "{:?}",
+        call.callbacks
+    );
+    assert_eq!(call.report.as_ref().map(|r| r.played_ms()), Some(600));
+    let log = p.log();
+    assert!(
+        log.contains("is completed after"),
+        "status callbacks are logged"
+    );
+    let basic = twilio_realtime::outbound::Credentials::AuthToken("fake-auth-token".into())
+        .basic_auth(twilio.account_sid());
+    let basic = basic.trim_start_matches("Basic ");
+    for secret in ["operator-secret", "fake-auth-token", basic] {
+        assert!(!log.contains(secret), "{secret} leaked into the log");
+    }
+    // ureq_proto's trace lines are a hex dump of the request (16 bytes a line, so the
+    // credentials would not show up whole above): none may be there at all.
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("TRACE") && l.contains("ureq_proto")),
+        "ureq_proto's raw request dump is in the log"
     );
 }
