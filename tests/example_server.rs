@@ -533,11 +533,26 @@ fn at_trace_the_log_holds_no_payload_key_or_token() {
 #[test]
 fn outbound_calls_and_status_callbacks_through_the_example_server() {
     let model = FakeModel::start(FakeModelConfig {
-        script: vec![Reply::say("Hello from the bridge.", 600)],
+        script: vec![
+            Reply::say("Hello from the bridge.", 600),
+            Reply::say("Goodbye.", 400),
+        ],
         ..Default::default()
     })
     .unwrap();
-    let twilio = FakeTwilio::start(FakeTwilioConfig::new("127.0.0.1:9".parse().unwrap())).unwrap();
+    // The server greets first (AGENT_GREETING): the callee listens to it, answers, listens.
+    let mut tc = FakeTwilioConfig::new("127.0.0.1:9".parse().unwrap());
+    let listen = Segment::WaitForAgent {
+        quiet_ms: 500,
+        timeout_ms: 10_000,
+    };
+    tc.callee = vec![
+        listen.clone(),
+        Segment::Speech(700),
+        listen,
+        Segment::HangUp,
+    ];
+    let twilio = FakeTwilio::start(tc).unwrap();
     let base = twilio.base_url();
     // At trace: ureq's protocol layer would dump the REST request's raw bytes.
     let p = start_with(
@@ -591,7 +606,12 @@ fn outbound_calls_and_status_callbacks_through_the_example_server() {
         "{:?}",
         call.callbacks
     );
-    assert_eq!(call.report.as_ref().map(|r| r.played_ms()), Some(600));
+    assert_eq!(
+        call.report.as_ref().map(|r| r.played_ms()),
+        Some(1000),
+        "the greeting and the answer played in full: {:#?}",
+        call.report.as_ref().map(|r| &r.timeline)
+    );
     let log = p.log();
     assert!(
         log.contains("is completed after"),
