@@ -12,6 +12,7 @@ use crossbeam_channel::Receiver;
 use tungstenite::Message;
 use twilio_realtime::agent::Agent;
 use twilio_realtime::events::{CloseReason, ErrorSource, SessionEvent};
+use twilio_realtime::sim::chaos::{run_faulty_call, CallerFault};
 use twilio_realtime::sim::fake_model::{FakeModelConfig, Faults, Reply};
 use twilio_realtime::sim::twilio_call::{
     CallReport, Segment, SimError, TwilioCall, TwilioCallConfig,
@@ -384,5 +385,26 @@ fn a_stream_in_another_media_format_is_refused() {
         .iter()
         .any(|e| e.contains("unsupported twilio media format")));
     next_call_works(&rig);
+    rig.stop();
+}
+
+/// Issue 10 §6: a peer whose `timestamp` jumps 10 s ahead on every 20 ms frame gets no silence
+/// for it: the model receives at most real time in audio plus real time in padding (a bridge
+/// that padded each gap would send 80 KB per frame, 8 MB in these 2 s).
+#[test]
+fn timestamps_that_jump_on_every_frame_do_not_flood_the_model_with_silence() {
+    let rig = Rig::start(FakeModelConfig::default(), agent);
+    let t0 = Instant::now();
+    run_faulty_call(rig.addr, CallerFault::TimestampJump, Duration::from_secs(2)).unwrap();
+    let wall_ms = t0.elapsed().as_millis() as u64;
+    rig.wait_idle();
+    assert_eq!(rig.closed(), vec![CloseReason::TwilioStopped]);
+    let rec = rig.model.recording();
+    assert!(rec.appended_bytes > 0, "the audio itself was forwarded");
+    assert!(
+        rec.appended_bytes <= 2 * 8 * wall_ms,
+        "{} bytes reached the model in {wall_ms} ms",
+        rec.appended_bytes
+    );
     rig.stop();
 }

@@ -1,5 +1,6 @@
 //! Misbehaving Twilio peers and process gauges, for soak runs: a caller that vanishes, one that
-//! sends garbage, one that never sends `start`, one that stops reading; and the thread, file
+//! sends garbage, one that never sends `start`, one that stops reading, one that goes silent
+//! without closing, one whose timestamps jump 10 s on every frame; and the thread, file
 //! descriptor and memory counts of this process, to see that they return to their baseline.
 //!
 //! ```no_run
@@ -42,16 +43,21 @@ pub enum CallerFault {
     /// vanished, the TCP connection was never closed: a half-open peer). The bridge must end
     /// the call by its silence rule (`CallOptions::twilio_silence_timeout`).
     HalfOpen,
+    /// Streams audio at the normal pace, but each frame's `timestamp` is 10 s past the last
+    /// (a broken or hostile peer: a bridge that padded every gap would append 80 KB of
+    /// silence to the billed model session per 20 ms frame), then stops normally.
+    TimestampJump,
 }
 
 impl CallerFault {
     /// Every fault, for round-robin mixes.
-    pub const ALL: [CallerFault; 5] = [
+    pub const ALL: [CallerFault; 6] = [
         CallerFault::Vanish,
         CallerFault::Garbage,
         CallerFault::NoStart,
         CallerFault::StopReading,
         CallerFault::HalfOpen,
+        CallerFault::TimestampJump,
     ];
 }
 
@@ -62,10 +68,13 @@ fn start_json(stream_sid: &str) -> String {
 }
 
 fn media_json(stream_sid: &str, n: u64, payload: &str) -> String {
+    media_json_at(stream_sid, n, n * 20, payload)
+}
+
+fn media_json_at(stream_sid: &str, n: u64, timestamp: u64, payload: &str) -> String {
     format!(
-        r#"{{"event":"media","sequenceNumber":"{}","streamSid":"{stream_sid}","media":{{"track":"inbound","chunk":"{n}","timestamp":"{}","payload":"{payload}"}}}}"#,
+        r#"{{"event":"media","sequenceNumber":"{}","streamSid":"{stream_sid}","media":{{"track":"inbound","chunk":"{n}","timestamp":"{timestamp}","payload":"{payload}"}}}}"#,
         n + 2,
-        n * 20
     )
 }
 
@@ -111,11 +120,15 @@ pub fn run_faulty_call(
                 thread::sleep(Duration::from_millis(20));
             }
         }
-        CallerFault::Vanish | CallerFault::Garbage => {
+        CallerFault::Vanish | CallerFault::Garbage | CallerFault::TimestampJump => {
             send(start_json(sid));
             let mut n = 0;
             while t0.elapsed() < duration && !duplex.is_closed() {
-                send(media_json(sid, n, &payload));
+                if fault == CallerFault::TimestampJump {
+                    send(media_json_at(sid, n, n.saturating_mul(10_000), &payload));
+                } else {
+                    send(media_json(sid, n, &payload));
+                }
                 if fault == CallerFault::Garbage && n % 5 == 0 {
                     send("{not json".to_owned());
                     send(media_json(sid, n, "%%%not base64%%%"));
@@ -129,7 +142,7 @@ pub fn run_faulty_call(
                 n += 1;
                 thread::sleep(Duration::from_millis(20));
             }
-            if fault == CallerFault::Garbage {
+            if fault != CallerFault::Vanish {
                 send(format!(
                     r#"{{"event":"stop","streamSid":"{sid}","stop":{{"accountSid":"ACchaos","callSid":"CAchaos"}}}}"#
                 ));
