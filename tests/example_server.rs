@@ -424,6 +424,66 @@ fn sigterm_during_a_call_lets_it_finish() {
     );
 }
 
+#[test]
+fn call_recording_dir_records_every_call() {
+    let model = FakeModel::start(FakeModelConfig {
+        default_reply: Reply::say("Hello there.", 600),
+        ..Default::default()
+    })
+    .unwrap();
+    let dir =
+        std::env::temp_dir().join(format!("twilio-realtime-recordings-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let dir_str = dir.to_str().expect("a UTF-8 temp dir");
+    let p = start_with(
+        &model.url(),
+        None,
+        "info",
+        &[("CALL_RECORDING_DIR", dir_str)],
+    );
+    let mut call = TwilioCallConfig::new(
+        p.addr,
+        vec![
+            Segment::WaitForAgent {
+                quiet_ms: 300,
+                timeout_ms: 10_000,
+            },
+            Segment::HangUp,
+        ],
+    );
+    call.call_sid = Some("CA000000000000000000000000000000ee".into());
+    let report = TwilioCall::run(call).unwrap();
+    assert!(report.played_ms() > 0, "the greeting played");
+    // The file is complete once the session has shut down.
+    let file = dir.join("CA000000000000000000000000000000ee.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let entries = loop {
+        let entries = twilio_realtime::recording::read_file(&file).unwrap_or_default();
+        if entries
+            .iter()
+            .any(|e| matches!(e.record, twilio_realtime::recording::Record::Closed { .. }))
+        {
+            break entries;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no complete recording at {}",
+            file.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(matches!(
+        entries[0].record,
+        twilio_realtime::recording::Record::Header { .. }
+    ));
+    assert!(entries.iter().any(|e| matches!(
+        e.record,
+        twilio_realtime::recording::Record::AgentAudio { .. }
+    )));
+    drop(p);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The longest run of base64 alphabet characters in `s`, and the run (a 20 ms audio payload is
 /// 216 of them; a hex dump of a frame is longer still; nothing else the server logs comes near).
 fn longest_base64_run(s: &str) -> (usize, &str) {
