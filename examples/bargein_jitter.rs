@@ -1,8 +1,8 @@
 //! How accurate is the barge-in truncation under network delay and jitter?
 //!
 //! ```text
-//! cargo run --release --example bargein_jitter              # the README table (~3 min)
-//! cargo run --release --example bargein_jitter -- --calls 4 --rounds 3 --settings 40:10
+//! cargo run --example bargein_jitter              # the README table (~2 min)
+//! cargo run --example bargein_jitter -- --calls 4 --rounds 3 --settings 40:10
 //! ```
 //!
 //! Runs many simulated barge-ins through the real session (the bridge server and the fake
