@@ -590,8 +590,11 @@ impl PlaybackLedger {
         if n == 0 || m == 0 {
             return from_send;
         }
-        // weight(echoes) = 1 / (1 + 1/n + 2/m) = nm / (nm + m + 2n); n, m < 32, values < 5 s.
-        (from_echoes * n * m + from_send * (m + 2 * n)) / (n * m + m + 2 * n)
+        // weight(echoes) = 1 / (1 + 1/n + 2/m) = nm / (nm + m + 2n); in i128, no overflow.
+        let (n, m) = (n as i128, m as i128);
+        let start =
+            (from_echoes as i128 * n * m + from_send as i128 * (m + 2 * n)) / (n * m + m + 2 * n);
+        i64::try_from(start).unwrap_or(from_send)
     }
 
     /// The best estimate of a stream offset and the moment Twilio played it: the anchored
