@@ -481,3 +481,56 @@ fn a_model_that_stops_reading_never_delays_the_clear_and_the_call_ends_by_the_wr
     );
     rig.stop();
 }
+
+#[test]
+fn a_tool_approval_nobody_gives_is_rejected_after_the_deadline_and_the_call_goes_on() {
+    let _s = serial();
+    fn agent_with_a_guarded_tool() -> Agent {
+        let refund = FunctionTool::new(
+            "refund",
+            "Refunds the last order.",
+            serde_json::json!({"type":"object"}),
+            |_| Ok("refunded".into()),
+        )
+        .needs_approval(true);
+        agent().tool(refund)
+    }
+    let rig = Rig::start_with(
+        FakeModelConfig {
+            script: vec![
+                Reply::call("refund", "{}"),
+                Reply::say("Sorry, I could not do that.", 600),
+            ],
+            ..Default::default()
+        },
+        agent_with_a_guarded_tool,
+        |cfg| cfg.session.call.approval_timeout = Duration::from_millis(500),
+    );
+    // The application (the rig's hook) never approves or rejects.
+    let report = quick(&rig, talk());
+    rig.wait_idle();
+    let rec = rig.model.recording();
+    assert_eq!(
+        rec.function_outputs
+            .iter()
+            .map(|(_, o)| o.as_str())
+            .collect::<Vec<_>>(),
+        vec![twilio_realtime::call::APPROVAL_TIMEOUT_OUTPUT]
+    );
+    assert_eq!(
+        report.played_ms(),
+        600,
+        "the model answered after the rejection"
+    );
+    let ev = rig.events();
+    assert!(ev.iter().any(
+        |e| matches!(e, SessionEvent::ToolApprovalRequested { tool, .. } if tool == "refund")
+    ));
+    assert!(
+        !ev.iter()
+            .any(|e| matches!(e, SessionEvent::ToolStart { .. })),
+        "the tool never ran"
+    );
+    assert_eq!(rig.closed(), vec![CloseReason::TwilioStopped]);
+    rig.stop();
+}
