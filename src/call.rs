@@ -60,8 +60,8 @@ use crate::twilio::{TwilioCommand, TwilioMessage};
 
 const LOG: &str = "twilio_realtime::session";
 const TOOLS_LOG: &str = "twilio_realtime::tools";
-/// Function calls kept per response until its `response.done` (a bound against a peer that
-/// never ends a response).
+/// Function calls kept per response until its `response.done`, and responses with calls
+/// kept at once (bounds against a peer that never ends its responses).
 const MAX_CALLS_PER_RESPONSE: usize = 64;
 
 /// Options of a call (and of the session built on it).
@@ -1019,6 +1019,11 @@ impl CallCore {
                 self.event(SessionEvent::AgentStart { agent });
             }
             ServerEvent::OutputAudioDelta(d) => {
+                if !d.delta.is_empty() {
+                    // The model has spoken in this session (heard or not): its voice is fixed
+                    // now, and asking to change it would be refused (`cannot_update_voice`).
+                    self.assistant_audio_seen = true;
+                }
                 if self.model != ModelState::Ready {
                     // Until `session.updated` confirms µ-law out, the model's audio may be
                     // 24 kHz PCM: noise on a phone line. Never forwarded.
@@ -1033,7 +1038,6 @@ impl CallCore {
                     log::debug!(target: LOG, "audio delta without audio or item ignored");
                     return;
                 }
-                self.assistant_audio_seen = true;
                 self.send_audio(now, &d.response_id, &d.item_id, d.content_index, d.delta);
             }
             ServerEvent::OutputAudioDone(d) if !self.cut_responses.contains(&d.response_id) => {
@@ -1052,6 +1056,13 @@ impl CallCore {
                 self.agent_text(&d.response_id, &d.item_id, &d.text, true)
             }
             ServerEvent::OutputItemDone(e) if is_function_call(&e.item) => {
+                if !self.calls_by_response.contains_key(&e.response_id)
+                    && self.calls_by_response.len() >= MAX_CALLS_PER_RESPONSE
+                {
+                    // Responses that never end: a peer out of protocol.
+                    log::warn!(target: TOOLS_LOG, "function calls of too many unfinished responses; one ignored");
+                    return;
+                }
                 let calls = self.calls_by_response.entry(e.response_id).or_default();
                 if calls.len() < MAX_CALLS_PER_RESPONSE {
                     calls.push(e.item);

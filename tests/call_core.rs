@@ -1841,3 +1841,38 @@ fn session_expiry_resets_tools_and_playback_and_carries_the_callers_words() {
         "nothing answers the dropped tool call"
     );
 }
+
+#[test]
+fn a_later_session_updated_without_pcmu_ends_the_call() {
+    let mut h = H::ready(Agent::new("A", "x"));
+    // e.g. a raw update the server took, or a server that changed the format by itself
+    h.updated("audio/pcm");
+    let out = h.drain();
+    assert!(out.iter().any(|o| matches!(o, Output::ModelNotReady)));
+    assert!(matches!(
+        closed_reason(&out),
+        Some(CloseReason::ModelConfigRejected { param: Some(p), .. }) if p == "session.audio.input.format"
+    ));
+}
+
+#[test]
+fn audio_the_model_produced_unheard_still_fixes_its_voice() {
+    let b = Agent::new("B", "b").voice("cedar");
+    let mut h = H::new(Agent::new("A", "a").handoff(&b));
+    h.start();
+    h.model(json!({"type":"session.created","event_id":"e0","session":{}}));
+    // the model speaks before it confirmed the session: dropped, but it did speak
+    h.response_created("r0");
+    h.delta("r0", "i0", 0, &audio(480));
+    h.updated("audio/pcmu");
+    h.response_done("r0", "completed");
+    h.response_created("r1");
+    h.function_call("r1", "fc", "c1", "transfer_to_b", "");
+    h.response_done("r1", "completed");
+    let evs = model_events(&h.drain());
+    let upd = evs.iter().find(|e| e["type"] == "session.update").unwrap();
+    assert!(
+        upd["session"]["audio"]["output"].get("voice").is_none(),
+        "production would refuse it: {upd}"
+    );
+}
