@@ -206,6 +206,7 @@ pub enum Command {
     /// Ask the model for a response (`response.create`), with these per-response options
     /// (`ResponseConfig::default()` for none). The API allows one response at a time: it is
     /// sent once no response is active (and no tool call is pending), at once if none is.
+    /// Several asked for while one is active become one (with the options asked last).
     CreateResponse(ResponseConfig),
     /// Commit the caller audio appended so far as a user turn (`input_audio_buffer.commit`),
     /// for sessions without turn detection (`TurnDetection::Disabled`); follow it with
