@@ -741,6 +741,22 @@ impl CallCore {
         self.finish(CloseReason::Panicked(what.to_owned()));
     }
 
+    /// Twilio spent its bad-message budget (`messages` bad ones in the call): the call ends
+    /// with [`CloseReason::TooManyBadMessages`] and both sockets are closed.
+    pub fn handle_twilio_over_budget(&mut self, _now: Instant, messages: u64) {
+        if self.ended.is_some() {
+            return;
+        }
+        log::warn!(target: LOG, "twilio sent {messages} bad messages: ending the call");
+        self.error(
+            ErrorSource::Twilio,
+            format!("too many bad messages ({messages}): call ended"),
+        );
+        self.out(Output::CloseModel);
+        self.out(Output::CloseTwilio);
+        self.finish(CloseReason::TooManyBadMessages { messages });
+    }
+
     /// The Twilio WebSocket closed or failed.
     pub fn handle_twilio_closed(&mut self, _now: Instant, why: &str) {
         if self.ended.is_some() {

@@ -98,6 +98,12 @@ pub enum CloseReason {
         /// The server's message (or what the `session.updated` showed).
         message: String,
     },
+    /// Twilio kept sending bad messages: more than the session's bad-message budget
+    /// (`SessionOptions::bad_message_budget`); `messages` bad ones in the whole call.
+    TooManyBadMessages {
+        /// Bad messages seen in the call.
+        messages: u64,
+    },
 }
 
 impl fmt::Display for CloseReason {
@@ -120,6 +126,9 @@ impl fmt::Display for CloseReason {
                 "unsupported twilio media format {encoding:?}, {sample_rate} Hz, {channels} \
                  channel(s) (only audio/x-mulaw, 8000 Hz, mono)"
             ),
+            CloseReason::TooManyBadMessages { messages } => {
+                write!(f, "twilio sent too many bad messages ({messages})")
+            }
             CloseReason::TwilioSilent => f.write_str("twilio stream went silent"),
             CloseReason::Panicked(e) => write!(f, "panicked: {e}"),
             CloseReason::ModelConfigRejected { param, message } => write!(

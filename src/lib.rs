@@ -49,6 +49,7 @@ pub mod events;
 pub mod http;
 pub mod inbound;
 mod inbox;
+pub mod limits;
 pub mod logging;
 pub mod model;
 pub mod mulaw;

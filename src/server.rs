@@ -239,8 +239,9 @@ impl Default for ServerConfig {
 impl ServerConfig {
     /// Settings that read no environment variable: listen on `127.0.0.1:5050`, no public URL,
     /// no auth token (so no signature checks and no stream tokens), no greeting,
-    /// [`SessionOptions::new`] without an API key, Twilio messages over 64 KiB end the call,
-    /// 10 s for a request head, 2000 open connections, 30 s shutdown grace, 64 KiB webhook
+    /// [`SessionOptions::new`] without an API key, Twilio messages over 64 KiB skipped
+    /// (`session.max_twilio_message`) and over 1 MiB ending the call with close code 1009
+    /// (`twilio_ws.max_message_size`), 10 s for a request head, 2000 open connections, 30 s shutdown grace, 64 KiB webhook
     /// bodies.
     pub fn new() -> ServerConfig {
         ServerConfig {
@@ -249,11 +250,9 @@ impl ServerConfig {
             twilio_auth_token: None,
             greeting: None,
             session: SessionOptions::new(None),
-            twilio_ws: WsConfig {
-                // Twilio's frames are ~400 bytes; anything near this is not Twilio.
-                max_message_size: 64 * 1024,
-                ..WsConfig::default()
-            },
+            // The hard cap (1 MiB, WsConfig's default) ends a call with 1009; messages over
+            // `session.max_twilio_message` (64 KiB) are skipped and the call goes on.
+            twilio_ws: WsConfig::default(),
             header_timeout: Duration::from_secs(10),
             max_connections: 2000,
             shutdown_grace: Duration::from_secs(30),

@@ -41,6 +41,7 @@ use crate::call_info::{CallInfo, WebhookForm};
 use crate::events::{CloseReason, ErrorSource, HistoryItem, SessionEvent, TransportEvent};
 use crate::inbound::{InboundAudio, InboundConfig, InboundStats};
 use crate::inbox::{inbox, InboxReceiver, InboxSender};
+use crate::limits::{BadInput, BadMessageBudget, BadVerdict, LogLimiter};
 use crate::model::{write_append_json, ServerEvent};
 use crate::playback::MarkName;
 use crate::recording::{CallerMeter, Record, RecordTo, Recorder, RecorderThread};
@@ -170,7 +171,20 @@ pub struct SessionOptions {
     /// Record the call's timeline (no audio, no keys) to a JSON-lines file; see
     /// [`crate::recording`]. Default: off, which costs nothing.
     pub recording: Option<RecordTo>,
+    /// Twilio messages longer than this (in bytes) are reported and skipped unread; the call
+    /// goes on. Default 64 KiB (Twilio's largest, a `start` with custom parameters, is a few
+    /// KiB). The hard cap that ends the call with close code 1009 is the socket's
+    /// [`WsConfig::max_message_size`] (1 MiB by default).
+    pub max_twilio_message: usize,
+    /// How many bad Twilio messages (malformed, unknown, invalid base64, binary, oversized) the
+    /// call takes before it ends with [`CloseReason::TooManyBadMessages`]. Default: bursts of
+    /// 100, 10 a second forgiven.
+    pub bad_message_budget: BadMessageBudget,
 }
+
+/// Bad-input log lines of one call and one peer: at most one per this interval, with the
+/// count of those held back (every bad message is still reported as an error event).
+pub const BAD_INPUT_LOG_INTERVAL: Duration = Duration::from_secs(5);
 
 impl std::fmt::Debug for SessionOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -182,6 +196,8 @@ impl std::fmt::Debug for SessionOptions {
             .field("start_check", &self.start_check.is_some())
             .field("webhook_fields", &self.webhook_fields.is_some())
             .field("recording", &self.recording)
+            .field("max_twilio_message", &self.max_twilio_message)
+            .field("bad_message_budget", &self.bad_message_budget)
             .finish()
     }
 }
@@ -209,6 +225,8 @@ impl SessionOptions {
             start_check: None,
             webhook_fields: None,
             recording: None,
+            max_twilio_message: 64 * 1024,
+            bad_message_budget: BadMessageBudget::default(),
         }
     }
 
@@ -251,6 +269,8 @@ impl std::error::Error for SessionError {
 enum ShellMsg {
     Twilio(TwilioMessage),
     TwilioBad(String),
+    /// Twilio spent its bad-message budget (bad messages in the call).
+    TwilioOverBudget(u64),
     TwilioClosed(String),
     ModelConnected(u64, WsConn),
     ModelConnectFailed(u64, String),
@@ -434,14 +454,17 @@ impl Session {
         }
 
         let twilio_duplex = {
-            let tx = shell_tx.clone();
-            let lane = lane.clone();
-            let events = event_tx.clone();
-            let transport = opts.transport_events;
+            let mut reader = TwilioReader {
+                tx: shell_tx.clone(),
+                lane: lane.clone(),
+                events: event_tx.clone(),
+                transport: opts.transport_events,
+                max_message: opts.max_twilio_message,
+                bad: BadInput::new(opts.bad_message_budget, BAD_INPUT_LOG_INTERVAL),
+                cut_off: false,
+            };
             twilio
-                .spawn("twilio", move |inc| {
-                    twilio_incoming(inc, &tx, &lane, &events, transport)
-                })
+                .spawn("twilio", move |inc| reader.on_message(inc))
                 .map_err(SessionError::Twilio)?
         };
 
@@ -505,87 +528,156 @@ fn spawn_model_connect(gen: u64, opts: &ModelOptions, tx: InboxSender<ShellMsg>)
     }
 }
 
-/// Runs on the Twilio reader thread for every message.
-fn twilio_incoming(
-    inc: Incoming,
-    tx: &InboxSender<ShellMsg>,
-    lane: &Mutex<Lane>,
-    events: &Sender<SessionEvent>,
+/// The Twilio reader thread's state: what it needs to route messages, and the call's
+/// bad-input budget and log rate limit.
+struct TwilioReader {
+    tx: InboxSender<ShellMsg>,
+    lane: Arc<Mutex<Lane>>,
+    events: Sender<SessionEvent>,
     transport: TransportEvents,
-) {
-    match inc {
-        Incoming::Text(text) => {
-            let text: &str = text.as_ref();
-            #[cfg(test)]
-            if text.contains(TEST_PANIC_MARKER) {
-                panic!("injected panic in the twilio reader");
+    max_message: usize,
+    bad: BadInput,
+    /// The budget is spent and the call is ending: further messages are dropped.
+    cut_off: bool,
+}
+
+impl TwilioReader {
+    /// Reports one bad message: an error event always, a log line at most every
+    /// [`BAD_INPUT_LOG_INTERVAL`], and the end of the call once the budget is spent.
+    fn bad(&mut self, why: String) {
+        let verdict = self.bad.on_bad(Instant::now());
+        let logged = why.clone();
+        self.report(verdict, why, &logged);
+    }
+
+    /// `logged` is what the log line says (`why` may carry the peer's own text, which log
+    /// lines never do; see [`crate::logging`]).
+    fn report(&mut self, verdict: BadVerdict, why: String, logged: &str) {
+        match verdict {
+            BadVerdict::Log { suppressed: 0 } => {
+                log::warn!(target: TWILIO_LOG, "bad message from twilio skipped: {logged}")
             }
-            match TwilioMessage::parse(text) {
-                Ok(TwilioMessage::Media(m)) => {
-                    if transport == TransportEvents::All {
-                        let _ = events.send(SessionEvent::Transport(
-                            TransportEvent::TwilioMessage(text.to_owned()),
-                        ));
-                    }
-                    let ts = m.media.timestamp_ms();
-                    lock(lane).on_media(Instant::now(), &m.media.payload, ts);
-                }
-                Ok(msg) => {
-                    if transport != TransportEvents::None {
-                        // `start` carries the one-time stream token: never in an event.
-                        let raw = if matches!(msg, TwilioMessage::Start(_)) {
-                            crate::redact::twilio_start(text)
-                        } else {
-                            text.to_owned()
-                        };
-                        let _ = events
-                            .send(SessionEvent::Transport(TransportEvent::TwilioMessage(raw)));
-                    }
-                    if let TwilioMessage::Start(s) = &msg {
-                        // A stream in a format the bridge does not speak is refused by the
-                        // core; the lane stops it here, before the next frame is read.
-                        lock(lane).inbound.on_start(&s.start.media_format);
-                    }
-                    let TwilioMessage::Mark(m) = msg else {
-                        let _ = tx.send(ShellMsg::Twilio(msg));
-                        return;
-                    };
-                    // Most echoes are chunk marks, which only move the playback position the
-                    // next barge-in will read; they wait in the lane with their arrival time
-                    // and the session thread applies them the next time it wakes (for the
-                    // next delta, a barge-in, a timer), which saves a wake-up per mark. An
-                    // item's last mark, a round-trip probe or anything unexpected can change
-                    // what happens next (audio stopped, end of a drain), so it wakes it now.
-                    let urgent =
-                        !matches!(MarkName::parse(&m.mark.name), Some(MarkName::Chunk { .. }));
-                    let wake = {
-                        let mut l = lock(lane);
-                        l.marks.push((Instant::now(), TwilioMessage::Mark(m)));
-                        urgent || l.marks.len() >= MAX_DEFERRED_MARKS
-                    };
-                    if wake {
-                        let _ = tx.send(ShellMsg::Marks);
-                    }
-                }
-                Err(e) => {
-                    log::warn!(target: TWILIO_LOG, "bad message from twilio: {e}");
-                    let _ = tx.send(ShellMsg::TwilioBad(e.to_string()));
-                }
+            BadVerdict::Log { suppressed } => log::warn!(
+                target: TWILIO_LOG,
+                "bad message from twilio skipped: {logged} ({suppressed} more since the last line)"
+            ),
+            BadVerdict::Quiet => {}
+            BadVerdict::OverBudget { total } => {
+                self.cut_off = true;
+                let _ = self.tx.send(ShellMsg::TwilioOverBudget(total));
+                return;
             }
         }
-        Incoming::Binary(_) => {
-            log::warn!(target: TWILIO_LOG, "binary frame from twilio ignored");
-            let _ = tx.send(ShellMsg::TwilioBad("binary frame ignored".into()));
+        let _ = self.tx.send(ShellMsg::TwilioBad(why));
+    }
+
+    /// Runs on the Twilio reader thread for every message.
+    fn on_message(&mut self, inc: Incoming) {
+        if self.cut_off && matches!(inc, Incoming::Text(_) | Incoming::Binary(_)) {
+            return;
         }
-        Incoming::Closed(_) => {
-            let _ = tx.send(ShellMsg::TwilioClosed("closed by twilio".into()));
+        match inc {
+            Incoming::Text(text) => {
+                let text: &str = text.as_ref();
+                #[cfg(test)]
+                if text.contains(TEST_PANIC_MARKER) {
+                    panic!("injected panic in the twilio reader");
+                }
+                if text.len() > self.max_message {
+                    self.bad(format!(
+                        "message of {} bytes is over the {} byte limit",
+                        text.len(),
+                        self.max_message
+                    ));
+                    return;
+                }
+                match TwilioMessage::parse(text) {
+                    Ok(msg) => self.on_twilio(text, msg),
+                    Err(e) => self.bad(e.to_string()),
+                }
+            }
+            Incoming::Binary(b) => {
+                self.bad(format!("binary frame of {} bytes ignored", b.len()));
+            }
+            Incoming::Closed(_) => {
+                let _ = self
+                    .tx
+                    .send(ShellMsg::TwilioClosed("closed by twilio".into()));
+            }
+            Incoming::Error(WsError::HandlerPanicked(why)) => {
+                let _ = self
+                    .tx
+                    .send(ShellMsg::Panicked(format!("twilio reader: {why}")));
+            }
+            Incoming::Error(e) => {
+                log::warn!(target: TWILIO_LOG, "twilio socket failed: {e}");
+                let _ = self.tx.send(ShellMsg::TwilioClosed(e.to_string()));
+            }
         }
-        Incoming::Error(WsError::HandlerPanicked(why)) => {
-            let _ = tx.send(ShellMsg::Panicked(format!("twilio reader: {why}")));
-        }
-        Incoming::Error(e) => {
-            log::warn!(target: TWILIO_LOG, "twilio socket failed: {e}");
-            let _ = tx.send(ShellMsg::TwilioClosed(e.to_string()));
+    }
+
+    fn on_twilio(&mut self, text: &str, msg: TwilioMessage) {
+        let (tx, lane, events, transport) = (&self.tx, &self.lane, &self.events, self.transport);
+        match msg {
+            TwilioMessage::Unknown(v) => {
+                // Kept whole for the application (a transport event); not sent to the core.
+                // Not the peer's fault (Twilio may add events), so not counted against the
+                // budget.
+                let name = v.get("event").and_then(|e| e.as_str()).unwrap_or("");
+                let why = format!("unknown twilio event {name:?} skipped");
+                if transport != TransportEvents::None {
+                    let _ = events.send(SessionEvent::Transport(TransportEvent::TwilioMessage(
+                        text.to_owned(),
+                    )));
+                }
+                let verdict = self.bad.on_odd(Instant::now());
+                self.report(verdict, why, "unknown event type");
+            }
+            TwilioMessage::Media(m) => {
+                if transport == TransportEvents::All {
+                    let _ = events.send(SessionEvent::Transport(TransportEvent::TwilioMessage(
+                        text.to_owned(),
+                    )));
+                }
+                let ts = m.media.timestamp_ms();
+                lock(lane).on_media(Instant::now(), &m.media.payload, ts);
+            }
+            msg => {
+                if transport != TransportEvents::None {
+                    // `start` carries the one-time stream token: never in an event.
+                    let raw = if matches!(msg, TwilioMessage::Start(_)) {
+                        crate::redact::twilio_start(text)
+                    } else {
+                        text.to_owned()
+                    };
+                    let _ =
+                        events.send(SessionEvent::Transport(TransportEvent::TwilioMessage(raw)));
+                }
+                if let TwilioMessage::Start(s) = &msg {
+                    // A stream in a format the bridge does not speak is refused by the
+                    // core; the lane stops it here, before the next frame is read.
+                    lock(lane).inbound.on_start(&s.start.media_format);
+                }
+                let TwilioMessage::Mark(m) = msg else {
+                    let _ = tx.send(ShellMsg::Twilio(msg));
+                    return;
+                };
+                // Most echoes are chunk marks, which only move the playback position the
+                // next barge-in will read; they wait in the lane with their arrival time
+                // and the session thread applies them the next time it wakes (for the
+                // next delta, a barge-in, a timer), which saves a wake-up per mark. An
+                // item's last mark, a round-trip probe or anything unexpected can change
+                // what happens next (audio stopped, end of a drain), so it wakes it now.
+                let urgent = !matches!(MarkName::parse(&m.mark.name), Some(MarkName::Chunk { .. }));
+                let wake = {
+                    let mut l = lock(lane);
+                    l.marks.push((Instant::now(), TwilioMessage::Mark(m)));
+                    urgent || l.marks.len() >= MAX_DEFERRED_MARKS
+                };
+                if wake {
+                    let _ = tx.send(ShellMsg::Marks);
+                }
+            }
         }
     }
 }
@@ -694,6 +786,7 @@ impl Shell {
                 source: ErrorSource::Twilio,
                 message: e,
             }),
+            ShellMsg::TwilioOverBudget(total) => self.core.handle_twilio_over_budget(now, total),
             ShellMsg::TwilioClosed(why) => self.core.handle_twilio_closed(now, &why),
             ShellMsg::ModelConnected(gen, conn) => {
                 if gen != self.model_gen || self.core.ended().is_some() {
@@ -782,8 +875,9 @@ impl Shell {
         let tx = self.shell_tx.clone();
         let events = self.events.clone();
         let transport = self.transport;
+        let mut log = LogLimiter::new(BAD_INPUT_LOG_INTERVAL);
         let spawned = conn.spawn("model", move |inc| {
-            model_incoming(gen, inc, &tx, &events, transport)
+            model_incoming(gen, inc, &tx, &events, transport, &mut log)
         });
         match spawned {
             Ok(d) => {
@@ -978,6 +1072,7 @@ fn model_incoming(
     tx: &InboxSender<ShellMsg>,
     events: &Sender<SessionEvent>,
     transport: TransportEvents,
+    log: &mut LogLimiter,
 ) {
     match inc {
         Incoming::Text(text) => {
@@ -999,13 +1094,22 @@ fn model_incoming(
                     let _ = tx.send(ShellMsg::Model(gen, ev));
                 }
                 Err(e) => {
-                    log::warn!(target: MODEL_LOG, "bad event from the model: {e}");
+                    match log.check(Instant::now()) {
+                        Some(0) => log::warn!(target: MODEL_LOG, "bad event from the model: {e}"),
+                        Some(n) => log::warn!(
+                            target: MODEL_LOG,
+                            "bad event from the model: {e} ({n} more since the last line)"
+                        ),
+                        None => {}
+                    }
                     let _ = tx.send(ShellMsg::ModelBad(gen, e.to_string()));
                 }
             }
         }
         Incoming::Binary(_) => {
-            log::warn!(target: MODEL_LOG, "binary frame from the model ignored");
+            if log.check(Instant::now()).is_some() {
+                log::warn!(target: MODEL_LOG, "binary frame from the model ignored");
+            }
         }
         Incoming::Closed(c) => {
             let why = c.map(|c| c.to_string()).unwrap_or_else(|| "closed".into());
