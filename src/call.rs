@@ -1005,20 +1005,20 @@ impl CallCore {
             ServerEvent::ConversationItemTruncated(e) => {
                 if let Some(h) = self.history.iter_mut().find(|h| h.item_id == e.item_id) {
                     h.truncated = Some(e.audio_end_ms);
-                    self.history_updated();
+                    self.history_updated(&e.item_id);
                 }
             }
             ServerEvent::ConversationItemDeleted(e) => {
                 let before = self.history.len();
                 self.history.retain(|h| h.item_id != e.item_id);
                 if self.history.len() != before {
-                    self.history_updated();
+                    self.event(SessionEvent::HistoryRemoved { item_id: e.item_id });
                 }
             }
             ServerEvent::InputAudioTranscriptionCompleted(e) => {
                 if let Some(h) = self.history.iter_mut().find(|h| h.item_id == e.item_id) {
                     h.text = e.transcript;
-                    self.history_updated();
+                    self.history_updated(&e.item_id);
                 }
             }
             ServerEvent::ResponseCreated(e) => {
@@ -1715,7 +1715,7 @@ impl CallCore {
             h.text = snapshot.clone();
         }
         if done {
-            self.history_updated();
+            self.history_updated(item_id);
         }
         let guardrails = self.agent.guardrails().to_vec();
         if guardrails.is_empty()
@@ -1808,12 +1808,17 @@ impl CallCore {
         }
         h.status = fresh.status;
         h.kind = fresh.kind;
-        self.history_updated();
+        self.history_updated(id);
     }
 
-    fn history_updated(&mut self) {
-        let h = self.history.clone();
-        self.event(SessionEvent::HistoryUpdated(h));
+    /// Reports the item that changed, not the whole history: a copy of the whole history on
+    /// every change would cost O(n²) over a long call. `SessionHandle::history()` gives the
+    /// whole of it on demand.
+    fn history_updated(&mut self, item_id: &str) {
+        if let Some(h) = self.history.iter().find(|h| h.item_id == item_id) {
+            let h = h.clone();
+            self.event(SessionEvent::HistoryUpdated(h));
+        }
     }
 
     // ----------------------------------------------------------------------------------------

@@ -273,7 +273,10 @@ impl Drop for EventReceiver {
         let freed = {
             let mut st = self.0.lock();
             st.receiver = false;
-            (std::mem::take(&mut st.droppable), std::mem::take(&mut st.kept))
+            (
+                std::mem::take(&mut st.droppable),
+                std::mem::take(&mut st.kept),
+            )
         };
         drop(freed);
     }
@@ -302,7 +305,9 @@ mod tests {
         let (tx, rx) = event_queue(4);
         tx.send(dtmf(1));
         tx.send(audio(1));
-        tx.send(SessionEvent::Transport(TransportEvent::ModelEvent("m".into())));
+        tx.send(SessionEvent::Transport(TransportEvent::ModelEvent(
+            "m".into(),
+        )));
         tx.send(dtmf(2));
         // Full: the next two push out audio 1, then the transport event.
         tx.send(dtmf(3));
@@ -333,7 +338,10 @@ mod tests {
                 }
             ]
         );
-        assert_eq!(rx.recv_timeout(Duration::ZERO), Err(RecvTimeoutError::Disconnected));
+        assert_eq!(
+            rx.recv_timeout(Duration::ZERO),
+            Err(RecvTimeoutError::Disconnected)
+        );
         assert_eq!(rx.peak(), 4);
     }
 
@@ -352,7 +360,10 @@ mod tests {
         }
         assert_eq!(rx.len(), 100);
         assert_eq!(rx.dropped(), 99_900);
-        assert_eq!(rx.recv_timeout(Duration::from_millis(1)), Ok(SessionEvent::EventsDropped { count: 99_900 }));
+        assert_eq!(
+            rx.recv_timeout(Duration::from_millis(1)),
+            Ok(SessionEvent::EventsDropped { count: 99_900 })
+        );
         assert_eq!(rx.try_recv(), Some(audio(99_900)));
     }
 

@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+pub use crate::event_queue::{EventReceiver, RecvTimeoutError};
+
 /// One entry of the conversation history, kept from the model's `conversation.item.*` events
 /// and transcripts. Transcripts survive truncation: the server forgets the text of audio the
 /// caller did not hear, the history keeps it and marks the item [`HistoryItem::truncated`].
@@ -261,8 +263,16 @@ pub enum SessionEvent {
     },
     /// A new item joined the history.
     HistoryAdded(HistoryItem),
-    /// The history changed; the whole history as it now is.
-    HistoryUpdated(Vec<HistoryItem>),
+    /// An item of the history changed (its text, status, truncation or kind): the item as it
+    /// now is; match it to the one from [`SessionEvent::HistoryAdded`] by `item_id`. Only the
+    /// changed item is sent, so a long call does not copy its whole history on every change;
+    /// `SessionHandle::history()` returns all of it.
+    HistoryUpdated(HistoryItem),
+    /// An item left the history (the model deleted it).
+    HistoryRemoved {
+        /// The item's id.
+        item_id: String,
+    },
     /// The caller pressed a key.
     Dtmf {
         /// The digit (`0`–`9`, `*`, `#`).
@@ -278,6 +288,13 @@ pub enum SessionEvent {
     /// A raw message from one of the two sockets, as JSON text (see the session options for
     /// which ones are reported).
     Transport(TransportEvent),
+    /// The application did not keep up with the events: `count` were dropped from the full
+    /// queue since the last event it read (the oldest audio and transport events first; see
+    /// `SessionOptions::event_capacity`). Delivered before the next event after the gap.
+    EventsDropped {
+        /// Events dropped.
+        count: u64,
+    },
     /// The session ended; every thread of the call has exited or is about to.
     Closed {
         /// Why.

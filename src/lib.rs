@@ -45,6 +45,7 @@
 pub mod agent;
 pub mod call;
 pub mod call_info;
+mod event_queue;
 pub mod events;
 pub mod http;
 pub mod inbound;

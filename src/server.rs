@@ -62,7 +62,8 @@ use crate::outbound::{
     self, MachineDetection, OutboundCall, RestError, StatusCallback, TwilioRest,
 };
 use crate::session::{
-    AgentForCall, AgentSource, Session, SessionHandle, SessionOptions, TransportEvents,
+    AgentForCall, AgentSource, Session, SessionCloser, SessionHandle, SessionOptions,
+    TransportEvents,
 };
 use crate::signature;
 use crate::token::{StreamTokens, TOKEN_PARAMETER};
@@ -367,7 +368,7 @@ struct Shared {
     busy: AtomicU64,
     accept_errors: AtomicU64,
     open_connections: AtomicUsize,
-    sessions: Mutex<Vec<(u64, crossbeam_channel::Sender<()>)>>,
+    sessions: Mutex<Vec<(u64, SessionCloser)>>,
     /// Signal iterators to close when the server stops (see [`stop_on_signals`]).
     signals: Mutex<Vec<signal_hook::iterator::Handle>>,
 }
@@ -587,7 +588,7 @@ impl Server {
             log::warn!(target: LOG, "grace period over; closing live calls");
             if let Ok(s) = self.shared.sessions.lock() {
                 for (_, closer) in s.iter() {
-                    let _ = closer.send(());
+                    closer.close();
                 }
             }
             let hard = Instant::now() + Duration::from_secs(5);
@@ -1069,51 +1070,36 @@ impl ConnCtx {
                 return;
             }
         };
-        let (close_tx, close_rx) = crossbeam_channel::bounded::<()>(1);
         if let Ok(mut s) = self.shared.sessions.lock() {
-            s.push((call_no, close_tx));
+            s.push((call_no, handle.closer()));
         }
-        self.pump(call_no, &handle, &close_rx);
+        self.pump(call_no, &handle);
         handle.join();
     }
 
-    fn pump(
-        &self,
-        call_no: u64,
-        handle: &SessionHandle,
-        close_rx: &crossbeam_channel::Receiver<()>,
-    ) {
+    fn pump(&self, call_no: u64, handle: &SessionHandle) {
         let mut hook_panicked = false;
-        loop {
-            crossbeam_channel::select! {
-                recv(handle.events()) -> ev => match ev {
-                    Ok(ev) => {
-                        if let Some(h) = &self.hook {
-                            // The hook is application code: a panic in it ends this call
-                            // (`CloseReason::Panicked`), never the server; the hook still
-                            // sees the rest of the call's events, `Closed` included.
-                            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(
-                                || h(call_no, &ev),
-                            ));
-                            if let Err(p) = ran {
-                                let why = crate::ws::panic_text(p.as_ref());
-                                if !hook_panicked {
-                                    hook_panicked = true;
-                                    log::error!(target: LOG, "call {call_no}: event hook panicked: {why}");
-                                    handle.end_after_panic(format!("event hook: {why}"));
-                                } else {
-                                    log::debug!(target: LOG, "call {call_no}: event hook panicked again: {why}");
-                                }
-                            }
-                        }
-                        if let SessionEvent::Closed { reason } = &ev {
-                            log::info!(target: LOG, "call {call_no}: ended ({reason})");
-                            return;
-                        }
+        while let Some(ev) = handle.events().recv() {
+            if let Some(h) = &self.hook {
+                // The hook is application code: a panic in it ends this call
+                // (`CloseReason::Panicked`), never the server; the hook still
+                // sees the rest of the call's events, `Closed` included.
+                let ran =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h(call_no, &ev)));
+                if let Err(p) = ran {
+                    let why = crate::ws::panic_text(p.as_ref());
+                    if !hook_panicked {
+                        hook_panicked = true;
+                        log::error!(target: LOG, "call {call_no}: event hook panicked: {why}");
+                        handle.end_after_panic(format!("event hook: {why}"));
+                    } else {
+                        log::debug!(target: LOG, "call {call_no}: event hook panicked again: {why}");
                     }
-                    Err(_) => return,
-                },
-                recv(close_rx) -> _ => handle.close(),
+                }
+            }
+            if let SessionEvent::Closed { reason } = &ev {
+                log::info!(target: LOG, "call {call_no}: ended ({reason})");
+                return;
             }
         }
     }

@@ -28,16 +28,17 @@
 //! session.join();
 //! ```
 
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{unbounded, Receiver, Sender};
 use tungstenite::Message;
 
 use crate::agent::Agent;
-use crate::call::{CallCore, CallOptions, Command, GuardrailRun, Output};
+use crate::call::{CallCore, CallOptions, Command, GuardrailRun, Output, ToolRun};
 use crate::call_info::{CallInfo, WebhookForm};
+use crate::event_queue::{event_queue, EventReceiver, EventSender};
 use crate::events::{CloseReason, ErrorSource, HistoryItem, SessionEvent, TransportEvent};
 use crate::inbound::{InboundAudio, InboundConfig, InboundStats};
 use crate::inbox::{inbox, InboxReceiver, InboxSender};
@@ -180,6 +181,19 @@ pub struct SessionOptions {
     /// call takes before it ends with [`CloseReason::TooManyBadMessages`]. Default: bursts of
     /// 100, 10 a second forgiven.
     pub bad_message_budget: BadMessageBudget,
+    /// Most events waiting for the application in [`SessionHandle::events`]. When it is full
+    /// the oldest audio and transport event is dropped (else the oldest event), never
+    /// blocking the call; [`SessionEvent::EventsDropped`] says how many. Default 1,024.
+    pub event_capacity: usize,
+    /// Most messages waiting for the session thread from the sockets and the application.
+    /// When it is full the Twilio and model readers wait (they stop reading their socket, so
+    /// the peer's TCP window fills, not our memory) and so do commands; socket closes,
+    /// connections and tool results are never held back. Default 1,024.
+    pub inbox_capacity: usize,
+    /// Most tool calls of this call running at once (each on its own worker thread, counted
+    /// until the tool returns, even after its timeout). One more gets an error output the
+    /// model can say ("too many tools are running") instead of a thread. Default 8.
+    pub max_tool_workers: usize,
 }
 
 /// Bad-input log lines of one call and one peer: at most one per this interval, with the
@@ -198,6 +212,9 @@ impl std::fmt::Debug for SessionOptions {
             .field("recording", &self.recording)
             .field("max_twilio_message", &self.max_twilio_message)
             .field("bad_message_budget", &self.bad_message_budget)
+            .field("event_capacity", &self.event_capacity)
+            .field("inbox_capacity", &self.inbox_capacity)
+            .field("max_tool_workers", &self.max_tool_workers)
             .finish()
     }
 }
@@ -227,6 +244,9 @@ impl SessionOptions {
             recording: None,
             max_twilio_message: 64 * 1024,
             bad_message_budget: BadMessageBudget::default(),
+            event_capacity: 1024,
+            inbox_capacity: 1024,
+            max_tool_workers: 8,
         }
     }
 
@@ -280,7 +300,7 @@ enum ShellMsg {
     ToolDone(String, Result<String, String>),
     GuardrailDone(GuardrailRun, Option<(String, String)>),
     Command(Command),
-    History(Sender<Vec<HistoryItem>>),
+    History(crossbeam_channel::Sender<Vec<HistoryItem>>),
     /// Deferred marks are waiting in the lane and one of them matters now.
     Marks,
     /// A socket reader's handler or the application's event hook panicked: end the call.
@@ -298,7 +318,17 @@ struct Lane {
     marks: Vec<(Instant, TwilioMessage)>,
     /// The caller's loudness for the call's recording, if it is recorded.
     meter: Option<CallerMeter>,
+    /// A `ShellMsg::Marks` wake-up is queued and not handled yet (one is enough).
+    marks_wake_queued: bool,
+    /// Marks dropped because [`MAX_LANE_MARKS`] were waiting.
+    marks_dropped: u64,
 }
+
+/// Most echoed marks waiting in the lane. A real Twilio echoes a mark per chunk as it plays
+/// (about 10 a second); only a peer that floods marks while the session thread is busy
+/// reaches this. Then the oldest chunk mark goes (a later one moves the playback position
+/// past it), or, with none, the new mark; counted in [`QueueStats::marks_dropped`].
+const MAX_LANE_MARKS: usize = 1024;
 
 /// Deferred marks after which the reader wakes the session thread anyway (a peer that floods
 /// chunk-like marks cannot grow the lane without bound).
@@ -426,8 +456,8 @@ impl Session {
             AgentSource::PerCall(f) => (Agent::new("pending", ""), Some(f)),
         };
         let call_info = Arc::new(OnceLock::new());
-        let (shell_tx, shell_rx) = inbox::<ShellMsg>();
-        let (event_tx, event_rx) = unbounded::<SessionEvent>();
+        let (shell_tx, shell_rx) = inbox::<ShellMsg>(opts.inbox_capacity);
+        let (event_tx, event_rx) = event_queue(opts.event_capacity);
         let (mut recorder, recorder_thread) = match opts.recording.as_ref() {
             Some(to) => Recorder::start(to, start).unzip(),
             None => (None, None),
@@ -438,6 +468,8 @@ impl Session {
             buf: String::with_capacity(512),
             marks: Vec::with_capacity(16),
             meter: recorder.clone().map(CallerMeter::new),
+            marks_wake_queued: false,
+            marks_dropped: 0,
         }));
 
         // Model connection first: it is the slow part. With a start check it waits for a
@@ -462,6 +494,7 @@ impl Session {
                 max_message: opts.max_twilio_message,
                 bad: BadInput::new(opts.bad_message_budget, BAD_INPUT_LOG_INTERVAL),
                 cut_off: false,
+                marks_log: LogLimiter::new(BAD_INPUT_LOG_INTERVAL),
             };
             twilio
                 .spawn("twilio", move |inc| reader.on_message(inc))
@@ -469,6 +502,7 @@ impl Session {
         };
 
         let core = CallCore::new(agent, call_opts, start);
+        let counters = Arc::new(Counters::default());
         let shell = Shell {
             core,
             lane: lane.clone(),
@@ -491,6 +525,10 @@ impl Session {
             recorder,
             recorder_thread,
             closed_sent: false,
+            model_cancel: Arc::new(AtomicBool::new(false)),
+            tool_workers: Arc::new(AtomicUsize::new(0)),
+            max_tool_workers: opts.max_tool_workers,
+            counters: counters.clone(),
         };
         let thread = thread::Builder::new()
             .name("session".into())
@@ -503,6 +541,7 @@ impl Session {
             thread: Some(thread),
             lane,
             call_info,
+            counters,
         })
     }
 }
@@ -533,12 +572,14 @@ fn spawn_model_connect(gen: u64, opts: &ModelOptions, tx: InboxSender<ShellMsg>)
 struct TwilioReader {
     tx: InboxSender<ShellMsg>,
     lane: Arc<Mutex<Lane>>,
-    events: Sender<SessionEvent>,
+    events: EventSender,
     transport: TransportEvents,
     max_message: usize,
     bad: BadInput,
     /// The budget is spent and the call is ending: further messages are dropped.
     cut_off: bool,
+    /// Log lines about dropped marks.
+    marks_log: LogLimiter,
 }
 
 impl TwilioReader {
@@ -568,7 +609,7 @@ impl TwilioReader {
                 return;
             }
         }
-        let _ = self.tx.send(ShellMsg::TwilioBad(why));
+        let _ = self.tx.send_wait(ShellMsg::TwilioBad(why), None);
     }
 
     /// Runs on the Twilio reader thread for every message.
@@ -616,6 +657,18 @@ impl TwilioReader {
         }
     }
 
+    /// One rate-limited line when marks had to be dropped.
+    fn marks_log(&mut self, dropped: bool) {
+        if dropped {
+            if let Some(n) = self.marks_log.check(Instant::now()) {
+                log::warn!(
+                    target: TWILIO_LOG,
+                    "{MAX_LANE_MARKS} echoed marks waiting: a mark was dropped ({n} more since the last line)"
+                );
+            }
+        }
+    }
+
     fn on_twilio(&mut self, text: &str, msg: TwilioMessage) {
         let (tx, lane, events, transport) = (&self.tx, &self.lane, &self.events, self.transport);
         match msg {
@@ -626,7 +679,7 @@ impl TwilioReader {
                 let name = v.get("event").and_then(|e| e.as_str()).unwrap_or("");
                 let why = format!("unknown twilio event {name:?} skipped");
                 if transport != TransportEvents::None {
-                    let _ = events.send(SessionEvent::Transport(TransportEvent::TwilioMessage(
+                    events.send(SessionEvent::Transport(TransportEvent::TwilioMessage(
                         text.to_owned(),
                     )));
                 }
@@ -635,7 +688,7 @@ impl TwilioReader {
             }
             TwilioMessage::Media(m) => {
                 if transport == TransportEvents::All {
-                    let _ = events.send(SessionEvent::Transport(TransportEvent::TwilioMessage(
+                    events.send(SessionEvent::Transport(TransportEvent::TwilioMessage(
                         text.to_owned(),
                     )));
                 }
@@ -650,8 +703,7 @@ impl TwilioReader {
                     } else {
                         text.to_owned()
                     };
-                    let _ =
-                        events.send(SessionEvent::Transport(TransportEvent::TwilioMessage(raw)));
+                    events.send(SessionEvent::Transport(TransportEvent::TwilioMessage(raw)));
                 }
                 if let TwilioMessage::Start(s) = &msg {
                     // A stream in a format the bridge does not speak is refused by the
@@ -659,7 +711,8 @@ impl TwilioReader {
                     lock(lane).inbound.on_start(&s.start.media_format);
                 }
                 let TwilioMessage::Mark(m) = msg else {
-                    let _ = tx.send(ShellMsg::Twilio(msg));
+                    // Waits while the inbox is full (see `SessionOptions::inbox_capacity`).
+                    let _ = tx.send_wait(ShellMsg::Twilio(msg), None);
                     return;
                 };
                 // Most echoes are chunk marks, which only move the playback position the
@@ -669,14 +722,37 @@ impl TwilioReader {
                 // item's last mark, a round-trip probe or anything unexpected can change
                 // what happens next (audio stopped, end of a drain), so it wakes it now.
                 let urgent = !matches!(MarkName::parse(&m.mark.name), Some(MarkName::Chunk { .. }));
-                let wake = {
+                let (wake, dropped) = {
                     let mut l = lock(lane);
+                    let mut dropped = false;
+                    if l.marks.len() >= MAX_LANE_MARKS {
+                        let oldest_chunk = l.marks.iter().position(|(_, mk)| {
+                            matches!(mk, TwilioMessage::Mark(mk)
+                                if matches!(MarkName::parse(&mk.mark.name), Some(MarkName::Chunk { .. })))
+                        });
+                        l.marks_dropped = l.marks_dropped.saturating_add(1);
+                        dropped = true;
+                        match oldest_chunk {
+                            Some(i) => {
+                                l.marks.remove(i);
+                            }
+                            None => {
+                                // Nothing superseded to let go: this one goes.
+                                drop(l);
+                                self.marks_log(dropped);
+                                return;
+                            }
+                        }
+                    }
                     l.marks.push((Instant::now(), TwilioMessage::Mark(m)));
-                    urgent || l.marks.len() >= MAX_DEFERRED_MARKS
+                    let wake = (urgent || l.marks.len() >= MAX_DEFERRED_MARKS)
+                        && !std::mem::replace(&mut l.marks_wake_queued, true);
+                    (wake, dropped)
                 };
                 if wake {
                     let _ = tx.send(ShellMsg::Marks);
                 }
+                self.marks_log(dropped);
             }
         }
     }
@@ -690,7 +766,7 @@ struct Shell {
     model_gen: u64,
     model_opts: ModelOptions,
     shell_tx: InboxSender<ShellMsg>,
-    events: Sender<SessionEvent>,
+    events: EventSender,
     transport: TransportEvents,
     out_buf: String,
     /// Marks taken from the lane (capacity kept between turns).
@@ -710,6 +786,52 @@ struct Shell {
     recorder_thread: Option<RecorderThread>,
     /// `Closed` went to the application.
     closed_sent: bool,
+    /// Set before the current model connection's threads are joined: its reader stops
+    /// waiting for room in the inbox (nobody drains it while we join).
+    model_cancel: Arc<AtomicBool>,
+    /// Tool worker threads running now (timed-out ones included, until they return).
+    tool_workers: Arc<AtomicUsize>,
+    max_tool_workers: usize,
+    counters: Arc<Counters>,
+}
+
+/// Counts a running tool worker; dropped when the worker ends (or never started).
+struct WorkerSlot(Arc<AtomicUsize>);
+
+impl Drop for WorkerSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Counters the handle reads (see [`QueueStats`]).
+#[derive(Debug, Default)]
+struct Counters {
+    tools_refused: AtomicU64,
+    tool_workers_peak: AtomicUsize,
+}
+
+/// How full a session's bounded queues got, and what their bounds turned away; see
+/// [`SessionHandle::queue_stats`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct QueueStats {
+    /// Events waiting for the application now.
+    pub events_queued: usize,
+    /// The most events that waited at once (at most `SessionOptions::event_capacity`).
+    pub events_peak: usize,
+    /// Events dropped because the application did not read them in time.
+    pub events_dropped: u64,
+    /// The most messages that waited for the session thread at once.
+    pub inbox_peak: usize,
+    /// Times a socket reader or a command waited for room in the inbox.
+    pub inbox_waits: u64,
+    /// Echoed marks dropped from a flood (see the session docs).
+    pub marks_dropped: u64,
+    /// The most tool workers that ran at once.
+    pub tool_workers_peak: usize,
+    /// Tool calls refused with an error output because `max_tool_workers` were running.
+    pub tools_refused: u64,
 }
 
 impl Shell {
@@ -717,6 +839,9 @@ impl Shell {
         // A panic on this thread (the core, the application's start check) ends this call
         // only: the application still gets `Closed`, and both sockets close as usual.
         let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_loop(&rx)));
+        // Nothing is drained from here on: a reader waiting for room gives up at once, so
+        // the joins below cannot wait for it.
+        drop(rx);
         if let Err(p) = ran {
             let why = format!("session thread: {}", panic_text(p.as_ref()));
             log::error!(target: LOG, "call {} panicked: {why}", self.core.call_sid().unwrap_or("-"));
@@ -763,7 +888,11 @@ impl Shell {
     }
 
     fn apply_deferred_marks(&mut self) {
-        std::mem::swap(&mut lock(&self.lane).marks, &mut self.marks);
+        {
+            let mut l = lock(&self.lane);
+            std::mem::swap(&mut l.marks, &mut self.marks);
+            l.marks_wake_queued = false;
+        }
         for (at, mark) in self.marks.drain(..) {
             if let Some(r) = &mut self.recorder {
                 r.mark_echoed(at, &mark);
@@ -876,8 +1005,10 @@ impl Shell {
         let events = self.events.clone();
         let transport = self.transport;
         let mut log = LogLimiter::new(BAD_INPUT_LOG_INTERVAL);
+        let cancel = Arc::new(AtomicBool::new(false));
+        self.model_cancel = cancel.clone();
         let spawned = conn.spawn("model", move |inc| {
-            model_incoming(gen, inc, &tx, &events, transport, &mut log)
+            model_incoming(gen, inc, &tx, &events, transport, &mut log, &cancel)
         });
         match spawned {
             Ok(d) => {
@@ -890,7 +1021,7 @@ impl Shell {
     }
 
     fn emit(&self, e: SessionEvent) {
-        let _ = self.events.send(e);
+        self.events.send(e);
     }
 
     /// Performs the core's outputs; true once the call has ended.
@@ -942,15 +1073,7 @@ impl Shell {
                 Output::CallerSpeaking(s) => lock(&self.lane).inbound.set_caller_speaking(s),
                 Output::RunTool(mut run) => {
                     run.call.call_info = self.call_info.get().cloned();
-                    let tx = self.shell_tx.clone();
-                    let res = thread::Builder::new().name("tool".into()).spawn(move || {
-                        // (A tool that panics is reported as failed by `invoke`.)
-                        let result = run.tool.invoke(&run.call);
-                        let _ = tx.send(ShellMsg::ToolDone(run.call.call_id, result));
-                    });
-                    if let Err(e) = res {
-                        log::error!(target: LOG, "could not spawn a tool worker: {e}");
-                    }
+                    self.run_tool(run);
                 }
                 Output::RunGuardrails(run) => {
                     let tx = self.shell_tx.clone();
@@ -968,6 +1091,7 @@ impl Shell {
                 Output::ConnectModel => {
                     if let Some(m) = self.model.take() {
                         m.close();
+                        self.model_cancel.store(true, Ordering::SeqCst);
                         m.join();
                     }
                     self.model_gen += 1;
@@ -990,6 +1114,49 @@ impl Shell {
             }
         }
         ended
+    }
+
+    /// Runs a tool on a worker thread, unless `max_tool_workers` are running: then the model
+    /// gets an error output at once and no thread is started.
+    fn run_tool(&mut self, run: ToolRun) {
+        let call_id = run.call.call_id.clone();
+        let running = self.tool_workers.load(Ordering::SeqCst);
+        if running >= self.max_tool_workers {
+            self.counters.tools_refused.fetch_add(1, Ordering::Relaxed);
+            log::warn!(
+                target: LOG,
+                "{running} tools running: {} ({call_id}) refused",
+                run.call.name
+            );
+            self.core.handle_tool_result(
+                Instant::now(),
+                &call_id,
+                Err(format!(
+                    "too many tools are running at once ({running}); try again when one has finished"
+                )),
+            );
+            return;
+        }
+        let now_running = self.tool_workers.fetch_add(1, Ordering::SeqCst) + 1;
+        self.counters
+            .tool_workers_peak
+            .fetch_max(now_running, Ordering::Relaxed);
+        let slot = WorkerSlot(self.tool_workers.clone());
+        let tx = self.shell_tx.clone();
+        let res = thread::Builder::new().name("tool".into()).spawn(move || {
+            let _slot = slot;
+            // (A tool that panics is reported as failed by `invoke`.)
+            let result = run.tool.invoke(&run.call);
+            let _ = tx.send(ShellMsg::ToolDone(run.call.call_id, result));
+        });
+        if let Err(e) = res {
+            log::error!(target: LOG, "could not spawn a tool worker: {e}");
+            self.core.handle_tool_result(
+                Instant::now(),
+                &call_id,
+                Err(format!("the tool could not be started: {e}")),
+            );
+        }
     }
 
     fn send_twilio(&mut self, cmd: &TwilioCommand) {
@@ -1031,6 +1198,7 @@ impl Shell {
         // Give the writer a moment to flush the last frames, then close both sockets.
         if let Some(m) = self.model.take() {
             m.close();
+            self.model_cancel.store(true, Ordering::SeqCst);
             m.join();
         }
         lock(&self.lane).model = None;
@@ -1070,9 +1238,10 @@ fn model_incoming(
     gen: u64,
     inc: Incoming,
     tx: &InboxSender<ShellMsg>,
-    events: &Sender<SessionEvent>,
+    events: &EventSender,
     transport: TransportEvents,
     log: &mut LogLimiter,
+    cancel: &AtomicBool,
 ) {
     match inc {
         Incoming::Text(text) => {
@@ -1087,11 +1256,12 @@ fn model_incoming(
                     if transport == TransportEvents::All
                         || (transport == TransportEvents::Control && !audio)
                     {
-                        let _ = events.send(SessionEvent::Transport(TransportEvent::ModelEvent(
+                        events.send(SessionEvent::Transport(TransportEvent::ModelEvent(
                             text.to_owned(),
                         )));
                     }
-                    let _ = tx.send(ShellMsg::Model(gen, ev));
+                    // Waits while the inbox is full: the model's socket is not read meanwhile.
+                    let _ = tx.send_wait(ShellMsg::Model(gen, ev), Some(cancel));
                 }
                 Err(e) => {
                     match log.check(Instant::now()) {
@@ -1102,7 +1272,7 @@ fn model_incoming(
                         ),
                         None => {}
                     }
-                    let _ = tx.send(ShellMsg::ModelBad(gen, e.to_string()));
+                    let _ = tx.send_wait(ShellMsg::ModelBad(gen, e.to_string()), Some(cancel));
                 }
             }
         }
@@ -1129,11 +1299,29 @@ fn model_incoming(
 /// `close`). [`Session`] shows one in use.
 #[derive(Debug)]
 pub struct SessionHandle {
-    events: Receiver<SessionEvent>,
+    events: EventReceiver,
     tx: InboxSender<ShellMsg>,
     thread: Option<JoinHandle<()>>,
     lane: Arc<Mutex<Lane>>,
     call_info: Arc<OnceLock<Arc<CallInfo>>>,
+    counters: Arc<Counters>,
+}
+
+/// Closes a session from any thread (see [`SessionHandle::closer`]).
+#[derive(Clone)]
+pub struct SessionCloser(InboxSender<ShellMsg>);
+
+impl std::fmt::Debug for SessionCloser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionCloser")
+    }
+}
+
+impl SessionCloser {
+    /// Ends the call, like [`SessionHandle::close`].
+    pub fn close(&self) {
+        let _ = self.0.send(ShellMsg::Command(Command::Close));
+    }
 }
 
 impl std::fmt::Debug for ShellMsg {
@@ -1151,15 +1339,16 @@ impl std::fmt::Debug for Lane {
 }
 
 impl SessionHandle {
-    /// The session's events, in order. The last one is [`SessionEvent::Closed`]. Events
-    /// accumulate until read; drop interest by never calling this (they are freed with the
-    /// handle).
-    pub fn events(&self) -> &Receiver<SessionEvent> {
+    /// The session's events, in order. The last one is [`SessionEvent::Closed`]. At most
+    /// [`SessionOptions::event_capacity`] wait to be read: an application that reads late or
+    /// never loses the oldest audio and transport events first (told by
+    /// [`SessionEvent::EventsDropped`]), and the call is never slowed by it.
+    pub fn events(&self) -> &EventReceiver {
         &self.events
     }
 
     fn command(&self, c: Command) {
-        let _ = self.tx.send(ShellMsg::Command(c));
+        let _ = self.tx.send_wait(ShellMsg::Command(c), None);
     }
 
     /// Adds a user text message and asks for a response.
@@ -1225,7 +1414,7 @@ impl SessionHandle {
     /// The conversation so far (empty once the call has ended).
     pub fn history(&self) -> Vec<HistoryItem> {
         let (tx, rx) = crossbeam_channel::bounded(1);
-        if self.tx.send(ShellMsg::History(tx)).is_err() {
+        if self.tx.send_wait(ShellMsg::History(tx), None).is_err() {
             return Vec::new();
         }
         rx.recv_timeout(Duration::from_secs(5)).unwrap_or_default()
@@ -1244,6 +1433,26 @@ impl SessionHandle {
     /// Ends the call: both sockets are closed and the threads exit.
     pub fn close(&self) {
         self.command(Command::Close);
+    }
+
+    /// A handle that closes the call from another thread.
+    pub fn closer(&self) -> SessionCloser {
+        SessionCloser(self.tx.clone())
+    }
+
+    /// How full the call's bounded queues are and got (events, inbox, marks, tool workers).
+    pub fn queue_stats(&self) -> QueueStats {
+        let (inbox_peak, inbox_waits) = self.tx.stats();
+        QueueStats {
+            events_queued: self.events.len(),
+            events_peak: self.events.peak(),
+            events_dropped: self.events.dropped(),
+            inbox_peak,
+            inbox_waits,
+            marks_dropped: lock(&self.lane).marks_dropped,
+            tool_workers_peak: self.counters.tool_workers_peak.load(Ordering::Relaxed),
+            tools_refused: self.counters.tools_refused.load(Ordering::Relaxed),
+        }
     }
 
     /// Ends the call with [`CloseReason::Panicked`] (the server's event hook panicked).
@@ -1265,7 +1474,7 @@ impl SessionHandle {
 }
 
 /// Why a session closed, from its event stream: waits for [`SessionEvent::Closed`].
-pub fn wait_closed(events: &Receiver<SessionEvent>, timeout: Duration) -> Option<CloseReason> {
+pub fn wait_closed(events: &EventReceiver, timeout: Duration) -> Option<CloseReason> {
     // A timeout past what an Instant holds (Duration::MAX) means: wait as long as it takes.
     let deadline = Instant::now().checked_add(timeout);
     loop {
@@ -1292,11 +1501,10 @@ mod tests {
 
     #[test]
     fn wait_closed_takes_duration_max() {
-        let (tx, rx) = unbounded();
+        let (tx, rx) = crate::event_queue::event_queue(4);
         tx.send(SessionEvent::Closed {
             reason: CloseReason::Closed,
-        })
-        .unwrap();
+        });
         assert_eq!(wait_closed(&rx, Duration::MAX), Some(CloseReason::Closed));
     }
 

@@ -1254,8 +1254,25 @@ fn history_follows_items_and_transcripts_survive_truncation() {
     assert!(events(&out)
         .iter()
         .any(|e| matches!(e, SessionEvent::HistoryAdded(i) if i.item_id == "u1")));
+    // Issue 10 §6: an update carries the one item that changed, as it now is, not a copy of
+    // the whole history (O(n²) over a long call).
+    let updates: Vec<_> = events(&out)
+        .into_iter()
+        .filter_map(|e| match e {
+            SessionEvent::HistoryUpdated(i) => Some(i),
+            _ => None,
+        })
+        .collect();
+    assert!(updates
+        .iter()
+        .any(|i| i.item_id == "u1" && i.text == "What's the weather?"));
+    let last = updates.last().expect("updates");
+    assert_eq!((last.item_id.as_str(), last.truncated), ("a1", Some(40)));
     h.model(json!({"type":"conversation.item.deleted","event_id":"e","item_id":"u1"}));
     assert_eq!(h.core.history().len(), 1);
+    assert!(events(&h.drain()).contains(&SessionEvent::HistoryRemoved {
+        item_id: "u1".into()
+    }));
 }
 
 /// Issue 10 §8: agent text is kept per item. Two items of one response interleave their

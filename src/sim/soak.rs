@@ -1,8 +1,9 @@
 //! A soak run in one process: bridge servers (in-process) in front of a healthy fake model, a
 //! model that fails mid-call, one that refuses, one that never finishes its handshake, one that
 //! stops reading mid-call, and one whose agent's tool panics; many calls in a row, then many at
-//! once with misbehaving callers (half-open ones among them); and the process's threads,
-//! descriptors and memory before and after. `examples/soak.rs` runs the full size; the test
+//! once with misbehaving callers (half-open ones among them) and calls to an application that
+//! never reads its events; and the process's threads, descriptors and memory before and
+//! after. `examples/soak.rs` runs the full size; the test
 //! suite a small one.
 //!
 //! ```no_run
@@ -44,6 +45,9 @@ pub struct SoakConfig {
     pub settle: Duration,
     /// Counters the run updates as it goes, for a progress display (`examples/soak.rs`).
     pub progress: Arc<SoakProgress>,
+    /// Calls, during the calls at once, to an application that runs sessions itself and never
+    /// reads their events (every socket message and audio chunk an event). Default 20.
+    pub deaf_calls: usize,
 }
 
 /// Where a soak run is, updated as it goes (read it from another thread).
@@ -141,6 +145,7 @@ impl Default for SoakConfig {
             at_once: 100,
             settle: Duration::from_secs(10),
             progress: Arc::default(),
+            deaf_calls: 20,
         }
     }
 }
@@ -166,8 +171,25 @@ pub struct SoakReport {
     pub healthy_at_once: usize,
     /// Calls the servers counted, all servers together.
     pub server_calls: u64,
+    /// The calls to the application that never reads its events.
+    pub deaf: DeafStats,
     /// Wall time of the whole run.
     pub elapsed: Duration,
+}
+
+/// What the sessions of an application that never reads its events held.
+#[derive(Debug, Clone, Default)]
+pub struct DeafStats {
+    /// Calls that heard the agent and ended normally.
+    pub ok: usize,
+    /// Calls in all.
+    pub calls: usize,
+    /// Events dropped over all calls, because nobody read them.
+    pub events_dropped: u64,
+    /// The most events any one call held at once.
+    pub events_peak: usize,
+    /// The bound (`SessionOptions::event_capacity`).
+    pub capacity: usize,
 }
 
 /// How far above the baseline RSS may end before it counts as a leak.
@@ -200,6 +222,26 @@ impl SoakReport {
                 "{} of {} healthy calls in a row failed",
                 self.in_a_row - self.in_a_row_ok,
                 self.in_a_row
+            ));
+        }
+        if self.deaf.ok < self.deaf.calls {
+            out.push(format!(
+                "{} of {} calls to an application that never reads events failed",
+                self.deaf.calls - self.deaf.ok,
+                self.deaf.calls
+            ));
+        }
+        if self.deaf.ok > 0 && self.deaf.events_dropped == 0 {
+            out.push(
+                "calls to the application that never reads events dropped none: the bound was \
+                 never reached"
+                    .into(),
+            );
+        }
+        if self.deaf.events_peak > self.deaf.capacity {
+            out.push(format!(
+                "a call held {} unread events, over its bound of {}",
+                self.deaf.events_peak, self.deaf.capacity
             ));
         }
         if self.healthy_at_once_ok < self.healthy_at_once {
@@ -246,6 +288,16 @@ impl fmt::Display for SoakReport {
             kinds.join(", "),
             self.healthy_at_once_ok,
             self.healthy_at_once
+        )?;
+        writeln!(
+            f,
+            "  {} calls to an app that never reads events: {} ok; {} events dropped, at most {} \
+             held by one call (bound {})",
+            self.deaf.calls,
+            self.deaf.ok,
+            self.deaf.events_dropped,
+            self.deaf.events_peak,
+            self.deaf.capacity
         )?;
         let leaks = self.leaks();
         if leaks.is_empty() {
@@ -317,6 +369,109 @@ fn bridge_with(
         thread,
         model,
     })
+}
+
+/// The event bound of the sessions of the application that never reads events.
+pub const DEAF_EVENT_CAPACITY: usize = 64;
+
+/// An application that runs sessions on its own listener and never reads their events:
+/// every socket message and every audio chunk becomes an event, and the bounded queue must
+/// hold the call's memory down while the call goes on.
+struct DeafApp {
+    addr: SocketAddr,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    live: Arc<AtomicUsize>,
+    stats: Arc<std::sync::Mutex<DeafStats>>,
+    thread: thread::JoinHandle<()>,
+    model: FakeModel,
+}
+
+impl DeafApp {
+    fn start(model: FakeModelConfig) -> io::Result<DeafApp> {
+        use crate::session::{Session, SessionOptions, TransportEvents};
+        use crate::ws::{WsConfig, WsConn};
+        let model = FakeModel::start(FakeModelConfig {
+            keep_events: false,
+            ..model
+        })?;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let live = Arc::new(AtomicUsize::new(0));
+        let mut opts = SessionOptions::new(Some("sk-soak".into())).url(model.url());
+        opts.transport_events = TransportEvents::All;
+        opts.call.audio_events = true;
+        // A bound a short soak call overflows (one holds ~160 events), so the drop policy
+        // runs on every call; the default is 1,024.
+        opts.event_capacity = DEAF_EVENT_CAPACITY;
+        opts.call.start_timeout = Duration::from_secs(1);
+        opts.call.drain_timeout = Duration::from_secs(1);
+        opts.call.twilio_silence_timeout = Duration::from_secs(1);
+        // The agent greets each caller, as on the bridges above.
+        opts.call.greeting = Some(crate::call::Greeting::Instructions(
+            "Greet the caller briefly.".into(),
+        ));
+        let stats = Arc::new(std::sync::Mutex::new(DeafStats {
+            capacity: opts.event_capacity,
+            ..Default::default()
+        }));
+        let (stop2, live2, stats2) = (stop.clone(), live.clone(), stats.clone());
+        let thread = thread::Builder::new()
+            .name("deaf-app".into())
+            .spawn(move || {
+                for tcp in listener.incoming() {
+                    if stop2.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let Ok(tcp) = tcp else { continue };
+                    let (opts, live, stats) = (opts.clone(), live2.clone(), stats2.clone());
+                    live.fetch_add(1, Ordering::SeqCst);
+                    let spawned = thread::Builder::new()
+                        .name("deaf-call".into())
+                        .stack_size(256 * 1024)
+                        .spawn(move || {
+                            let session = WsConn::accept(tcp, None, &WsConfig::default())
+                                .ok()
+                                .and_then(|(conn, _)| {
+                                    Session::start(conn, Agent::new("Soak", "Answer."), opts).ok()
+                                });
+                            if let Some(h) = session {
+                                // Never reads events(): only waits for the call to end.
+                                while !h.is_finished() {
+                                    thread::sleep(Duration::from_millis(20));
+                                }
+                                let q = h.queue_stats();
+                                if let Ok(mut s) = stats.lock() {
+                                    s.events_dropped += q.events_dropped;
+                                    s.events_peak = s.events_peak.max(q.events_peak);
+                                }
+                                h.join();
+                            }
+                            live.fetch_sub(1, Ordering::SeqCst);
+                        });
+                    if spawned.is_err() {
+                        live2.fetch_sub(1, Ordering::SeqCst);
+                    }
+                }
+            })?;
+        Ok(DeafApp {
+            addr,
+            stop,
+            live,
+            stats,
+            thread,
+            model,
+        })
+    }
+
+    fn stop(self) -> DeafStats {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = std::net::TcpStream::connect(self.addr);
+        let _ = self.thread.join();
+        let mut m = self.model;
+        m.stop();
+        self.stats.lock().map(|s| s.clone()).unwrap_or_default()
+    }
 }
 
 /// One well-behaved caller: speaks, waits for the agent, hangs up. True if it heard the agent
@@ -449,7 +604,15 @@ pub fn soak(cfg: &SoakConfig) -> io::Result<SoakReport> {
         )?,
     ];
 
+    let deaf = DeafApp::start(FakeModelConfig {
+        script: vec![Reply::say("Hi.", 200)],
+        default_reply: say(),
+        audio_speed: 8.0,
+        ..Default::default()
+    })?;
+
     // Warm up every path once (lazy statics, first threads of the fake models), then measure.
+    healthy_call(deaf.addr, 99);
     for (i, b) in bridges.iter().enumerate() {
         healthy_call(b.addr, i as u64);
         for fault in CallerFault::ALL {
@@ -458,7 +621,10 @@ pub fn soak(cfg: &SoakConfig) -> io::Result<SoakReport> {
     }
     let idle = |within: Duration| {
         let deadline = Instant::now() + within;
-        while bridges.iter().any(|b| b.stopper.live_calls() > 0) && Instant::now() < deadline {
+        while (bridges.iter().any(|b| b.stopper.live_calls() > 0)
+            || deaf.live.load(Ordering::SeqCst) > 0)
+            && Instant::now() < deadline
+        {
             thread::sleep(Duration::from_millis(20));
         }
         // Let the last socket threads exit after their sessions, and the hanging model's
@@ -543,12 +709,31 @@ pub fn soak(cfg: &SoakConfig) -> io::Result<SoakReport> {
                 })?,
         );
     }
+    // Meanwhile, calls to the application that never reads its events.
+    let deaf_ok = Arc::new(AtomicUsize::new(0));
+    let deaf_addr = deaf.addr;
+    for i in 0..cfg.deaf_calls {
+        let deaf_ok = deaf_ok.clone();
+        calls.push(
+            thread::Builder::new()
+                .name("soak-deaf-call".into())
+                .stack_size(256 * 1024)
+                .spawn(move || {
+                    if healthy_call(deaf_addr, 20_000 + i as u64) {
+                        deaf_ok.fetch_add(1, Ordering::SeqCst);
+                    }
+                })?,
+        );
+    }
     for c in calls {
         let _ = c.join();
     }
     progress.set(SoakPhase::Settling);
     idle(cfg.settle);
     let after_at_once = ProcessStats::settle(&baseline, cfg.settle)?;
+    let mut deaf_stats = deaf.stop();
+    deaf_stats.calls = cfg.deaf_calls;
+    deaf_stats.ok = deaf_ok.load(Ordering::SeqCst);
 
     progress.set(SoakPhase::Done);
     let mut server_calls = 0;
@@ -570,6 +755,7 @@ pub fn soak(cfg: &SoakConfig) -> io::Result<SoakReport> {
         healthy_at_once_ok: healthy_ok.load(Ordering::SeqCst),
         healthy_at_once: healthy_total,
         server_calls,
+        deaf: deaf_stats,
         elapsed: t0.elapsed(),
     })
 }
