@@ -169,6 +169,8 @@ pub fn run_faulty_call(
         }
         CallerFault::StopReading => unreachable!("handled above"),
     }
+    // The reader may be waiting for room in the full channel: dropping the receiver frees it.
+    drop(rx);
     duplex.join();
     Ok(())
 }

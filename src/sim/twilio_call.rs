@@ -716,6 +716,9 @@ impl TwilioCall {
             }
         }
         duplex.close();
+        // The reader may be waiting for room in the full channel (agent audio arriving faster
+        // than this loop reads it): dropping the receiver frees it, else join waits forever.
+        drop(rx);
         duplex.join();
         report.duration = t0.elapsed();
         // close the books: chunks play out fully unless a clear cut them
