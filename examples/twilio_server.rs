@@ -11,7 +11,9 @@
 //! (verify X-Twilio-Signature), `GREETING` (said before the stream connects),
 //! `CALL_RECORDING_DIR` (record every call's timeline there, see `recording`),
 //! `AGENT_GREETING` (the instruction for the agent's first response, e.g. "Greet the caller
-//! and ask how you can help."; unset, the agent waits for the caller to speak), `RUST_LOG`
+//! and ask how you can help."; unset, the agent waits for the caller to speak),
+//! `AGENT_HANGUP` (on unless `off`/`0`/`false`/`no`: the agent may end the call with the
+//! built-in `end_call` tool once its goodbye has been heard), `RUST_LOG`
 //! (default `info`; tungstenite's frame dumps stay out even at `trace` unless the filter names
 //! `tungstenite`, see `twilio_realtime::logging`).
 //! Outbound calls (`POST /outbound`, see README): `TWILIO_ACCOUNT_SID`, `TWILIO_API_KEY` +
@@ -52,7 +54,21 @@ fn main() {
         Some(_) => log::warn!("OUTBOUND_SECRET is not set: POST /outbound is off"),
         None => {}
     }
-    let server = match Server::bind(cfg, Arc::new(weather_agent::weather_agent)) {
+    let hang_up = !std::env::var("AGENT_HANGUP").is_ok_and(|v| {
+        matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "0" | "off" | "false" | "no"
+        )
+    });
+    let agent = move || {
+        let agent = weather_agent::weather_agent();
+        if hang_up {
+            agent.can_hang_up()
+        } else {
+            agent
+        }
+    };
+    let server = match Server::bind(cfg, Arc::new(agent)) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("cannot listen: {e}");

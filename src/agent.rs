@@ -32,6 +32,14 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::model::ToolDefinition;
+use crate::transfer::{Destination, DestinationError, TransferTarget};
+
+/// The built-in tool an agent with [`Agent::can_hang_up`] offers the model to end the call.
+pub const END_CALL_TOOL: &str = "end_call";
+
+/// The built-in tool an agent with [`Agent::transfer_to`] offers the model to transfer the
+/// caller to a person; its one parameter, `destination`, is an enum of the configured names.
+pub const TRANSFER_TOOL: &str = "transfer_call";
 
 /// The error type a tool handler returns; its text becomes the output the model sees.
 pub type ToolError = Box<dyn std::error::Error + Send + Sync>;
@@ -287,6 +295,8 @@ struct AgentInner {
     tools: Vec<FunctionTool>,
     handoffs: Vec<HandoffTarget>,
     guardrails: Vec<OutputGuardrail>,
+    hang_up: bool,
+    transfers: Vec<TransferTarget>,
 }
 
 impl Agent {
@@ -301,6 +311,8 @@ impl Agent {
                 tools: Vec::new(),
                 handoffs: Vec::new(),
                 guardrails: Vec::new(),
+                hang_up: false,
+                transfers: Vec::new(),
             }),
         }
     }
@@ -344,6 +356,65 @@ impl Agent {
     /// Adds an output guardrail.
     pub fn output_guardrail(self, guardrail: OutputGuardrail) -> Agent {
         self.edit(|a| a.guardrails.push(guardrail))
+    }
+
+    /// Lets the model end the call: adds the built-in tool [`END_CALL_TOOL`] (`end_call`).
+    /// When the model calls it (in the response that says goodbye, or in the next one) the
+    /// bridge gives it its output but asks for no further response, and the call ends once the
+    /// caller has heard everything the agent said (every chunk's mark echoed by Twilio), at
+    /// most [`crate::call::CallOptions::hang_up_timeout`] later, with
+    /// [`crate::events::CloseReason::AgentHungUp`]. Closing the stream ends `<Connect>`:
+    /// Twilio runs the next TwiML verb, and with none the call ends.
+    pub fn can_hang_up(self) -> Agent {
+        self.edit(|a| a.hang_up = true)
+    }
+
+    /// Lets the model transfer the caller to a person at `destination` (an E.164 number such
+    /// as `+14155550100`, or a `sip:`/`sips:` URI), chosen by `name`; `description` tells the
+    /// model when to choose it. The first destination adds the built-in tool
+    /// [`TRANSFER_TOOL`] (`transfer_call`), whose `destination` parameter is an enum of the
+    /// configured names: the model can never dial anything else. A transfer ends the stream
+    /// like [`Agent::can_hang_up`] (after the agent's last words were heard) with
+    /// [`crate::events::CloseReason::Transferred`]; Twilio then dials the destination (see
+    /// [`crate::transfer`]). A second destination with the same name replaces the first.
+    ///
+    /// ```
+    /// use twilio_realtime::agent::Agent;
+    ///
+    /// let agent = Agent::new("Front desk", "You help callers.")
+    ///     .transfer_to("Sales", "+14155550100", "Buying something new")?
+    ///     .transfer_to("Support", "sip:support@pbx.example.com", "A problem with an order")?;
+    /// let tool = agent.tool_definitions().pop().unwrap();
+    /// assert_eq!(tool.name, "transfer_call");
+    /// assert_eq!(tool.parameters["properties"]["destination"]["enum"], serde_json::json!(["Sales", "Support"]));
+    /// assert!(Agent::new("A", "x").transfer_to("Anyone", "555-0100", "").is_err());
+    /// # Ok::<(), twilio_realtime::transfer::DestinationError>(())
+    /// ```
+    pub fn transfer_to(
+        self,
+        name: impl Into<String>,
+        destination: &str,
+        description: impl Into<String>,
+    ) -> Result<Agent, DestinationError> {
+        let target = TransferTarget {
+            name: name.into(),
+            destination: Destination::parse(destination)?,
+            description: description.into(),
+        };
+        Ok(self.edit(|a| {
+            a.transfers.retain(|t| t.name != target.name);
+            a.transfers.push(target);
+        }))
+    }
+
+    /// True if the model may end the call ([`Agent::can_hang_up`]).
+    pub fn hangs_up(&self) -> bool {
+        self.inner.hang_up
+    }
+
+    /// The destinations the model may transfer the caller to ([`Agent::transfer_to`]).
+    pub fn transfers(&self) -> &[TransferTarget] {
+        &self.inner.transfers
     }
 
     /// The agent's name.
@@ -396,8 +467,9 @@ impl Agent {
         self.inner.tools.iter().find(|t| t.name == name)
     }
 
-    /// Every tool definition sent to the model: the function tools, then one
-    /// `transfer_to_<agent>` per handoff.
+    /// Every tool definition sent to the model: the function tools, one `transfer_to_<agent>`
+    /// per handoff, then the built-ins `end_call` ([`Agent::can_hang_up`]) and
+    /// `transfer_call` ([`Agent::transfer_to`]) if enabled.
     pub fn tool_definitions(&self) -> Vec<ToolDefinition> {
         let mut defs: Vec<ToolDefinition> =
             self.inner.tools.iter().map(|t| t.definition()).collect();
@@ -417,6 +489,49 @@ impl Agent {
                 name: handoff_tool_name(&name),
                 description,
                 parameters: serde_json::json!({"type": "object", "properties": {}, "additionalProperties": false}),
+            });
+        }
+        if self.inner.hang_up {
+            defs.push(ToolDefinition {
+                name: END_CALL_TOOL.to_owned(),
+                description: "End the phone call. Call it when the conversation is over, after \
+                    saying goodbye (in the same response or right after it). The caller hears \
+                    everything you said before the line closes. Say nothing after calling it."
+                    .to_owned(),
+                parameters: serde_json::json!({"type": "object", "properties": {}, "additionalProperties": false}),
+            });
+        }
+        if !self.inner.transfers.is_empty() {
+            let names: Vec<&str> = self
+                .inner
+                .transfers
+                .iter()
+                .map(|t| t.name.as_str())
+                .collect();
+            let mut description = String::from(
+                "Transfer the caller to a person and leave the call. First tell the caller you \
+                 are transferring them; they hear that before the transfer. Say nothing after \
+                 calling it. Destinations:",
+            );
+            for t in &self.inner.transfers {
+                description.push_str(&format!("\n- {}", t.name));
+                if !t.description.is_empty() {
+                    description.push_str(&format!(": {}", t.description));
+                }
+            }
+            defs.push(ToolDefinition {
+                name: TRANSFER_TOOL.to_owned(),
+                description,
+                parameters: serde_json::json!({
+                    "type": "object",
+                    "properties": {"destination": {
+                        "type": "string",
+                        "enum": names,
+                        "description": "Who to transfer the caller to."
+                    }},
+                    "required": ["destination"],
+                    "additionalProperties": false
+                }),
             });
         }
         defs

@@ -49,13 +49,16 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::agent::{handoff_tool_name, Agent, FunctionTool, OutputGuardrail, ToolCall};
+use crate::agent::{
+    handoff_tool_name, Agent, FunctionTool, OutputGuardrail, ToolCall, END_CALL_TOOL, TRANSFER_TOOL,
+};
 use crate::events::{
     CloseReason, ErrorSource, HistoryItem, HistoryKind, InterruptCause, SessionEvent,
 };
 use crate::model::{AudioFormat, ClientEvent, Item, ResponseConfig, ServerEvent, SessionConfig};
 use crate::mulaw;
 use crate::playback::{MarkOutcome, PlaybackLedger};
+use crate::transfer::TransferTarget;
 use crate::twilio::{TwilioCommand, TwilioMessage};
 
 const LOG: &str = "twilio_realtime::session";
@@ -121,6 +124,11 @@ pub struct CallOptions {
     /// `gpt-4o-mini-transcribe`; `None` turns it off (the caller's turns are then missing from
     /// a carried-over conversation).
     pub caller_transcription: Option<crate::model::Transcription>,
+    /// Once the call is ending (the agent or the application hung up, or a transfer was
+    /// decided), how long to wait at most for the agent's last words to be heard (the
+    /// response under way to finish and Twilio to echo the last mark of its audio) before the
+    /// stream is closed anyway. Default 10 s.
+    pub hang_up_timeout: Duration,
 }
 
 /// How the agent greets the caller (see [`CallOptions::greeting`]).
@@ -175,6 +183,7 @@ impl Default for CallOptions {
                 model: Some("gpt-4o-mini-transcribe".into()),
                 ..Default::default()
             }),
+            hang_up_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -218,9 +227,22 @@ pub enum Command {
     /// error event) and is tracked like the bridge's own updates. Anything else is refused
     /// with [`SessionEvent::Error`].
     SendRaw(String),
-    /// End the call.
+    /// End the call once the caller has heard the agent's last words (the response under
+    /// way, if any, finished and its audio played), at most
+    /// [`CallOptions::hang_up_timeout`] from now: [`CloseReason::HungUp`]. No new response is
+    /// asked for meanwhile.
+    HangUp,
+    /// Transfer the caller to `target` once they have heard the agent's last words (as
+    /// [`Command::HangUp`]): [`CloseReason::Transferred`]. The stream closes; what Twilio does
+    /// next is up to the TwiML after it (see [`crate::transfer`]).
+    Transfer(TransferTarget),
+    /// End the call now.
     Close,
 }
+
+/// What the model is told when it calls `end_call` (no response is asked for after it).
+pub const END_CALL_OUTPUT: &str =
+    "The call is ending once the caller has heard what you said. Say nothing more.";
 
 /// A tool call to run on a worker thread; report with [`CallCore::handle_tool_result`].
 #[derive(Debug, Clone)]
@@ -384,6 +406,9 @@ pub struct CallCore {
     /// Ending after the audio already sent has played: until when (`None`: the last mark
     /// only), and why.
     draining: Option<(Option<Instant>, CloseReason)>,
+    /// Ending once the agent's last words are heard (hang-up, transfer): until when at most,
+    /// and why.
+    ending: Option<(Option<Instant>, CloseReason)>,
     next_probe_at: Option<Instant>,
     /// When a stream that has not started is given up.
     start_deadline: Option<Instant>,
@@ -438,6 +463,7 @@ impl CallCore {
             history: Vec::new(),
             reconnect_pending: false,
             draining: None,
+            ending: None,
             next_probe_at: None,
             start_deadline,
             twilio_seen: None,
@@ -508,8 +534,10 @@ impl CallCore {
         }
         let tools = self.tools.values().filter_map(|t| t.deadline);
         let drain = self.draining.as_ref().and_then(|d| d.0);
+        let ending = self.ending.as_ref().and_then(|e| e.0);
         tools
             .chain(drain)
+            .chain(ending)
             .chain(self.next_probe_at)
             .chain(self.start_deadline)
             .chain(self.twilio_silence_deadline())
@@ -801,6 +829,7 @@ impl CallCore {
         if self.draining.is_some() && !self.ledger.is_playing() {
             self.finish_drain();
         }
+        self.maybe_end();
     }
 
     /// Sends a round-trip probe one probe interval from now (if nothing plays by then).
@@ -907,6 +936,14 @@ impl CallCore {
         self.response_requested = None;
         self.model_seen = None;
         self.ping_sent = None;
+        if self.ending.is_some() {
+            // Nothing more is asked of the model: the ending waits only for the audio sent.
+            log::info!(target: LOG, "model disconnected while the call is ending: {why}");
+            self.model = ModelState::Gone;
+            self.out(Output::ModelNotReady);
+            self.maybe_end();
+            return;
+        }
         if self.reconnect_pending {
             self.reconnect_pending = false;
             log::info!(target: LOG, "model session expired; reconnecting");
@@ -1198,6 +1235,7 @@ impl CallCore {
     /// Sends the greeting once the session is confirmed and Twilio has started the stream.
     fn maybe_greet(&mut self) {
         if self.greeting.is_none()
+            || self.ending.is_some()
             || self.model != ModelState::Ready
             || self.stream_sid.is_none()
             || !self.config_pending.is_empty()
@@ -1305,9 +1343,15 @@ impl CallCore {
         self.event(SessionEvent::AgentEnd { agent, text });
         self.maybe_audio_stopped();
         self.maybe_create_response();
+        self.maybe_end();
     }
 
     fn maybe_create_response(&mut self) {
+        if self.ending.is_some() {
+            // The call is ending: nothing may talk after the last words.
+            self.needs_response = false;
+            return;
+        }
         if !self.needs_response
             || self.model != ModelState::Ready
             || !self.config_pending.is_empty()
@@ -1421,6 +1465,7 @@ impl CallCore {
         if self.draining.is_some() {
             self.finish_drain();
         }
+        self.maybe_end();
     }
 
     // ----------------------------------------------------------------------------------------
@@ -1477,6 +1522,16 @@ impl CallCore {
             serde_json::from_str::<Value>(&raw)
         };
         let agent_name = self.agent.name().to_owned();
+        if name == END_CALL_TOOL && self.agent.hangs_up() {
+            log::info!(target: TOOLS_LOG, "the agent ends the call");
+            self.builtin_output(&call_id, END_CALL_OUTPUT.to_owned());
+            self.begin_ending(now, CloseReason::AgentHungUp);
+            return;
+        }
+        if name == TRANSFER_TOOL && !self.agent.transfers().is_empty() {
+            self.on_transfer_call(now, &call_id, arguments.ok());
+            return;
+        }
         if let Some(target) = self.handoff_target(&name) {
             self.handoff(&call_id, target);
             return;
@@ -1536,6 +1591,113 @@ impl CallCore {
             return;
         }
         self.start_tool(now, call, tool);
+    }
+
+    /// The output of a built-in tool (`end_call`, `transfer_call`): given so the model's
+    /// conversation stays consistent, with no response asked for after it.
+    fn builtin_output(&mut self, call_id: &str, output: String) {
+        self.send_model(ClientEvent::ConversationItemCreate {
+            event_id: None,
+            previous_item_id: None,
+            item: Item::function_call_output(call_id, output),
+        });
+    }
+
+    fn on_transfer_call(&mut self, now: Instant, call_id: &str, arguments: Option<Value>) {
+        let chosen = arguments
+            .as_ref()
+            .and_then(|a| a["destination"].as_str())
+            .unwrap_or("");
+        let target = self
+            .agent
+            .transfers()
+            .iter()
+            .find(|t| t.name == chosen)
+            .cloned();
+        let Some(target) = target else {
+            // Only configured destinations can be dialled; the model may choose again.
+            let names: Vec<String> = self
+                .agent
+                .transfers()
+                .iter()
+                .map(|t| t.name.clone())
+                .collect();
+            log::warn!(
+                target: TOOLS_LOG,
+                "transfer_call with an unknown destination ({} bytes) refused",
+                chosen.len()
+            );
+            self.error(
+                ErrorSource::Tool,
+                "the model asked for a transfer destination that is not configured",
+            );
+            let agent = self.agent.name().to_owned();
+            self.tool_output(
+                &agent,
+                TRANSFER_TOOL,
+                call_id,
+                format!(
+                    "Error: there is no such destination. Choose one of: {}.",
+                    names.join(", ")
+                ),
+                true,
+            );
+            return;
+        };
+        log::info!(target: TOOLS_LOG, "the agent transfers the call to {}", target.name);
+        self.builtin_output(
+            call_id,
+            format!(
+                "The caller is being transferred to {} once they have heard what you said. Say nothing more.",
+                target.name
+            ),
+        );
+        self.begin_ending(
+            now,
+            CloseReason::Transferred {
+                name: target.name,
+                destination: target.destination,
+                by_agent: true,
+            },
+        );
+    }
+
+    /// The call will end once the agent's last words are heard (see [`CloseReason::HungUp`]).
+    /// The first decision stands.
+    fn begin_ending(&mut self, now: Instant, reason: CloseReason) {
+        if self.ending.is_some() || self.ended.is_some() {
+            log::debug!(target: LOG, "the call is already ending; {reason} ignored");
+            return;
+        }
+        log::info!(target: LOG, "call ending ({reason}) once the last words are heard");
+        self.needs_response = false;
+        self.greeting = None;
+        self.event(SessionEvent::Ending {
+            reason: reason.clone(),
+        });
+        self.ending = Some((after(now, self.opts.hang_up_timeout), reason));
+        self.maybe_end();
+    }
+
+    /// Ends an ending call once no response is under way and the caller has heard all the
+    /// audio sent (every mark echoed, or what was left cut by a barge-in).
+    fn maybe_end(&mut self) {
+        if self.ending.is_none() || self.ended.is_some() {
+            return;
+        }
+        let heard = self.stream_sid.is_none()
+            || (!self.ledger.is_playing() && self.pending_twilio.is_empty());
+        if heard && self.active_response.is_none() && self.response_requested.is_none() {
+            self.finish_ending();
+        }
+    }
+
+    fn finish_ending(&mut self) {
+        if let Some((_, reason)) = self.ending.take() {
+            self.out(Output::CloseTwilio);
+            self.out(Output::CloseModel);
+            self.finish(reason);
+        }
     }
 
     fn start_tool(&mut self, now: Instant, call: ToolCall, tool: FunctionTool) {
@@ -1886,6 +2048,15 @@ impl CallCore {
                     );
                 }
             },
+            Command::HangUp => self.begin_ending(now, CloseReason::HungUp),
+            Command::Transfer(target) => self.begin_ending(
+                now,
+                CloseReason::Transferred {
+                    name: target.name,
+                    destination: target.destination,
+                    by_agent: false,
+                },
+            ),
             Command::Close => {
                 self.out(Output::CloseModel);
                 self.out(Output::CloseTwilio);
@@ -1977,6 +2148,19 @@ impl CallCore {
             .is_some_and(|d| d.0.is_some_and(|t| t <= now))
         {
             self.finish_drain();
+        }
+        if self
+            .ending
+            .as_ref()
+            .is_some_and(|e| e.0.is_some_and(|t| t <= now))
+        {
+            log::warn!(
+                target: LOG,
+                "the agent's last words were not heard within {:?}; ending the call anyway",
+                self.opts.hang_up_timeout
+            );
+            self.finish_ending();
+            return;
         }
         if self.start_deadline.is_some_and(|t| t <= now) {
             self.start_deadline = None;

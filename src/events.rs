@@ -106,6 +106,24 @@ pub enum CloseReason {
         /// Bad messages seen in the call.
         messages: u64,
     },
+    /// The agent ended the call (the model called `end_call`, see
+    /// [`crate::agent::Agent::can_hang_up`]) and the caller heard its last words (or the
+    /// hang-up timeout passed).
+    AgentHungUp,
+    /// The application hung up ([`crate::session::SessionHandle::hang_up`]) and the caller
+    /// heard the agent's last words (or the hang-up timeout passed).
+    HungUp,
+    /// The call was transferred to a person (the model called `transfer_call`, or the
+    /// application asked): the stream ended after the agent's last words were heard, and
+    /// Twilio dials the destination next (see [`crate::transfer`]).
+    Transferred {
+        /// The destination's configured name.
+        name: String,
+        /// The number or SIP URI.
+        destination: crate::transfer::Destination,
+        /// True when the model chose it, false when the application did.
+        by_agent: bool,
+    },
 }
 
 impl fmt::Display for CloseReason {
@@ -137,6 +155,13 @@ impl fmt::Display for CloseReason {
                 f,
                 "model refused the session configuration ({}): {message}",
                 param.as_deref().unwrap_or("no parameter named")
+            ),
+            CloseReason::AgentHungUp => f.write_str("hung up by the agent"),
+            CloseReason::HungUp => f.write_str("hung up by the application"),
+            CloseReason::Transferred { name, by_agent, .. } => write!(
+                f,
+                "transferred to {name} (by the {})",
+                if *by_agent { "agent" } else { "application" }
             ),
         }
     }
@@ -272,6 +297,14 @@ pub enum SessionEvent {
     HistoryRemoved {
         /// The item's id.
         item_id: String,
+    },
+    /// The call will end: the agent or the application hung up, or a transfer was decided.
+    /// `reason` is the reason [`SessionEvent::Closed`] will carry. No new response is asked
+    /// for from now on; the stream closes once the caller has heard the agent's last words
+    /// (every mark of the audio sent echoed by Twilio) or the hang-up timeout passed.
+    Ending {
+        /// Why the call will close.
+        reason: CloseReason,
     },
     /// The caller pressed a key.
     Dtmf {

@@ -64,6 +64,7 @@ pub mod signature;
 pub mod sim;
 mod sys;
 pub mod token;
+pub mod transfer;
 pub mod twilio;
 pub mod ws;
 

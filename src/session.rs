@@ -1430,7 +1430,23 @@ impl SessionHandle {
         lock(&self.lane).inbound.stats().clone()
     }
 
-    /// Ends the call: both sockets are closed and the threads exit.
+    /// Ends the call once the caller has heard the agent's last words: the response under
+    /// way (if any) finishes, its audio plays out (Twilio echoed its last mark), then the
+    /// stream and the model connection close with [`CloseReason::HungUp`]. No new response is
+    /// asked for meanwhile. Bounded by [`CallOptions::hang_up_timeout`] (default 10 s).
+    /// Twilio then runs the TwiML after `<Connect>` (none: the call ends).
+    pub fn hang_up(&self) {
+        self.command(Command::HangUp);
+    }
+
+    /// Transfers the caller to `target` once they have heard the agent's last words (as
+    /// [`SessionHandle::hang_up`]), with [`CloseReason::Transferred`]. Under the bundled
+    /// server, Twilio then dials the destination (see [`crate::transfer`]).
+    pub fn transfer(&self, target: crate::transfer::TransferTarget) {
+        self.command(Command::Transfer(target));
+    }
+
+    /// Ends the call now: both sockets are closed and the threads exit.
     pub fn close(&self) {
         self.command(Command::Close);
     }

@@ -1893,3 +1893,356 @@ fn audio_the_model_produced_unheard_still_fixes_its_voice() {
         "production would refuse it: {upd}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Ending the call: hang-up and transfer after the last words are heard (issue 12 §2, §3)
+
+/// The agent says a goodbye of `chunks` × 100 ms in `resp`/`item`; returns the marks sent.
+fn goodbye(h: &mut H, resp: &str, item: &str, chunks: usize) -> Vec<String> {
+    h.response_created(resp);
+    for _ in 0..chunks {
+        h.delta(resp, item, 0, &audio(800));
+    }
+    h.audio_done(resp, item);
+    marks(&h.drain())
+}
+
+fn ended_with(out: &[Output]) -> Option<CloseReason> {
+    out.iter()
+        .any(|o| matches!(o, Output::CloseTwilio))
+        .then(|| closed_reason(out))?
+}
+
+#[test]
+fn end_call_in_the_goodbye_response_ends_after_the_last_mark_echoes() {
+    let mut h = H::ready(Agent::new("A", "x").can_hang_up());
+    let sent = goodbye(&mut h, "r1", "i1", 5);
+    assert_eq!(sent.len(), 6, "five chunk marks and the item's done mark");
+    h.function_call("r1", "f1", "c1", "end_call", "{}");
+    assert!(
+        model_events(&h.drain()).is_empty(),
+        "calls run at response.done"
+    );
+    h.response_done("r1", "completed");
+    let out = h.drain();
+    let evs = model_events(&out);
+    assert_eq!(evs.len(), 1, "only the tool's output: {evs:?}");
+    assert_eq!(evs[0]["item"]["type"], "function_call_output");
+    assert_eq!(evs[0]["item"]["call_id"], "c1");
+    assert!(events(&out).contains(&SessionEvent::Ending {
+        reason: CloseReason::AgentHungUp
+    }));
+    assert!(
+        !types(&out).contains(&"response.create".to_owned()),
+        "nothing may talk after the goodbye"
+    );
+    assert_eq!(ended_with(&out), None, "the goodbye has not been heard yet");
+    for m in &sent[..sent.len() - 1] {
+        h.ms(100);
+        h.mark(m);
+        assert_eq!(ended_with(&h.drain()), None, "still playing at {m}");
+    }
+    h.ms(100);
+    h.mark(&sent[sent.len() - 1]);
+    let out = h.drain();
+    assert_eq!(ended_with(&out), Some(CloseReason::AgentHungUp));
+    let close_twilio = out.iter().position(|o| matches!(o, Output::CloseTwilio));
+    let close_model = out.iter().position(|o| matches!(o, Output::CloseModel));
+    assert!(
+        close_twilio < close_model,
+        "the stream closes, then the model"
+    );
+    assert_eq!(h.core.ended(), Some(&CloseReason::AgentHungUp));
+}
+
+#[test]
+fn end_call_in_the_response_after_the_goodbye_waits_for_the_goodbye_to_play() {
+    let mut h = H::ready(Agent::new("A", "x").can_hang_up());
+    let sent = goodbye(&mut h, "r1", "i1", 3);
+    h.response_done("r1", "completed");
+    h.drain();
+    // the model answers its own turn with just the tool call
+    h.response_created("r2");
+    h.function_call("r2", "f1", "c1", "end_call", "{}");
+    h.response_done("r2", "completed");
+    let out = h.drain();
+    assert!(!types(&out).contains(&"response.create".to_owned()));
+    assert_eq!(ended_with(&out), None);
+    for m in &sent {
+        h.ms(100);
+        h.mark(m);
+    }
+    assert_eq!(ended_with(&h.drain()), Some(CloseReason::AgentHungUp));
+}
+
+#[test]
+fn end_call_with_nothing_playing_ends_when_its_response_is_done() {
+    let mut h = H::ready(Agent::new("A", "x").can_hang_up());
+    h.response_created("r1");
+    h.function_call("r1", "f1", "c1", "end_call", "{}");
+    assert_eq!(
+        ended_with(&h.drain()),
+        None,
+        "its response is still under way"
+    );
+    h.response_done("r1", "completed");
+    assert_eq!(ended_with(&h.drain()), Some(CloseReason::AgentHungUp));
+}
+
+#[test]
+fn hang_up_is_bounded_by_the_timeout_when_marks_never_echo() {
+    let opts = CallOptions {
+        hang_up_timeout: Duration::from_secs(3),
+        ..Default::default()
+    };
+    let mut h = H::with(Agent::new("A", "x").can_hang_up(), opts);
+    h.configured();
+    h.start();
+    h.drain();
+    goodbye(&mut h, "r1", "i1", 5);
+    h.function_call("r1", "f1", "c1", "end_call", "{}");
+    h.response_done("r1", "completed");
+    h.drain();
+    let deadline = h.core.next_deadline().expect("a deadline");
+    assert!(deadline <= h.now + Duration::from_secs(3));
+    h.ms(2900);
+    h.tick();
+    assert_eq!(ended_with(&h.drain()), None);
+    h.ms(100);
+    h.tick();
+    assert_eq!(ended_with(&h.drain()), Some(CloseReason::AgentHungUp));
+}
+
+#[test]
+fn application_hang_up_waits_for_the_response_under_way_and_asks_for_none() {
+    let mut h = H::ready(Agent::new("A", "x").tool(weather_tool()));
+    h.response_created("r1");
+    h.delta("r1", "i1", 0, &audio(800));
+    h.cmd(Command::HangUp);
+    let out = h.drain();
+    assert!(events(&out).contains(&SessionEvent::Ending {
+        reason: CloseReason::HungUp
+    }));
+    assert_eq!(ended_with(&out), None);
+    // more of the same response still plays
+    h.delta("r1", "i1", 0, &audio(800));
+    h.audio_done("r1", "i1");
+    let mut sent = marks(&h.drain());
+    h.function_call("r1", "f1", "c1", "get_weather", r#"{"location":"Oslo"}"#);
+    h.core.handle_tool_result(h.now, "c1", Ok("sunny".into()));
+    h.cmd(Command::SendMessage("one more thing".into()));
+    h.response_done("r1", "completed");
+    let out = h.drain();
+    assert!(
+        !types(&out).contains(&"response.create".to_owned()),
+        "no response after a hang-up: {:?}",
+        types(&out)
+    );
+    assert_eq!(ended_with(&out), None);
+    // the first chunk's mark was sent before the hang-up
+    let first = "0:0:800:i1".to_owned();
+    sent.insert(0, first);
+    for m in &sent {
+        h.mark(m);
+    }
+    assert_eq!(ended_with(&h.drain()), Some(CloseReason::HungUp));
+}
+
+#[test]
+fn a_barge_in_during_the_goodbye_ends_the_call_at_once() {
+    let mut h = H::ready(Agent::new("A", "x").can_hang_up());
+    goodbye(&mut h, "r1", "i1", 5);
+    h.function_call("r1", "f1", "c1", "end_call", "{}");
+    h.response_done("r1", "completed");
+    h.drain();
+    h.ms(150);
+    speech_started(&mut h);
+    let out = h.drain();
+    assert!(matches!(
+        twilio_cmds(&out).first(),
+        Some(TwilioCommand::Clear { .. })
+    ));
+    assert_eq!(ended_with(&out), Some(CloseReason::AgentHungUp));
+}
+
+#[test]
+fn end_call_is_only_built_in_for_agents_that_can_hang_up() {
+    let plain = Agent::new("A", "x");
+    assert!(plain.tool_definitions().is_empty());
+    let mut h = H::ready(plain);
+    h.response_created("r1");
+    h.function_call("r1", "f1", "c1", "end_call", "{}");
+    h.response_done("r1", "completed");
+    let out = h.drain();
+    assert_eq!(ended_with(&out), None);
+    let evs = model_events(&out);
+    assert!(evs[0]["item"]["output"]
+        .as_str()
+        .unwrap()
+        .contains("no tool named end_call"));
+    assert_eq!(
+        types(&out).last().map(String::as_str),
+        Some("response.create")
+    );
+
+    let defs = Agent::new("A", "x").can_hang_up().tool_definitions();
+    assert_eq!(defs.len(), 1);
+    assert_eq!(defs[0].name, "end_call");
+}
+
+fn desk_agent() -> Agent {
+    Agent::new("A", "x")
+        .transfer_to("Sales", "+14155550100", "Buying something")
+        .unwrap()
+        .transfer_to("Support", "sip:help@pbx.example.com", "")
+        .unwrap()
+}
+
+#[test]
+fn transfer_call_offers_only_configured_destinations() {
+    let defs = desk_agent().tool_definitions();
+    assert_eq!(defs.len(), 1);
+    assert_eq!(defs[0].name, "transfer_call");
+    assert_eq!(
+        defs[0].parameters["properties"]["destination"]["enum"],
+        json!(["Sales", "Support"])
+    );
+    assert_eq!(defs[0].parameters["required"], json!(["destination"]));
+    assert!(defs[0].description.contains("Sales: Buying something"));
+    for bad in ["4155550100", "+1 415 555 0100", "sip:", "tel:+14155550100"] {
+        assert!(
+            Agent::new("A", "x").transfer_to("X", bad, "").is_err(),
+            "{bad}"
+        );
+    }
+    // the session.update carries it
+    let mut h = H::new(desk_agent());
+    h.model(json!({"type":"session.created","event_id":"e0","session":{}}));
+    let evs = model_events(&h.drain());
+    assert_eq!(evs[0]["session"]["tools"][0]["name"], "transfer_call");
+}
+
+#[test]
+fn transfer_call_ends_after_the_last_words_with_the_destination() {
+    let mut h = H::ready(desk_agent());
+    let sent = goodbye(&mut h, "r1", "i1", 2);
+    h.function_call(
+        "r1",
+        "f1",
+        "c1",
+        "transfer_call",
+        r#"{"destination":"Support"}"#,
+    );
+    h.response_done("r1", "completed");
+    let out = h.drain();
+    let reason = CloseReason::Transferred {
+        name: "Support".into(),
+        destination: twilio_realtime::transfer::Destination::Sip("sip:help@pbx.example.com".into()),
+        by_agent: true,
+    };
+    assert!(events(&out).contains(&SessionEvent::Ending {
+        reason: reason.clone()
+    }));
+    assert_eq!(
+        model_events(&out)[0]["item"]["type"],
+        "function_call_output"
+    );
+    assert!(!types(&out).contains(&"response.create".to_owned()));
+    for m in &sent {
+        h.mark(m);
+    }
+    let out = h.drain();
+    assert_eq!(ended_with(&out), Some(reason.clone()));
+    assert_eq!(reason.to_string(), "transferred to Support (by the agent)");
+}
+
+#[test]
+fn transfer_call_to_an_unknown_destination_is_refused_and_the_model_may_choose_again() {
+    let mut h = H::ready(desk_agent());
+    h.response_created("r1");
+    h.function_call(
+        "r1",
+        "f1",
+        "c1",
+        "transfer_call",
+        r#"{"destination":"+19005550199"}"#,
+    );
+    h.response_done("r1", "completed");
+    let out = h.drain();
+    assert_eq!(ended_with(&out), None);
+    assert!(!events(&out)
+        .iter()
+        .any(|e| matches!(e, SessionEvent::Ending { .. })));
+    let evs = model_events(&out);
+    let output = evs[0]["item"]["output"].as_str().unwrap();
+    assert!(output.contains("Sales, Support"), "{output}");
+    assert_eq!(
+        types(&out).last().map(String::as_str),
+        Some("response.create")
+    );
+    assert!(events(&out).iter().any(|e| matches!(
+        e,
+        SessionEvent::Error {
+            source: ErrorSource::Tool,
+            ..
+        }
+    )));
+}
+
+#[test]
+fn application_transfer_and_the_first_decision_stands() {
+    let mut h = H::ready(Agent::new("A", "x").can_hang_up());
+    goodbye(&mut h, "r1", "i1", 1);
+    let target = twilio_realtime::transfer::TransferTarget {
+        name: "Desk".into(),
+        destination: twilio_realtime::transfer::Destination::parse("+15550100").unwrap(),
+        description: String::new(),
+    };
+    h.cmd(Command::Transfer(target));
+    h.function_call("r1", "f1", "c1", "end_call", "{}");
+    h.response_done("r1", "completed");
+    let out = h.drain();
+    let endings: Vec<_> = events(&out)
+        .into_iter()
+        .filter(|e| matches!(e, SessionEvent::Ending { .. }))
+        .collect();
+    assert_eq!(endings.len(), 1, "{endings:?}");
+    h.cmd(Command::Close);
+    assert_eq!(
+        closed_reason(&h.drain()),
+        Some(CloseReason::Closed),
+        "close() still ends at once"
+    );
+}
+
+#[test]
+fn the_model_lost_while_ending_keeps_the_reason_and_the_wait_for_the_audio() {
+    let mut h = H::ready(Agent::new("A", "x").can_hang_up());
+    let sent = goodbye(&mut h, "r1", "i1", 2);
+    h.function_call("r1", "f1", "c1", "end_call", "{}");
+    h.response_done("r1", "completed");
+    h.core.handle_model_closed(h.now, "gone");
+    let out = h.drain();
+    assert_eq!(ended_with(&out), None);
+    assert!(!out.iter().any(|o| matches!(o, Output::ConnectModel)));
+    for m in &sent {
+        h.mark(m);
+    }
+    assert_eq!(ended_with(&h.drain()), Some(CloseReason::AgentHungUp));
+}
+
+#[test]
+fn a_goodbye_cut_before_its_response_is_done_does_not_hang_up() {
+    let mut h = H::ready(Agent::new("A", "x").can_hang_up());
+    goodbye(&mut h, "r1", "i1", 5);
+    h.function_call("r1", "f1", "c1", "end_call", "{}");
+    h.ms(150);
+    speech_started(&mut h);
+    h.response_done("r1", "cancelled");
+    let out = h.drain();
+    assert_eq!(ended_with(&out), None, "the caller has the floor");
+    assert!(!events(&out)
+        .iter()
+        .any(|e| matches!(e, SessionEvent::Ending { .. })));
+    assert!(h.core.ended().is_none());
+}
