@@ -13,7 +13,9 @@
 //! `AGENT_GREETING` (the instruction for the agent's first response, e.g. "Greet the caller
 //! and ask how you can help."; unset, the agent waits for the caller to speak),
 //! `AGENT_HANGUP` (on unless `off`/`0`/`false`/`no`: the agent may end the call with the
-//! built-in `end_call` tool once its goodbye has been heard), `RUST_LOG`
+//! built-in `end_call` tool once its goodbye has been heard), `TRANSFER_TO` (an E.164 number
+//! or a SIP URI: the agent may transfer the caller to a person there with the built-in
+//! `transfer_call` tool), `RUST_LOG`
 //! (default `info`; tungstenite's frame dumps stay out even at `trace` unless the filter names
 //! `tungstenite`, see `twilio_realtime::logging`).
 //! Outbound calls (`POST /outbound`, see README): `TWILIO_ACCOUNT_SID`, `TWILIO_API_KEY` +
@@ -60,13 +62,34 @@ fn main() {
             "0" | "off" | "false" | "no"
         )
     });
-    let agent = move || {
-        let agent = weather_agent::weather_agent();
-        if hang_up {
-            agent.can_hang_up()
-        } else {
-            agent
+    let transfer_to = std::env::var("TRANSFER_TO")
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    if let Some(dest) = &transfer_to {
+        match twilio_realtime::transfer::Destination::parse(dest.trim()) {
+            Ok(d) => log::info!("the agent may transfer callers to {d}"),
+            Err(e) => {
+                eprintln!("TRANSFER_TO: {e}");
+                std::process::exit(1);
+            }
         }
+    }
+    let agent = move || {
+        let mut agent = weather_agent::weather_agent();
+        if hang_up {
+            agent = agent.can_hang_up();
+        }
+        if let Some(dest) = &transfer_to {
+            // Checked above: a bad TRANSFER_TO stops the server before it listens.
+            if let Ok(a) = agent.clone().transfer_to(
+                "a person",
+                dest.trim(),
+                "A human colleague: when the caller asks for a person, or you cannot help.",
+            ) {
+                agent = a;
+            }
+        }
+        agent
     };
     let server = match Server::bind(cfg, Arc::new(agent)) {
         Ok(s) => s,

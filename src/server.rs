@@ -2,8 +2,8 @@
 //! and the Media Streams WebSocket, a thread per connection, a session per call.
 //!
 //! * `POST /incoming-call` answers TwiML: an optional `<Say>` greeting, then
-//!   `<Connect><Stream url="wss://HOST/media-stream">` with the caller's number as a
-//!   `<Parameter name="caller">`.
+//!   `<Connect action="https://HOST/call-ended"><Stream url="wss://HOST/media-stream">` with
+//!   the caller's number as a `<Parameter name="caller">`.
 //! * `POST /call-status` takes Twilio's status callbacks (initiated, ringing, in-progress,
 //!   completed, busy, no-answer, failed, canceled, with `CallDuration`) and hands each to the
 //!   [`Server::on_call_status`] hook as an [`outbound::StatusCallback`]; `204` (`400` without
@@ -14,6 +14,11 @@
 //!   machine detection) and posts progress to `/call-status`. Answers `200` with
 //!   `{"call_sid", "status"}`, `401` for a wrong secret, `404` when outbound calls are not
 //!   configured, `502`/`429`/`504` for Twilio's errors, rate limit and timeout.
+//! * `POST /call-ended` is the `action` of the webhook's `<Connect>`: Twilio requests it when
+//!   the stream has ended while the call is still up. It answers `<Dial><Number>` or
+//!   `<Dial><Sip>` for a transfer pending for that CallSid (the model's `transfer_call` or
+//!   [`CallControl::transfer`]), `<Hangup/>` otherwise; signed like the webhook. See
+//!   [`crate::transfer`].
 //! * `GET /healthz` answers `ok`.
 //! * `GET /media-stream` with a WebSocket upgrade runs a call; without one it is a 400.
 //! * With an auth token configured, `X-Twilio-Signature` is checked on the webhook (URL +
@@ -56,17 +61,18 @@ use tungstenite::stream::MaybeTlsStream;
 
 use crate::agent::Agent;
 use crate::call_info::{CallInfo, WebhookCalls, WebhookForm};
-use crate::events::SessionEvent;
+use crate::events::{CloseReason, SessionEvent};
 use crate::http::{self, HttpError, HttpLimits, RequestHead};
 use crate::outbound::{
     self, MachineDetection, OutboundCall, RestError, StatusCallback, TwilioRest,
 };
 use crate::session::{
-    AgentForCall, AgentSource, Session, SessionCloser, SessionHandle, SessionOptions,
+    AgentForCall, AgentSource, CallControl, Session, SessionCloser, SessionHandle, SessionOptions,
     TransportEvents,
 };
 use crate::signature;
 use crate::token::{StreamTokens, TOKEN_PARAMETER};
+use crate::transfer::{self, PendingTransfers, TransferTarget};
 use crate::twilio::Start;
 use crate::ws::{WsConfig, WsConn};
 
@@ -168,6 +174,38 @@ impl std::fmt::Debug for OutboundConfig {
             .finish()
     }
 }
+
+/// What a [`CallHandler`] returns for a call: it sees each of the call's events in order
+/// (`Closed` last), on the call's own thread.
+pub type CallEvents = Box<dyn FnMut(&SessionEvent) + Send>;
+
+/// The application's per-call handler under the bundled server ([`Server::on_call`]): told
+/// of each call as its media stream connects, with a [`CallControl`] that acts on the call
+/// from any thread (approve or reject tool calls, `send_message`, `interrupt`, `hang_up`,
+/// `transfer`, …), and returning what sees the call's events. A closure
+/// `Fn(u64, CallControl) -> CallEvents` is one.
+///
+/// The handler and what it returns are application code: a panic in either ends that call
+/// ([`CloseReason::Panicked`]), never the server.
+pub trait CallHandler: Send + Sync + 'static {
+    /// Call number `call_no` (counting from 1) connected.
+    fn on_call(&self, call_no: u64, control: CallControl) -> CallEvents;
+}
+
+impl<F> CallHandler for F
+where
+    F: Fn(u64, CallControl) -> CallEvents + Send + Sync + 'static,
+{
+    fn on_call(&self, call_no: u64, control: CallControl) -> CallEvents {
+        self(call_no, control)
+    }
+}
+
+/// How long a decided transfer waits for Twilio's request to `/call-ended` (it comes as soon as
+/// the stream has closed).
+const PENDING_TRANSFER_TTL: Duration = Duration::from_secs(120);
+/// Most transfers waiting for `/call-ended` at once.
+const MAX_PENDING_TRANSFERS: usize = 10_000;
 
 /// Settings of the bridge server.
 #[derive(Clone)]
@@ -452,9 +490,11 @@ pub struct Server {
     agent: AgentFactory,
     hook: Option<EventHook>,
     status_hook: Option<StatusHook>,
+    call_handler: Option<Arc<dyn CallHandler>>,
     shared: Arc<Shared>,
     tokens: Option<Arc<StreamTokens>>,
     webhooks: Arc<WebhookCalls>,
+    transfers: Arc<PendingTransfers>,
 }
 
 impl std::fmt::Debug for Server {
@@ -486,21 +526,82 @@ impl Server {
         let webhooks = Arc::new(WebhookCalls::new(WEBHOOK_FIELDS_TTL, 4096, 8 << 20));
         let directory = webhooks.clone();
         cfg.session.webhook_fields = Some(Arc::new(move |call_sid: &str| directory.take(call_sid)));
+        // A transfer is remembered by CallSid before the stream closes, for Twilio's request
+        // to `/call-ended` that follows the close.
+        let transfers = Arc::new(PendingTransfers::new(
+            PENDING_TRANSFER_TTL,
+            MAX_PENDING_TRANSFERS,
+        ));
+        let pending = transfers.clone();
+        let app_hook = cfg.session.on_ending.take();
+        cfg.session.on_ending = Some(Arc::new(
+            move |call_sid: Option<&str>, reason: &CloseReason| {
+                if let (
+                    Some(sid),
+                    CloseReason::Transferred {
+                        name, destination, ..
+                    },
+                ) = (call_sid, reason)
+                {
+                    pending.insert(
+                        Instant::now(),
+                        sid,
+                        TransferTarget {
+                            name: name.clone(),
+                            destination: destination.clone(),
+                            description: String::new(),
+                        },
+                    );
+                }
+                if let Some(h) = &app_hook {
+                    h(call_sid, reason);
+                }
+            },
+        ));
         Ok(Server {
             listener,
             cfg: Arc::new(cfg),
             agent,
             hook: None,
             status_hook: None,
+            call_handler: None,
             shared: Arc::new(Shared::default()),
             tokens,
             webhooks,
+            transfers,
         })
     }
 
     /// Sees every event of every call.
     pub fn on_event(mut self, hook: EventHook) -> Server {
         self.hook = Some(hook);
+        self
+    }
+
+    /// Gives the application each call as it connects, with a [`CallControl`] to act on it
+    /// from any thread, and its events (see [`CallHandler`]). With [`Server::on_event`] too,
+    /// the event hook sees each event first.
+    ///
+    /// ```no_run
+    /// use std::sync::Arc;
+    /// use twilio_realtime::agent::Agent;
+    /// use twilio_realtime::events::SessionEvent;
+    /// use twilio_realtime::server::{CallEvents, Server, ServerConfig};
+    /// use twilio_realtime::session::CallControl;
+    ///
+    /// let server = Server::bind(ServerConfig::from_env(), Arc::new(|| Agent::new("A", "Be brief.")))?
+    ///     .on_call(|_call_no: u64, control: CallControl| -> CallEvents {
+    ///         Box::new(move |event: &SessionEvent| {
+    ///             if let SessionEvent::ToolApprovalRequested { call_id, .. } = event {
+    ///                 control.approve(call_id.clone()); // or ask a person, on another thread
+    ///             }
+    ///         })
+    ///     });
+    /// server.run()?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn on_call(mut self, handler: impl CallHandler) -> Server {
+        self.call_handler = Some(Arc::new(handler));
         self
     }
 
@@ -561,6 +662,8 @@ impl Server {
                 agent: self.agent.clone(),
                 hook: self.hook.clone(),
                 status_hook: self.status_hook.clone(),
+                call_handler: self.call_handler.clone(),
+                transfers: self.transfers.clone(),
                 shared: self.shared.clone(),
                 tokens: self.tokens.clone(),
                 webhooks: self.webhooks.clone(),
@@ -682,6 +785,8 @@ struct ConnCtx {
     shared: Arc<Shared>,
     tokens: Option<Arc<StreamTokens>>,
     webhooks: Arc<WebhookCalls>,
+    call_handler: Option<Arc<dyn CallHandler>>,
+    transfers: Arc<PendingTransfers>,
 }
 
 fn respond(stream: &mut TcpStream, status: u16, ctype: &str, body: &str) {
@@ -731,6 +836,8 @@ impl ConnCtx {
             (_, "/call-status") => respond(&mut stream, 405, "text/plain", "method not allowed\n"),
             ("POST", "/outbound") => self.outbound(stream, &head, leftover, deadline),
             (_, "/outbound") => respond(&mut stream, 405, "text/plain", "method not allowed\n"),
+            ("POST", "/call-ended") => self.call_ended(stream, &head, leftover, deadline),
+            (_, "/call-ended") => respond(&mut stream, 405, "text/plain", "method not allowed\n"),
             ("GET", "/healthz") => respond(&mut stream, 200, "text/plain", "ok\n"),
             (_, "/healthz") => respond(&mut stream, 405, "text/plain", "method not allowed\n"),
             ("GET", "/media-stream") | ("GET", "/media-stream/") => {
@@ -860,7 +967,12 @@ impl ConnCtx {
             }
         }
         let params: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let twiml = twiml(&stream_url(&origin), self.cfg.greeting.as_deref(), &params);
+        let twiml = connect_twiml(
+            &stream_url(&origin),
+            Some(&format!("{origin}/call-ended")),
+            self.cfg.greeting.as_deref(),
+            &params,
+        );
         log::info!(target: LOG, "incoming call webhook answered");
         respond(&mut stream, 200, "text/xml", &twiml);
     }
@@ -1018,6 +1130,39 @@ impl ConnCtx {
         }
     }
 
+    /// Twilio's request to the `<Connect action>` URL once the stream has ended: dial the
+    /// transfer pending for the CallSid, or hang up.
+    fn call_ended(
+        &self,
+        mut stream: TcpStream,
+        head: &RequestHead,
+        leftover: Vec<u8>,
+        deadline: Instant,
+    ) {
+        let Some(form) = self.read_form(&mut stream, head, leftover, deadline) else {
+            return;
+        };
+        if !self.signed(&mut stream, head, &form, "call-ended request") {
+            return;
+        }
+        let call_sid = form
+            .iter()
+            .find(|(k, _)| k == "CallSid")
+            .map(|(_, v)| v.as_str())
+            .unwrap_or("");
+        let twiml = match self.transfers.take(Instant::now(), call_sid) {
+            Some(t) => {
+                log::info!(target: LOG, "stream ended: dialling the transfer to {}", t.name);
+                transfer::dial_twiml(&t.destination)
+            }
+            None => {
+                log::debug!(target: LOG, "stream ended with no transfer pending: hanging up");
+                transfer::hangup_twiml()
+            }
+        };
+        respond(&mut stream, 200, "text/xml", &twiml);
+    }
+
     fn media_stream(self, stream: TcpStream, head: &RequestHead, leftover: Vec<u8>) {
         let mut stream = stream;
         if let Some(token) = &self.cfg.twilio_auth_token {
@@ -1055,7 +1200,7 @@ impl ConnCtx {
         let _guard = LiveGuard(self.shared.clone(), call_no);
         log::info!(target: LOG, "call {call_no}: media stream connected");
         let mut opts = self.cfg.session.clone();
-        if self.hook.is_none() {
+        if self.hook.is_none() && self.call_handler.is_none() {
             // Nobody looks at the raw messages: do not copy each one into an event.
             opts.transport_events = TransportEvents::None;
         }
@@ -1073,12 +1218,27 @@ impl ConnCtx {
         if let Ok(mut s) = self.shared.sessions.lock() {
             s.push((call_no, handle.closer()));
         }
-        self.pump(call_no, &handle);
+        let mut on_events = None;
+        if let Some(h) = &self.call_handler {
+            let control = handle.control();
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                h.on_call(call_no, control)
+            })) {
+                Ok(f) => on_events = Some(f),
+                Err(p) => {
+                    let why = crate::ws::panic_text(p.as_ref());
+                    log::error!(target: LOG, "call {call_no}: call handler panicked: {why}");
+                    handle.end_after_panic(format!("call handler: {why}"));
+                }
+            }
+        }
+        self.pump(call_no, &handle, on_events);
         handle.join();
     }
 
-    fn pump(&self, call_no: u64, handle: &SessionHandle) {
+    fn pump(&self, call_no: u64, handle: &SessionHandle, mut on_events: Option<CallEvents>) {
         let mut hook_panicked = false;
+        let mut handler_panicked = false;
         while let Some(ev) = handle.events().recv() {
             if let Some(h) = &self.hook {
                 // The hook is application code: a panic in it ends this call
@@ -1094,6 +1254,18 @@ impl ConnCtx {
                         handle.end_after_panic(format!("event hook: {why}"));
                     } else {
                         log::debug!(target: LOG, "call {call_no}: event hook panicked again: {why}");
+                    }
+                }
+            }
+            if let Some(f) = &mut on_events {
+                // The per-call handler's closure: the same rule as the hook.
+                let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&ev)));
+                if let Err(p) = ran {
+                    let why = crate::ws::panic_text(p.as_ref());
+                    if !handler_panicked {
+                        handler_panicked = true;
+                        log::error!(target: LOG, "call {call_no}: call handler panicked: {why}");
+                        handle.end_after_panic(format!("call handler: {why}"));
                     }
                 }
             }
@@ -1180,12 +1352,32 @@ pub fn stream_url(origin: &str) -> String {
 /// assert!(x.contains(r#"<Parameter name="caller" value="+1555"/>"#));
 /// ```
 pub fn twiml(stream_url: &str, greeting: Option<&str>, params: &[(&str, &str)]) -> String {
+    connect_twiml(stream_url, None, greeting, params)
+}
+
+/// [`twiml`] with `<Connect action="…">`: Twilio requests `action` when the stream ends while
+/// the call is up, and runs the TwiML it answers (the server's `/call-ended`).
+///
+/// ```
+/// let x = twilio_realtime::server::connect_twiml(
+///     "wss://h/media-stream", Some("https://h/call-ended"), None, &[]);
+/// assert!(x.contains(r#"<Connect action="https://h/call-ended">"#));
+/// ```
+pub fn connect_twiml(
+    stream_url: &str,
+    action: Option<&str>,
+    greeting: Option<&str>,
+    params: &[(&str, &str)],
+) -> String {
     let mut x = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response>\n");
     if let Some(g) = greeting {
         x.push_str(&format!("  <Say>{}</Say>\n", xml_escape(g)));
     }
+    let action = action
+        .map(|a| format!(" action=\"{}\"", xml_escape(a)))
+        .unwrap_or_default();
     x.push_str(&format!(
-        "  <Connect>\n    <Stream url=\"{}\">\n",
+        "  <Connect{action}>\n    <Stream url=\"{}\">\n",
         xml_escape(stream_url)
     ));
     for (name, value) in params {

@@ -152,6 +152,12 @@ impl std::fmt::Debug for AgentSource {
     }
 }
 
+/// Told on the session thread, with the call's CallSid (once Twilio's `start` gave it), the
+/// moment a call starts ending after the agent's last words ([`SessionEvent::Ending`]: a
+/// hang-up or a transfer), before the stream is closed. [`crate::server`] uses it to remember
+/// a transfer for Twilio's request to the `<Connect action>` URL, which follows the close.
+pub type EndingHook = Arc<dyn Fn(Option<&str>, &CloseReason) + Send + Sync>;
+
 /// Everything a session needs besides the Twilio socket and the agent.
 #[derive(Clone)]
 pub struct SessionOptions {
@@ -166,6 +172,8 @@ pub struct SessionOptions {
     /// Checked on `start` before any model connection is opened (default: none, and the model
     /// connection opens the moment the session starts).
     pub start_check: Option<StartCheck>,
+    /// Called when the call starts ending after the agent's last words (default: none).
+    pub on_ending: Option<EndingHook>,
     /// Where the call webhook's form fields are found for the [`CallInfo`] (default: none; the
     /// bundled server sets it to the fields its webhook kept).
     pub webhook_fields: Option<WebhookLookup>,
@@ -208,6 +216,7 @@ impl std::fmt::Debug for SessionOptions {
             .field("inbound", &self.inbound)
             .field("transport_events", &self.transport_events)
             .field("start_check", &self.start_check.is_some())
+            .field("on_ending", &self.on_ending.is_some())
             .field("webhook_fields", &self.webhook_fields.is_some())
             .field("recording", &self.recording)
             .field("max_twilio_message", &self.max_twilio_message)
@@ -240,6 +249,7 @@ impl SessionOptions {
             inbound: InboundConfig::default(),
             transport_events: TransportEvents::default(),
             start_check: None,
+            on_ending: None,
             webhook_fields: None,
             recording: None,
             max_twilio_message: 64 * 1024,
@@ -518,6 +528,7 @@ impl Session {
             started: start,
             model_ready_logged: false,
             start_check: opts.start_check.clone(),
+            on_ending: opts.on_ending.clone(),
             webhook_fields: opts.webhook_fields.clone(),
             agent_for,
             held_model: None,
@@ -774,6 +785,7 @@ struct Shell {
     started: Instant,
     model_ready_logged: bool,
     start_check: Option<StartCheck>,
+    on_ending: Option<EndingHook>,
     webhook_fields: Option<WebhookLookup>,
     /// The per-call agent factory, until `start` has run it.
     agent_for: Option<AgentForCall>,
@@ -1042,6 +1054,17 @@ impl Shell {
                     }
                 }
                 Output::Event(e) => {
+                    if let (SessionEvent::Ending { reason }, Some(hook)) = (&e, &self.on_ending) {
+                        // Before the stream closes (a later output): what Twilio asks next
+                        // finds what the hook recorded.
+                        let sid = self.core.call_sid();
+                        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            hook(sid, reason)
+                        }));
+                        if ran.is_err() {
+                            log::error!(target: LOG, "the ending hook panicked");
+                        }
+                    }
                     if let SessionEvent::Closed { reason } = &e {
                         log::info!(
                             target: LOG,
@@ -1338,7 +1361,118 @@ impl std::fmt::Debug for Lane {
     }
 }
 
+/// Acts on a running call from any thread: cheap to clone, `Send` and `Sync`, and harmless
+/// once the call has ended (commands then go nowhere). Get one from
+/// [`SessionHandle::control`], or from the bundled server's per-call handler
+/// ([`crate::server::Server::on_call`]).
+#[derive(Clone)]
+pub struct CallControl {
+    tx: InboxSender<ShellMsg>,
+    call_info: Arc<OnceLock<Arc<CallInfo>>>,
+}
+
+impl std::fmt::Debug for CallControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallControl").finish_non_exhaustive()
+    }
+}
+
+impl CallControl {
+    fn command(&self, c: Command) {
+        let _ = self.tx.send(ShellMsg::Command(c));
+    }
+
+    /// Who is on the line, once Twilio's `start` has arrived (as
+    /// [`SessionHandle::call_info`]).
+    pub fn call_info(&self) -> Option<Arc<CallInfo>> {
+        self.call_info.get().cloned()
+    }
+
+    /// As [`SessionHandle::send_message`].
+    pub fn send_message(&self, text: impl Into<String>) {
+        self.command(Command::SendMessage(text.into()));
+    }
+
+    /// As [`SessionHandle::interrupt`].
+    pub fn interrupt(&self) {
+        self.command(Command::Interrupt);
+    }
+
+    /// As [`SessionHandle::approve`].
+    pub fn approve(&self, call_id: impl Into<String>) {
+        self.command(Command::Approve(call_id.into()));
+    }
+
+    /// As [`SessionHandle::reject`].
+    pub fn reject(&self, call_id: impl Into<String>, message: Option<String>) {
+        self.command(Command::Reject {
+            call_id: call_id.into(),
+            message,
+        });
+    }
+
+    /// As [`SessionHandle::update_agent`].
+    pub fn update_agent(&self, agent: Agent) {
+        self.command(Command::UpdateAgent(agent));
+    }
+
+    /// As [`SessionHandle::create_response`].
+    pub fn create_response(&self, instructions: Option<String>) {
+        self.create_response_with(crate::model::ResponseConfig {
+            instructions,
+            ..Default::default()
+        });
+    }
+
+    /// As [`SessionHandle::create_response_with`].
+    pub fn create_response_with(&self, response: crate::model::ResponseConfig) {
+        self.command(Command::CreateResponse(response));
+    }
+
+    /// As [`SessionHandle::commit_audio`].
+    pub fn commit_audio(&self) {
+        self.command(Command::CommitAudio);
+    }
+
+    /// As [`SessionHandle::send_raw`].
+    pub fn send_raw(&self, json: impl Into<String>) {
+        self.command(Command::SendRaw(json.into()));
+    }
+
+    /// As [`SessionHandle::hang_up`].
+    pub fn hang_up(&self) {
+        self.command(Command::HangUp);
+    }
+
+    /// As [`SessionHandle::transfer`].
+    pub fn transfer(&self, target: crate::transfer::TransferTarget) {
+        self.command(Command::Transfer(target));
+    }
+
+    /// As [`SessionHandle::history`].
+    pub fn history(&self) -> Vec<HistoryItem> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        if self.tx.send(ShellMsg::History(tx)).is_err() {
+            return Vec::new();
+        }
+        rx.recv_timeout(Duration::from_secs(5)).unwrap_or_default()
+    }
+
+    /// As [`SessionHandle::close`].
+    pub fn close(&self) {
+        self.command(Command::Close);
+    }
+}
+
 impl SessionHandle {
+    /// A [`CallControl`] for this call, to act on it from other threads.
+    pub fn control(&self) -> CallControl {
+        CallControl {
+            tx: self.tx.clone(),
+            call_info: self.call_info.clone(),
+        }
+    }
+
     /// The session's events, in order. The last one is [`SessionEvent::Closed`]. At most
     /// [`SessionOptions::event_capacity`] wait to be read: an application that reads late or
     /// never loses the oldest audio and transport events first (told by

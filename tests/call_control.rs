@@ -144,3 +144,333 @@ fn the_application_hangs_up_and_the_agents_last_words_are_heard() {
     assert_heard_then_closed(&report, 1500);
     assert_eq!(rec.responses, 1);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Under the bundled server: transfers through `<Connect action>` + `/call-ended` (§3) and the
+// per-call handler (§4)
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::{Arc, Mutex};
+
+use serde_json::json;
+use twilio_realtime::agent::FunctionTool;
+use twilio_realtime::server::{CallEvents, Server, ServerConfig, Stopper};
+use twilio_realtime::session::CallControl;
+use twilio_realtime::signature;
+
+fn request(addr: SocketAddr, raw: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(raw.as_bytes()).unwrap();
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    let status = resp
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, resp)
+}
+
+fn post(addr: SocketAddr, path: &str, body: &str, sig: Option<&str>) -> (u16, String) {
+    let sig = sig
+        .map(|s| format!("X-Twilio-Signature: {s}\r\n"))
+        .unwrap_or_default();
+    request(
+        addr,
+        &format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-www-form-urlencoded\r\n{sig}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+}
+
+struct Bridge {
+    model: FakeModel,
+    addr: SocketAddr,
+    stopper: Stopper,
+    events: Arc<Mutex<Vec<SessionEvent>>>,
+    server: Option<thread::JoinHandle<std::io::Result<twilio_realtime::server::ServerStats>>>,
+}
+
+impl Bridge {
+    fn start(
+        model: FakeModelConfig,
+        agent: fn() -> Agent,
+        tweak: impl FnOnce(&mut ServerConfig),
+        handler: impl Fn(u64, CallControl) -> CallEvents + Send + Sync + 'static,
+    ) -> Bridge {
+        let model = FakeModel::start(model).expect("fake model");
+        let mut cfg = ServerConfig::new();
+        cfg.bind = "127.0.0.1:0".parse().unwrap();
+        cfg.session.model.url = model.url();
+        cfg.shutdown_grace = Duration::from_secs(5);
+        tweak(&mut cfg);
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let seen = events.clone();
+        let server = Server::bind(cfg, Arc::new(agent))
+            .expect("bind")
+            .on_event(Arc::new(move |_, e: &SessionEvent| {
+                seen.lock().unwrap().push(e.clone())
+            }))
+            .on_call(handler);
+        let addr = server.local_addr();
+        let stopper = server.stopper();
+        let server = Some(thread::spawn(move || server.run()));
+        Bridge {
+            model,
+            addr,
+            stopper,
+            events,
+            server,
+        }
+    }
+
+    fn call(&self, call_sid: &str, silence_ms: u32) -> CallReport {
+        let mut cfg = TwilioCallConfig::new(
+            self.addr,
+            vec![
+                Segment::Speech(800),
+                Segment::Silence(silence_ms),
+                Segment::HangUp,
+            ],
+        );
+        cfg.call_sid = Some(call_sid.into());
+        cfg.one_way_delay = Duration::from_millis(20);
+        cfg.jitter = Duration::from_millis(3);
+        let report = TwilioCall::run(cfg).expect("call runs");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while self.stopper.live_calls() > 0 && std::time::Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
+        }
+        report
+    }
+
+    fn events(&self) -> Vec<SessionEvent> {
+        self.events.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        self.stopper.stop();
+        if let Some(s) = self.server.take() {
+            let _ = s.join();
+        }
+    }
+}
+
+fn desk_agent() -> Agent {
+    Agent::new("Front desk", "You put callers through.")
+        .transfer_to(
+            "Desk",
+            "sip:desk&1@pbx.example.com;transport=tls",
+            "A person at the front desk",
+        )
+        .expect("a valid SIP URI")
+}
+
+/// Asks for one more response when the first starts (the model's next scripted reply), as an
+/// application would after the agent's announcement.
+fn one_more_response(_call_no: u64, control: CallControl) -> CallEvents {
+    let mut asked = false;
+    Box::new(move |ev: &SessionEvent| {
+        if matches!(ev, SessionEvent::AgentStart { .. }) && !asked {
+            asked = true;
+            control.create_response(None);
+        }
+    })
+}
+
+#[test]
+fn a_transfer_ends_the_stream_after_the_announcement_and_call_ended_dials_it() {
+    let bridge = Bridge::start(
+        FakeModelConfig {
+            script: vec![
+                Reply::say("Let me put you through to the front desk.", 1500),
+                Reply::call("transfer_call", r#"{"destination":"Desk"}"#),
+            ],
+            ..Default::default()
+        },
+        desk_agent,
+        |_| {},
+        one_more_response,
+    );
+    // the webhook's TwiML names /call-ended as <Connect>'s action
+    let (status, twiml) = post(
+        bridge.addr,
+        "/incoming-call",
+        "CallSid=CA77&From=%2B15550100",
+        None,
+    );
+    assert_eq!(status, 200);
+    assert!(
+        twiml.contains(&format!(
+            "<Connect action=\"https://{}/call-ended\">",
+            bridge.addr
+        )),
+        "{twiml}"
+    );
+    let report = bridge.call("CA77", 12_000);
+    assert_heard_then_closed(&report, 1500);
+    let reason = CloseReason::Transferred {
+        name: "Desk".into(),
+        destination: twilio_realtime::transfer::Destination::parse(
+            "sip:desk&1@pbx.example.com;transport=tls",
+        )
+        .unwrap(),
+        by_agent: true,
+    };
+    assert_eq!(closed(&bridge.events()), Some(reason));
+    // Twilio requests the action once the stream is gone: it dials the destination (escaped)
+    let (status, twiml) = post(
+        bridge.addr,
+        "/call-ended",
+        "CallSid=CA77&CallStatus=in-progress",
+        None,
+    );
+    assert_eq!(status, 200);
+    assert!(
+        twiml.contains("<Dial><Sip>sip:desk&amp;1@pbx.example.com;transport=tls</Sip></Dial>"),
+        "{twiml}"
+    );
+    assert!(!twiml.contains("<Hangup/>"));
+    // taken once; any other call hangs up
+    for sid in ["CA77", "CA-unknown"] {
+        let (status, twiml) = post(bridge.addr, "/call-ended", &format!("CallSid={sid}"), None);
+        assert_eq!(status, 200);
+        assert!(twiml.contains("<Hangup/>"), "{twiml}");
+        assert!(!twiml.contains("<Dial>"), "{twiml}");
+    }
+    let rec = bridge.model.recording();
+    assert_eq!(rec.responses, 2, "nothing talks after the transfer");
+    assert!(rec.violations.is_empty(), "{:?}", rec.violations);
+}
+
+#[test]
+fn call_ended_is_signed_like_the_webhook() {
+    const TOKEN: &str = "test-auth-token";
+    const PUBLIC: &str = "https://bridge.example.com";
+    let bridge = Bridge::start(
+        FakeModelConfig::default(),
+        desk_agent,
+        |cfg| {
+            cfg.twilio_auth_token = Some(TOKEN.into());
+            cfg.public_url = Some(PUBLIC.into());
+        },
+        one_more_response,
+    );
+    let body = "CallSid=CA1&CallStatus=in-progress";
+    let form = [("CallSid", "CA1"), ("CallStatus", "in-progress")];
+    assert_eq!(post(bridge.addr, "/call-ended", body, None).0, 403);
+    let wrong = signature::compute("other", &format!("{PUBLIC}/call-ended"), &form);
+    assert_eq!(post(bridge.addr, "/call-ended", body, Some(&wrong)).0, 403);
+    let right = signature::compute(TOKEN, &format!("{PUBLIC}/call-ended"), &form);
+    let (status, twiml) = post(bridge.addr, "/call-ended", body, Some(&right));
+    assert_eq!(status, 200);
+    assert!(twiml.contains("<Hangup/>"), "{twiml}");
+    assert_eq!(
+        request(bridge.addr, "GET /call-ended HTTP/1.1\r\nHost: x\r\n\r\n").0,
+        405
+    );
+}
+
+fn approval_agent() -> Agent {
+    Agent::new("A", "You refund orders.").tool(
+        FunctionTool::new(
+            "refund",
+            "Refund an order.",
+            json!({"type":"object","properties":{"order":{"type":"string"}},"required":["order"]}),
+            |c| {
+                Ok(format!(
+                    "Refunded {}.",
+                    c.arguments["order"].as_str().unwrap_or("?")
+                ))
+            },
+        )
+        .needs_approval(true),
+    )
+}
+
+#[test]
+fn the_per_call_handler_approves_from_another_thread_and_hangs_up() {
+    let approved = Arc::new(Mutex::new(Vec::<(u64, String)>::new()));
+    let log = approved.clone();
+    let bridge = Bridge::start(
+        FakeModelConfig {
+            script: vec![
+                Reply::call("refund", r#"{"order":"A-1"}"#),
+                Reply::say("Your refund is on its way. Goodbye.", 1200),
+            ],
+            ..Default::default()
+        },
+        approval_agent,
+        |_| {},
+        move |call_no: u64, control: CallControl| -> CallEvents {
+            let log = log.clone();
+            Box::new(move |ev: &SessionEvent| match ev {
+                SessionEvent::ToolApprovalRequested { call_id, .. } => {
+                    // a person decides elsewhere: approve from another thread
+                    let (control, call_id, log) = (control.clone(), call_id.clone(), log.clone());
+                    thread::spawn(move || {
+                        thread::sleep(Duration::from_millis(50));
+                        log.lock().unwrap().push((call_no, call_id.clone()));
+                        control.approve(call_id);
+                    });
+                }
+                SessionEvent::AudioStart { .. } => {
+                    let control = control.clone();
+                    thread::spawn(move || control.hang_up());
+                }
+                _ => {}
+            })
+        },
+    );
+    let report = bridge.call("CA42", 12_000);
+    assert_eq!(approved.lock().unwrap().len(), 1);
+    assert_eq!(approved.lock().unwrap()[0].0, 1, "the handler got call 1");
+    let rec = bridge.model.recording();
+    assert_eq!(
+        rec.function_outputs
+            .iter()
+            .map(|(_, o)| o.as_str())
+            .collect::<Vec<_>>(),
+        ["Refunded A-1."],
+        "the approved tool ran"
+    );
+    assert_eq!(closed(&bridge.events()), Some(CloseReason::HungUp));
+    assert_heard_then_closed(&report, 1200);
+}
+
+#[test]
+fn the_per_call_handler_rejects_and_the_model_is_told() {
+    let bridge = Bridge::start(
+        FakeModelConfig {
+            script: vec![
+                Reply::call("refund", r#"{"order":"A-1"}"#),
+                Reply::say("Sorry, I cannot refund that.", 800),
+            ],
+            ..Default::default()
+        },
+        approval_agent,
+        |_| {},
+        |_, control: CallControl| -> CallEvents {
+            Box::new(move |ev: &SessionEvent| {
+                if let SessionEvent::ToolApprovalRequested { call_id, .. } = ev {
+                    control.reject(call_id.clone(), Some("Refunds need a manager.".into()));
+                }
+            })
+        },
+    );
+    let report = bridge.call("CA43", 4_000);
+    let rec = bridge.model.recording();
+    assert_eq!(
+        rec.function_outputs
+            .iter()
+            .map(|(_, o)| o.as_str())
+            .collect::<Vec<_>>(),
+        ["Refunds need a manager."]
+    );
+    assert_eq!(report.played_ms(), 800);
+}

@@ -198,7 +198,7 @@ fn twiml_routes_and_errors() {
     assert!(xml.starts_with("<?xml version=\"1.0\" encoding=\"UTF-8\"?>"));
     assert!(xml.contains("<Say>Connecting you now.</Say>"));
     assert!(
-        xml.contains("<Connect>")
+        xml.contains("<Connect action=\"https://bridge.example.test/call-ended\">")
             && xml.contains("</Connect>")
             && xml.trim_end().ends_with("</Response>")
     );
