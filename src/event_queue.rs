@@ -96,8 +96,11 @@ impl Shared {
 /// The sending side (the call's threads).
 pub(crate) struct EventSender(Arc<Shared>);
 
-/// A session's events, in order (see [`crate::session::SessionHandle::events`]). Bounded: see
-/// the [module docs](self) for what happens when the application does not keep up.
+/// A session's events, in order (see [`crate::session::SessionHandle::events`]). Bounded: when
+/// the application does not keep up, a full queue never blocks the call; it drops the oldest
+/// audio and transport events first, then the oldest event of any other kind (never
+/// [`SessionEvent::Closed`]), and the reader learns of drops from a
+/// [`SessionEvent::EventsDropped`] and from [`EventReceiver::dropped`].
 pub struct EventReceiver(Arc<Shared>);
 
 impl fmt::Debug for EventReceiver {
