@@ -264,6 +264,16 @@ mod tests {
                 tx2.send_wait(i, None).unwrap();
             }
         });
+        // Nothing is received until the sender has had to wait: the inbox is full, so it must.
+        // (Receiving at once raced with the sender thread's start: it could find room.)
+        let t0 = std::time::Instant::now();
+        while tx.stats().1 == 0 {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "the sender never waited"
+            );
+            thread::sleep(Duration::from_millis(1));
+        }
         let mut got = Vec::new();
         while got.len() < 51 {
             got.push(rx.recv_deadline(None).unwrap());
