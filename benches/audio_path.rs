@@ -10,11 +10,13 @@ use base64::Engine;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use std::hint::black_box;
 use twilio_realtime::agent::Agent;
+use twilio_realtime::call::inbound::{InboundAudio, InboundConfig};
 use twilio_realtime::call::{CallCore, CallOptions, Command, Output};
-use twilio_realtime::inbound::{InboundAudio, InboundConfig};
-use twilio_realtime::model::{write_append_json, ServerEvent};
-use twilio_realtime::mulaw;
-use twilio_realtime::twilio::{write_mark_json, write_media_json, TwilioCommand, TwilioMessage};
+use twilio_realtime::proto::mulaw;
+use twilio_realtime::proto::realtime::{write_append_json, ServerEvent};
+use twilio_realtime::proto::twilio::{
+    write_mark_json, write_media_json, TwilioCommand, TwilioMessage,
+};
 
 const SID: &str = "MZ18ad3ab5a668481ce02b83e7395059f0";
 

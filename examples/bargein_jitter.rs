@@ -36,7 +36,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use twilio_realtime::agent::Agent;
-use twilio_realtime::playback::MarkName;
+use twilio_realtime::call::playback::MarkName;
 use twilio_realtime::server::{Server, ServerConfig};
 use twilio_realtime::sim::fake_model::{FakeModel, FakeModelConfig, Reply};
 use twilio_realtime::sim::twilio_call::{CallReport, Segment, TwilioCall, TwilioCallConfig};

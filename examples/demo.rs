@@ -19,8 +19,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use twilio_realtime::call::Greeting;
 use twilio_realtime::events::SessionEvent;
-use twilio_realtime::recording::{self, Record, RecordTo};
 use twilio_realtime::server::{Server, ServerConfig};
+use twilio_realtime::session::recording::{self, Record, RecordTo};
 use twilio_realtime::sim::fake_model::{FakeModel, FakeModelConfig, Reply};
 use twilio_realtime::sim::twilio_call::{Segment, TwilioCall, TwilioCallConfig};
 

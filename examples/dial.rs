@@ -13,8 +13,8 @@
 //! `PUBLIC_URL`, `TWILIO_API_BASE` (default https://api.twilio.com),
 //! `OUTBOUND_MACHINE_DETECTION` (`Enable` or `DetectMessageEnd`).
 
-use twilio_realtime::outbound::OutboundCall;
 use twilio_realtime::server::ServerConfig;
+use twilio_realtime::telephony::outbound::OutboundCall;
 
 fn main() {
     // Keeps ureq's raw request dumps (the Authorization header) out even at RUST_LOG=trace.

@@ -41,8 +41,8 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use serde_json::{json, Value};
 use tungstenite::Message;
+use twilio_realtime::io::ws::{ClientRequest, Duplex, Incoming, WsConfig, WsConn, WsSender};
 use twilio_realtime::sim::chaos::ProcessStats;
-use twilio_realtime::ws::{ClientRequest, Duplex, Incoming, WsConfig, WsConn, WsSender};
 
 #[path = "shared/progress.rs"]
 mod progress;
@@ -378,7 +378,7 @@ fn on_bridge(sh: &Shared, caller: &Caller, inc: Incoming) {
                 sh.outbound
                     .add(ts, sh.window_start_ns.load(Ordering::Relaxed));
             }
-            let bytes = twilio_realtime::mulaw::base64_decoded_len(payload) as u64;
+            let bytes = twilio_realtime::proto::mulaw::base64_decoded_len(payload) as u64;
             let start = play.stream_end.max(now);
             play.stream_end = start + Duration::from_micros(bytes * 125);
         }

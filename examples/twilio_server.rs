@@ -28,8 +28,8 @@ use std::sync::Arc;
 #[path = "shared/weather_agent.rs"]
 mod weather_agent;
 
-use twilio_realtime::recording::RecordTo;
 use twilio_realtime::server::{stop_on_signals, Server, ServerConfig};
+use twilio_realtime::session::recording::RecordTo;
 
 fn main() {
     if let Err(e) = twilio_realtime::logging::init("info") {
@@ -66,7 +66,7 @@ fn main() {
         .ok()
         .filter(|v| !v.trim().is_empty());
     if let Some(dest) = &transfer_to {
-        match twilio_realtime::transfer::Destination::parse(dest.trim()) {
+        match twilio_realtime::telephony::transfer::Destination::parse(dest.trim()) {
             Ok(d) => log::info!("the agent may transfer callers to {d}"),
             Err(e) => {
                 eprintln!("TRANSFER_TO: {e}");

@@ -31,8 +31,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::model::ToolDefinition;
-use crate::transfer::{Destination, DestinationError, TransferTarget};
+use crate::proto::realtime::ToolDefinition;
+use crate::telephony::transfer::{Destination, DestinationError, TransferTarget};
 
 /// The built-in tool an agent with [`Agent::can_hang_up`] offers the model to end the call.
 pub const END_CALL_TOOL: &str = "end_call";
@@ -56,10 +56,10 @@ pub struct ToolCall {
     /// The arguments exactly as the model sent them.
     pub raw_arguments: String,
     /// Who is on the line (e.g. look the caller's account up by
-    /// [`CallInfo::from`](crate::call_info::CallInfo::from)). Set by the session for every
+    /// [`CallInfo::from`](crate::telephony::call_info::CallInfo::from)). Set by the session for every
     /// invocation once Twilio's `start` has arrived; `None` when a [`crate::call::CallCore`] is
     /// driven without a session.
-    pub call_info: Option<Arc<crate::call_info::CallInfo>>,
+    pub call_info: Option<Arc<crate::telephony::call_info::CallInfo>>,
 }
 
 type Handler = dyn Fn(&ToolCall) -> Result<String, ToolError> + Send + Sync;
@@ -376,7 +376,7 @@ impl Agent {
     /// configured names: the model can never dial anything else. A transfer ends the stream
     /// like [`Agent::can_hang_up`] (after the agent's last words were heard) with
     /// [`crate::events::CloseReason::Transferred`]; Twilio then dials the destination (see
-    /// [`crate::transfer`]). A second destination with the same name replaces the first.
+    /// [`crate::telephony::transfer`]). A second destination with the same name replaces the first.
     ///
     /// ```
     /// use twilio_realtime::agent::Agent;
@@ -388,7 +388,7 @@ impl Agent {
     /// assert_eq!(tool.name, "transfer_call");
     /// assert_eq!(tool.parameters["properties"]["destination"]["enum"], serde_json::json!(["Sales", "Support"]));
     /// assert!(Agent::new("A", "x").transfer_to("Anyone", "555-0100", "").is_err());
-    /// # Ok::<(), twilio_realtime::transfer::DestinationError>(())
+    /// # Ok::<(), twilio_realtime::telephony::transfer::DestinationError>(())
     /// ```
     pub fn transfer_to(
         self,

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-pub use crate::event_queue::{EventReceiver, RecvTimeoutError};
+pub use crate::session::event_queue::{EventReceiver, RecvTimeoutError};
 
 /// One entry of the conversation history, kept from the model's `conversation.item.*` events
 /// and transcripts. Transcripts survive truncation: the server forgets the text of audio the
@@ -115,12 +115,12 @@ pub enum CloseReason {
     HungUp,
     /// The call was transferred to a person (the model called `transfer_call`, or the
     /// application asked): the stream ended after the agent's last words were heard, and
-    /// Twilio dials the destination next (see [`crate::transfer`]).
+    /// Twilio dials the destination next (see [`crate::telephony::transfer`]).
     Transferred {
         /// The destination's configured name.
         name: String,
         /// The number or SIP URI.
-        destination: crate::transfer::Destination,
+        destination: crate::telephony::transfer::Destination,
         /// True when the model chose it, false when the application did.
         by_agent: bool,
     },

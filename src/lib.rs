@@ -22,18 +22,28 @@
 //!
 //! ## Layers
 //!
-//! * Protocols, as plain serde types: [`twilio`] (Media Streams messages) and [`model`]
-//!   (OpenAI Realtime GA client and server events, the session configuration builder).
-//! * [`mulaw`]: the G.711 µ-law codec and audio helpers.
-//! * [`ws`]: one WebSocket shared by a dedicated reader thread and writer thread, plain or
-//!   TLS, client or server; idle connections cost no wake-ups. [`http`]: the small HTTP/1.1
-//!   request handling our servers need.
-//! * The sans-I/O call logic: [`call::CallCore`] (forwarding decisions, the [`playback`]
-//!   ledger, barge-in truncation, tools, handoffs, guardrails, history) and
-//!   [`inbound::InboundAudio`] (the caller-audio lane). No sockets, threads or clocks inside:
-//!   every rule is tested with an injected clock.
-//! * [`agent`]: what the application configures. [`session`]: the threaded shell that runs a
-//!   call.
+//! The folders are the architecture, bottom up:
+//!
+//! * [`proto`]: the wire protocols as plain serde types: [`proto::twilio`] (Media Streams
+//!   messages), [`proto::realtime`] (OpenAI Realtime GA client and server events, the session
+//!   configuration builder), [`proto::mulaw`] (the G.711 µ-law codec and audio helpers).
+//! * [`io`]: [`io::ws`], one WebSocket shared by a dedicated reader thread and writer thread,
+//!   plain or TLS, client or server (idle connections cost no wake-ups); [`io::http`], the
+//!   small HTTP/1.1 request handling our servers need; the crate's only `unsafe`.
+//! * [`call`]: the sans-I/O call logic: [`call::CallCore`] (forwarding decisions, the
+//!   [`call::playback`] ledger, barge-in truncation, tools, handoffs, guardrails, history) and
+//!   [`call::inbound::InboundAudio`] (the caller-audio lane). No sockets, threads or clocks
+//!   inside: every rule is tested with an injected clock.
+//! * [`agent`]: what the application configures; [`events`]: what it hears back.
+//! * [`session`]: the threaded shell that runs one call (and [`session::recording`]).
+//! * [`telephony`]: who is on the line, cold transfers, outbound calls.
+//! * [`server`] (cargo feature `server`, on by default): the bundled Twilio server: webhook,
+//!   signatures, stream tokens, `/call-ended`, `/outbound`, graceful shutdown.
+//! * [`sim`] (cargo feature `sim`, off by default): the simulator: a fake OpenAI Realtime
+//!   server, a simulated Twilio call, a fake Twilio REST API, the soak. For tests and demos;
+//!   a production build does not compile it.
+//!
+//! Unix only: the socket layer waits with `poll(2)`.
 //!
 //! Logging goes through the `log` crate with one target per side, so
 //! `RUST_LOG=twilio_realtime::twilio=debug` shows just the Twilio side (also `::model`,
@@ -41,32 +51,24 @@
 //! never in the crate's own log lines, at any level; [`logging::init`] sets up `env_logger` so
 //! that the dependencies' frame dumps (tungstenite at `trace`) stay out unless asked for.
 #![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod agent;
 pub mod call;
-pub mod call_info;
-mod event_queue;
 pub mod events;
-pub mod http;
-pub mod inbound;
-mod inbox;
+pub mod io;
 pub mod limits;
 pub mod logging;
-pub mod model;
-pub mod mulaw;
-pub mod outbound;
-pub mod playback;
-pub mod recording;
+pub mod proto;
 mod redact;
+#[cfg(feature = "server")]
+#[cfg_attr(docsrs, doc(cfg(feature = "server")))]
 pub mod server;
 pub mod session;
-pub mod signature;
+#[cfg(feature = "sim")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sim")))]
 pub mod sim;
-mod sys;
-pub mod token;
-pub mod transfer;
-pub mod twilio;
-pub mod ws;
+pub mod telephony;
 
 /// The README's examples, compiled as doctests so they stay true.
 #[cfg(doctest)]

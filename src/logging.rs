@@ -21,7 +21,7 @@ use log::{Level, LevelFilter, Log, Metadata, Record, SetLoggerError};
 /// Log targets of dependencies that print whole frames or requests (payloads, tokens, keys)
 /// at `trace`. Kept at `debug` by [`init`] unless the filter names them.
 /// (`ureq_proto`: the REST client's protocol layer, which dumps every request's raw bytes, the
-/// `Authorization: Basic` header of [`crate::outbound`] included.)
+/// `Authorization: Basic` header of [`crate::telephony::outbound`] included.)
 pub const FRAME_DUMPING_TARGETS: &[&str] = &["tungstenite", "ureq_proto"];
 
 /// Whether `target` is one of the [`FRAME_DUMPING_TARGETS`] (or a module inside one).

@@ -12,12 +12,12 @@ use crossbeam_channel::Receiver;
 use tungstenite::Message;
 use twilio_realtime::agent::Agent;
 use twilio_realtime::events::{CloseReason, ErrorSource, SessionEvent};
+use twilio_realtime::io::ws::{ClientRequest, Duplex, Incoming, WsConfig, WsConn};
 use twilio_realtime::sim::chaos::{run_faulty_call, CallerFault};
 use twilio_realtime::sim::fake_model::{FakeModelConfig, Faults, Reply};
 use twilio_realtime::sim::twilio_call::{
     CallReport, Segment, SimError, TwilioCall, TwilioCallConfig,
 };
-use twilio_realtime::ws::{ClientRequest, Duplex, Incoming, WsConfig, WsConn};
 
 const SID: &str = "MZ00000000000000000000000000000001";
 

@@ -11,8 +11,8 @@ use common::{wait_until, Rig};
 use tungstenite::Message;
 use twilio_realtime::agent::Agent;
 use twilio_realtime::events::{ErrorSource, SessionEvent};
+use twilio_realtime::io::ws::{ClientRequest, WsConfig, WsConn};
 use twilio_realtime::sim::fake_model::FakeModelConfig;
-use twilio_realtime::ws::{ClientRequest, WsConfig, WsConn};
 
 static BAD_LINES: AtomicUsize = AtomicUsize::new(0);
 

@@ -13,10 +13,10 @@ use serde_json::json;
 use tungstenite::Message;
 use twilio_realtime::agent::{Agent, FunctionTool};
 use twilio_realtime::events::SessionEvent;
+use twilio_realtime::io::ws::{ClientRequest, WsConfig, WsConn};
 use twilio_realtime::session::{Session, SessionOptions, TransportEvents};
 use twilio_realtime::sim::fake_model::{FakeModel, FakeModelConfig, Faults, Reply};
 use twilio_realtime::sim::twilio_call::{Segment, TwilioCall, TwilioCallConfig};
-use twilio_realtime::ws::{ClientRequest, WsConfig, WsConn};
 
 const SID: &str = "MZ00000000000000000000000000000001";
 

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use twilio_realtime::agent::Agent;
 use twilio_realtime::events::{CloseReason, SessionEvent};
+use twilio_realtime::io::ws::{WsConfig, WsConn};
 use twilio_realtime::session::{Session, SessionHandle, SessionOptions};
 use twilio_realtime::sim::fake_model::{FakeModel, FakeModelConfig, ModelRecording, Reply};
 use twilio_realtime::sim::twilio_call::{CallReport, Segment, TwilioCall, TwilioCallConfig};
-use twilio_realtime::ws::{WsConfig, WsConn};
 
 /// One call through `Session::start`; `on_event` sees every event with the handle.
 fn session_call(
@@ -155,9 +155,9 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::json;
 use twilio_realtime::agent::FunctionTool;
+use twilio_realtime::server::signature;
 use twilio_realtime::server::{CallEvents, Server, ServerConfig, Stopper};
 use twilio_realtime::session::CallControl;
-use twilio_realtime::signature;
 
 fn request(addr: SocketAddr, raw: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap();
@@ -316,7 +316,7 @@ fn a_transfer_ends_the_stream_after_the_announcement_and_call_ended_dials_it() {
     assert_heard_then_closed(&report, 1500);
     let reason = CloseReason::Transferred {
         name: "Desk".into(),
-        destination: twilio_realtime::transfer::Destination::parse(
+        destination: twilio_realtime::telephony::transfer::Destination::parse(
             "sip:desk&1@pbx.example.com;transport=tls",
         )
         .unwrap(),

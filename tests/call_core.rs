@@ -6,8 +6,8 @@ use serde_json::{json, Value};
 use twilio_realtime::agent::{Agent, FunctionTool, OutputGuardrail, Verdict};
 use twilio_realtime::call::{CallCore, CallOptions, Command, Greeting, Output};
 use twilio_realtime::events::{CloseReason, ErrorSource, InterruptCause, SessionEvent};
-use twilio_realtime::model::{ClientEvent, ResponseConfig, ServerEvent};
-use twilio_realtime::twilio::{TwilioCommand, TwilioMessage};
+use twilio_realtime::proto::realtime::{ClientEvent, ResponseConfig, ServerEvent};
+use twilio_realtime::proto::twilio::{TwilioCommand, TwilioMessage};
 
 const SID: &str = "MZ18ad3ab5a668481ce02b83e7395059f0";
 
@@ -1005,7 +1005,7 @@ fn several_items_and_content_indexes_each_get_a_truncate() {
 
 #[test]
 fn server_vad_without_interrupt_response_gets_a_cancel() {
-    use twilio_realtime::model::{SessionConfig, TurnDetection};
+    use twilio_realtime::proto::realtime::{SessionConfig, TurnDetection};
     let session = SessionConfig::new().turn_detection(TurnDetection::ServerVad {
         threshold: None,
         prefix_padding_ms: None,
@@ -2137,7 +2137,9 @@ fn transfer_call_ends_after_the_last_words_with_the_destination() {
     let out = h.drain();
     let reason = CloseReason::Transferred {
         name: "Support".into(),
-        destination: twilio_realtime::transfer::Destination::Sip("sip:help@pbx.example.com".into()),
+        destination: twilio_realtime::telephony::transfer::Destination::Sip(
+            "sip:help@pbx.example.com".into(),
+        ),
         by_agent: true,
     };
     assert!(events(&out).contains(&SessionEvent::Ending {
@@ -2193,9 +2195,9 @@ fn transfer_call_to_an_unknown_destination_is_refused_and_the_model_may_choose_a
 fn application_transfer_and_the_first_decision_stands() {
     let mut h = H::ready(Agent::new("A", "x").can_hang_up());
     goodbye(&mut h, "r1", "i1", 1);
-    let target = twilio_realtime::transfer::TransferTarget {
+    let target = twilio_realtime::telephony::transfer::TransferTarget {
         name: "Desk".into(),
-        destination: twilio_realtime::transfer::Destination::parse("+15550100").unwrap(),
+        destination: twilio_realtime::telephony::transfer::Destination::parse("+15550100").unwrap(),
         description: String::new(),
     };
     h.cmd(Command::Transfer(target));

@@ -595,8 +595,8 @@ fn session_call(
     std::net::SocketAddr,
     std::sync::mpsc::Receiver<twilio_realtime::session::SessionHandle>,
 ) {
+    use twilio_realtime::io::ws::{WsConfig, WsConn};
     use twilio_realtime::session::{Session, SessionOptions};
-    use twilio_realtime::ws::{WsConfig, WsConn};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let mut opts = SessionOptions::new(Some("test-key".into())).url(model.url());
@@ -613,7 +613,7 @@ fn session_call(
 
 #[test]
 fn push_to_talk_commits_and_asks_for_responses_through_the_handle() {
-    use twilio_realtime::model::{SessionConfig, TurnDetection};
+    use twilio_realtime::proto::realtime::{SessionConfig, TurnDetection};
     let model = twilio_realtime::sim::fake_model::FakeModel::start(FakeModelConfig {
         script: vec![Reply::say("You said something.", 600)],
         caller_transcripts: vec!["Is it raining?".into()],

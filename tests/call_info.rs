@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use serde_json::json;
 use twilio_realtime::agent::{Agent, FunctionTool};
-use twilio_realtime::call_info::{CallInfo, Direction};
 use twilio_realtime::events::{CloseReason, SessionEvent};
+use twilio_realtime::server::signature;
 use twilio_realtime::server::{Server, ServerConfig, ServerStats, Stopper};
-use twilio_realtime::signature;
 use twilio_realtime::sim::fake_model::{FakeModel, FakeModelConfig, ModelRecording, Reply};
 use twilio_realtime::sim::twilio_call::{Segment, TwilioCall, TwilioCallConfig};
+use twilio_realtime::telephony::call_info::{CallInfo, Direction};
 
 const TOKEN: &str = "test-auth-token";
 const PUBLIC: &str = "https://bridge.example.test";
@@ -336,7 +336,7 @@ fn a_panicking_factory_ends_only_its_call() {
 fn the_core_takes_a_starting_agent_only_before_the_session_is_configured() {
     use std::time::Instant;
     use twilio_realtime::call::{CallCore, CallOptions};
-    use twilio_realtime::model::ServerEvent;
+    use twilio_realtime::proto::realtime::ServerEvent;
     let now = Instant::now();
     let mut core = CallCore::new(Agent::new("pending", ""), CallOptions::default(), now);
     assert!(core.set_starting_agent(Agent::new("Chosen", "Greet Ada.")));

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 use tungstenite::Message;
-use twilio_realtime::ws::{ClientRequest, Duplex, Incoming, WsConfig, WsConn, WsError};
+use twilio_realtime::io::ws::{ClientRequest, Duplex, Incoming, WsConfig, WsConn, WsError};
 
 mod common;
 use common::tls_pair;
@@ -300,8 +300,8 @@ fn refused_rejected_and_non_upgrade_are_typed_errors() {
     let addr = l.local_addr().unwrap();
     let t = thread::spawn(move || {
         let (mut s, _) = l.accept().unwrap();
-        let _ = twilio_realtime::http::read_head(&mut s, &Default::default());
-        twilio_realtime::http::write_response(&mut s, 401, "text/plain", &[], b"no").unwrap();
+        let _ = twilio_realtime::io::http::read_head(&mut s, &Default::default());
+        twilio_realtime::io::http::write_response(&mut s, 401, "text/plain", &[], b"no").unwrap();
     });
     let e = WsConn::connect(
         &ClientRequest::new(format!("ws://{addr}/")),

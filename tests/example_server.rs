@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use twilio_realtime::signature;
+use twilio_realtime::server::signature;
 use twilio_realtime::sim::fake_model::{FakeModel, FakeModelConfig, Reply};
 use twilio_realtime::sim::twilio_call::{Segment, TwilioCall, TwilioCallConfig};
 use twilio_realtime::sim::twilio_rest::{FakeTwilio, FakeTwilioConfig};
@@ -458,11 +458,13 @@ fn call_recording_dir_records_every_call() {
     let file = dir.join("CA000000000000000000000000000000ee.jsonl");
     let deadline = Instant::now() + Duration::from_secs(10);
     let entries = loop {
-        let entries = twilio_realtime::recording::read_file(&file).unwrap_or_default();
-        if entries
-            .iter()
-            .any(|e| matches!(e.record, twilio_realtime::recording::Record::Closed { .. }))
-        {
+        let entries = twilio_realtime::session::recording::read_file(&file).unwrap_or_default();
+        if entries.iter().any(|e| {
+            matches!(
+                e.record,
+                twilio_realtime::session::recording::Record::Closed { .. }
+            )
+        }) {
             break entries;
         }
         assert!(
@@ -474,11 +476,11 @@ fn call_recording_dir_records_every_call() {
     };
     assert!(matches!(
         entries[0].record,
-        twilio_realtime::recording::Record::Header { .. }
+        twilio_realtime::session::recording::Record::Header { .. }
     ));
     assert!(entries.iter().any(|e| matches!(
         e.record,
-        twilio_realtime::recording::Record::AgentAudio { .. }
+        twilio_realtime::session::recording::Record::AgentAudio { .. }
     )));
     drop(p);
     let _ = std::fs::remove_dir_all(&dir);
@@ -677,8 +679,9 @@ fn outbound_calls_and_status_callbacks_through_the_example_server() {
         log.contains("is completed after"),
         "status callbacks are logged"
     );
-    let basic = twilio_realtime::outbound::Credentials::AuthToken("fake-auth-token".into())
-        .basic_auth(twilio.account_sid());
+    let basic =
+        twilio_realtime::telephony::outbound::Credentials::AuthToken("fake-auth-token".into())
+            .basic_auth(twilio.account_sid());
     let basic = basic.trim_start_matches("Basic ");
     for secret in ["operator-secret", "fake-auth-token", basic] {
         assert!(!log.contains(secret), "{secret} leaked into the log");

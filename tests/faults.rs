@@ -11,9 +11,9 @@ use common::{wait_until, Rig};
 use tungstenite::Message;
 use twilio_realtime::agent::Agent;
 use twilio_realtime::events::CloseReason;
+use twilio_realtime::io::ws::{ClientRequest, WsConfig, WsConn};
 use twilio_realtime::sim::fake_model::{FakeModelConfig, Faults, Reply};
 use twilio_realtime::sim::twilio_call::{Segment, TwilioCall, TwilioCallConfig};
-use twilio_realtime::ws::{ClientRequest, WsConfig, WsConn};
 
 const SID: &str = "MZ00000000000000000000000000000001";
 
@@ -30,7 +30,7 @@ fn start_json() -> String {
 fn media_json(ts: u64) -> String {
     format!(
         r#"{{"event":"media","streamSid":"{SID}","media":{{"track":"inbound","chunk":"1","timestamp":"{ts}","payload":"{}"}}}}"#,
-        twilio_realtime::mulaw::silence_base64(160)
+        twilio_realtime::proto::mulaw::silence_base64(160)
     )
 }
 

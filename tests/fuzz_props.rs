@@ -25,13 +25,13 @@ use base64::Engine;
 use proptest::prelude::*;
 use serde_json::json;
 use twilio_realtime::agent::{Agent, FunctionTool, OutputGuardrail, Verdict};
+use twilio_realtime::call::inbound::{InboundAudio, InboundConfig};
+use twilio_realtime::call::playback::MarkName;
 use twilio_realtime::call::{CallCore, CallOptions, Command, Output};
 use twilio_realtime::events::SessionEvent;
-use twilio_realtime::inbound::{InboundAudio, InboundConfig};
-use twilio_realtime::model::{ClientEvent, ServerEvent};
-use twilio_realtime::mulaw;
-use twilio_realtime::playback::MarkName;
-use twilio_realtime::twilio::{TwilioCommand, TwilioMessage};
+use twilio_realtime::proto::mulaw;
+use twilio_realtime::proto::realtime::{ClientEvent, ServerEvent};
+use twilio_realtime::proto::twilio::{TwilioCommand, TwilioMessage};
 
 const SIDS: [&str; 2] = [
     "MZ18ad3ab5a668481ce02b83e7395059f0",
@@ -125,7 +125,7 @@ proptest! {
         if let Ok(TwilioMessage::Media(m)) = TwilioMessage::parse(&text) {
             prop_assert!(mulaw::validate_base64(&m.media.payload).is_ok());
         }
-        let _ = twilio_realtime::twilio::TwilioCommand::parse(&text);
+        let _ = twilio_realtime::proto::twilio::TwilioCommand::parse(&text);
     }
 
     #[test]

@@ -14,9 +14,9 @@ use common::{wait_until, Rig};
 use tungstenite::Message;
 use twilio_realtime::agent::Agent;
 use twilio_realtime::events::{SessionEvent, TransportEvent};
+use twilio_realtime::io::ws::{ClientRequest, WsConfig, WsConn};
 use twilio_realtime::session::SessionOptions;
 use twilio_realtime::sim::fake_model::FakeModelConfig;
-use twilio_realtime::ws::{ClientRequest, WsConfig, WsConn};
 
 const SID: &str = "MZ00000000000000000000000000000001";
 
@@ -64,7 +64,7 @@ fn a_client_dribbling_its_head_is_closed_when_the_overall_deadline_passes() {
     rig.stop();
 }
 
-fn upgrade(addr: SocketAddr) -> twilio_realtime::ws::Duplex {
+fn upgrade(addr: SocketAddr) -> twilio_realtime::io::ws::Duplex {
     let req = ClientRequest::new(format!("ws://{addr}/media-stream"));
     WsConn::connect(&req, &WsConfig::default())
         .expect("upgrade")

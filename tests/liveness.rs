@@ -346,7 +346,7 @@ fn a_panicking_event_hook_ends_only_that_call_and_shutdown_is_not_stalled() {
 
 #[test]
 fn a_panicking_socket_handler_closes_only_its_connection() {
-    use twilio_realtime::ws::{ClientRequest, Incoming, WsConfig, WsConn, WsError};
+    use twilio_realtime::io::ws::{ClientRequest, Incoming, WsConfig, WsConn, WsError};
     let _s = serial();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();

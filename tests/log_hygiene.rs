@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use twilio_realtime::agent::Agent;
+use twilio_realtime::call::inbound::{InboundAudio, InboundConfig};
 use twilio_realtime::call::{CallCore, CallOptions};
-use twilio_realtime::inbound::{InboundAudio, InboundConfig};
-use twilio_realtime::twilio::TwilioMessage;
+use twilio_realtime::proto::twilio::TwilioMessage;
 
 static LINES: Mutex<Vec<String>> = Mutex::new(Vec::new());
 

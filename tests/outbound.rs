@@ -9,15 +9,15 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use twilio_realtime::agent::Agent;
-use twilio_realtime::call_info::{CallInfo, Direction};
-use twilio_realtime::outbound::{
+use twilio_realtime::server::signature;
+use twilio_realtime::server::{OutboundConfig, Server, ServerConfig, ServerStats, Stopper};
+use twilio_realtime::sim::fake_model::{FakeModel, FakeModelConfig, Reply};
+use twilio_realtime::sim::twilio_rest::{FakeTwilio, FakeTwilioConfig, ForcedError, Outcome};
+use twilio_realtime::telephony::call_info::{CallInfo, Direction};
+use twilio_realtime::telephony::outbound::{
     Answer, CallStatus, Credentials, MachineDetection, OutboundCall, RestError, StatusCallback,
     TwilioRest,
 };
-use twilio_realtime::server::{OutboundConfig, Server, ServerConfig, ServerStats, Stopper};
-use twilio_realtime::signature;
-use twilio_realtime::sim::fake_model::{FakeModel, FakeModelConfig, Reply};
-use twilio_realtime::sim::twilio_rest::{FakeTwilio, FakeTwilioConfig, ForcedError, Outcome};
 
 const PUBLIC: &str = "https://bridge.example.test";
 const SECRET: &str = "dial-secret";

@@ -2,8 +2,8 @@
 //! realistic JSON (string numerics, extra fields), plus each parse error.
 
 use serde_json::{json, Value};
-use twilio_realtime::model::{ClientEvent, ModelError, ServerEvent};
-use twilio_realtime::twilio::{TwilioCommand, TwilioError, TwilioMessage};
+use twilio_realtime::proto::realtime::{ClientEvent, ModelError, ServerEvent};
+use twilio_realtime::proto::twilio::{TwilioCommand, TwilioError, TwilioMessage};
 
 fn same(a: &str, b: &Value) {
     let a: Value = serde_json::from_str(a).unwrap();
@@ -271,7 +271,7 @@ fn model_parse_errors() {
 
 #[test]
 fn fast_writers_match_serde() {
-    use twilio_realtime::model::write_append_json;
+    use twilio_realtime::proto::realtime::write_append_json;
     for audio in ["//8=", "", "we\"ird\\\n"] {
         let mut s = String::new();
         write_append_json(&mut s, audio);
@@ -284,7 +284,7 @@ fn fast_writers_match_serde() {
         assert_eq!(ClientEvent::parse(&s).unwrap(), ev);
     }
     let mut s = String::new();
-    twilio_realtime::twilio::write_media_json(&mut s, "MZ\"1", "a/b+");
+    twilio_realtime::proto::twilio::write_media_json(&mut s, "MZ\"1", "a/b+");
     let v: Value = serde_json::from_str(&s).unwrap();
     assert_eq!(
         v,
@@ -294,7 +294,7 @@ fn fast_writers_match_serde() {
 
 #[test]
 fn session_config_round_trips_and_defaults_to_pcmu_and_empty_tools() {
-    use twilio_realtime::model::{SessionConfig, TurnDetection};
+    use twilio_realtime::proto::realtime::{SessionConfig, TurnDetection};
     let ev = ClientEvent::SessionUpdate {
         event_id: None,
         session: SessionConfig::new()

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use common::Rig;
 use serde_json::json;
 use twilio_realtime::agent::{Agent, FunctionTool};
-use twilio_realtime::recording::{read, read_file, write, Entry, Record, RecordTo};
+use twilio_realtime::session::recording::{read, read_file, write, Entry, Record, RecordTo};
 use twilio_realtime::sim::fake_model::{FakeModelConfig, Reply};
 use twilio_realtime::sim::twilio_call::{CallReport, Segment, TwilioCall, TwilioCallConfig};
 

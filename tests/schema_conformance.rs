@@ -7,7 +7,7 @@ mod common;
 use serde_json::{json, Value};
 use twilio_realtime::agent::{Agent, FunctionTool};
 use twilio_realtime::call::{CallCore, CallOptions, Command, Output};
-use twilio_realtime::model::{
+use twilio_realtime::proto::realtime::{
     AudioFormat, ClientEvent, Item, NoiseReduction, ResponseConfig, ServerEvent, SessionConfig,
     ToolChoice, ToolDefinition, Transcription, TurnDetection,
 };
@@ -208,7 +208,7 @@ fn events_the_call_engine_emits_are_schema_valid() {
     );
     core.handle_twilio(
         now,
-        twilio_realtime::twilio::TwilioMessage::parse(
+        twilio_realtime::proto::twilio::TwilioMessage::parse(
             r#"{"event":"start","streamSid":"MZ1","start":{"accountSid":"AC1","callSid":"CA1","tracks":["inbound"],"customParameters":{},"mediaFormat":{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1}}}"#,
         )
         .unwrap(),
@@ -244,7 +244,7 @@ fn events_the_call_engine_emits_are_schema_valid() {
     core.handle_command(now, Command::SendMessage("hi".into()));
     core.handle_twilio(
         now,
-        twilio_realtime::twilio::TwilioMessage::parse(
+        twilio_realtime::proto::twilio::TwilioMessage::parse(
             r#"{"event":"dtmf","streamSid":"MZ1","dtmf":{"digit":"5"}}"#,
         )
         .unwrap(),

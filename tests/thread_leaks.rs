@@ -67,7 +67,7 @@ fn a_hundred_calls_in_a_row_leave_no_thread_behind() {
 fn fifty_websocket_connections_leave_no_thread_behind() {
     use std::net::TcpListener;
     use tungstenite::Message;
-    use twilio_realtime::ws::{ClientRequest, Incoming, WsConfig, WsConn};
+    use twilio_realtime::io::ws::{ClientRequest, Incoming, WsConfig, WsConn};
     let _serial = SERIAL.lock().unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();

@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
-use twilio_realtime::playback::MarkName;
-use twilio_realtime::recording::{Entry, Record};
+use twilio_realtime::call::playback::MarkName;
+use twilio_realtime::session::recording::{Entry, Record};
 use twilio_realtime::sim::twilio_call::CallReport;
 
 /// Mean absolute sample value drawn as a full lane (a loud voice is about 3500-6000).
@@ -393,7 +393,7 @@ impl Picture {
                 .map(|(i, f)| Level {
                     from: offset_ms + i as f64 * 20.0,
                     to: offset_ms + (i as f64 + 1.0) * 20.0,
-                    level: f64::from(twilio_realtime::mulaw::mean_abs(f)),
+                    level: f64::from(twilio_realtime::proto::mulaw::mean_abs(f)),
                 })
                 .collect()
         };
@@ -707,7 +707,8 @@ impl Picture {
 /// What `call_report` does: reads the recording at `file`, writes its picture to `svg` and
 /// returns the summary.
 pub fn report(file: &std::path::Path, svg: &std::path::Path) -> Result<String, String> {
-    let entries = twilio_realtime::recording::read_file(file).map_err(|e| e.to_string())?;
+    let entries =
+        twilio_realtime::session::recording::read_file(file).map_err(|e| e.to_string())?;
     if entries.is_empty() {
         return Err("the recording is empty".into());
     }

@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 
-use crate::mulaw;
-use crate::ws::{ClientRequest, WsConfig, WsConn};
+use crate::io::ws::{ClientRequest, WsConfig, WsConn};
+use crate::proto::mulaw;
 
 use super::twilio_call::SimError;
 
@@ -92,9 +92,9 @@ pub fn run_faulty_call(
     if fault == CallerFault::StopReading {
         // A raw tungstenite client: it writes `start` and then simply never reads.
         let tcp = TcpStream::connect(addr)
-            .map_err(|e| SimError::Connect(crate::ws::WsError::Connect(e)))?;
+            .map_err(|e| SimError::Connect(crate::io::ws::WsError::Connect(e)))?;
         let (mut ws, _) = tungstenite::client(url.as_str(), tcp)
-            .map_err(|e| SimError::Connect(crate::ws::WsError::Handshake(e.to_string())))?;
+            .map_err(|e| SimError::Connect(crate::io::ws::WsError::Handshake(e.to_string())))?;
         let _ = ws.send(tungstenite::Message::text(start_json(sid)));
         thread::sleep(duration);
         return Ok(()); // dropped without a close frame

@@ -40,10 +40,10 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 use tungstenite::Message;
 
-use crate::http::{self, HttpLimits};
-use crate::model::{ClientEvent, Item};
-use crate::mulaw;
-use crate::ws::{Incoming, WsConfig, WsConn, WsSender};
+use crate::io::http::{self, HttpLimits};
+use crate::io::ws::{Incoming, WsConfig, WsConn, WsSender};
+use crate::proto::mulaw;
+use crate::proto::realtime::{ClientEvent, Item};
 
 const LOG: &str = "twilio_realtime::sim";
 
@@ -314,7 +314,7 @@ impl FakeModel {
             // Set on the listener, so every connection's window is sized from it from the
             // first segment on: the window closes after a few KiB instead of megabytes.
             use std::os::fd::AsRawFd;
-            crate::sys::set_recv_buffer(listener.as_raw_fd(), 8 * 1024)?;
+            crate::io::sys::set_recv_buffer(listener.as_raw_fd(), 8 * 1024)?;
         }
         let addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));

@@ -388,8 +388,8 @@ struct DeafApp {
 
 impl DeafApp {
     fn start(model: FakeModelConfig) -> io::Result<DeafApp> {
+        use crate::io::ws::{WsConfig, WsConn};
         use crate::session::{Session, SessionOptions, TransportEvents};
-        use crate::ws::{WsConfig, WsConn};
         let model = FakeModel::start(FakeModelConfig {
             keep_events: false,
             ..model

@@ -17,13 +17,13 @@ use base64::Engine;
 use crossbeam_channel::RecvTimeoutError;
 use tungstenite::Message;
 
-use crate::mulaw;
-use crate::playback::MarkName;
-use crate::twilio::{
+use crate::call::playback::MarkName;
+use crate::io::ws::{ClientRequest, Incoming, WsConfig, WsConn, WsError};
+use crate::proto::mulaw;
+use crate::proto::twilio::{
     Connected, Dtmf, DtmfInfo, Mark, MarkInfo, Media, MediaFormat, MediaInfo, Start, StartInfo,
     Stop, StopInfo, TwilioCommand, TwilioMessage,
 };
-use crate::ws::{ClientRequest, Incoming, WsConfig, WsConn, WsError};
 
 /// One step of the caller's script.
 #[derive(Debug, Clone, PartialEq)]

@@ -41,8 +41,8 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use serde_json::json;
 
-use crate::http::{self, HttpLimits};
-use crate::signature;
+use crate::io::http::{self, HttpLimits};
+use crate::server::signature;
 use crate::sim::twilio_call::{CallReport, Segment, TwilioCall, TwilioCallConfig};
 
 const LOG: &str = "twilio_realtime::sim";

@@ -4,7 +4,7 @@
 use std::io;
 use std::path::Path;
 
-use crate::mulaw;
+use crate::proto::mulaw;
 
 /// Writes µ-law audio as an 8 kHz mono 16-bit PCM WAV file.
 pub fn write(path: &Path, mulaw_audio: &[u8]) -> io::Result<()> {

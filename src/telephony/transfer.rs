@@ -9,7 +9,7 @@
 //! for a transfer pending for that CallSid, [`hangup_twiml`] otherwise.
 //!
 //! ```
-//! use twilio_realtime::transfer::{dial_twiml, Destination};
+//! use twilio_realtime::telephony::transfer::{dial_twiml, Destination};
 //!
 //! let desk = Destination::parse("+15550100").unwrap();
 //! assert!(dial_twiml(&desk).contains("<Number>+15550100</Number>"));

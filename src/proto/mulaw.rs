@@ -6,7 +6,7 @@
 //! VAD and tone generator, and tests.
 //!
 //! ```
-//! use twilio_realtime::mulaw;
+//! use twilio_realtime::proto::mulaw;
 //!
 //! assert_eq!(mulaw::decode(0x80), 32124);
 //! assert_eq!(mulaw::encode(mulaw::decode(0x2a)), 0x2a);
@@ -122,7 +122,7 @@ pub fn base64_decoded_len(b64: &str) -> usize {
 /// allocates nothing: the audio path uses it to refuse a bad payload before forwarding it.
 ///
 /// ```
-/// use twilio_realtime::mulaw;
+/// use twilio_realtime::proto::mulaw;
 /// assert_eq!(mulaw::validate_base64("//////8=").unwrap(), 5);
 /// assert!(mulaw::validate_base64("not base64!").is_err());
 /// assert!(mulaw::validate_base64("//8").is_err()); // unpadded

@@ -6,7 +6,7 @@
 //! per-read one; a read that times out becomes [`HttpError::Timeout`].
 //!
 //! ```
-//! use twilio_realtime::http::{read_head, HttpLimits};
+//! use twilio_realtime::io::http::{read_head, HttpLimits};
 //!
 //! let raw = b"GET /media-stream?x=1 HTTP/1.1\r\nHost: example.com\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
 //! let (head, rest) = read_head(&mut &raw[..], &HttpLimits::default()).unwrap();
@@ -259,7 +259,7 @@ fn parse_head(buf: &[u8], limits: &HttpLimits) -> Result<Option<(RequestHead, us
 ///
 /// ```no_run
 /// use std::time::{Duration, Instant};
-/// use twilio_realtime::http::{read_head, HttpLimits, ReadBy};
+/// use twilio_realtime::io::http::{read_head, HttpLimits, ReadBy};
 ///
 /// let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
 /// let (tcp, _) = listener.accept().unwrap();

@@ -18,7 +18,7 @@
 //!   the stream has ended while the call is still up. It answers `<Dial><Number>` or
 //!   `<Dial><Sip>` for a transfer pending for that CallSid (the model's `transfer_call` or
 //!   [`CallControl::transfer`]), `<Hangup/>` otherwise; signed like the webhook. See
-//!   [`crate::transfer`].
+//!   [`crate::telephony::transfer`].
 //! * `GET /healthz` answers `ok`.
 //! * `GET /media-stream` with a WebSocket upgrade runs a call; without one it is a 400.
 //! * With an auth token configured, `X-Twilio-Signature` is checked on the webhook (URL +
@@ -32,12 +32,12 @@
 //! instructions personalised per caller; a factory that takes no argument (`Arc<Fn() ->
 //! Agent>` or a plain `fn() -> Agent`) works as well and is called when the stream connects.
 //! The webhook's fields are kept by CallSid (at most 4,096 calls, 8 MiB, 60 s) until the
-//! call's stream starts; see [`crate::call_info`] for what waits for them (only the model
+//! call's stream starts; see [`crate::telephony::call_info`] for what waits for them (only the model
 //! session's configuration, never the model handshake).
 //!
 //! ```no_run
 //! use twilio_realtime::agent::Agent;
-//! use twilio_realtime::call_info::CallInfo;
+//! use twilio_realtime::telephony::call_info::CallInfo;
 //! use twilio_realtime::server::{Server, ServerConfig};
 //!
 //! let cfg = ServerConfig::from_env();
@@ -50,6 +50,9 @@
 //! server.run().unwrap();
 //! ```
 
+pub mod signature;
+pub mod token;
+
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -59,22 +62,21 @@ use std::time::{Duration, Instant};
 
 use tungstenite::stream::MaybeTlsStream;
 
+use self::token::{StreamTokens, TOKEN_PARAMETER};
 use crate::agent::Agent;
-use crate::call_info::{CallInfo, WebhookCalls, WebhookForm};
 use crate::events::{CloseReason, SessionEvent};
-use crate::http::{self, HttpError, HttpLimits, RequestHead};
-use crate::outbound::{
-    self, MachineDetection, OutboundCall, RestError, StatusCallback, TwilioRest,
-};
+use crate::io::http::{self, HttpError, HttpLimits, RequestHead};
+use crate::io::ws::{WsConfig, WsConn};
+use crate::proto::twilio::Start;
 use crate::session::{
     AgentForCall, AgentSource, CallControl, Session, SessionCloser, SessionHandle, SessionOptions,
     TransportEvents,
 };
-use crate::signature;
-use crate::token::{StreamTokens, TOKEN_PARAMETER};
-use crate::transfer::{self, PendingTransfers, TransferTarget};
-use crate::twilio::Start;
-use crate::ws::{WsConfig, WsConn};
+use crate::telephony::call_info::{CallInfo, WebhookCalls, WebhookForm};
+use crate::telephony::outbound::{
+    self, MachineDetection, OutboundCall, RestError, StatusCallback, TwilioRest,
+};
+use crate::telephony::transfer::{self, PendingTransfers, TransferTarget};
 
 const LOG: &str = "twilio_realtime::server";
 
@@ -1226,7 +1228,7 @@ impl ConnCtx {
             })) {
                 Ok(f) => on_events = Some(f),
                 Err(p) => {
-                    let why = crate::ws::panic_text(p.as_ref());
+                    let why = crate::io::ws::panic_text(p.as_ref());
                     log::error!(target: LOG, "call {call_no}: call handler panicked: {why}");
                     handle.end_after_panic(format!("call handler: {why}"));
                 }
@@ -1247,7 +1249,7 @@ impl ConnCtx {
                 let ran =
                     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h(call_no, &ev)));
                 if let Err(p) = ran {
-                    let why = crate::ws::panic_text(p.as_ref());
+                    let why = crate::io::ws::panic_text(p.as_ref());
                     if !hook_panicked {
                         hook_panicked = true;
                         log::error!(target: LOG, "call {call_no}: event hook panicked: {why}");
@@ -1261,7 +1263,7 @@ impl ConnCtx {
                 // The per-call handler's closure: the same rule as the hook.
                 let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&ev)));
                 if let Err(p) = ran {
-                    let why = crate::ws::panic_text(p.as_ref());
+                    let why = crate::io::ws::panic_text(p.as_ref());
                     if !handler_panicked {
                         handler_panicked = true;
                         log::error!(target: LOG, "call {call_no}: call handler panicked: {why}");
@@ -1287,7 +1289,7 @@ impl Drop for LiveGuard {
         if self.0.live_calls.fetch_sub(1, Ordering::SeqCst) == 1 {
             // The last call just ended: hand the heap pages the calls freed back to the OS,
             // so an idle server's RSS returns to its baseline after a burst.
-            crate::sys::release_free_memory();
+            crate::io::sys::release_free_memory();
         }
     }
 }

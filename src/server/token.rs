@@ -9,7 +9,7 @@
 //!
 //! ```
 //! use std::time::{Duration, Instant};
-//! use twilio_realtime::token::{StreamTokens, TokenError};
+//! use twilio_realtime::server::token::{StreamTokens, TokenError};
 //!
 //! let tokens = StreamTokens::new(Duration::from_secs(30), 10_000);
 //! let now = Instant::now();
@@ -26,7 +26,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// The `customParameters` key the token travels under.
-pub const TOKEN_PARAMETER: &str = "token";
+pub use crate::telephony::call_info::TOKEN_PARAMETER;
 
 /// Why a stream token was refused. The token itself is never part of the message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

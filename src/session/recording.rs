@@ -41,7 +41,7 @@
 //! the session thread picks them up). [`read`] parses a file back.
 //!
 //! ```
-//! use twilio_realtime::recording::{read, Entry, Record};
+//! use twilio_realtime::session::recording::{read, Entry, Record};
 //! let text = "{\"t_us\":0,\"kind\":\"header\",\"format\":1,\"version\":\"0.1.0\",\"started_unix_ms\":1}\n\
 //!             {\"t_us\":1500,\"kind\":\"clear\"}\n";
 //! let entries = read(text.as_bytes()).unwrap();
@@ -63,8 +63,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::call::Output;
 use crate::events::SessionEvent;
-use crate::model::{ClientEvent, ServerEvent};
-use crate::twilio::{TwilioCommand, TwilioMessage};
+use crate::proto::realtime::{ClientEvent, ServerEvent};
+use crate::proto::twilio::{TwilioCommand, TwilioMessage};
 
 const LOG: &str = "twilio_realtime::recording";
 
@@ -686,7 +686,7 @@ impl CallerMeter {
         let (n, sum) = sum_of_base64(payload);
         self.bytes = self.bytes.saturating_add(n);
         self.sum = self.sum.saturating_add(sum);
-        if self.bytes >= u64::from(CALLER_BUCKET_MS) * crate::mulaw::BYTES_PER_MS as u64 {
+        if self.bytes >= u64::from(CALLER_BUCKET_MS) * crate::proto::mulaw::BYTES_PER_MS as u64 {
             self.flush(now);
         }
     }
@@ -696,7 +696,8 @@ impl CallerMeter {
             return;
         }
         let level = self.sum.checked_div(self.bytes).unwrap_or(0).min(32767) as u16;
-        let ms = (self.bytes / crate::mulaw::BYTES_PER_MS as u64).min(u64::from(u32::MAX)) as u32;
+        let ms =
+            (self.bytes / crate::proto::mulaw::BYTES_PER_MS as u64).min(u64::from(u32::MAX)) as u32;
         self.rec.at(now, Record::CallerAudio { ms, level });
         self.bytes = 0;
         self.sum = 0;
@@ -715,7 +716,7 @@ fn sum_of_base64(b64: &str) -> (u64, u64) {
             break;
         };
         for &b in &buf[..len] {
-            sum += u64::from((crate::mulaw::decode(b) as i32).unsigned_abs());
+            sum += u64::from((crate::proto::mulaw::decode(b) as i32).unsigned_abs());
         }
         n += len as u64;
     }
@@ -863,10 +864,10 @@ mod tests {
 
     #[test]
     fn base64_levels() {
-        let silence = crate::mulaw::silence_base64(160);
+        let silence = crate::proto::mulaw::silence_base64(160);
         assert_eq!(level_of_base64(&silence), (160, 0));
-        let loud =
-            base64::engine::general_purpose::STANDARD.encode(crate::mulaw::tone(440.0, 20, 8000));
+        let loud = base64::engine::general_purpose::STANDARD
+            .encode(crate::proto::mulaw::tone(440.0, 20, 8000));
         let (n, level) = level_of_base64(&loud);
         assert_eq!(n, 160);
         assert!((4000..6500).contains(&level), "{level}");

@@ -7,7 +7,7 @@
 //! from headers a proxy may rewrite.
 //!
 //! ```
-//! use twilio_realtime::signature::{compute, validate};
+//! use twilio_realtime::server::signature::{compute, validate};
 //!
 //! // The vector from Twilio's documentation.
 //! let params = [

@@ -30,7 +30,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crate::mulaw;
+use crate::proto::mulaw;
 
 /// The most silence one gap or one inactivity stall ever gets, whatever the options say.
 pub const MAX_PADDING: Duration = Duration::from_secs(60);
@@ -96,7 +96,7 @@ pub struct InboundStats {
 ///
 /// ```
 /// use std::time::Instant;
-/// use twilio_realtime::inbound::{InboundAudio, InboundConfig};
+/// use twilio_realtime::call::inbound::{InboundAudio, InboundConfig};
 ///
 /// let mut lane = InboundAudio::new(InboundConfig::default());
 /// let mut sent = Vec::new();
@@ -184,7 +184,7 @@ impl InboundAudio {
     /// counts (the call core ignores later ones). A format other than µ-law 8 kHz mono
     /// refuses the stream's audio for good (see [`InboundAudio::refuse`]): the call core ends
     /// such a call, and not one byte of it may reach the model as `audio/pcmu` meanwhile.
-    pub fn on_start(&mut self, format: &crate::twilio::MediaFormat) {
+    pub fn on_start(&mut self, format: &crate::proto::twilio::MediaFormat) {
         if std::mem::replace(&mut self.started, true) {
             return;
         }
@@ -567,7 +567,7 @@ mod tests {
     /// byte to the model, kept audio included; a later `start` changes nothing.
     #[test]
     fn a_stream_in_another_format_is_refused() {
-        use crate::twilio::MediaFormat;
+        use crate::proto::twilio::MediaFormat;
         let t0 = Instant::now();
         let l16 = MediaFormat {
             encoding: "audio/l16".into(),

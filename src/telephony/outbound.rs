@@ -13,12 +13,12 @@
 //! To have the callee talk to the bundled server's agent, point `Url` at its webhook
 //! (`https://PUBLIC/incoming-call`, what [`crate::server`]'s `POST /outbound` does): Twilio
 //! requests it when the callee answers, the webhook's form (with `Direction=outbound-api` and
-//! `AnsweredBy`) reaches the call's [`CallInfo`](crate::call_info::CallInfo), and its TwiML
+//! `AnsweredBy`) reaches the call's [`CallInfo`](crate::telephony::call_info::CallInfo), and its TwiML
 //! connects the stream. Inline `Twiml` works too, but then no webhook runs and `AnsweredBy`
 //! (which Twilio sends only to the `Url`) is not known.
 //!
 //! ```
-//! use twilio_realtime::outbound::{Answer, Credentials, MachineDetection, OutboundCall, TwilioRest};
+//! use twilio_realtime::telephony::outbound::{Answer, Credentials, MachineDetection, OutboundCall, TwilioRest};
 //!
 //! let call = OutboundCall::new("+15550100", "+15550199", Answer::Url("https://bridge.example/incoming-call".into()))
 //!     .status_callback("https://bridge.example/call-status")
@@ -37,7 +37,7 @@ use std::time::Duration;
 use base64::Engine;
 use serde::Deserialize;
 
-use crate::call_info::{Direction, WebhookForm};
+use crate::telephony::call_info::{Direction, WebhookForm};
 
 const LOG: &str = "twilio_realtime::outbound";
 

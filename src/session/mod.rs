@@ -14,7 +14,7 @@
 //! use std::net::TcpListener;
 //! use twilio_realtime::agent::Agent;
 //! use twilio_realtime::session::{Session, SessionOptions};
-//! use twilio_realtime::ws::{WsConfig, WsConn};
+//! use twilio_realtime::io::ws::{WsConfig, WsConn};
 //!
 //! let listener = TcpListener::bind("127.0.0.1:5050").unwrap();
 //! let (tcp, _) = listener.accept().unwrap();
@@ -28,6 +28,10 @@
 //! session.join();
 //! ```
 
+pub(crate) mod event_queue;
+pub(crate) mod inbox;
+pub mod recording;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::{self, JoinHandle};
@@ -36,18 +40,20 @@ use std::time::{Duration, Instant};
 use tungstenite::Message;
 
 use crate::agent::Agent;
+use crate::call::inbound::{InboundAudio, InboundConfig, InboundStats};
+use crate::call::playback::MarkName;
 use crate::call::{CallCore, CallOptions, Command, GuardrailRun, Output, ToolRun};
-use crate::call_info::{CallInfo, WebhookForm};
-use crate::event_queue::{event_queue, EventReceiver, EventSender};
 use crate::events::{CloseReason, ErrorSource, HistoryItem, SessionEvent, TransportEvent};
-use crate::inbound::{InboundAudio, InboundConfig, InboundStats};
-use crate::inbox::{inbox, InboxReceiver, InboxSender};
+use crate::io::ws::{
+    panic_text, ClientRequest, Duplex, Incoming, WsConfig, WsConn, WsError, WsSender,
+};
 use crate::limits::{BadInput, BadMessageBudget, BadVerdict, LogLimiter};
-use crate::model::{write_append_json, ServerEvent};
-use crate::playback::MarkName;
-use crate::recording::{CallerMeter, Record, RecordTo, Recorder, RecorderThread};
-use crate::twilio::{write_mark_json, write_media_json, TwilioCommand, TwilioMessage};
-use crate::ws::{panic_text, ClientRequest, Duplex, Incoming, WsConfig, WsConn, WsError, WsSender};
+use crate::proto::realtime::{write_append_json, ServerEvent};
+use crate::proto::twilio::{write_mark_json, write_media_json, TwilioCommand, TwilioMessage};
+use crate::session::event_queue::{event_queue, EventReceiver, EventSender};
+use crate::session::inbox::{inbox, InboxReceiver, InboxSender};
+use crate::session::recording::{CallerMeter, Record, RecordTo, Recorder, RecorderThread};
+use crate::telephony::call_info::{CallInfo, WebhookForm};
 
 /// In this crate's own unit tests, a message containing this text makes the socket reader's
 /// handler panic (the injection point for the panic tests; compiled out of the library).
@@ -102,9 +108,9 @@ impl std::fmt::Debug for ModelOptions {
 /// passed, so a refused stream costs no model session. [`crate::server`] uses it for one-time
 /// stream tokens.
 pub type StartCheck =
-    Arc<dyn Fn(&crate::twilio::Start, &CallInfo) -> Result<(), String> + Send + Sync>;
+    Arc<dyn Fn(&crate::proto::twilio::Start, &CallInfo) -> Result<(), String> + Send + Sync>;
 
-/// Finds the call webhook's form fields for a CallSid (see [`crate::call_info::WebhookCalls`]);
+/// Finds the call webhook's form fields for a CallSid (see [`crate::telephony::call_info::WebhookCalls`]);
 /// asked once, on `start`.
 pub type WebhookLookup = Arc<dyn Fn(&str) -> Option<WebhookForm> + Send + Sync>;
 
@@ -117,7 +123,7 @@ pub type AgentForCall = Arc<dyn Fn(&CallInfo) -> Agent + Send + Sync>;
 /// With [`AgentSource::PerCall`] the model connection still opens at once (the handshake is
 /// the slow part and overlaps with Twilio's `connected` and `start`); only the model
 /// session's configuration, which carries the agent, waits for `start` (see
-/// [`crate::call_info`]). A factory that panics ends that call (rejected), no other.
+/// [`crate::telephony::call_info`]). A factory that panics ends that call (rejected), no other.
 #[derive(Clone)]
 #[non_exhaustive]
 pub enum AgentSource {
@@ -178,7 +184,7 @@ pub struct SessionOptions {
     /// bundled server sets it to the fields its webhook kept).
     pub webhook_fields: Option<WebhookLookup>,
     /// Record the call's timeline (no audio, no keys) to a JSON-lines file; see
-    /// [`crate::recording`]. Default: off, which costs nothing.
+    /// [`crate::session::recording`]. Default: off, which costs nothing.
     pub recording: Option<RecordTo>,
     /// Twilio messages longer than this (in bytes) are reported and skipped unread; the call
     /// goes on. Default 64 KiB (Twilio's largest, a `start` with custom parameters, is a few
@@ -274,7 +280,7 @@ pub enum SessionError {
     /// A thread could not be spawned.
     Spawn(std::io::Error),
     /// The Twilio socket threads could not start.
-    Twilio(crate::ws::WsError),
+    Twilio(crate::io::ws::WsError),
 }
 
 impl std::fmt::Display for SessionError {
@@ -410,7 +416,7 @@ fn lock(lane: &Mutex<Lane>) -> MutexGuard<'_, Lane> {
 /// use twilio_realtime::session::{Session, SessionOptions};
 /// use twilio_realtime::sim::fake_model::{FakeModel, FakeModelConfig, Reply};
 /// use twilio_realtime::sim::twilio_call::{Segment, TwilioCall, TwilioCallConfig};
-/// use twilio_realtime::ws::{WsConfig, WsConn};
+/// use twilio_realtime::io::ws::{WsConfig, WsConn};
 ///
 /// let model = FakeModel::start(FakeModelConfig {
 ///     script: vec![Reply::say("It is sunny.", 400)],
@@ -980,7 +986,7 @@ impl Shell {
 
     /// Twilio's first `start`: the call's details, the application's check, the per-call
     /// agent, then the core; a model connection held for the agent is taken into use.
-    fn on_start(&mut self, now: Instant, start: crate::twilio::Start) {
+    fn on_start(&mut self, now: Instant, start: crate::proto::twilio::Start) {
         let webhook = self
             .webhook_fields
             .as_ref()
@@ -1205,7 +1211,7 @@ impl Shell {
             .sender()
             .send_now(Message::text(self.out_buf.as_str()))
         {
-            if matches!(e, crate::ws::WsError::Closed) {
+            if matches!(e, crate::io::ws::WsError::Closed) {
                 // Already closed: the reader thread reports why.
                 log::debug!(target: TWILIO_LOG, "twilio frame dropped: {e}");
                 return;
@@ -1418,14 +1424,14 @@ impl CallControl {
 
     /// As [`SessionHandle::create_response`].
     pub fn create_response(&self, instructions: Option<String>) {
-        self.create_response_with(crate::model::ResponseConfig {
+        self.create_response_with(crate::proto::realtime::ResponseConfig {
             instructions,
             ..Default::default()
         });
     }
 
     /// As [`SessionHandle::create_response_with`].
-    pub fn create_response_with(&self, response: crate::model::ResponseConfig) {
+    pub fn create_response_with(&self, response: crate::proto::realtime::ResponseConfig) {
         self.command(Command::CreateResponse(response));
     }
 
@@ -1445,7 +1451,7 @@ impl CallControl {
     }
 
     /// As [`SessionHandle::transfer`].
-    pub fn transfer(&self, target: crate::transfer::TransferTarget) {
+    pub fn transfer(&self, target: crate::telephony::transfer::TransferTarget) {
         self.command(Command::Transfer(target));
     }
 
@@ -1520,14 +1526,14 @@ impl SessionHandle {
     /// is active; the model answers the caller's turns by itself unless turn detection is
     /// off or `create_response` is false.
     pub fn create_response(&self, instructions: Option<String>) {
-        self.create_response_with(crate::model::ResponseConfig {
+        self.create_response_with(crate::proto::realtime::ResponseConfig {
             instructions,
             ..Default::default()
         });
     }
 
     /// Like [`SessionHandle::create_response`], with every per-response option.
-    pub fn create_response_with(&self, response: crate::model::ResponseConfig) {
+    pub fn create_response_with(&self, response: crate::proto::realtime::ResponseConfig) {
         self.command(Command::CreateResponse(response));
     }
 
@@ -1554,7 +1560,7 @@ impl SessionHandle {
         rx.recv_timeout(Duration::from_secs(5)).unwrap_or_default()
     }
 
-    /// Who is on the line, once Twilio's `start` has arrived (see [`crate::call_info`]).
+    /// Who is on the line, once Twilio's `start` has arrived (see [`crate::telephony::call_info`]).
     pub fn call_info(&self) -> Option<Arc<CallInfo>> {
         self.call_info.get().cloned()
     }
@@ -1575,8 +1581,8 @@ impl SessionHandle {
 
     /// Transfers the caller to `target` once they have heard the agent's last words (as
     /// [`SessionHandle::hang_up`]), with [`CloseReason::Transferred`]. Under the bundled
-    /// server, Twilio then dials the destination (see [`crate::transfer`]).
-    pub fn transfer(&self, target: crate::transfer::TransferTarget) {
+    /// server, Twilio then dials the destination (see [`crate::telephony::transfer`]).
+    pub fn transfer(&self, target: crate::telephony::transfer::TransferTarget) {
         self.command(Command::Transfer(target));
     }
 
@@ -1606,6 +1612,7 @@ impl SessionHandle {
     }
 
     /// Ends the call with [`CloseReason::Panicked`] (the server's event hook panicked).
+    #[cfg(feature = "server")]
     pub(crate) fn end_after_panic(&self, what: String) {
         let _ = self.tx.send(ShellMsg::Panicked(what));
     }
@@ -1651,7 +1658,7 @@ mod tests {
 
     #[test]
     fn wait_closed_takes_duration_max() {
-        let (tx, rx) = crate::event_queue::event_queue(4);
+        let (tx, rx) = crate::session::event_queue::event_queue(4);
         tx.send(SessionEvent::Closed {
             reason: CloseReason::Closed,
         });

@@ -8,7 +8,7 @@
 //! too and kept as its decimal string.
 //!
 //! ```
-//! use twilio_realtime::twilio::{TwilioCommand, TwilioMessage};
+//! use twilio_realtime::proto::twilio::{TwilioCommand, TwilioMessage};
 //!
 //! let frame = r#"{"event":"media","sequenceNumber":"3","streamSid":"MZ1",
 //!   "media":{"track":"inbound","chunk":"1","timestamp":"5","payload":"//8="}}"#;
@@ -376,7 +376,7 @@ impl TwilioMessage {
             "start" => TwilioMessage::Start(body(&event, text)?),
             "media" => {
                 let m: Media = body(&event, text)?;
-                crate::mulaw::validate_base64(&m.media.payload)
+                crate::proto::mulaw::validate_base64(&m.media.payload)
                     .map_err(|source| TwilioError::InvalidPayload { source })?;
                 TwilioMessage::Media(m)
             }

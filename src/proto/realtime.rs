@@ -9,7 +9,7 @@
 //! [`ServerEvent::Unknown`]; they never end a call.
 //!
 //! ```
-//! use twilio_realtime::model::{ClientEvent, ServerEvent, SessionConfig, TurnDetection};
+//! use twilio_realtime::proto::realtime::{ClientEvent, ServerEvent, SessionConfig, TurnDetection};
 //!
 //! let update = ClientEvent::SessionUpdate {
 //!     event_id: None,
@@ -1256,7 +1256,7 @@ macro_rules! server_events {
                     _ => ServerEvent::Unknown(serde_json::from_str(text).map_err(|source| ModelError::Json { source })?),
                 };
                 if let ServerEvent::OutputAudioDelta(d) = &ev {
-                    crate::mulaw::validate_base64(&d.delta)
+                    crate::proto::mulaw::validate_base64(&d.delta)
                         .map_err(|source| ModelError::InvalidAudio { source })?;
                 }
                 Ok(ev)

@@ -45,6 +45,7 @@ pub(crate) fn wait_writable(fd: RawFd, timeout: Option<Duration>) -> io::Result<
 /// Gives the heap memory that has been freed back to the OS (glibc's `malloc_trim(0)`; glibc
 /// otherwise keeps it in its arenas for reuse). Elsewhere it does nothing. Takes a few
 /// milliseconds at most on this crate's heaps; called when a server goes idle.
+#[cfg(feature = "server")]
 pub(crate) fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim takes no pointers and is thread-safe (it locks each arena).
@@ -105,6 +106,7 @@ pub(crate) fn set_tcp_keepalive(
 
 /// Sets a socket's receive buffer (`SO_RCVBUF`; the kernel doubles it and enforces a
 /// minimum). The simulator uses it on a listener for a peer whose TCP window closes quickly.
+#[cfg(feature = "sim")]
 pub(crate) fn set_recv_buffer(fd: RawFd, bytes: usize) -> io::Result<()> {
     let bytes = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
     set_int_opt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, bytes)

@@ -43,7 +43,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crate::mulaw::BYTES_PER_MS;
+use crate::proto::mulaw::BYTES_PER_MS;
 
 /// A parsed mark name. Marks we send look like `"{generation}:{content_index}:{offset}:{item_id}"`
 /// for audio chunks, `"{generation}:{content_index}:done:{item_id}"` when an item's audio is

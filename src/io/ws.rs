@@ -22,7 +22,7 @@
 //!   wakes the reader's `poll`.
 //!
 //! ```no_run
-//! use twilio_realtime::ws::{ClientRequest, Incoming, WsConfig, WsConn};
+//! use twilio_realtime::io::ws::{ClientRequest, Incoming, WsConfig, WsConn};
 //!
 //! let req = ClientRequest::new("wss://api.openai.com/v1/realtime?model=gpt-realtime").bearer("sk-...");
 //! let conn = WsConn::connect(&req, &WsConfig::default()).unwrap();
@@ -55,8 +55,8 @@ use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Message, WebSocket};
 
-use crate::http::{self, HttpLimits, RequestHead};
-use crate::sys;
+use crate::io::http::{self, HttpLimits, RequestHead};
+use crate::io::sys;
 
 const LOG: &str = "twilio_realtime::ws";
 

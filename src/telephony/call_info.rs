@@ -22,8 +22,8 @@
 //!
 //! ```
 //! use std::collections::BTreeMap;
-//! use twilio_realtime::call_info::{CallInfo, Direction, WebhookForm};
-//! use twilio_realtime::twilio::TwilioMessage;
+//! use twilio_realtime::telephony::call_info::{CallInfo, Direction, WebhookForm};
+//! use twilio_realtime::proto::twilio::TwilioMessage;
 //!
 //! let start = r#"{"event":"start","streamSid":"MZ1","start":{"accountSid":"AC1","callSid":"CA1",
 //!   "customParameters":{"caller":"+15550100","token":"secret"}}}"#;
@@ -43,8 +43,11 @@ use std::fmt;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::token::TOKEN_PARAMETER;
-use crate::twilio::Start;
+/// The `customParameters` key the bundled server's stream token travels under (never part
+/// of [`CallInfo::custom_parameters`]).
+pub const TOKEN_PARAMETER: &str = "token";
+
+use crate::proto::twilio::Start;
 
 /// Which way the call goes, as Twilio's `Direction` field says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,7 +97,7 @@ pub struct WebhookForm {
 }
 
 impl WebhookForm {
-    /// From decoded `(name, value)` pairs, e.g. [`crate::http::parse_form`]'s.
+    /// From decoded `(name, value)` pairs, e.g. [`crate::io::http::parse_form`]'s.
     pub fn from_pairs<K: Into<String>, V: Into<String>>(
         pairs: impl IntoIterator<Item = (K, V)>,
     ) -> WebhookForm {
@@ -321,7 +324,7 @@ impl WebhookCalls {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::twilio::{MediaFormat, StartInfo};
+    use crate::proto::twilio::{MediaFormat, StartInfo};
 
     fn start(params: &[(&str, &str)]) -> Start {
         Start {

@@ -9,7 +9,7 @@
 //! [`crate::session`] does exactly that; tests do it with a fake clock.
 //!
 //! Caller audio (`media` frames) does not pass through here: it takes the one-wake-up lane of
-//! [`crate::inbound::InboundAudio`]. The core tells that lane when the model is ready
+//! [`crate::call::inbound::InboundAudio`]. The core tells that lane when the model is ready
 //! ([`Output::ModelReady`]) and when the caller speaks ([`Output::CallerSpeaking`]).
 //!
 //! **Ready means confirmed.** A Realtime session starts as 24 kHz PCM both ways. On
@@ -29,7 +29,7 @@
 //! use std::time::Instant;
 //! use twilio_realtime::agent::Agent;
 //! use twilio_realtime::call::{CallCore, CallOptions, Output};
-//! use twilio_realtime::model::ServerEvent;
+//! use twilio_realtime::proto::realtime::ServerEvent;
 //!
 //! let now = Instant::now();
 //! let mut core = CallCore::new(Agent::new("Assistant", "Be brief."), CallOptions::default(), now);
@@ -44,6 +44,9 @@
 //! assert!(matches!(outputs.last(), Some(Output::ModelReady)));
 //! ```
 
+pub mod inbound;
+pub mod playback;
+
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
@@ -52,14 +55,16 @@ use serde_json::Value;
 use crate::agent::{
     handoff_tool_name, Agent, FunctionTool, OutputGuardrail, ToolCall, END_CALL_TOOL, TRANSFER_TOOL,
 };
+use crate::call::playback::{MarkOutcome, PlaybackLedger};
 use crate::events::{
     CloseReason, ErrorSource, HistoryItem, HistoryKind, InterruptCause, SessionEvent,
 };
-use crate::model::{AudioFormat, ClientEvent, Item, ResponseConfig, ServerEvent, SessionConfig};
-use crate::mulaw;
-use crate::playback::{MarkOutcome, PlaybackLedger};
-use crate::transfer::TransferTarget;
-use crate::twilio::{TwilioCommand, TwilioMessage};
+use crate::proto::mulaw;
+use crate::proto::realtime::{
+    AudioFormat, ClientEvent, Item, ResponseConfig, ServerEvent, SessionConfig,
+};
+use crate::proto::twilio::{TwilioCommand, TwilioMessage};
+use crate::telephony::transfer::TransferTarget;
 
 const LOG: &str = "twilio_realtime::session";
 const TOOLS_LOG: &str = "twilio_realtime::tools";
@@ -78,7 +83,7 @@ pub struct CallOptions {
     pub default_rtt: Duration,
     /// How often to re-measure the round trip while nothing plays (one `mark` each way per
     /// probe). Default 500 ms: a barge-in's accuracy under jitter depends on how many samples the
-    /// call has (see [`crate::playback::RttEstimator`]).
+    /// call has (see [`crate::call::playback::RttEstimator`]).
     pub rtt_probe_interval: Duration,
     /// Run output guardrails every this many new characters of agent text (and on the final
     /// text). Default 100.
@@ -123,7 +128,7 @@ pub struct CallOptions {
     /// caller's turns from them (it cannot be given the old session's audio). Default
     /// `gpt-4o-mini-transcribe`; `None` turns it off (the caller's turns are then missing from
     /// a carried-over conversation).
-    pub caller_transcription: Option<crate::model::Transcription>,
+    pub caller_transcription: Option<crate::proto::realtime::Transcription>,
     /// Once the call is ending (the agent or the application hung up, or a transfer was
     /// decided), how long to wait at most for the agent's last words to be heard (the
     /// response under way to finish and Twilio to echo the last mark of its audio) before the
@@ -179,7 +184,7 @@ impl Default for CallOptions {
             model_pong_timeout: Duration::from_secs(10),
             approval_timeout: Duration::from_secs(60),
             greeting: None,
-            caller_transcription: Some(crate::model::Transcription {
+            caller_transcription: Some(crate::proto::realtime::Transcription {
                 model: Some("gpt-4o-mini-transcribe".into()),
                 ..Default::default()
             }),
@@ -234,7 +239,7 @@ pub enum Command {
     HangUp,
     /// Transfer the caller to `target` once they have heard the agent's last words (as
     /// [`Command::HangUp`]): [`CloseReason::Transferred`]. The stream closes; what Twilio does
-    /// next is up to the TwiML after it (see [`crate::transfer`]).
+    /// next is up to the TwiML after it (see [`crate::telephony::transfer`]).
     Transfer(TransferTarget),
     /// End the call now.
     Close,
@@ -476,7 +481,7 @@ impl CallCore {
 
     /// Replaces the agent the call starts with, before the model session is configured (the
     /// session does this on `start` when the agent is chosen per call from its
-    /// [`CallInfo`](crate::call_info::CallInfo)). Returns false, changing nothing, once
+    /// [`CallInfo`](crate::telephony::call_info::CallInfo)). Returns false, changing nothing, once
     /// `session.created` has been handled: use [`Command::UpdateAgent`] then.
     pub fn set_starting_agent(&mut self, agent: Agent) -> bool {
         if self.model != ModelState::Connecting || self.ended.is_some() {
@@ -660,7 +665,7 @@ impl CallCore {
     // Twilio side
 
     /// A message from Twilio other than `media` (caller audio takes the
-    /// [`crate::inbound::InboundAudio`] lane; a `media` given here is ignored).
+    /// [`crate::call::inbound::InboundAudio`] lane; a `media` given here is ignored).
     pub fn handle_twilio(&mut self, now: Instant, msg: TwilioMessage) {
         if self.ended.is_some() {
             return;
@@ -1262,8 +1267,8 @@ impl CallCore {
         });
     }
 
-    fn on_model_error(&mut self, e: crate::model::ApiError) {
-        let crate::model::ApiError {
+    fn on_model_error(&mut self, e: crate::proto::realtime::ApiError) {
+        let crate::proto::realtime::ApiError {
             kind,
             code,
             message,
@@ -1311,7 +1316,7 @@ impl CallCore {
         self.error(ErrorSource::Model { code }, message);
     }
 
-    fn on_response_done(&mut self, response: &crate::model::Response) {
+    fn on_response_done(&mut self, response: &crate::proto::realtime::Response) {
         let id = response.id.clone();
         if self.active_response.as_deref() == Some(id.as_str()) {
             self.active_response = None;
@@ -1476,7 +1481,7 @@ impl CallCore {
     /// or the call item itself is not `completed`. Calls that are not run get no output and
     /// no `response.create`: the caller has the floor, and their next turn is answered as
     /// usual (the model sees the unfinished call in the conversation).
-    fn run_function_calls(&mut self, now: Instant, response: &crate::model::Response) {
+    fn run_function_calls(&mut self, now: Instant, response: &crate::proto::realtime::Response) {
         let mut calls = self
             .calls_by_response
             .remove(&response.id)
