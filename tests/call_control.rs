@@ -2,6 +2,8 @@
 //! (which plays audio out in real time and echoes marks like Twilio) and the bridge. The
 //! simulator's ground truth says what the caller heard and when the stream closed.
 
+mod common;
+
 use std::net::TcpListener;
 use std::thread;
 use std::time::Duration;
@@ -149,8 +151,7 @@ fn the_application_hangs_up_and_the_agents_last_words_are_heard() {
 // Under the bundled server: transfers through `<Connect action>` + `/call-ended` (§3) and the
 // per-call handler (§4)
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use serde_json::json;
@@ -160,30 +161,11 @@ use twilio_realtime::server::{CallEvents, Server, ServerConfig, Stopper};
 use twilio_realtime::session::CallControl;
 
 fn request(addr: SocketAddr, raw: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(raw.as_bytes()).unwrap();
-    let mut resp = String::new();
-    let _ = s.read_to_string(&mut resp);
-    let status = resp
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, resp)
+    common::http_request(addr, raw)
 }
 
 fn post(addr: SocketAddr, path: &str, body: &str, sig: Option<&str>) -> (u16, String) {
-    let sig = sig
-        .map(|s| format!("X-Twilio-Signature: {s}\r\n"))
-        .unwrap_or_default();
-    request(
-        addr,
-        &format!(
-            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-www-form-urlencoded\r\n{sig}Content-Length: {}\r\n\r\n{body}",
-            body.len()
-        ),
-    )
+    common::post_form(addr, path, body, sig)
 }
 
 struct Bridge {

@@ -2,8 +2,9 @@
 //! `CallInfo`, which chooses and personalises the agent (its instructions reach the model's
 //! `session.update`) and reaches every tool invocation.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+mod common;
+
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -116,45 +117,13 @@ impl Rig {
 
 /// Twilio's voice webhook request: a form POST, signed when a token is given.
 fn webhook(addr: SocketAddr, form: &[(&str, &str)], token: Option<&str>) -> (u16, String) {
-    let body: String = form_encode(form);
-    let sig = token
-        .map(|t| {
-            let s = signature::compute(t, &format!("{PUBLIC}/incoming-call"), form);
-            format!("X-Twilio-Signature: {s}\r\n")
-        })
-        .unwrap_or_default();
-    let raw = format!(
-        "POST /incoming-call HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-www-form-urlencoded\r\n{sig}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(raw.as_bytes()).unwrap();
-    let mut resp = String::new();
-    let _ = s.read_to_string(&mut resp);
-    let status = resp
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, resp)
-}
-
-fn form_encode(form: &[(&str, &str)]) -> String {
-    let enc = |s: &str| {
-        s.bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {
-                    (b as char).to_string()
-                }
-                _ => format!("%{b:02X}"),
-            })
-            .collect::<String>()
-    };
-    form.iter()
-        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
-        .collect::<Vec<_>>()
-        .join("&")
+    let sig = token.map(|t| signature::compute(t, &format!("{PUBLIC}/incoming-call"), form));
+    common::post_form(
+        addr,
+        "/incoming-call",
+        &common::form_encode(form),
+        sig.as_deref(),
+    )
 }
 
 /// The `<Parameter>` value named `name` in the webhook's TwiML.

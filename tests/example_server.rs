@@ -2,7 +2,9 @@
 //! Twilio simulator and the fake model: TwiML, routes, signatures, SIGTERM during a call, and
 //! a log at `trace` with no secret in it.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -152,31 +154,12 @@ fn start_with(
 }
 
 fn request(addr: SocketAddr, raw: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(raw.as_bytes()).unwrap();
-    let mut resp = String::new();
-    let _ = s.read_to_string(&mut resp);
-    let status = resp
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, resp)
+    common::http_request(addr, raw)
 }
 
 fn webhook(addr: SocketAddr, sig: Option<&str>) -> (u16, String) {
     let body = "CallSid=CA0001&From=%2B15550100&To=%2B15550199";
-    let sig = sig
-        .map(|s| format!("X-Twilio-Signature: {s}\r\n"))
-        .unwrap_or_default();
-    request(
-        addr,
-        &format!(
-            "POST /incoming-call HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-www-form-urlencoded\r\n{sig}Content-Length: {}\r\n\r\n{body}",
-            body.len()
-        ),
-    )
+    common::post_form(addr, "/incoming-call", body, sig)
 }
 
 fn form() -> [(&'static str, &'static str); 3] {

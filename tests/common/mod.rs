@@ -292,3 +292,48 @@ pub fn wait_until(what: &str, within: std::time::Duration, mut f: impl FnMut() -
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
+
+/// One HTTP/1.1 request on a fresh connection (read until the server closes it, 10 s at
+/// most): the status code (0 when there is none) and the whole response.
+pub fn http_request(addr: std::net::SocketAddr, raw: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("read timeout");
+    s.write_all(raw.as_bytes()).expect("write request");
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    let status = resp
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, resp)
+}
+
+/// A form POST as Twilio sends its webhooks (`application/x-www-form-urlencoded`), with
+/// `X-Twilio-Signature: sig` when one is given.
+pub fn post_form(
+    addr: std::net::SocketAddr,
+    path: &str,
+    body: &str,
+    sig: Option<&str>,
+) -> (u16, String) {
+    let sig = sig
+        .map(|s| format!("X-Twilio-Signature: {s}\r\n"))
+        .unwrap_or_default();
+    http_request(
+        addr,
+        &format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-www-form-urlencoded\r\n{sig}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+}
+
+/// `application/x-www-form-urlencoded` of the pairs, in order.
+pub fn form_encode(form: &[(&str, &str)]) -> String {
+    form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(form)
+        .finish()
+}
