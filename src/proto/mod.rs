@@ -1,10 +1,11 @@
 //! The wire protocols as plain serde types, with no I/O: Twilio Media Streams messages
 //! ([`twilio`]), OpenAI Realtime client and server events and the session configuration
-//! ([`realtime`]), and the G.711 µ-law codec both sides' audio is in ([`mulaw`]).
+//! ([`realtime`]), OpenAI GPT-Live events ([`live`]), and the G.711 µ-law codec both sides' audio is in ([`mulaw`]).
 //!
 //! Every type here is typed with an escape hatch: an event we do not model is kept whole
 //! (as JSON), never fatal.
 
+pub mod live;
 pub mod mulaw;
 pub mod realtime;
 pub mod twilio;

@@ -337,3 +337,5 @@ pub fn form_encode(form: &[(&str, &str)]) -> String {
         .extend_pairs(form)
         .finish()
 }
+
+pub mod live;
