@@ -45,6 +45,7 @@
 //! ```
 
 pub mod inbound;
+pub mod pacer;
 pub mod playback;
 
 use std::collections::{HashMap, HashSet, VecDeque};

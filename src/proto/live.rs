@@ -58,7 +58,7 @@ pub const DEFAULT_BACKEND_MODEL: &str = "gpt-5.6-luna";
 // Session configuration
 
 /// An audio format of a GPT-Live primary WebSocket, used for **both** directions (§2.2).
-/// `rate` is required inside the object ([PY] `audio_format_param.py`).
+/// `rate` is required inside the object (openai-python `audio_format_param.py`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type")]
 pub enum AudioFormat {
@@ -102,7 +102,7 @@ impl Default for AudioFormat {
     }
 }
 
-/// A function tool for the Responses backend (§6.3, [PY] `function_tool.py`).
+/// A function tool for the Responses backend (§6.3, openai-python `function_tool.py`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FunctionTool {
     /// Always `function`.
@@ -166,7 +166,7 @@ pub enum ToolMode {
     Required,
 }
 
-/// `delegation.responses` at start ([PY] `responses_delegation_config.py`): `model` is required.
+/// `delegation.responses` at start (openai-python `responses_delegation_config.py`): `model` is required.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct ResponsesConfig {
     /// The backend Responses model.
@@ -188,7 +188,7 @@ pub struct ResponsesConfig {
     pub max_output_tokens: Option<u32>,
 }
 
-/// `delegation.responses` in a `session.update` ([PY] `responses_delegation_update_config.py`):
+/// `delegation.responses` in a `session.update` (openai-python `responses_delegation_update_config.py`):
 /// every field optional, omitted ones keep their values (§2.4).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct ResponsesUpdate {
@@ -331,7 +331,7 @@ impl InputMessage {
     }
 }
 
-/// The `session` of `session.start` ([PY] `session_config.py`). Build it with the methods; it
+/// The `session` of `session.start` (openai-python `session_config.py`). Build it with the methods; it
 /// always carries an audio format, µ-law 8 kHz unless told otherwise.
 ///
 /// ```
