@@ -19,6 +19,9 @@
 //!   `<Dial><Sip>` for a transfer pending for that CallSid (the model's `transfer_call` or
 //!   [`CallControl::transfer`]), `<Hangup/>` otherwise; signed like the webhook. See
 //!   [`crate::telephony::transfer`].
+//! * `POST /openai-webhook` (path configurable; with [`ServerConfig::sip`]) takes OpenAI's
+//!   signed `realtime.call.incoming` webhooks for SIP calls and accepts or rejects them over
+//!   OpenAI's REST API: see [`sip`].
 //! * `GET /healthz` answers `ok`.
 //! * `GET /media-stream` with a WebSocket upgrade runs a call; without one it is a 400.
 //! * With an auth token configured, `X-Twilio-Signature` is checked on the webhook (URL +
@@ -51,6 +54,7 @@
 //! ```
 
 pub mod signature;
+pub mod sip;
 pub mod token;
 
 use std::io::{self, Write};
@@ -245,6 +249,9 @@ pub struct ServerConfig {
     /// Outbound calls (`POST /outbound`). Default: none; [`ServerConfig::from_env`] sets it
     /// when `TWILIO_ACCOUNT_SID`, credentials and `TWILIO_FROM_NUMBER` are set.
     pub outbound: Option<OutboundConfig>,
+    /// SIP calls through OpenAI (`POST /openai-webhook`, see [`sip`]). Default: none;
+    /// [`ServerConfig::from_env`] sets it when `OPENAI_WEBHOOK_SECRET` is set.
+    pub sip: Option<sip::SipConfig>,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -266,6 +273,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("max_body", &self.max_body)
             .field("stream_token_ttl", &self.stream_token_ttl)
             .field("outbound", &self.outbound)
+            .field("sip", &self.sip)
             .finish()
     }
 }
@@ -300,6 +308,7 @@ impl ServerConfig {
             max_body: 64 * 1024,
             stream_token_ttl: None,
             outbound: None,
+            sip: None,
         }
     }
 
@@ -317,6 +326,12 @@ impl ServerConfig {
     /// [`outbound::DEFAULT_API_BASE`]), `OUTBOUND_SECRET` (the bearer secret of
     /// `POST /outbound`; without it the route answers 404) and `OUTBOUND_MACHINE_DETECTION`
     /// (`Enable` or `DetectMessageEnd`; default off) go with them.
+    ///
+    /// SIP calls through OpenAI ([`ServerConfig::sip`]) are on when `OPENAI_WEBHOOK_SECRET`
+    /// (the webhook's `whsec_…` signing secret) is set, with `OPENAI_BASE_URL` (the REST base,
+    /// default [`sip::DEFAULT_OPENAI_BASE`]), `OPENAI_WEBHOOK_PATH` (default
+    /// [`sip::DEFAULT_WEBHOOK_PATH`]), `SIP_MODEL` (default
+    /// [`DEFAULT_SIP_MODEL`](crate::proto::sip::DEFAULT_SIP_MODEL)) and `SIP_MAX_CALLS` (100).
     /// This is the only place the library reads the environment, and only when called.
     pub fn from_env() -> ServerConfig {
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
@@ -366,6 +381,31 @@ impl ServerConfig {
             session.model.url = url;
         }
         session.call.greeting = env("AGENT_GREETING").map(crate::call::Greeting::Instructions);
+        let sip = env("OPENAI_WEBHOOK_SECRET").and_then(|secret| {
+            let secret = match crate::proto::sip::WebhookSecret::new(&secret) {
+                Ok(s) => s,
+                Err(e) => {
+                    log::error!(target: LOG, "OPENAI_WEBHOOK_SECRET unusable ({e}): SIP calls are off");
+                    return None;
+                }
+            };
+            let rest = sip::OpenAiCalls::new(
+                env("OPENAI_BASE_URL").unwrap_or_else(|| sip::DEFAULT_OPENAI_BASE.into()),
+                session.model.api_key.clone().unwrap_or_default(),
+                Duration::from_secs(5),
+            );
+            let mut c = sip::SipConfig::new(secret, rest);
+            if let Some(p) = env("OPENAI_WEBHOOK_PATH") {
+                c.path = p;
+            }
+            if let Some(m) = env("SIP_MODEL") {
+                c.model = m;
+            }
+            if let Some(n) = env("SIP_MAX_CALLS").and_then(|n| n.parse().ok()) {
+                c.max_calls = n;
+            }
+            Some(c)
+        });
         ServerConfig {
             bind: SocketAddr::new(ip, port),
             public_url: env("PUBLIC_URL"),
@@ -378,6 +418,7 @@ impl ServerConfig {
                 .and_then(|n| n.parse().ok())
                 .unwrap_or(2000),
             outbound,
+            sip,
             ..ServerConfig::new()
         }
     }
@@ -497,6 +538,8 @@ pub struct Server {
     tokens: Option<Arc<StreamTokens>>,
     webhooks: Arc<WebhookCalls>,
     transfers: Arc<PendingTransfers>,
+    sip: Option<Arc<sip::SipState>>,
+    sip_handler: Option<sip::SipCallHandler>,
 }
 
 impl std::fmt::Debug for Server {
@@ -560,7 +603,10 @@ impl Server {
                 }
             },
         ));
+        let sip = cfg.sip.clone().map(sip::SipState::new);
         Ok(Server {
+            sip,
+            sip_handler: None,
             listener,
             cfg: Arc::new(cfg),
             agent,
@@ -604,6 +650,13 @@ impl Server {
     /// ```
     pub fn on_call(mut self, handler: impl CallHandler) -> Server {
         self.call_handler = Some(Arc::new(handler));
+        self
+    }
+
+    /// Runs each SIP call the webhook accepted (see [`sip::SipCallHandler`]), on its own
+    /// thread once the webhook has been answered.
+    pub fn on_sip_call(mut self, handler: sip::SipCallHandler) -> Server {
+        self.sip_handler = Some(handler);
         self
     }
 
@@ -669,6 +722,8 @@ impl Server {
                 shared: self.shared.clone(),
                 tokens: self.tokens.clone(),
                 webhooks: self.webhooks.clone(),
+                sip: self.sip.clone(),
+                sip_handler: self.sip_handler.clone(),
             };
             let spawned = thread::Builder::new()
                 .name("conn".into())
@@ -789,6 +844,8 @@ struct ConnCtx {
     webhooks: Arc<WebhookCalls>,
     call_handler: Option<Arc<dyn CallHandler>>,
     transfers: Arc<PendingTransfers>,
+    sip: Option<Arc<sip::SipState>>,
+    sip_handler: Option<sip::SipCallHandler>,
 }
 
 fn respond(stream: &mut TcpStream, status: u16, ctype: &str, body: &str) {
@@ -829,6 +886,16 @@ impl ConnCtx {
                 return;
             }
         };
+        if let Some(state) = self.sip.clone() {
+            if head.path() == state.cfg.path {
+                if head.method == "POST" {
+                    self.openai_webhook(&state, stream, &head, leftover, deadline);
+                } else {
+                    respond(&mut stream, 405, "text/plain", "method not allowed\n");
+                }
+                return;
+            }
+        }
         match (head.method.as_str(), head.path()) {
             ("POST", "/incoming-call") => self.incoming_call(stream, &head, leftover, deadline),
             (_, "/incoming-call") => {

@@ -1,5 +1,6 @@
 //! Run whole calls with no phone and no API key: a fake OpenAI Realtime server
-//! ([`fake_model`]) and a Twilio call simulator ([`twilio_call`]), both on 127.0.0.1. The
+//! ([`fake_model`]) and a Twilio call simulator ([`twilio_call`]), both on 127.0.0.1, and a
+//! fake of OpenAI's SIP control plane ([`sip`]). The
 //! crate's integration tests, the demo and the load generator use exactly this code; use it to
 //! test your own agents.
 //!
@@ -24,6 +25,7 @@
 
 pub mod chaos;
 pub mod fake_model;
+pub mod sip;
 pub mod soak;
 pub mod twilio_call;
 pub mod twilio_rest;
