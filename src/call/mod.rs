@@ -135,6 +135,16 @@ pub struct CallOptions {
     /// response under way to finish and Twilio to echo the last mark of its audio) before the
     /// stream is closed anyway. Default 10 s.
     pub hang_up_timeout: Duration,
+    /// A SIP call driven over OpenAI's sideband WebSocket (see [`crate::server::sip`]): there
+    /// is no Twilio side and no audio lane. The call is ready as soon as the sideband is open
+    /// (it sends one `session.update` with the current agent, without audio formats); model
+    /// audio deltas are ignored; "playing" follows `output_audio_buffer.started` /
+    /// `.stopped` / `.cleared`; an interruption is `response.cancel` then
+    /// `output_audio_buffer.clear` (no truncation: the server owns playback, brief §5.2,
+    /// §5.4); DTMF comes from `input_audio_buffer.dtmf_event_received`. The shell ends the
+    /// call on [`Output::CloseTwilio`] (REST `hangup`, or `refer` for a transfer). Default
+    /// false.
+    pub sideband: bool,
 }
 
 /// How the agent greets the caller (see [`CallOptions::greeting`]).
@@ -190,6 +200,7 @@ impl Default for CallOptions {
                 ..Default::default()
             }),
             hang_up_timeout: Duration::from_secs(10),
+            sideband: false,
         }
     }
 }
@@ -426,6 +437,9 @@ pub struct CallCore {
     ping_sent: Option<Instant>,
     ended: Option<CloseReason>,
     outputs: VecDeque<Output>,
+    /// Sideband calls: the server is playing the agent's audio to the caller
+    /// (`output_audio_buffer.started` seen, `.stopped`/`.cleared` not yet).
+    sip_playing: bool,
 }
 
 impl CallCore {
@@ -434,7 +448,11 @@ impl CallCore {
     /// model's events.
     pub fn new(agent: Agent, opts: CallOptions, now: Instant) -> CallCore {
         let ledger = PlaybackLedger::new(opts.default_rtt);
-        let start_deadline = after(now, opts.start_timeout);
+        let start_deadline = if opts.sideband {
+            None
+        } else {
+            after(now, opts.start_timeout)
+        };
         let agents = agent.reachable();
         let greeting = opts.greeting.clone();
         CallCore {
@@ -477,6 +495,7 @@ impl CallCore {
             ping_sent: None,
             ended: None,
             outputs: VecDeque::new(),
+            sip_playing: false,
         }
     }
 
@@ -644,6 +663,9 @@ impl CallCore {
             .tools(self.agent.tool_definitions())
             .input_format(AudioFormat::Pcmu)
             .output_format(AudioFormat::Pcmu);
+        if self.opts.sideband {
+            cfg = cfg.without_audio_formats();
+        }
         if cfg.transcription_setting().is_none() {
             if let Some(t) = &self.opts.caller_transcription {
                 cfg = cfg.transcription(t.clone());
@@ -722,19 +744,7 @@ impl CallCore {
                     }
                 }
             }
-            TwilioMessage::Dtmf(d) => {
-                let digit = d.dtmf.digit;
-                if self.opts.forward_dtmf {
-                    self.send_model(ClientEvent::ConversationItemCreate {
-                        event_id: None,
-                        previous_item_id: None,
-                        item: Item::user_text(format!("The caller pressed the key {digit}.")),
-                    });
-                    self.needs_response = true;
-                    self.maybe_create_response();
-                }
-                self.event(SessionEvent::Dtmf { digit });
-            }
+            TwilioMessage::Dtmf(d) => self.on_dtmf(d.dtmf.digit),
             TwilioMessage::Mark(m) => self.on_mark(now, &m.mark.name),
             TwilioMessage::Stop(_) => {
                 if self.stream_sid.is_none() {
@@ -846,7 +856,11 @@ impl CallCore {
     }
 
     fn maybe_audio_stopped(&mut self) {
-        if self.audio_reported && !self.ledger.is_playing() && self.active_response.is_none() {
+        if self.audio_reported
+            && !self.ledger.is_playing()
+            && !self.sip_playing
+            && self.active_response.is_none()
+        {
             self.audio_reported = false;
             self.event(SessionEvent::AudioStopped);
         }
@@ -915,6 +929,22 @@ impl CallCore {
         if self.ended.is_none() {
             self.model_seen = Some(now);
             self.ping_sent = None;
+        }
+        if self.opts.sideband
+            && matches!(
+                self.model,
+                ModelState::Connecting | ModelState::Reconnecting
+            )
+            && self.ended.is_none()
+        {
+            // The session was configured by `accept`; the sideband is live at once. One
+            // update carries the current agent (as the Agents SDKs do on connect).
+            self.pending_model
+                .retain(|ev| !matches!(ev, ClientEvent::SessionUpdate { .. }));
+            self.config_pending.clear();
+            let update = self.session_update();
+            self.emit_model(update);
+            self.on_configured();
         }
     }
 
@@ -1078,6 +1108,12 @@ impl CallCore {
                 let agent = self.agent.name().to_owned();
                 self.event(SessionEvent::AgentStart { agent });
             }
+            ServerEvent::OutputAudioDelta(_) | ServerEvent::OutputAudioDone(_)
+                if self.opts.sideband =>
+            {
+                // No audio lane: the audio goes to the caller over RTP, not through us.
+                self.assistant_audio_seen = true;
+            }
             ServerEvent::OutputAudioDelta(d) => {
                 if !d.delta.is_empty() {
                     // The model has spoken in this session (heard or not): its voice is fixed
@@ -1134,8 +1170,85 @@ impl CallCore {
                 self.run_function_calls(now, &e.response);
                 self.on_response_done(&e.response);
             }
+            ServerEvent::Unknown(v) if self.opts.sideband => self.on_sideband_event(now, &v),
             _ => {}
         }
+    }
+
+    /// Events only a SIP (or WebRTC) session has (brief §5.3).
+    fn on_sideband_event(&mut self, _now: Instant, v: &Value) {
+        match v["type"].as_str().unwrap_or("") {
+            "output_audio_buffer.started" => {
+                self.sip_playing = true;
+                self.assistant_audio_seen = true;
+                self.audio_reported = true;
+            }
+            "output_audio_buffer.stopped" | "output_audio_buffer.cleared" => {
+                self.sip_playing = false;
+                self.maybe_audio_stopped();
+                self.maybe_end();
+            }
+            "input_audio_buffer.dtmf_event_received" => {
+                let Some(digit) = v["event"].as_str() else {
+                    log::debug!(target: LOG, "dtmf event without a key ignored");
+                    return;
+                };
+                let digit: String = digit.chars().take(4).collect();
+                self.on_dtmf(digit);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_dtmf(&mut self, digit: String) {
+        if self.opts.forward_dtmf {
+            self.send_model(ClientEvent::ConversationItemCreate {
+                event_id: None,
+                previous_item_id: None,
+                item: Item::user_text(format!("The caller pressed the key {digit}.")),
+            });
+            self.needs_response = true;
+            self.maybe_create_response();
+        }
+        self.event(SessionEvent::Dtmf { digit });
+    }
+
+    /// An interruption on a sideband call: the server owns playback, so there is nothing to
+    /// truncate; `response.cancel` stops generation and `output_audio_buffer.clear` cuts
+    /// what is playing (brief §5.4), unless the server did it itself on caller speech.
+    fn sideband_interrupt(&mut self, cause: InterruptCause) {
+        let response = self
+            .active_response
+            .clone()
+            .filter(|r| !self.cut_responses.contains(r));
+        if !self.sip_playing && response.is_none() {
+            return;
+        }
+        for t in self.tools.values_mut() {
+            t.interrupted = true;
+        }
+        let server_cancels =
+            cause == InterruptCause::CallerSpeech && self.opts.session.interrupt_response();
+        if !server_cancels {
+            if let Some(r) = &response {
+                self.send_model(ClientEvent::ResponseCancel {
+                    event_id: None,
+                    response_id: Some(r.clone()),
+                });
+            }
+            if self.sip_playing {
+                self.send_model(ClientEvent::OutputAudioBufferClear { event_id: None });
+            }
+        }
+        if let Some(r) = response {
+            self.cut_responses.insert(r);
+        }
+        self.speaking_items.clear();
+        self.event(SessionEvent::AudioInterrupted {
+            cause,
+            heard: Vec::new(),
+        });
+        self.maybe_end();
     }
 
     fn on_session_created(&mut self) {
@@ -1164,7 +1277,7 @@ impl CallCore {
                 .to_owned()
         };
         let (fmt_in, fmt_out) = (fmt("input"), fmt("output"));
-        if fmt_in != "audio/pcmu" || fmt_out != "audio/pcmu" {
+        if !self.opts.sideband && (fmt_in != "audio/pcmu" || fmt_out != "audio/pcmu") {
             let param = if fmt_in != "audio/pcmu" {
                 "session.audio.input.format"
             } else {
@@ -1179,7 +1292,11 @@ impl CallCore {
         if self.model == ModelState::Configuring {
             self.on_configured();
         } else if self.config_pending.is_empty() {
-            // A handoff's or update_agent's configuration is in force now.
+            // A handoff's or update_agent's configuration is in force now (on a sideband
+            // call, also the one sent on connect: the greeting waits for it).
+            if self.opts.sideband {
+                self.maybe_greet();
+            }
             self.maybe_create_response();
         }
     }
@@ -1243,7 +1360,7 @@ impl CallCore {
         if self.greeting.is_none()
             || self.ending.is_some()
             || self.model != ModelState::Ready
-            || self.stream_sid.is_none()
+            || (self.stream_sid.is_none() && !self.opts.sideband)
             || !self.config_pending.is_empty()
         {
             return;
@@ -1381,6 +1498,9 @@ impl CallCore {
     // Barge-in
 
     fn barge_in(&mut self, now: Instant, cause: InterruptCause) {
+        if self.opts.sideband {
+            return self.sideband_interrupt(cause);
+        }
         let playing = self.ledger.is_playing() || !self.pending_twilio.is_empty();
         // One cut per response: a response already cut (its late audio is being dropped until
         // its `response.done`) is not cancelled or reported again.
@@ -1691,8 +1811,12 @@ impl CallCore {
         if self.ending.is_none() || self.ended.is_some() {
             return;
         }
-        let heard = self.stream_sid.is_none()
-            || (!self.ledger.is_playing() && self.pending_twilio.is_empty());
+        let heard = if self.opts.sideband {
+            !self.sip_playing
+        } else {
+            self.stream_sid.is_none()
+                || (!self.ledger.is_playing() && self.pending_twilio.is_empty())
+        };
         if heard && self.active_response.is_none() && self.response_requested.is_none() {
             self.finish_ending();
         }

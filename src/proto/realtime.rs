@@ -366,6 +366,7 @@ pub struct SessionConfig {
     tools: Vec<ToolDefinition>,
     tool_choice: Option<ToolChoice>,
     max_output_tokens: Option<u32>,
+    without_formats: bool,
 }
 
 impl SessionConfig {
@@ -438,6 +439,12 @@ impl SessionConfig {
         self.max_output_tokens = Some(n);
         self
     }
+    /// Write no audio format at all (a SIP call's codec is negotiated in SDP, so its session
+    /// configuration leaves `audio.*.format` out).
+    pub fn without_audio_formats(mut self) -> Self {
+        self.without_formats = true;
+        self
+    }
 
     /// The tools.
     pub fn tool_definitions(&self) -> &[ToolDefinition] {
@@ -502,8 +509,8 @@ struct NoiseWire {
 
 #[derive(Serialize, Deserialize, Default)]
 struct AudioInWire {
-    #[serde(default)]
-    format: AudioFormat,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    format: Option<AudioFormat>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     transcription: Option<Transcription>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -518,8 +525,8 @@ struct AudioInWire {
 
 #[derive(Serialize, Deserialize, Default)]
 struct AudioOutWire {
-    #[serde(default)]
-    format: AudioFormat,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    format: Option<AudioFormat>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     voice: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -564,13 +571,13 @@ impl Serialize for SessionConfig {
             output_modalities: c.output_modalities,
             audio: AudioWire {
                 input: AudioInWire {
-                    format: c.input_format,
+                    format: (!c.without_formats).then_some(c.input_format),
                     transcription: c.transcription,
                     noise_reduction: c.noise_reduction.map(|n| NoiseWire { kind: Some(n) }),
                     turn_detection: c.turn_detection,
                 },
                 output: AudioOutWire {
-                    format: c.output_format,
+                    format: (!c.without_formats).then_some(c.output_format),
                     voice: c.voice,
                     speed: c.speed,
                 },
@@ -604,8 +611,8 @@ impl<'de> Deserialize<'de> for SessionConfig {
             instructions: w.instructions,
             voice: w.audio.output.voice,
             speed: w.audio.output.speed,
-            input_format: w.audio.input.format,
-            output_format: w.audio.output.format,
+            input_format: w.audio.input.format.unwrap_or_default(),
+            output_format: w.audio.output.format.unwrap_or_default(),
             turn_detection: w.audio.input.turn_detection,
             transcription: w.audio.input.transcription,
             noise_reduction: w.audio.input.noise_reduction.and_then(|n| n.kind),
@@ -613,6 +620,7 @@ impl<'de> Deserialize<'de> for SessionConfig {
             tools: w.tools.into_iter().map(|t| t.def).collect(),
             tool_choice: w.tool_choice,
             max_output_tokens: w.max_output_tokens,
+            without_formats: false,
         })
     }
 }
@@ -863,6 +871,14 @@ pub enum ClientEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         response_id: Option<String>,
     },
+    /// Cut off the audio being played to the caller (WebRTC and SIP only; send it after a
+    /// `response.cancel`). The server answers `output_audio_buffer.cleared`.
+    #[serde(rename = "output_audio_buffer.clear")]
+    OutputAudioBufferClear {
+        /// Client-chosen id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        event_id: Option<String>,
+    },
     /// Any client event, as JSON text written exactly as given (the application's escape
     /// hatch, see `SessionHandle::send_raw`). Never produced by [`ClientEvent::parse`].
     #[serde(skip)]
@@ -916,6 +932,7 @@ impl ClientEvent {
             ClientEvent::ConversationItemRetrieve { .. } => "conversation.item.retrieve",
             ClientEvent::ResponseCreate { .. } => "response.create",
             ClientEvent::ResponseCancel { .. } => "response.cancel",
+            ClientEvent::OutputAudioBufferClear { .. } => "output_audio_buffer.clear",
         }
     }
 }

@@ -375,15 +375,8 @@ pub fn sip_session(cfg: &SessionConfig) -> Result<Value, SipConfigError> {
             ));
         }
     }
-    let mut v = serde_json::to_value(cfg).unwrap_or_else(|_| unreachable!("plain data"));
-    if let Some(audio) = v.get_mut("audio").and_then(Value::as_object_mut) {
-        for side in ["input", "output"] {
-            if let Some(o) = audio.get_mut(side).and_then(Value::as_object_mut) {
-                o.remove("format");
-            }
-        }
-    }
-    Ok(v)
+    let cfg = cfg.clone().without_audio_formats();
+    Ok(serde_json::to_value(&cfg).unwrap_or_else(|_| unreachable!("plain data")))
 }
 
 /// The session configuration for `agent` on a SIP call: `base` (turn detection,

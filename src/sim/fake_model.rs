@@ -776,6 +776,14 @@ impl Engine {
             }
             // `ClientEvent::parse` never yields a raw event.
             ClientEvent::Raw { .. } => {}
+            // "WebRTC/SIP Only" (spec/realtime-sip.md §5.2): this fake is a plain WebSocket
+            // session, which has no output audio buffer. The server's exact error code for it
+            // is not documented; the fake refuses it with an error event, never silently.
+            ClientEvent::OutputAudioBufferClear { event_id } => self.error(
+                "invalid_request_error",
+                "output_audio_buffer.clear is only supported for WebRTC and SIP sessions".into(),
+                event_id,
+            ),
             ClientEvent::ResponseCancel { event_id, .. } => {
                 if self.active.is_some() {
                     self.cancel();

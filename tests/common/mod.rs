@@ -125,6 +125,7 @@ pub fn client_schema(ty: &str) -> &'static str {
         "conversation.item.retrieve" => "RealtimeClientEventConversationItemRetrieve",
         "response.create" => "RealtimeClientEventResponseCreate",
         "response.cancel" => "RealtimeClientEventResponseCancel",
+        "output_audio_buffer.clear" => "RealtimeClientEventOutputAudioBufferClear",
         other => panic!("not a GA client event: {other}"),
     }
 }
