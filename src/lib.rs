@@ -59,6 +59,7 @@ pub mod events;
 pub mod io;
 pub mod limits;
 pub mod logging;
+pub mod metrics;
 pub mod proto;
 mod redact;
 #[cfg(feature = "server")]

@@ -494,11 +494,12 @@ impl Session {
         if opts.start_check.is_some() {
             call_opts.connect_model_on_start = true;
         }
+        let counters = Arc::new(Counters::default());
         if !call_opts.connect_model_on_start {
             if let Some(r) = &mut recorder {
                 r.now(Record::ModelConnecting);
             }
-            spawn_model_connect(0, &opts.model, shell_tx.clone());
+            spawn_model_connect(0, &opts.model, shell_tx.clone(), counters.clone());
         }
 
         let twilio_duplex = {
@@ -518,7 +519,6 @@ impl Session {
         };
 
         let core = CallCore::new(agent, call_opts, start);
-        let counters = Arc::new(Counters::default());
         let shell = Shell {
             core,
             lane: lane.clone(),
@@ -546,6 +546,7 @@ impl Session {
             tool_workers: Arc::new(AtomicUsize::new(0)),
             max_tool_workers: opts.max_tool_workers,
             counters: counters.clone(),
+            twilio_started: None,
         };
         let thread = thread::Builder::new()
             .name("session".into())
@@ -563,7 +564,12 @@ impl Session {
     }
 }
 
-fn spawn_model_connect(gen: u64, opts: &ModelOptions, tx: InboxSender<ShellMsg>) {
+fn spawn_model_connect(
+    gen: u64,
+    opts: &ModelOptions,
+    tx: InboxSender<ShellMsg>,
+    counters: Arc<Counters>,
+) {
     let mut req = ClientRequest::new(opts.url.clone());
     if let Some(k) = &opts.api_key {
         req = req.bearer(k.clone());
@@ -573,8 +579,12 @@ fn spawn_model_connect(gen: u64, opts: &ModelOptions, tx: InboxSender<ShellMsg>)
         .name("model-connect".into())
         .stack_size(256 * 1024)
         .spawn(move || {
+            let began = Instant::now();
             let msg = match WsConn::connect(&req, &cfg) {
-                Ok(conn) => ShellMsg::ModelConnected(gen, conn),
+                Ok(conn) => {
+                    store_once(&counters.model_connect_us, began.elapsed());
+                    ShellMsg::ModelConnected(gen, conn)
+                }
                 Err(e) => ShellMsg::ModelConnectFailed(gen, e.to_string()),
             };
             let _ = tx.send(msg);
@@ -811,6 +821,8 @@ struct Shell {
     tool_workers: Arc<AtomicUsize>,
     max_tool_workers: usize,
     counters: Arc<Counters>,
+    /// When Twilio's `start` arrived.
+    twilio_started: Option<Instant>,
 }
 
 /// Counts a running tool worker; dropped when the worker ends (or never started).
@@ -827,6 +839,50 @@ impl Drop for WorkerSlot {
 struct Counters {
     tools_refused: AtomicU64,
     tool_workers_peak: AtomicUsize,
+    /// Media frames and µ-law bytes written to Twilio (the agent's audio).
+    frames_to_caller: AtomicU64,
+    bytes_to_caller: AtomicU64,
+    /// Microseconds the first successful model handshake took, plus one (0: none yet).
+    model_connect_us: AtomicU64,
+    /// Microseconds from Twilio's `start` to the first agent audio written, plus one.
+    first_audio_us: AtomicU64,
+}
+
+/// Stores a duration once (the first one wins) as microseconds plus one, 0 meaning unset.
+fn store_once(slot: &AtomicU64, d: Duration) {
+    let us = u64::try_from(d.as_micros())
+        .unwrap_or(u64::MAX - 1)
+        .saturating_add(1);
+    let _ = slot.compare_exchange(0, us, Ordering::Relaxed, Ordering::Relaxed);
+}
+
+fn load_once(slot: &AtomicU64) -> Option<Duration> {
+    match slot.load(Ordering::Relaxed) {
+        0 => None,
+        us => Some(Duration::from_micros(us - 1)),
+    }
+}
+
+/// A call's traffic and latencies so far; see [`SessionHandle::call_stats`]. Read at any
+/// time from any thread (atomics the call's threads update; nothing is added per frame but
+/// a relaxed counter increment).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SessionStats {
+    /// Media frames received from Twilio (the caller's audio).
+    pub frames_from_caller: u64,
+    /// µ-law bytes received from Twilio.
+    pub bytes_from_caller: u64,
+    /// Media frames written to Twilio (the agent's audio).
+    pub frames_to_caller: u64,
+    /// µ-law bytes written to Twilio.
+    pub bytes_to_caller: u64,
+    /// How long the first model connection (TCP, TLS and WebSocket handshake) took.
+    pub model_connect: Option<Duration>,
+    /// From Twilio's `start` to the first agent audio written to Twilio.
+    pub first_audio: Option<Duration>,
+    /// Events dropped because the application did not read them in time.
+    pub events_dropped: u64,
 }
 
 /// How full a session's bounded queues got, and what their bounds turned away; see
@@ -987,6 +1043,7 @@ impl Shell {
     /// Twilio's first `start`: the call's details, the application's check, the per-call
     /// agent, then the core; a model connection held for the agent is taken into use.
     fn on_start(&mut self, now: Instant, start: crate::proto::twilio::Start) {
+        self.twilio_started = Some(now);
         let webhook = self
             .webhook_fields
             .as_ref()
@@ -1124,7 +1181,12 @@ impl Shell {
                         m.join();
                     }
                     self.model_gen += 1;
-                    spawn_model_connect(self.model_gen, &self.model_opts, self.shell_tx.clone());
+                    spawn_model_connect(
+                        self.model_gen,
+                        &self.model_opts,
+                        self.shell_tx.clone(),
+                        self.counters.clone(),
+                    );
                 }
                 Output::CloseModel => {
                     if let Some(m) = &self.model {
@@ -1194,7 +1256,20 @@ impl Shell {
             TwilioCommand::Media {
                 stream_sid,
                 payload,
-            } => write_media_json(&mut self.out_buf, stream_sid, payload),
+            } => {
+                write_media_json(&mut self.out_buf, stream_sid, payload);
+                let c = &self.counters;
+                c.frames_to_caller.fetch_add(1, Ordering::Relaxed);
+                c.bytes_to_caller.fetch_add(
+                    crate::proto::mulaw::base64_decoded_len(payload) as u64,
+                    Ordering::Relaxed,
+                );
+                if let Some(t) = self.twilio_started {
+                    if c.first_audio_us.load(Ordering::Relaxed) == 0 {
+                        store_once(&c.first_audio_us, t.elapsed());
+                    }
+                }
+            }
             TwilioCommand::Mark { stream_sid, name } => {
                 write_mark_json(&mut self.out_buf, stream_sid, name)
             }
@@ -1608,6 +1683,23 @@ impl SessionHandle {
             marks_dropped: lock(&self.lane).marks_dropped,
             tool_workers_peak: self.counters.tool_workers_peak.load(Ordering::Relaxed),
             tools_refused: self.counters.tools_refused.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The call's traffic (frames and bytes each way) and latencies (model handshake, `start`
+    /// to first agent audio) so far. Cheap: a few atomic loads and the caller-audio lane's
+    /// counters.
+    pub fn call_stats(&self) -> SessionStats {
+        let inbound = lock(&self.lane).inbound.stats().clone();
+        let c = &self.counters;
+        SessionStats {
+            frames_from_caller: inbound.frames_in,
+            bytes_from_caller: inbound.bytes_in,
+            frames_to_caller: c.frames_to_caller.load(Ordering::Relaxed),
+            bytes_to_caller: c.bytes_to_caller.load(Ordering::Relaxed),
+            model_connect: load_once(&c.model_connect_us),
+            first_audio: load_once(&c.first_audio_us),
+            events_dropped: self.events.dropped(),
         }
     }
 

@@ -1,0 +1,666 @@
+//! Prometheus metrics and per-call statistics, for the bundled server and for applications
+//! that run sessions themselves.
+//!
+//! * [`CallStats`] is one call's summary: fed the call's [`SessionEvent`]s
+//!   ([`CallStats::observe`]) and, at the end, the session's own counters
+//!   ([`CallStats::finish`] with [`SessionHandle::call_stats`]). Its
+//!   [`summary_json`](CallStats::summary_json) is the one line per call the server logs at
+//!   target [`CALLS_LOG`].
+//! * [`Metrics`] holds the process's metrics in a `prometheus-client` [`Registry`]: live
+//!   events as they happen ([`Metrics::observe`]: barge-ins, tool calls, dropped events, bad
+//!   input), a call's traffic and latencies once it ends ([`Metrics::call_ended`]), and gauges
+//!   of live calls. [`Metrics::encode`] writes the Prometheus text format (what `GET /metrics`
+//!   answers); [`Metrics::register_into`] mounts the same metrics in an application's own
+//!   registry.
+//!
+//! Nothing here is touched per audio frame: traffic is counted by the session (a relaxed
+//! atomic add per frame, which it does anyway) and published when the call ends. Labels never
+//! carry phone numbers, CallSids or other caller data: only close reasons, tool names (at most
+//! [`MAX_TOOL_LABELS`] distinct ones, then `other`), outcomes, directions and peers.
+//!
+//! Without the server, an application publishes its own calls:
+//!
+//! ```
+//! use std::time::Instant;
+//! use twilio_realtime::events::{CloseReason, SessionEvent};
+//! use twilio_realtime::metrics::{CallStats, Metrics};
+//!
+//! let metrics = Metrics::new();
+//! let mut stats = CallStats::new(Instant::now());
+//! let events = [SessionEvent::Closed { reason: CloseReason::TwilioStopped }];
+//! metrics.call_started();
+//! for event in &events {
+//!     // In a real loop: `for event in session.events().iter()`.
+//!     let now = Instant::now();
+//!     metrics.observe(&mut stats, now, event);
+//! }
+//! // With a session: `stats.finish(now, &session.call_stats())`.
+//! metrics.call_ended(&stats);
+//! let text = metrics.encode();
+//! assert!(text.contains("twilio_realtime_calls_total{reason=\"twilio_stopped\"} 1"));
+//! assert!(text.contains("twilio_realtime_calls_active 0"));
+//! ```
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::events::{CloseReason, ErrorSource, InterruptCause, SessionEvent};
+use crate::session::SessionStats;
+
+/// The log target of the one summary line per call (`RUST_LOG=twilio_realtime::calls=info`).
+pub const CALLS_LOG: &str = "twilio_realtime::calls";
+
+/// Most distinct tool names used as label values; further names count as `other`.
+pub const MAX_TOOL_LABELS: usize = 64;
+
+/// The `Content-Type` of [`Metrics::encode`]'s output (Prometheus text format 0.0.4).
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+type Labels = Vec<(&'static str, String)>;
+
+/// A stable, short name for a close reason, for labels and the summary line (no free text:
+/// the reason's details can carry peer data).
+pub fn close_reason_label(reason: &CloseReason) -> &'static str {
+    match reason {
+        CloseReason::TwilioStopped => "twilio_stopped",
+        CloseReason::TwilioDisconnected(_) => "twilio_disconnected",
+        CloseReason::ModelConnectFailed(_) => "model_connect_failed",
+        CloseReason::ModelDisconnected(_) => "model_disconnected",
+        CloseReason::NoStart => "no_start",
+        CloseReason::Rejected(_) => "rejected",
+        CloseReason::Closed => "closed",
+        CloseReason::Failed(_) => "failed",
+        CloseReason::UnsupportedMediaFormat { .. } => "unsupported_media_format",
+        CloseReason::TwilioSilent => "twilio_silent",
+        CloseReason::Panicked(_) => "panicked",
+        CloseReason::ModelConfigRejected { .. } => "model_config_rejected",
+        CloseReason::TooManyBadMessages { .. } => "too_many_bad_messages",
+        CloseReason::AgentHungUp => "agent_hung_up",
+        CloseReason::HungUp => "hung_up",
+        CloseReason::Transferred { .. } => "transferred",
+        #[allow(unreachable_patterns)]
+        _ => "other",
+    }
+}
+
+/// One tool call of a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ToolCallStat {
+    /// The tool's name.
+    pub tool: String,
+    /// True if it failed, timed out, was rejected or unknown.
+    pub is_error: bool,
+    /// From `ToolStart` to `ToolEnd`, when both were seen.
+    pub latency: Option<Duration>,
+}
+
+/// One call's summary: traffic, latencies, barge-ins, tools, transfers, how it ended. See the
+/// module docs. No audio, no secrets; the caller's number only in
+/// [`summary_json`](CallStats::summary_json) when asked for.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct CallStats {
+    /// When the call (its stream) began.
+    pub started: Instant,
+    /// How long it lasted (set by [`CallStats::finish`]).
+    pub duration: Duration,
+    /// Twilio's CallSid, once known.
+    pub call_sid: Option<String>,
+    /// The calling party, once known (logged only on request).
+    pub caller: Option<String>,
+    /// The model the call used (the `model` of the endpoint's URL), if known.
+    pub model: Option<String>,
+    /// The session's counters (frames, bytes, latencies) as of [`CallStats::finish`].
+    pub session: SessionStats,
+    /// Times the caller talked over the agent and cut it off.
+    pub barge_ins: u64,
+    /// Agent items truncated to what the caller heard (barge-ins, interrupts, guardrails).
+    pub truncations: u64,
+    /// Milliseconds of agent audio the caller heard of the truncated items, summed.
+    pub truncated_heard_ms: u64,
+    /// Tool calls, in the order they ended.
+    pub tools: Vec<ToolCallStat>,
+    /// Handoffs between agents.
+    pub handoffs: u64,
+    /// 1 if the call was transferred to a person, else 0.
+    pub transfers: u64,
+    /// Bad messages reported from Twilio.
+    pub bad_twilio: u64,
+    /// Bad messages or error events from the model.
+    pub bad_model: u64,
+    /// Events the application did not read in time.
+    pub events_dropped: u64,
+    /// Why the call ended, once it has.
+    pub close_reason: Option<CloseReason>,
+    tool_started: HashMap<String, Instant>,
+}
+
+impl CallStats {
+    /// A call that began at `started`.
+    pub fn new(started: Instant) -> CallStats {
+        CallStats {
+            started,
+            duration: Duration::ZERO,
+            call_sid: None,
+            caller: None,
+            model: None,
+            session: SessionStats::default(),
+            barge_ins: 0,
+            truncations: 0,
+            truncated_heard_ms: 0,
+            tools: Vec::new(),
+            handoffs: 0,
+            transfers: 0,
+            bad_twilio: 0,
+            bad_model: 0,
+            events_dropped: 0,
+            close_reason: None,
+            tool_started: HashMap::new(),
+        }
+    }
+
+    /// Counts one of the call's events, seen at `now`.
+    pub fn observe(&mut self, now: Instant, event: &SessionEvent) {
+        match event {
+            SessionEvent::AudioInterrupted { cause, heard } => {
+                if *cause == InterruptCause::CallerSpeech {
+                    self.barge_ins = self.barge_ins.saturating_add(1);
+                }
+                for (_, ms) in heard {
+                    self.truncations = self.truncations.saturating_add(1);
+                    self.truncated_heard_ms = self.truncated_heard_ms.saturating_add(*ms);
+                }
+            }
+            // Bounded: a model that never ends its call ids cannot grow this past 1,024.
+            SessionEvent::ToolStart { call_id, .. } if self.tool_started.len() < 1024 => {
+                self.tool_started.insert(call_id.clone(), now);
+            }
+            SessionEvent::ToolEnd {
+                tool,
+                call_id,
+                is_error,
+                ..
+            } => {
+                let latency = self
+                    .tool_started
+                    .remove(call_id)
+                    .map(|t| now.saturating_duration_since(t));
+                if self.tools.len() < 10_000 {
+                    self.tools.push(ToolCallStat {
+                        tool: tool.clone(),
+                        is_error: *is_error,
+                        latency,
+                    });
+                }
+            }
+            SessionEvent::Handoff { .. } => self.handoffs = self.handoffs.saturating_add(1),
+            SessionEvent::Error { source, .. } => match source {
+                ErrorSource::Twilio => self.bad_twilio = self.bad_twilio.saturating_add(1),
+                ErrorSource::Model { .. } => self.bad_model = self.bad_model.saturating_add(1),
+                _ => {}
+            },
+            SessionEvent::EventsDropped { count } => {
+                self.events_dropped = self.events_dropped.saturating_add(*count)
+            }
+            SessionEvent::Closed { reason } => {
+                if matches!(reason, CloseReason::Transferred { .. }) {
+                    self.transfers = 1;
+                }
+                self.close_reason = Some(reason.clone());
+            }
+            _ => {}
+        }
+    }
+
+    /// Ends the summary at `now` with the session's counters
+    /// ([`SessionHandle::call_stats`](crate::session::SessionHandle::call_stats)).
+    pub fn finish(&mut self, now: Instant, session: &SessionStats) {
+        self.duration = now.saturating_duration_since(self.started);
+        self.session = session.clone();
+        self.events_dropped = self.events_dropped.max(session.events_dropped);
+    }
+
+    /// The summary as one JSON object: `call_sid`, `duration_ms`, `bytes_from_caller`,
+    /// `bytes_to_caller`, `frames_from_caller`, `frames_to_caller`, `barge_ins`,
+    /// `truncations`, `tools` (count), `tool_errors`, `tool_names`, `handoffs`, `transfers`,
+    /// `model`, `model_connect_ms`, `first_audio_ms`, `events_dropped`, `bad_twilio`,
+    /// `bad_model`, `close_reason` (a [`close_reason_label`]); `caller` only when
+    /// `with_caller` (the operator opted in).
+    pub fn summary_json(&self, with_caller: bool) -> String {
+        let ms = |d: Option<Duration>| d.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let mut names: Vec<&str> = self.tools.iter().map(|t| t.tool.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        let mut v = serde_json::json!({
+            "call_sid": self.call_sid,
+            "duration_ms": ms(Some(self.duration)),
+            "bytes_from_caller": self.session.bytes_from_caller,
+            "bytes_to_caller": self.session.bytes_to_caller,
+            "frames_from_caller": self.session.frames_from_caller,
+            "frames_to_caller": self.session.frames_to_caller,
+            "barge_ins": self.barge_ins,
+            "truncations": self.truncations,
+            "tools": self.tools.len(),
+            "tool_errors": self.tools.iter().filter(|t| t.is_error).count(),
+            "tool_names": names,
+            "handoffs": self.handoffs,
+            "transfers": self.transfers,
+            "model": self.model,
+            "model_connect_ms": ms(self.session.model_connect),
+            "first_audio_ms": ms(self.session.first_audio),
+            "events_dropped": self.events_dropped,
+            "bad_twilio": self.bad_twilio,
+            "bad_model": self.bad_model,
+            "close_reason": self.close_reason.as_ref().map(close_reason_label),
+        });
+        if with_caller {
+            v["caller"] = serde_json::json!(self.caller);
+        }
+        v.to_string()
+    }
+}
+
+/// The `model` query parameter of a Realtime endpoint URL (`…/v1/realtime?model=gpt-realtime`).
+pub fn model_of_url(url: &str) -> Option<String> {
+    let query = url.split_once('?')?.1;
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "model")
+        .map(|(_, v)| v.into_owned())
+}
+
+/// The process's metrics (see the module docs). Share it in an `Arc`; every method takes
+/// `&self`.
+pub struct Metrics {
+    registry: Registry,
+    families: Families,
+    tool_names: Mutex<HashSet<String>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}
+
+fn seconds_histogram() -> Histogram {
+    // 10 ms .. ~20 s.
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.01, 2.0, 12,
+    ))
+}
+
+/// The metric handles (cheap clones sharing their values), registered in one or more
+/// registries.
+#[derive(Clone)]
+struct Families {
+    calls_active: Gauge,
+    calls: Family<Labels, Counter>,
+    pending_webhooks: Gauge,
+    refused: Family<Labels, Counter>,
+    model_connect: Histogram,
+    first_audio: Histogram,
+    barge_ins: Counter,
+    truncations: Counter,
+    truncated_heard: Histogram,
+    tool_calls: Family<Labels, Counter>,
+    tool_latency: Family<Labels, Histogram>,
+    handoffs: Counter,
+    transfers: Counter,
+    audio_bytes: Family<Labels, Counter>,
+    audio_frames: Family<Labels, Counter>,
+    events_dropped: Counter,
+    bad_input: Family<Labels, Counter>,
+    ready: Gauge,
+}
+
+impl Families {
+    fn new() -> Families {
+        Families {
+            calls_active: Gauge::default(),
+            calls: Family::default(),
+            pending_webhooks: Gauge::default(),
+            refused: Family::default(),
+            model_connect: seconds_histogram(),
+            first_audio: seconds_histogram(),
+            barge_ins: Counter::default(),
+            truncations: Counter::default(),
+            truncated_heard: seconds_histogram(),
+            tool_calls: Family::default(),
+            tool_latency: Family::new_with_constructor(seconds_histogram),
+            handoffs: Counter::default(),
+            transfers: Counter::default(),
+            audio_bytes: Family::default(),
+            audio_frames: Family::default(),
+            events_dropped: Counter::default(),
+            bad_input: Family::default(),
+            ready: Gauge::default(),
+        }
+    }
+
+    fn register(&self, r: &mut Registry) {
+        let r = r.sub_registry_with_prefix("twilio_realtime");
+        let f = self.clone();
+        r.register("calls_active", "Calls in progress", f.calls_active);
+        r.register("calls", "Calls ended, by close reason", f.calls);
+        r.register(
+            "pending_webhooks",
+            "Calls whose webhook was answered and whose stream has not started yet",
+            f.pending_webhooks,
+        );
+        r.register(
+            "calls_refused",
+            "Calls refused at capacity or while draining (where: webhook, stream)",
+            f.refused,
+        );
+        r.register(
+            "model_connect_seconds",
+            "Time to open the model connection (TCP, TLS, WebSocket handshake)",
+            f.model_connect,
+        );
+        r.register(
+            "first_audio_seconds",
+            "Time from Twilio's start to the first agent audio sent to the caller",
+            f.first_audio,
+        );
+        r.register(
+            "barge_ins",
+            "Times the caller talked over the agent",
+            f.barge_ins,
+        );
+        r.register(
+            "truncations",
+            "Agent items truncated to what the caller heard",
+            f.truncations,
+        );
+        r.register(
+            "truncated_heard_seconds",
+            "Agent audio the caller heard of each truncated item",
+            f.truncated_heard,
+        );
+        r.register(
+            "tool_calls",
+            "Tool calls by tool name and outcome (ok, error)",
+            f.tool_calls,
+        );
+        r.register(
+            "tool_call_seconds",
+            "Tool call latency by tool name",
+            f.tool_latency,
+        );
+        r.register("handoffs", "Handoffs between agents", f.handoffs);
+        r.register("transfers", "Calls transferred to a person", f.transfers);
+        r.register(
+            "audio_bytes",
+            "µ-law audio bytes by direction (from_caller, to_caller), counted when calls end",
+            f.audio_bytes,
+        );
+        r.register(
+            "audio_frames",
+            "Twilio media frames by direction (from_caller, to_caller), counted when calls end",
+            f.audio_frames,
+        );
+        r.register(
+            "events_dropped",
+            "Session events the application did not read in time",
+            f.events_dropped,
+        );
+        r.register(
+            "bad_input",
+            "Bad messages by peer (twilio, model)",
+            f.bad_input,
+        );
+        r.register(
+            "ready",
+            "1 while the server takes new calls (what /readyz says)",
+            f.ready,
+        );
+    }
+}
+
+fn label(key: &'static str, value: impl Into<String>) -> Labels {
+    vec![(key, value.into())]
+}
+
+impl Metrics {
+    /// Metrics in their own registry.
+    pub fn new() -> Metrics {
+        let families = Families::new();
+        let mut registry = Registry::default();
+        families.register(&mut registry);
+        Metrics {
+            registry,
+            families,
+            tool_names: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Registers the same metrics (their values shared) in `registry`, under the
+    /// `twilio_realtime_` prefix, so an application serves them with its own.
+    pub fn register_into(&self, registry: &mut Registry) {
+        self.families.register(registry);
+    }
+
+    /// The metrics in the Prometheus text format (see [`CONTENT_TYPE`]).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry).is_err() {
+            // Writing to a String does not fail; an encoder error leaves what was written.
+            log::debug!(target: "twilio_realtime::metrics", "metrics encoding failed");
+        }
+        out
+    }
+
+    /// A call began (its stream connected).
+    pub fn call_started(&self) {
+        self.families.calls_active.inc();
+    }
+
+    /// Counts one of a call's events as it happens and adds it to the call's `stats`.
+    pub fn observe(&self, stats: &mut CallStats, now: Instant, event: &SessionEvent) {
+        let f = &self.families;
+        match event {
+            SessionEvent::AudioInterrupted { cause, heard } => {
+                if *cause == InterruptCause::CallerSpeech {
+                    f.barge_ins.inc();
+                }
+                for (_, ms) in heard {
+                    f.truncations.inc();
+                    f.truncated_heard.observe(*ms as f64 / 1000.0);
+                }
+            }
+            SessionEvent::ToolEnd {
+                tool,
+                call_id,
+                is_error,
+                ..
+            } => {
+                let name = self.tool_label(tool);
+                let outcome = if *is_error { "error" } else { "ok" };
+                f.tool_calls
+                    .get_or_create(&vec![("tool", name.clone()), ("outcome", outcome.into())])
+                    .inc();
+                if let Some(t) = stats.tool_started.get(call_id) {
+                    let secs = now.saturating_duration_since(*t).as_secs_f64();
+                    f.tool_latency
+                        .get_or_create(&label("tool", name))
+                        .observe(secs);
+                }
+            }
+            SessionEvent::Handoff { .. } => {
+                f.handoffs.inc();
+            }
+            SessionEvent::Error { source, .. } => match source {
+                ErrorSource::Twilio => {
+                    f.bad_input.get_or_create(&label("peer", "twilio")).inc();
+                }
+                ErrorSource::Model { .. } => {
+                    f.bad_input.get_or_create(&label("peer", "model")).inc();
+                }
+                _ => {}
+            },
+            SessionEvent::EventsDropped { count } => {
+                f.events_dropped.inc_by(*count);
+            }
+            _ => {}
+        }
+        stats.observe(now, event);
+    }
+
+    /// A call ended: publishes its traffic, latencies and close reason, and lowers the live
+    /// calls gauge.
+    pub fn call_ended(&self, stats: &CallStats) {
+        let f = &self.families;
+        f.calls_active.dec();
+        let reason = stats
+            .close_reason
+            .as_ref()
+            .map(close_reason_label)
+            .unwrap_or("unknown");
+        f.calls.get_or_create(&label("reason", reason)).inc();
+        if stats.transfers > 0 {
+            f.transfers.inc_by(stats.transfers);
+        }
+        let s = &stats.session;
+        for (dir, bytes, frames) in [
+            ("from_caller", s.bytes_from_caller, s.frames_from_caller),
+            ("to_caller", s.bytes_to_caller, s.frames_to_caller),
+        ] {
+            f.audio_bytes
+                .get_or_create(&label("direction", dir))
+                .inc_by(bytes);
+            f.audio_frames
+                .get_or_create(&label("direction", dir))
+                .inc_by(frames);
+        }
+        if let Some(d) = s.model_connect {
+            f.model_connect.observe(d.as_secs_f64());
+        }
+        if let Some(d) = s.first_audio {
+            f.first_audio.observe(d.as_secs_f64());
+        }
+    }
+
+    /// A call refused at capacity or while draining; `at` is `webhook` or `stream`.
+    pub fn call_refused(&self, at: &'static str) {
+        self.families
+            .refused
+            .get_or_create(&label("where", at))
+            .inc();
+    }
+
+    /// Sets the gauge of answered webhooks whose stream has not started.
+    pub fn set_pending_webhooks(&self, n: usize) {
+        self.families
+            .pending_webhooks
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Sets the readiness gauge.
+    pub fn set_ready(&self, ready: bool) {
+        self.families.ready.set(i64::from(ready));
+    }
+
+    /// The label for a tool name: the name itself for the first [`MAX_TOOL_LABELS`] names
+    /// seen, `other` after.
+    fn tool_label(&self, tool: &str) -> String {
+        let mut seen = self.tool_names.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.contains(tool) {
+            return tool.to_owned();
+        }
+        if seen.len() < MAX_TOOL_LABELS {
+            seen.insert(tool.to_owned());
+            return tool.to_owned();
+        }
+        "other".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tool_labels_are_capped() {
+        let m = Metrics::new();
+        for i in 0..MAX_TOOL_LABELS {
+            assert_eq!(m.tool_label(&format!("t{i}")), format!("t{i}"));
+        }
+        assert_eq!(m.tool_label("one_too_many"), "other");
+        assert_eq!(m.tool_label("t0"), "t0");
+    }
+
+    #[test]
+    fn model_from_url() {
+        assert_eq!(
+            model_of_url("wss://api.openai.com/v1/realtime?model=gpt-realtime").as_deref(),
+            Some("gpt-realtime")
+        );
+        assert_eq!(model_of_url("ws://127.0.0.1:1/"), None);
+    }
+
+    #[test]
+    fn stats_count_events() {
+        let t0 = Instant::now();
+        let m = Metrics::new();
+        let mut s = CallStats::new(t0);
+        m.call_started();
+        let evs = [
+            SessionEvent::ToolStart {
+                agent: "a".into(),
+                tool: "weather".into(),
+                call_id: "c1".into(),
+                arguments: "{}".into(),
+            },
+            SessionEvent::ToolEnd {
+                agent: "a".into(),
+                tool: "weather".into(),
+                call_id: "c1".into(),
+                output: "sunny".into(),
+                is_error: false,
+            },
+            SessionEvent::AudioInterrupted {
+                cause: InterruptCause::CallerSpeech,
+                heard: vec![("item".into(), 1200)],
+            },
+            SessionEvent::Closed {
+                reason: CloseReason::HungUp,
+            },
+        ];
+        for e in &evs {
+            m.observe(&mut s, t0 + Duration::from_millis(250), e);
+        }
+        assert_eq!(
+            (s.barge_ins, s.truncations, s.truncated_heard_ms),
+            (1, 1, 1200)
+        );
+        assert_eq!(s.tools.len(), 1);
+        m.call_ended(&s);
+        let text = m.encode();
+        for want in [
+            "twilio_realtime_calls_total{reason=\"hung_up\"} 1",
+            "twilio_realtime_calls_active 0",
+            "twilio_realtime_barge_ins_total 1",
+            "twilio_realtime_tool_calls_total{tool=\"weather\",outcome=\"ok\"} 1",
+            "twilio_realtime_tool_call_seconds_count{tool=\"weather\"} 1",
+        ] {
+            assert!(text.contains(want), "{want} missing from\n{text}");
+        }
+        let line: serde_json::Value = serde_json::from_str(&s.summary_json(false)).unwrap();
+        assert_eq!(line["close_reason"], "hung_up");
+        assert!(line.get("caller").is_none());
+    }
+}
