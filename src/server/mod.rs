@@ -22,7 +22,12 @@
 //! * `POST /openai-webhook` (path configurable; with [`ServerConfig::sip`]) takes OpenAI's
 //!   signed `realtime.call.incoming` webhooks for SIP calls and accepts or rejects them over
 //!   OpenAI's REST API: see [`sip`].
-//! * `GET /healthz` answers `ok`.
+//! * `GET /healthz` answers `ok` while the process serves (liveness).
+//! * `GET /readyz` answers `200 ready`, or `503` while draining ([`Stopper::drain`], SIGTERM
+//!   under [`stop_on_signals`]) or at capacity ([`ServerConfig::max_calls`]): what a load
+//!   balancer's health check and a Kubernetes readiness probe ask.
+//! * `GET /metrics` answers the Prometheus text format ([`crate::metrics`]); with
+//!   [`ServerConfig::admin_bind`] these three routes are also served on a separate port.
 //! * `GET /media-stream` with a WebSocket upgrade runs a call; without one it is a 400.
 //! * With an auth token configured, `X-Twilio-Signature` is checked on the webhook (URL +
 //!   sorted form parameters) and on the upgrade (the `wss://` URL from the TwiML, with or
@@ -57,6 +62,7 @@ pub mod signature;
 pub mod sip;
 pub mod token;
 
+use std::collections::HashMap;
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -71,6 +77,7 @@ use crate::agent::Agent;
 use crate::events::{CloseReason, SessionEvent};
 use crate::io::http::{self, HttpError, HttpLimits, RequestHead};
 use crate::io::ws::{WsConfig, WsConn};
+use crate::metrics::{CallStats, Metrics, CALLS_LOG};
 use crate::proto::twilio::Start;
 use crate::session::{
     AgentForCall, AgentSource, CallControl, Session, SessionCloser, SessionHandle, SessionOptions,
@@ -252,6 +259,54 @@ pub struct ServerConfig {
     /// SIP calls through OpenAI (`POST /openai-webhook`, see [`sip`]). Default: none;
     /// [`ServerConfig::from_env`] sets it when `OPENAI_WEBHOOK_SECRET` is set.
     pub sip: Option<sip::SipConfig>,
+    /// Most calls at once: live calls plus answered webhooks whose stream has not started
+    /// yet. At the limit the webhook answers [`ServerConfig::at_capacity`]'s TwiML, `/readyz`
+    /// answers 503, and a stream that arrives anyway is closed with WebSocket code 1013 (try
+    /// again later) before any model connection opens. Default: none (`MAX_CALLS`).
+    pub max_calls: Option<usize>,
+    /// What the webhook answers at capacity. Default [`AtCapacity::Say`] with a short
+    /// apology, then `<Hangup/>` (`AT_CAPACITY=reject` for `<Reject reason="busy"/>`).
+    pub at_capacity: AtCapacity,
+    /// After [`Stopper::drain`] (SIGTERM), the longest the server waits for its live calls
+    /// and answered webhooks before it stops as [`Stopper::stop`] does. Default 1 hour
+    /// (`DRAIN_TIMEOUT_SECS`; the deployment's termination grace period should be longer).
+    pub drain_timeout: Duration,
+    /// Puts the caller's number into each call's summary line ([`crate::metrics::CALLS_LOG`]).
+    /// Default off (`LOG_CALLER_NUMBER`).
+    pub log_caller_number: bool,
+    /// A second address serving only `/healthz`, `/readyz` and `/metrics` (e.g. a port the
+    /// public ingress does not route). Default: none (`ADMIN_PORT`, on `BIND_ADDR`).
+    pub admin_bind: Option<SocketAddr>,
+}
+
+/// What the webhook answers when [`ServerConfig::max_calls`] calls are in progress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AtCapacity {
+    /// `<Say>` this, then `<Hangup/>`: the caller hears why.
+    Say(String),
+    /// `<Reject reason="busy"/>`: the caller hears a busy signal; the call is not answered
+    /// (not billed as answered).
+    Reject,
+}
+
+/// What the caller hears at capacity by default.
+pub const AT_CAPACITY_SAY: &str =
+    "Sorry, all our lines are busy right now. Please call again in a few minutes.";
+
+impl AtCapacity {
+    /// The TwiML for a call refused at capacity.
+    pub fn twiml(&self) -> String {
+        let mut x = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response>\n");
+        match self {
+            AtCapacity::Say(text) => {
+                x.push_str(&format!("  <Say>{}</Say>\n  <Hangup/>\n", xml_escape(text)));
+            }
+            AtCapacity::Reject => x.push_str("  <Reject reason=\"busy\"/>\n"),
+        }
+        x.push_str("</Response>\n");
+        x
+    }
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -274,6 +329,11 @@ impl std::fmt::Debug for ServerConfig {
             .field("stream_token_ttl", &self.stream_token_ttl)
             .field("outbound", &self.outbound)
             .field("sip", &self.sip)
+            .field("max_calls", &self.max_calls)
+            .field("at_capacity", &self.at_capacity)
+            .field("drain_timeout", &self.drain_timeout)
+            .field("log_caller_number", &self.log_caller_number)
+            .field("admin_bind", &self.admin_bind)
             .finish()
     }
 }
@@ -309,6 +369,11 @@ impl ServerConfig {
             stream_token_ttl: None,
             outbound: None,
             sip: None,
+            max_calls: None,
+            at_capacity: AtCapacity::Say(AT_CAPACITY_SAY.into()),
+            drain_timeout: Duration::from_secs(3600),
+            log_caller_number: false,
+            admin_bind: None,
         }
     }
 
@@ -332,6 +397,10 @@ impl ServerConfig {
     /// default [`sip::DEFAULT_OPENAI_BASE`]), `OPENAI_WEBHOOK_PATH` (default
     /// [`sip::DEFAULT_WEBHOOK_PATH`]), `SIP_MODEL` (default
     /// [`DEFAULT_SIP_MODEL`](crate::proto::sip::DEFAULT_SIP_MODEL)) and `SIP_MAX_CALLS` (100).
+    /// Operations: `MAX_CALLS` (no limit), `AT_CAPACITY` (`reject` for a busy signal, else
+    /// the text said before hanging up; default [`AT_CAPACITY_SAY`]), `DRAIN_TIMEOUT_SECS`
+    /// (3600), `LOG_CALLER_NUMBER` (`1`/`true`/`on`), `ADMIN_PORT` (none).
+    ///
     /// This is the only place the library reads the environment, and only when called.
     pub fn from_env() -> ServerConfig {
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
@@ -419,6 +488,22 @@ impl ServerConfig {
                 .unwrap_or(2000),
             outbound,
             sip,
+            max_calls: env("MAX_CALLS").and_then(|n| n.parse().ok()),
+            at_capacity: match env("AT_CAPACITY") {
+                Some(v) if v.eq_ignore_ascii_case("reject") => AtCapacity::Reject,
+                Some(v) => AtCapacity::Say(v),
+                None => AtCapacity::Say(AT_CAPACITY_SAY.into()),
+            },
+            drain_timeout: env("DRAIN_TIMEOUT_SECS")
+                .and_then(|n| n.parse().ok())
+                .map(Duration::from_secs)
+                .unwrap_or(Duration::from_secs(3600)),
+            log_caller_number: env("LOG_CALLER_NUMBER").is_some_and(|v| {
+                matches!(v.to_ascii_lowercase().as_str(), "1" | "on" | "true" | "yes")
+            }),
+            admin_bind: env("ADMIN_PORT")
+                .and_then(|p| p.parse::<u16>().ok())
+                .map(|p| SocketAddr::new(ip, p)),
             ..ServerConfig::new()
         }
     }
@@ -452,6 +537,41 @@ struct Shared {
     sessions: Mutex<Vec<(u64, SessionCloser)>>,
     /// Signal iterators to close when the server stops (see [`stop_on_signals`]).
     signals: Mutex<Vec<signal_hook::iterator::Handle>>,
+    /// Draining: not ready, stops once no call is live or pending.
+    draining: AtomicBool,
+    /// Answered webhooks whose stream has not started: CallSid → when answered.
+    pending: Mutex<HashMap<String, Instant>>,
+    metrics: Arc<Metrics>,
+}
+
+/// How long an answered webhook counts as a call on its way (Twilio opens the stream within
+/// a second or two; one that never comes stops counting after this).
+const PENDING_STREAM_TTL: Duration = Duration::from_secs(30);
+/// Most answered webhooks remembered at once.
+const MAX_PENDING: usize = 4096;
+
+impl Shared {
+    /// Answered webhooks still waiting for their stream (expired ones forgotten).
+    fn pending_calls(&self, now: Instant) -> usize {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.retain(|_, t| now.saturating_duration_since(*t) < PENDING_STREAM_TTL);
+        p.len()
+    }
+
+    fn stream_arrived(&self, call_sid: &str) {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.remove(call_sid);
+    }
+
+    /// Why the server takes no new call now, if it does not.
+    fn not_ready(&self, max_calls: Option<usize>) -> Option<&'static str> {
+        if self.stop.load(Ordering::SeqCst) || self.draining.load(Ordering::SeqCst) {
+            return Some("draining");
+        }
+        let max = max_calls?;
+        let busy = self.live_calls.load(Ordering::SeqCst) + self.pending_calls(Instant::now());
+        (busy >= max).then_some("at capacity")
+    }
 }
 
 /// Stops a running [`Server`] from any thread.
@@ -459,6 +579,8 @@ struct Shared {
 pub struct Stopper {
     shared: Arc<Shared>,
     addr: SocketAddr,
+    admin: Option<SocketAddr>,
+    drain_timeout: Duration,
 }
 
 impl std::fmt::Debug for Stopper {
@@ -471,14 +593,58 @@ impl Stopper {
     /// Stops accepting; live calls get the grace period to finish.
     pub fn stop(&self) {
         if !self.shared.stop.swap(true, Ordering::SeqCst) {
-            // Wake the blocking accept().
+            // Wake the blocking accept()s.
             let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+            if let Some(admin) = self.admin {
+                let _ = TcpStream::connect_timeout(&admin, Duration::from_secs(1));
+            }
             if let Ok(handles) = self.shared.signals.lock() {
                 for h in handles.iter() {
                     h.close();
                 }
             }
         }
+    }
+
+    /// Drains: `/readyz` answers 503 at once (the load balancer sends new calls elsewhere),
+    /// streams of webhooks already answered are still taken, and the server stops once no
+    /// call is live or on its way (or [`ServerConfig::drain_timeout`] passed, then as
+    /// [`Stopper::stop`]). What SIGTERM does under [`stop_on_signals`].
+    pub fn drain(&self) {
+        if self.shared.draining.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        log::info!(target: LOG, "draining: {} live calls, {} on their way",
+            self.live_calls(), self.shared.pending_calls(Instant::now()));
+        let stopper = self.clone();
+        let timeout = self.drain_timeout;
+        let spawned = thread::Builder::new()
+            .name("drain".into())
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                let began = Instant::now();
+                let s = &stopper.shared;
+                while !s.stop.load(Ordering::SeqCst) {
+                    let idle = s.live_calls.load(Ordering::SeqCst) == 0
+                        && s.pending_calls(Instant::now()) == 0;
+                    if idle || began.elapsed() >= timeout {
+                        log::info!(target: LOG, "drained after {:?}{}", began.elapsed(),
+                            if idle { "" } else { " (drain timeout)" });
+                        stopper.stop();
+                        return;
+                    }
+                    thread::sleep(Duration::from_millis(50));
+                }
+            });
+        if let Err(e) = spawned {
+            log::error!(target: LOG, "could not spawn the drain thread ({e}): stopping now");
+            self.stop();
+        }
+    }
+
+    /// True once [`Stopper::drain`] was called.
+    pub fn is_draining(&self) -> bool {
+        self.shared.draining.load(Ordering::SeqCst)
     }
 
     /// Connections open now (live calls included).
@@ -529,6 +695,7 @@ impl Stopper {
 /// ```
 pub struct Server {
     listener: TcpListener,
+    admin: Option<TcpListener>,
     cfg: Arc<ServerConfig>,
     agent: AgentFactory,
     hook: Option<EventHook>,
@@ -555,6 +722,7 @@ impl Server {
     pub fn bind<M>(cfg: ServerConfig, agent: impl IntoAgentFactory<M>) -> io::Result<Server> {
         let agent = agent.into_agent_factory();
         let listener = TcpListener::bind(cfg.bind)?;
+        let admin = cfg.admin_bind.map(TcpListener::bind).transpose()?;
         let tokens = cfg
             .stream_token_ttl
             .map(|ttl| Arc::new(StreamTokens::new(ttl, 100_000)));
@@ -570,7 +738,13 @@ impl Server {
         }
         let webhooks = Arc::new(WebhookCalls::new(WEBHOOK_FIELDS_TTL, 4096, 8 << 20));
         let directory = webhooks.clone();
-        cfg.session.webhook_fields = Some(Arc::new(move |call_sid: &str| directory.take(call_sid)));
+        let shared = Arc::new(Shared::default());
+        let arrived = shared.clone();
+        cfg.session.webhook_fields = Some(Arc::new(move |call_sid: &str| {
+            // The stream's `start`: the call is live now, no longer on its way.
+            arrived.stream_arrived(call_sid);
+            directory.take(call_sid)
+        }));
         // A transfer is remembered by CallSid before the stream closes, for Twilio's request
         // to `/call-ended` that follows the close.
         let transfers = Arc::new(PendingTransfers::new(
@@ -608,12 +782,13 @@ impl Server {
             sip,
             sip_handler: None,
             listener,
+            admin,
             cfg: Arc::new(cfg),
             agent,
             hook: None,
             status_hook: None,
             call_handler: None,
-            shared: Arc::new(Shared::default()),
+            shared,
             tokens,
             webhooks,
             transfers,
@@ -676,7 +851,20 @@ impl Server {
         Stopper {
             shared: self.shared.clone(),
             addr: self.local_addr(),
+            admin: self.admin.as_ref().and_then(|l| l.local_addr().ok()),
+            drain_timeout: self.cfg.drain_timeout,
         }
+    }
+
+    /// The server's metrics (what `GET /metrics` answers); mount them in an application's
+    /// own registry with [`Metrics::register_into`].
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.shared.metrics.clone()
+    }
+
+    /// The bound admin address ([`ServerConfig::admin_bind`]), if any.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// Serves until stopped, then waits (up to the grace period) for live calls to end and
@@ -684,6 +872,23 @@ impl Server {
     pub fn run(self) -> io::Result<ServerStats> {
         let addr = self.local_addr();
         log::info!(target: LOG, "listening on {addr}");
+        let admin = match self
+            .admin
+            .as_ref()
+            .map(TcpListener::try_clone)
+            .transpose()?
+        {
+            Some(l) => {
+                let (shared, cfg) = (self.shared.clone(), self.cfg.clone());
+                Some(
+                    thread::Builder::new()
+                        .name("admin".into())
+                        .stack_size(128 * 1024)
+                        .spawn(move || serve_admin(l, shared, cfg))?,
+                )
+            }
+            None => None,
+        };
         let mut backoff = Backoff::default();
         for stream in self.listener.incoming() {
             if self.shared.stop.load(Ordering::SeqCst) {
@@ -755,6 +960,9 @@ impl Server {
             while self.shared.live_calls.load(Ordering::SeqCst) > 0 && Instant::now() < hard {
                 thread::sleep(Duration::from_millis(20));
             }
+        }
+        if let Some(a) = admin {
+            let _ = a.join();
         }
         Ok(ServerStats {
             connections: self.shared.connections.load(Ordering::Relaxed),
@@ -907,8 +1115,9 @@ impl ConnCtx {
             (_, "/outbound") => respond(&mut stream, 405, "text/plain", "method not allowed\n"),
             ("POST", "/call-ended") => self.call_ended(stream, &head, leftover, deadline),
             (_, "/call-ended") => respond(&mut stream, 405, "text/plain", "method not allowed\n"),
-            ("GET", "/healthz") => respond(&mut stream, 200, "text/plain", "ok\n"),
-            (_, "/healthz") => respond(&mut stream, 405, "text/plain", "method not allowed\n"),
+            (_, "/healthz" | "/readyz" | "/metrics") => {
+                ops_route(&self.shared, &self.cfg, &mut stream, &head)
+            }
             ("GET", "/media-stream") | ("GET", "/media-stream/") => {
                 if !head.is_websocket_upgrade() {
                     respond(
@@ -1019,6 +1228,13 @@ impl ConnCtx {
                 .map(|(_, v)| v.as_str())
                 .unwrap_or("")
         };
+        if !self.take_pending(field("CallSid")) {
+            self.shared.metrics.call_refused("webhook");
+            log::warn!(target: LOG, "incoming call refused: {} calls in progress or on their way",
+                self.cfg.max_calls.unwrap_or(0));
+            respond(&mut stream, 200, "text/xml", &self.cfg.at_capacity.twiml());
+            return;
+        }
         // Kept for the call's `CallInfo` until its stream starts (signature checked above).
         self.webhooks.insert(
             field("CallSid"),
@@ -1044,6 +1260,28 @@ impl ConnCtx {
         );
         log::info!(target: LOG, "incoming call webhook answered");
         respond(&mut stream, 200, "text/xml", &twiml);
+    }
+
+    /// Counts an answered webhook as a call on its way, unless that makes more than
+    /// `max_calls` (then false). Check and insert under one lock, so concurrent webhooks
+    /// cannot both take the last place.
+    fn take_pending(&self, call_sid: &str) -> bool {
+        let now = Instant::now();
+        let mut p = self
+            .shared
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        p.retain(|_, t| now.saturating_duration_since(*t) < PENDING_STREAM_TTL);
+        if let Some(max) = self.cfg.max_calls {
+            if self.shared.live_calls.load(Ordering::SeqCst) + p.len() >= max {
+                return false;
+            }
+        }
+        if p.len() < MAX_PENDING && !call_sid.is_empty() {
+            p.insert(call_sid.to_owned(), now);
+        }
+        true
     }
 
     fn call_status(
@@ -1264,8 +1502,15 @@ impl ConnCtx {
                 return;
             }
         };
+        let live = self.shared.live_calls.fetch_add(1, Ordering::SeqCst);
+        if self.cfg.max_calls.is_some_and(|max| live >= max) {
+            self.shared.live_calls.fetch_sub(1, Ordering::SeqCst);
+            self.shared.metrics.call_refused("stream");
+            log::warn!(target: LOG, "media stream refused: {live} calls in progress");
+            refuse_stream(conn);
+            return;
+        }
         let call_no = self.shared.calls.fetch_add(1, Ordering::Relaxed) + 1;
-        self.shared.live_calls.fetch_add(1, Ordering::SeqCst);
         let _guard = LiveGuard(self.shared.clone(), call_no);
         log::info!(target: LOG, "call {call_no}: media stream connected");
         let mut opts = self.cfg.session.clone();
@@ -1277,6 +1522,7 @@ impl ConnCtx {
             AgentFactory::Fixed(f) => AgentSource::Ready(f()),
             AgentFactory::PerCall(f) => AgentSource::PerCall(f.clone()),
         };
+        let began = Instant::now();
         let handle = match Session::start(conn, agent, opts) {
             Ok(h) => h,
             Err(e) => {
@@ -1284,6 +1530,10 @@ impl ConnCtx {
                 return;
             }
         };
+        let metrics = self.shared.metrics.clone();
+        metrics.call_started();
+        let mut stats = CallStats::new(began);
+        stats.model = crate::metrics::model_of_url(&self.cfg.session.model.url);
         if let Ok(mut s) = self.shared.sessions.lock() {
             s.push((call_no, handle.closer()));
         }
@@ -1301,14 +1551,28 @@ impl ConnCtx {
                 }
             }
         }
-        self.pump(call_no, &handle, on_events);
+        self.pump(call_no, &handle, on_events, &mut stats);
+        stats.finish(Instant::now(), &handle.call_stats());
+        if let Some(info) = handle.call_info() {
+            stats.call_sid = Some(info.call_sid.clone());
+            stats.caller = info.from.clone();
+        }
+        log::info!(target: CALLS_LOG, "{}", stats.summary_json(self.cfg.log_caller_number));
+        metrics.call_ended(&stats);
         handle.join();
     }
 
-    fn pump(&self, call_no: u64, handle: &SessionHandle, mut on_events: Option<CallEvents>) {
+    fn pump(
+        &self,
+        call_no: u64,
+        handle: &SessionHandle,
+        mut on_events: Option<CallEvents>,
+        stats: &mut CallStats,
+    ) {
         let mut hook_panicked = false;
         let mut handler_panicked = false;
         while let Some(ev) = handle.events().recv() {
+            self.shared.metrics.observe(stats, Instant::now(), &ev);
             if let Some(h) = &self.hook {
                 // The hook is application code: a panic in it ends this call
                 // (`CloseReason::Panicked`), never the server; the hook still
@@ -1361,9 +1625,11 @@ impl Drop for LiveGuard {
     }
 }
 
-/// Stops the server on SIGINT (Ctrl-C) or SIGTERM: it stops accepting and lets live calls
-/// finish within the grace period. The signals are caught with `signal-hook`; a thread sleeps
-/// until one arrives (no polling) and exits when the server stops.
+/// SIGTERM drains the server ([`Stopper::drain`]: not ready, live calls and calls whose
+/// webhook was answered go on, then it stops); SIGINT (Ctrl-C), or a second signal, stops it
+/// ([`Stopper::stop`]: it stops accepting and lets live calls finish within the grace period).
+/// The signals are caught with `signal-hook`; a thread sleeps until one arrives (no polling)
+/// and exits when the server stops.
 pub fn stop_on_signals(stopper: Stopper) -> io::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
@@ -1377,13 +1643,91 @@ pub fn stop_on_signals(stopper: Stopper) -> io::Result<()> {
         .name("signals".into())
         .stack_size(64 * 1024)
         .spawn(move || {
-            // Ends with the first signal, or with no signal once `stop` closed the iterator.
-            if let Some(sig) = signals.forever().next() {
+            // Ends with a stopping signal, or with none once `stop` closed the iterator.
+            for sig in signals.forever() {
+                if sig == SIGTERM && !stopper.is_draining() {
+                    log::info!(target: LOG, "SIGTERM: draining");
+                    stopper.drain();
+                    continue;
+                }
                 log::info!(target: LOG, "termination signal {sig}: stopping");
                 stopper.stop();
+                break;
             }
         })?;
     Ok(())
+}
+
+/// `/healthz`, `/readyz` and `/metrics`, on the main port and the admin port.
+fn ops_route(shared: &Shared, cfg: &ServerConfig, stream: &mut TcpStream, head: &RequestHead) {
+    if head.method != "GET" {
+        respond(stream, 405, "text/plain", "method not allowed\n");
+        return;
+    }
+    match head.path() {
+        "/healthz" => respond(stream, 200, "text/plain", "ok\n"),
+        "/readyz" => match shared.not_ready(cfg.max_calls) {
+            None => respond(stream, 200, "text/plain", "ready\n"),
+            Some(why) => respond(stream, 503, "text/plain", &format!("{why}\n")),
+        },
+        "/metrics" => {
+            let m = &shared.metrics;
+            m.set_pending_webhooks(shared.pending_calls(Instant::now()));
+            m.set_ready(shared.not_ready(cfg.max_calls).is_none());
+            respond(stream, 200, crate::metrics::CONTENT_TYPE, &m.encode());
+        }
+        _ => respond(stream, 404, "text/plain", "not found\n"),
+    }
+}
+
+/// The admin port's accept loop: one short request per connection, answered on this thread
+/// (probes and scrapes are small and rare); ends when the server stops.
+fn serve_admin(listener: TcpListener, shared: Arc<Shared>, cfg: Arc<ServerConfig>) {
+    for stream in listener.incoming() {
+        if shared.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let Ok(mut stream) = stream else {
+            thread::sleep(Duration::from_millis(10));
+            continue;
+        };
+        let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
+        let deadline = Instant::now() + Duration::from_secs(2);
+        match http::read_head(
+            &mut http::ReadBy::new(&stream, deadline),
+            &HttpLimits::default(),
+        ) {
+            Ok((head, _)) => match head.path() {
+                "/healthz" | "/readyz" | "/metrics" => ops_route(&shared, &cfg, &mut stream, &head),
+                _ => respond(&mut stream, 404, "text/plain", "not found\n"),
+            },
+            Err(_) => respond(&mut stream, 400, "text/plain", "bad request\n"),
+        }
+    }
+}
+
+/// Closes a stream that arrived at capacity: WebSocket close 1013 (try again later), what
+/// the peer sends until it answers the close is read and dropped.
+fn refuse_stream(conn: WsConn) {
+    let (duplex, rx) = match conn.spawn_channel("refused") {
+        Ok(x) => x,
+        Err(e) => {
+            log::debug!(target: LOG, "refused stream not closed cleanly: {e}");
+            return;
+        }
+    };
+    duplex.sender().close_with(1013, "at capacity");
+    let until = Instant::now() + Duration::from_secs(5);
+    while let Ok(inc) = rx.recv_deadline(until) {
+        if matches!(
+            inc,
+            crate::io::ws::Incoming::Closed(_) | crate::io::ws::Incoming::Error(_)
+        ) {
+            break;
+        }
+    }
+    duplex.sender().abort();
+    duplex.join();
 }
 
 /// Compares a presented secret with the configured one in constant time (HMAC tags of both

@@ -1,0 +1,227 @@
+//! `GET /metrics` and the per-call summary line after simulated calls: the numbers match what
+//! the simulated Twilio side sent and heard, and no caller data leaks into labels or (unless
+//! the operator opts in) the summary line.
+
+mod common;
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use common::{http_request, Rig};
+use serde_json::{json, Value};
+use twilio_realtime::agent::{Agent, FunctionTool};
+use twilio_realtime::sim::fake_model::{FakeModelConfig, Reply};
+use twilio_realtime::sim::twilio_call::{CallReport, Segment, TwilioCall, TwilioCallConfig};
+
+static LINES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+struct Capture;
+
+impl log::Log for Capture {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.target() == twilio_realtime::metrics::CALLS_LOG
+    }
+    fn log(&self, r: &log::Record) {
+        if self.enabled(r.metadata()) {
+            LINES.lock().unwrap().push(r.args().to_string());
+        }
+    }
+    fn flush(&self) {}
+}
+
+fn capture_summaries() {
+    let _ = log::set_logger(&Capture);
+    log::set_max_level(log::LevelFilter::Info);
+}
+
+fn summaries() -> Vec<Value> {
+    LINES
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|l| serde_json::from_str(l).expect("the summary line is JSON"))
+        .collect()
+}
+
+fn agent() -> Agent {
+    let weather = FunctionTool::new(
+        "get_weather",
+        "Weather for a city",
+        json!({"type":"object","properties":{"location":{"type":"string"}},"required":["location"]}),
+        |c| {
+            Ok(format!(
+                "The weather in {} is sunny.",
+                c.arguments["location"].as_str().unwrap_or("?")
+            ))
+        },
+    );
+    Agent::new("Assistant", "Be brief.").tool(weather)
+}
+
+/// The value of the sample `name` (with its labels, as written) in the exposition text.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn metrics(addr: std::net::SocketAddr) -> String {
+    let (status, resp) = http_request(
+        addr,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 200, "{resp}");
+    assert!(resp.contains("text/plain; version=0.0.4"), "{resp}");
+    resp.split_once("\r\n\r\n").unwrap().1.to_owned()
+}
+
+fn run(rig: &Rig, script: Vec<Segment>) -> CallReport {
+    let mut cfg = TwilioCallConfig::new(rig.addr, script);
+    cfg.max_duration = Duration::from_secs(30);
+    let report = TwilioCall::run(cfg).expect("call runs");
+    rig.wait_idle();
+    report
+}
+
+#[test]
+fn metrics_and_the_summary_line_count_a_call_with_a_tool_and_a_barge_in() {
+    capture_summaries();
+    let rig = Rig::start(
+        FakeModelConfig {
+            script: vec![
+                Reply::call("get_weather", r#"{"location":"Paris"}"#),
+                Reply::say(
+                    "It is sunny in Paris, and this answer goes on long enough to be interrupted.",
+                    6000,
+                ),
+                Reply::say("Sure.", 500),
+            ],
+            ..Default::default()
+        },
+        agent,
+    );
+    let before = metrics(rig.addr);
+    assert_eq!(
+        sample(&before, "twilio_realtime_calls_active"),
+        Some(0.0),
+        "{before}"
+    );
+    let report = run(
+        &rig,
+        vec![
+            Segment::Silence(200),
+            Segment::Speech(700),
+            Segment::BargeIn {
+                after_ms: 1500,
+                speech_ms: 800,
+                timeout_ms: 15_000,
+            },
+            Segment::WaitForAgent {
+                quiet_ms: 400,
+                timeout_ms: 10_000,
+            },
+            Segment::HangUp,
+        ],
+    );
+    assert_eq!(report.clears.len(), 1, "one barge-in");
+    let sent_to_caller: u64 = report.chunks.iter().map(|c| c.bytes).sum();
+    let text = metrics(rig.addr);
+    let want = [
+        ("twilio_realtime_calls_active", 0.0),
+        (
+            "twilio_realtime_calls_total{reason=\"twilio_stopped\"}",
+            1.0,
+        ),
+        ("twilio_realtime_barge_ins_total", 1.0),
+        ("twilio_realtime_truncations_total", 1.0),
+        (
+            "twilio_realtime_tool_calls_total{tool=\"get_weather\",outcome=\"ok\"}",
+            1.0,
+        ),
+        (
+            "twilio_realtime_tool_call_seconds_count{tool=\"get_weather\"}",
+            1.0,
+        ),
+        ("twilio_realtime_model_connect_seconds_count", 1.0),
+        ("twilio_realtime_first_audio_seconds_count", 1.0),
+        (
+            "twilio_realtime_audio_frames_total{direction=\"from_caller\"}",
+            report.frames_sent as f64,
+        ),
+        (
+            "twilio_realtime_audio_bytes_total{direction=\"from_caller\"}",
+            (report.frames_sent * 160) as f64,
+        ),
+        (
+            "twilio_realtime_audio_bytes_total{direction=\"to_caller\"}",
+            sent_to_caller as f64,
+        ),
+        (
+            "twilio_realtime_audio_frames_total{direction=\"to_caller\"}",
+            report.chunks.len() as f64,
+        ),
+        ("twilio_realtime_events_dropped_total", 0.0),
+        ("twilio_realtime_ready", 1.0),
+    ];
+    for (name, value) in want {
+        assert_eq!(sample(&text, name), Some(value), "{name} in\n{text}");
+    }
+    assert!(
+        !text.contains("+1555"),
+        "a phone number in the metrics:\n{text}"
+    );
+    assert!(!text.contains(&report.call_sid), "a CallSid in the metrics");
+
+    let lines = summaries();
+    assert_eq!(lines.len(), 1, "one summary line per call: {lines:?}");
+    let l = &lines[0];
+    assert_eq!(l["call_sid"], report.call_sid.as_str());
+    assert_eq!(l["close_reason"], "twilio_stopped");
+    assert_eq!(l["barge_ins"], 1);
+    assert_eq!(l["tools"], 1);
+    assert_eq!(l["tool_names"], json!(["get_weather"]));
+    assert_eq!(l["transfers"], 0);
+    assert_eq!(l["bytes_from_caller"], report.frames_sent * 160);
+    assert_eq!(l["bytes_to_caller"], sent_to_caller);
+    assert_eq!(l["model"], "gpt-realtime");
+    assert!(l["duration_ms"].as_u64().unwrap() > 0);
+    assert!(
+        l["first_audio_ms"].is_u64() && l["model_connect_ms"].is_u64(),
+        "{l}"
+    );
+    assert!(
+        l.get("caller").is_none(),
+        "no caller number unless asked: {l}"
+    );
+    assert!(!l.to_string().contains("+1555"), "{l}");
+    rig.stop();
+}
+
+#[test]
+fn the_summary_line_carries_the_caller_number_only_when_the_operator_opts_in() {
+    capture_summaries();
+    let rig = Rig::start_with(
+        FakeModelConfig {
+            script: vec![Reply::say("Hello.", 300)],
+            ..Default::default()
+        },
+        || Agent::new("Assistant", "Be brief."),
+        |cfg| cfg.log_caller_number = true,
+    );
+    let report = run(
+        &rig,
+        vec![
+            Segment::Speech(600),
+            Segment::WaitForAgent {
+                quiet_ms: 300,
+                timeout_ms: 10_000,
+            },
+            Segment::HangUp,
+        ],
+    );
+    assert_eq!(report.played_ms(), 300);
+    let lines = summaries();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["caller"], "+15550100");
+    rig.stop();
+}
