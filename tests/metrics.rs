@@ -175,6 +175,7 @@ fn metrics_and_the_summary_line_count_a_call_with_a_tool_and_a_barge_in() {
     let lines = summaries();
     assert_eq!(lines.len(), 1, "one summary line per call: {lines:?}");
     let l = &lines[0];
+    eprintln!("summary line: {l}");
     assert_eq!(l["call_sid"], report.call_sid.as_str());
     assert_eq!(l["close_reason"], "twilio_stopped");
     assert_eq!(l["barge_ins"], 1);
