@@ -153,3 +153,20 @@ fn draining_fails_readyz_serves_the_answered_call_then_exits() {
     });
     rig.stop();
 }
+
+#[test]
+fn a_named_instance_points_its_streams_at_its_own_path_and_serves_them() {
+    let rig = Rig::start_with(model(), agent, |cfg| cfg.instance = Some("b7".into()));
+    let sid = "CA00000000000000000000000000000007";
+    let twiml = webhook(rig.addr, sid);
+    let want = format!("wss://{}/media-stream/b7", rig.addr);
+    assert!(
+        twiml.contains(&format!("<Stream url=\"{want}\">")),
+        "{twiml}"
+    );
+    let mut cfg = call(rig.addr, sid, short_call());
+    cfg.path = "/media-stream/b7".into();
+    let report = TwilioCall::run(cfg).expect("call runs");
+    assert_eq!(report.played_ms(), 400);
+    rig.stop();
+}

@@ -277,6 +277,12 @@ pub struct ServerConfig {
     /// A second address serving only `/healthz`, `/readyz` and `/metrics` (e.g. a port the
     /// public ingress does not route). Default: none (`ADMIN_PORT`, on `BIND_ADDR`).
     pub admin_bind: Option<SocketAddr>,
+    /// This instance's name behind a load balancer: the webhook's TwiML then points the
+    /// stream at `wss://HOST/media-stream/NAME`, so the balancer can route each call's stream
+    /// to the instance that answered its webhook (which holds its one-time stream token, its
+    /// webhook fields and its place under [`ServerConfig::max_calls`]). Streams are served on
+    /// `/media-stream/ANY` whatever the name. Default: none (`INSTANCE_ID`).
+    pub instance: Option<String>,
 }
 
 /// What the webhook answers when [`ServerConfig::max_calls`] calls are in progress.
@@ -334,6 +340,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("drain_timeout", &self.drain_timeout)
             .field("log_caller_number", &self.log_caller_number)
             .field("admin_bind", &self.admin_bind)
+            .field("instance", &self.instance)
             .finish()
     }
 }
@@ -374,6 +381,7 @@ impl ServerConfig {
             drain_timeout: Duration::from_secs(3600),
             log_caller_number: false,
             admin_bind: None,
+            instance: None,
         }
     }
 
@@ -399,7 +407,8 @@ impl ServerConfig {
     /// [`DEFAULT_SIP_MODEL`](crate::proto::sip::DEFAULT_SIP_MODEL)) and `SIP_MAX_CALLS` (100).
     /// Operations: `MAX_CALLS` (no limit), `AT_CAPACITY` (`reject` for a busy signal, else
     /// the text said before hanging up; default [`AT_CAPACITY_SAY`]), `DRAIN_TIMEOUT_SECS`
-    /// (3600), `LOG_CALLER_NUMBER` (`1`/`true`/`on`), `ADMIN_PORT` (none).
+    /// (3600), `LOG_CALLER_NUMBER` (`1`/`true`/`on`), `ADMIN_PORT` (none), `INSTANCE_ID`
+    /// (none; letters, digits, `-`, `_`).
     ///
     /// This is the only place the library reads the environment, and only when called.
     pub fn from_env() -> ServerConfig {
@@ -504,6 +513,13 @@ impl ServerConfig {
             admin_bind: env("ADMIN_PORT")
                 .and_then(|p| p.parse::<u16>().ok())
                 .map(|p| SocketAddr::new(ip, p)),
+            instance: env("INSTANCE_ID").filter(|i| {
+                let ok = i.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+                if !ok {
+                    log::error!(target: LOG, "INSTANCE_ID must be letters, digits, - or _: ignored");
+                }
+                ok
+            }),
             ..ServerConfig::new()
         }
     }
@@ -1118,7 +1134,7 @@ impl ConnCtx {
             (_, "/healthz" | "/readyz" | "/metrics") => {
                 ops_route(&self.shared, &self.cfg, &mut stream, &head)
             }
-            ("GET", "/media-stream") | ("GET", "/media-stream/") => {
+            ("GET", p) if p == "/media-stream" || p.starts_with("/media-stream/") => {
                 if !head.is_websocket_upgrade() {
                     respond(
                         &mut stream,
@@ -1252,8 +1268,12 @@ impl ConnCtx {
             }
         }
         let params: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let mut url = stream_url(&origin);
+        if let Some(name) = &self.cfg.instance {
+            url = format!("{url}/{name}");
+        }
         let twiml = connect_twiml(
-            &stream_url(&origin),
+            &url,
             Some(&format!("{origin}/call-ended")),
             self.cfg.greeting.as_deref(),
             &params,
