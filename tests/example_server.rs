@@ -234,6 +234,10 @@ fn signatures_are_required_when_a_token_is_set() {
     assert_eq!(webhook(p.addr, Some(&wrong)).0, 403);
     let right = signature::compute(TOKEN, &format!("{PUBLIC}/incoming-call"), &form());
     assert_eq!(webhook(p.addr, Some(&right)).0, 200);
+    // The signed webhook opens the call's model connection (a warm model); nothing else does.
+    common::wait_until("the warm connection", Duration::from_secs(10), || {
+        model.recording().connections == 1
+    });
     // the upgrade: missing and wrong signatures are refused before any model connection
     let script = || vec![Segment::Silence(200), Segment::HangUp];
     let err = TwilioCall::run(TwilioCallConfig::new(p.addr, script())).unwrap_err();
@@ -249,8 +253,8 @@ fn signatures_are_required_when_a_token_is_set() {
         .contains("403"));
     assert_eq!(
         model.recording().connections,
-        0,
-        "no model credits spent on refused calls"
+        1,
+        "no model credits spent on refused calls (only the signed webhook's)"
     );
     // with and without a trailing slash in the signed URL (each call with its own token)
     for url in [
@@ -330,13 +334,20 @@ fn one_time_stream_tokens_are_checked_before_the_model_is_called() {
         Some("00112233445566778899aabbccddeeff"),
         "CA0001"
     )));
+    assert_eq!(model.recording().connections, 0, "no model credits spent");
+    // Only a signed webhook opens one (the warm model), for its own call.
     let t = stream_token(p.addr, &sig);
+    common::wait_until("the warm connection", Duration::from_secs(10), || {
+        model.recording().connections == 1
+    });
     assert!(refused(&call(Some(&t), "CA0002")));
     // that token is spent now, even for the right call
     assert!(refused(&call(Some(&t), "CA0001")));
-    assert_eq!(model.recording().connections, 0, "no model credits spent");
+    assert_eq!(model.recording().connections, 1, "refusals spent nothing");
 
-    // The real thing works once; a replay of the same token is refused.
+    // The real thing works once, on the connection CA0001's first webhook opened (held for
+    // CA0001 until its token's lifetime is over; the repeated webhook opens no second one);
+    // a replay is refused.
     let t = stream_token(p.addr, &sig);
     let ok = call(Some(&t), "CA0001");
     assert_eq!(ok.played_ms(), 300, "{:?}", ok.timeline);

@@ -79,6 +79,7 @@ use crate::io::http::{self, HttpError, HttpLimits, RequestHead};
 use crate::io::ws::{WsConfig, WsConn};
 use crate::metrics::{CallStats, Metrics, CALLS_LOG};
 use crate::proto::twilio::Start;
+use crate::session::warm::WarmModels;
 use crate::session::{
     AgentForCall, AgentSource, CallControl, Session, SessionCloser, SessionHandle, SessionOptions,
     TransportEvents,
@@ -253,6 +254,11 @@ pub struct ServerConfig {
     /// opened. `None` turns them off. Default: off; [`ServerConfig::from_env`] turns them on
     /// (30 s) when `TWILIO_AUTH_TOKEN` is set, unless `STREAM_TOKENS=off`.
     pub stream_token_ttl: Option<Duration>,
+    /// With stream tokens on: most model connections opened at signed webhooks and not yet
+    /// claimed by their stream (a warm model, see [`crate::session::warm`]); beyond it a call
+    /// connects when its stream starts. `0` turns the warm model off. Default 100
+    /// (`WARM_MODEL_POOL`).
+    pub warm_model_pool: usize,
     /// Outbound calls (`POST /outbound`). Default: none; [`ServerConfig::from_env`] sets it
     /// when `TWILIO_ACCOUNT_SID`, credentials and `TWILIO_FROM_NUMBER` are set.
     pub outbound: Option<OutboundConfig>,
@@ -333,6 +339,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("shutdown_grace", &self.shutdown_grace)
             .field("max_body", &self.max_body)
             .field("stream_token_ttl", &self.stream_token_ttl)
+            .field("warm_model_pool", &self.warm_model_pool)
             .field("outbound", &self.outbound)
             .field("sip", &self.sip)
             .field("max_calls", &self.max_calls)
@@ -374,6 +381,7 @@ impl ServerConfig {
             shutdown_grace: Duration::from_secs(30),
             max_body: 64 * 1024,
             stream_token_ttl: None,
+            warm_model_pool: 100,
             outbound: None,
             sip: None,
             max_calls: None,
@@ -390,6 +398,7 @@ impl ServerConfig {
     /// [`DEFAULT_REALTIME_URL`](crate::session::DEFAULT_REALTIME_URL)), `PUBLIC_URL`,
     /// `TWILIO_AUTH_TOKEN` (also turns one-time stream tokens on, 30 s), `GREETING`,
     /// `STREAM_TOKENS` (`off` disables one-time stream tokens), `MAX_CONNECTIONS` (2000),
+    /// `WARM_MODEL_POOL` (100; `0` turns the warm model off),
     /// `AGENT_GREETING` (the instruction for the agent's first response: the agent speaks
     /// first; unset, it waits for the caller). Empty values count as unset.
     ///
@@ -520,6 +529,9 @@ impl ServerConfig {
                 }
                 ok
             }),
+            warm_model_pool: env("WARM_MODEL_POOL")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(100),
             ..ServerConfig::new()
         }
     }
@@ -751,6 +763,11 @@ impl Server {
                     .redeem(token.map(String::as_str), &start.start.call_sid)
                     .map_err(|e| e.to_string())
             }));
+            if let (Some(ttl), true) = (cfg.stream_token_ttl, cfg.warm_model_pool > 0) {
+                // Only with tokens: the webhook is signed (strangers cannot open model
+                // sessions) and the stream proves which call it is before it claims one.
+                cfg.session.warm_models = Some(WarmModels::start(ttl, cfg.warm_model_pool)?);
+            }
         }
         let webhooks = Arc::new(WebhookCalls::new(WEBHOOK_FIELDS_TTL, 4096, 8 << 20));
         let directory = webhooks.clone();
@@ -1266,6 +1283,10 @@ impl ConnCtx {
                     return;
                 }
             }
+        }
+        if let Some(warm) = &self.cfg.session.warm_models {
+            // The model handshake runs while Twilio fetches this TwiML and opens the stream.
+            warm.open(field("CallSid"), &self.cfg.session.model);
         }
         let params: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let mut url = stream_url(&origin);

@@ -4,8 +4,9 @@
 //!
 //! The webhook is signed by Twilio, the WebSocket upgrade too, but an upgrade signature can be
 //! replayed; a token bound to the call and spent on first use cannot. The check runs on
-//! `start`, before any model connection is opened (see
-//! [`SessionOptions::start_check`](crate::session::SessionOptions::start_check)).
+//! `start`, before a model connection is opened or, with a warm model (one opened at the
+//! signed webhook, see [`crate::session::warm`]), before one is claimed; see
+//! [`SessionOptions::start_check`](crate::session::SessionOptions::start_check).
 //!
 //! ```
 //! use std::time::{Duration, Instant};

@@ -31,6 +31,7 @@
 pub(crate) mod event_queue;
 pub(crate) mod inbox;
 pub mod recording;
+pub mod warm;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -180,6 +181,11 @@ pub struct SessionOptions {
     pub start_check: Option<StartCheck>,
     /// Called when the call starts ending after the agent's last words (default: none).
     pub on_ending: Option<EndingHook>,
+    /// Model connections opened before the stream (at the call webhook), claimed by CallSid
+    /// once `start` passed the [`start_check`](Self::start_check); a call with nothing to
+    /// claim connects as usual. Default: none; the bundled server sets it when stream tokens
+    /// are on (see [`warm`]).
+    pub warm_models: Option<Arc<warm::WarmModels>>,
     /// Where the call webhook's form fields are found for the [`CallInfo`] (default: none; the
     /// bundled server sets it to the fields its webhook kept).
     pub webhook_fields: Option<WebhookLookup>,
@@ -223,6 +229,7 @@ impl std::fmt::Debug for SessionOptions {
             .field("transport_events", &self.transport_events)
             .field("start_check", &self.start_check.is_some())
             .field("on_ending", &self.on_ending.is_some())
+            .field("warm_models", &self.warm_models.is_some())
             .field("webhook_fields", &self.webhook_fields.is_some())
             .field("recording", &self.recording)
             .field("max_twilio_message", &self.max_twilio_message)
@@ -256,6 +263,7 @@ impl SessionOptions {
             transport_events: TransportEvents::default(),
             start_check: None,
             on_ending: None,
+            warm_models: None,
             webhook_fields: None,
             recording: None,
             max_twilio_message: 64 * 1024,
@@ -535,6 +543,7 @@ impl Session {
             model_ready_logged: false,
             start_check: opts.start_check.clone(),
             on_ending: opts.on_ending.clone(),
+            warm_models: opts.warm_models.clone(),
             webhook_fields: opts.webhook_fields.clone(),
             agent_for,
             held_model: None,
@@ -802,6 +811,8 @@ struct Shell {
     model_ready_logged: bool,
     start_check: Option<StartCheck>,
     on_ending: Option<EndingHook>,
+    /// Where a connection opened at the webhook is claimed (taken once, on the first connect).
+    warm_models: Option<Arc<warm::WarmModels>>,
     webhook_fields: Option<WebhookLookup>,
     /// The per-call agent factory, until `start` has run it.
     agent_for: Option<AgentForCall>,
@@ -877,7 +888,9 @@ pub struct SessionStats {
     pub frames_to_caller: u64,
     /// µ-law bytes written to Twilio.
     pub bytes_to_caller: u64,
-    /// How long the first model connection (TCP, TLS and WebSocket handshake) took.
+    /// How long the first model connection (TCP, TLS and WebSocket handshake) took; with a
+    /// warm model ([`warm`]), how long the call waited for it once its stream claimed it
+    /// (about zero when it had opened already).
     pub model_connect: Option<Duration>,
     /// From Twilio's `start` to the first agent audio written to Twilio.
     pub first_audio: Option<Duration>,
@@ -1075,6 +1088,40 @@ impl Shell {
         }
     }
 
+    /// The first model connection of a call whose webhook opened one: claimed for this
+    /// CallSid and delivered to this thread as `ModelConnected` (now, or when its handshake
+    /// finishes). False when there is none to claim (connect cold).
+    fn claim_warm_model(&mut self) -> bool {
+        let Some(warm) = self.warm_models.take() else {
+            return false;
+        };
+        let Some(call_sid) = self.core.call_sid() else {
+            return false;
+        };
+        let gen = self.model_gen;
+        let tx = self.shell_tx.clone();
+        let counters = self.counters.clone();
+        let began = Instant::now();
+        let claimed = warm.claim(
+            call_sid,
+            Box::new(move |result| {
+                // A session that ended meanwhile drops the message, and with it the socket.
+                let _ = tx.send(match result {
+                    Ok(conn) => {
+                        // What this call waited for it: 0 when it was open already.
+                        store_once(&counters.model_connect_us, began.elapsed());
+                        ShellMsg::ModelConnected(gen, conn)
+                    }
+                    Err(why) => ShellMsg::ModelConnectFailed(gen, why),
+                });
+            }),
+        );
+        if claimed {
+            log::info!(target: LOG, "call {call_sid}: model connection opened at the webhook");
+        }
+        claimed
+    }
+
     fn model_connected(&mut self, now: Instant, gen: u64, conn: WsConn) {
         let tx = self.shell_tx.clone();
         let events = self.events.clone();
@@ -1181,12 +1228,14 @@ impl Shell {
                         m.join();
                     }
                     self.model_gen += 1;
-                    spawn_model_connect(
-                        self.model_gen,
-                        &self.model_opts,
-                        self.shell_tx.clone(),
-                        self.counters.clone(),
-                    );
+                    if !self.claim_warm_model() {
+                        spawn_model_connect(
+                            self.model_gen,
+                            &self.model_opts,
+                            self.shell_tx.clone(),
+                            self.counters.clone(),
+                        );
+                    }
                 }
                 Output::CloseModel => {
                     if let Some(m) = &self.model {

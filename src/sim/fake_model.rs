@@ -88,7 +88,12 @@ impl Reply {
 /// Faults to inject, timed from the connection's start.
 #[derive(Debug, Clone, Default)]
 pub struct Faults {
-    /// Wait this long before completing the WebSocket handshake (a slow model).
+    /// Wait this long before completing the WebSocket handshake (a slow model, or a far
+    /// one). On loopback the handshake is nearly free; against the real endpoint it is a TCP
+    /// connect, a TLS handshake and the HTTP upgrade, each a round trip to the model's region
+    /// or more: hundreds of milliseconds, and users far from it measured 2–3 s from connect to
+    /// a usable session (openclaw #85847, cited in issue 12 §6). `examples/latency.rs` uses
+    /// 300 ms and 1 s.
     pub accept_delay: Duration,
     /// Close the socket after this long.
     pub close_after: Option<Duration>,
