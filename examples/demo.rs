@@ -4,31 +4,94 @@
 //! cargo run --example demo
 //! ```
 //!
-//! Starts the example bridge server, a fake OpenAI Realtime model and a simulated Twilio
-//! caller, all on 127.0.0.1. The caller hears a greeting, asks about the weather (the agent
-//! calls its `get_weather` tool), then interrupts the answer. The demo prints a timeline, the
-//! barge-in's truncation against what the caller really heard, writes the two sides of the
-//! call as WAV files under `out/demo/`, the bridge's recording of the call
-//! (`out/demo/call.jsonl`) and a picture of it (`out/demo/call.svg`).
+//! Starts the bridge server, a fake OpenAI Realtime model and a simulated Twilio caller, all
+//! on 127.0.0.1. The webhook's `From` chooses the agent: the caller is looked up in the demo's
+//! customer records and greeted by name. The caller asks about the weather (the agent calls
+//! `get_weather`), interrupts the answer to ask for their next appointment (the agent calls
+//! `next_appointment`, a tool that finds the caller by the call's `From`), hears the goodbye
+//! in full, and the agent ends the call with its built-in `end_call` tool. Then Twilio's
+//! request to the `<Connect action>` URL, `/call-ended`, is made and its TwiML printed.
+//!
+//! The demo prints a timeline, the barge-in's truncation against what the caller really
+//! heard, writes the two sides of the call as WAV files under `out/demo/`, the bridge's
+//! recording of the call (`out/demo/call.jsonl`) and a picture of it (`out/demo/call.svg`).
+//!
+//! The fake model's words are scripted (it cannot understand speech); the instructions, tool
+//! outputs and the call's ending are the bridge's own, and the demo prints them.
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use serde_json::json;
+use twilio_realtime::agent::{Agent, FunctionTool};
+use twilio_realtime::call::playback::MarkName;
 use twilio_realtime::call::Greeting;
 use twilio_realtime::events::SessionEvent;
-use twilio_realtime::server::{Server, ServerConfig};
+use twilio_realtime::server::{CallEvents, Server, ServerConfig};
 use twilio_realtime::session::recording::{self, Record, RecordTo};
+use twilio_realtime::session::CallControl;
 use twilio_realtime::sim::fake_model::{FakeModel, FakeModelConfig, Reply};
 use twilio_realtime::sim::twilio_call::{Segment, TwilioCall, TwilioCallConfig};
+use twilio_realtime::telephony::call_info::CallInfo;
 
+// The demo takes only its `get_weather` tool; its agent is chosen per caller.
+#[allow(dead_code)]
 #[path = "shared/weather_agent.rs"]
 mod weather_agent;
 
 #[path = "shared/call_picture.rs"]
 mod call_picture;
+
+/// The simulated caller's number and CallSid.
+const CALLER: &str = "+15550100";
+const CALL_SID: &str = "CA00000000000000000000000000000001";
+/// How long the scripted goodbye lasts.
+const GOODBYE_MS: u64 = 2500;
+
+/// The demo's customer records, by phone number: what a deployment looks up in its CRM.
+fn customer(number: &str) -> Option<(&'static str, &'static str)> {
+    match number {
+        CALLER => Some(("Ada", "Tuesday at 10:00 with Dr. Babbage")),
+        _ => None,
+    }
+}
+
+/// The agent for this call, chosen from its caller context (`From`).
+fn agent_for(call: &CallInfo) -> Agent {
+    let name = call.from.as_deref().and_then(customer).map(|c| c.0);
+    let instructions = format!(
+        "You are a friendly phone assistant. Keep answers short: the caller is listening, not \
+         reading. Use get_weather when asked about the weather and next_appointment when asked \
+         about appointments. {} When the caller has what they need, say goodbye and end the \
+         call.",
+        match name {
+            Some(n) => format!("The caller is {n}, a customer: greet them by name."),
+            None => "The caller is not a customer we know.".to_owned(),
+        }
+    );
+    let appointment = FunctionTool::new(
+        "next_appointment",
+        "The caller's next appointment, found by the number they are calling from.",
+        json!({"type": "object", "properties": {}, "additionalProperties": false}),
+        |call| {
+            let from = call
+                .call_info
+                .as_deref()
+                .and_then(|c| c.from.as_deref())
+                .ok_or("no caller number")?;
+            let (name, next) = customer(from).ok_or("no customer with this number")?;
+            Ok(format!("{name} ({from}): next appointment {next}."))
+        },
+    );
+    Agent::new("Assistant", instructions)
+        .voice("marin")
+        .tool(weather_agent::weather_tool())
+        .tool(appointment)
+        .can_hang_up()
+}
 
 const OUT: &str = "out/demo";
 
@@ -49,17 +112,21 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let model = FakeModel::start(FakeModelConfig {
         script: vec![
             // The greeting: the agent speaks first because the bridge asks it to (below).
-            Reply::say(
-                "Hello! This is the demo agent. Ask me about the weather.",
-                2600,
-            ),
+            Reply::say("Hello Ada, welcome back! How can I help you today?", 2600),
             Reply::call("get_weather", r#"{"location":"Paris"}"#),
             Reply::say(
                 "In Paris it is 18 degrees and sunny today, and the rest of the week looks just as \
                  pleasant, with light winds from the west and",
                 6000,
             ),
-            Reply::say("Of course. Goodbye!", 1500),
+            // The caller cut in: "When is my next appointment?"
+            Reply::call("next_appointment", "{}"),
+            Reply::say(
+                "Your next appointment is on Tuesday at ten with Dr. Babbage. Thanks for calling, \
+                 Ada. Goodbye!",
+                GOODBYE_MS as u32,
+            ),
+            Reply::call("end_call", "{}"),
         ],
         ..Default::default()
     })?;
@@ -68,40 +135,53 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     cfg.bind = "127.0.0.1:0".parse()?;
     cfg.public_url = Some("https://demo.example".into());
     cfg.twilio_auth_token = None;
+    cfg.stream_token_ttl = None;
     cfg.session.model.url = model.url();
     cfg.session.model.api_key = Some("demo-key-not-used".into());
     // What AGENT_GREETING sets for the example server: the Realtime API never speaks first.
     cfg.session.call.greeting = Some(Greeting::Instructions(
-        "Greet the caller and offer to tell them the weather.".into(),
+        "Greet the caller by name and ask how you can help.".into(),
     ));
     std::fs::create_dir_all(OUT)?;
     let recording = Path::new(OUT).join("call.jsonl");
     cfg.session.recording = Some(RecordTo::File(recording.clone()));
     let events: Arc<Mutex<Vec<(Duration, SessionEvent)>>> = Arc::default();
     let sink = events.clone();
-    let server = Server::bind(cfg, Arc::new(weather_agent::weather_agent))?.on_event(Arc::new(
-        move |_, e| {
+    let server = Server::bind(cfg, |call: &CallInfo| agent_for(call))?
+        .on_event(Arc::new(move |_, e| {
             if let Ok(mut v) = sink.lock() {
                 v.push((t0.elapsed(), e.clone()));
             }
-        },
-    ));
+        }))
+        .on_call(|_, control: CallControl| -> CallEvents {
+            // A real model says its goodbye and calls end_call in one response; the fake
+            // model gives one scripted reply per response. So, once the goodbye starts, ask
+            // for the next response (sent when the goodbye's response is done): end_call then
+            // arrives while the goodbye is still playing at Twilio, and the bridge must wait
+            // until the caller has heard it all.
+            let mut appointment_told = false;
+            let mut asked = false;
+            Box::new(move |e| match e {
+                SessionEvent::ToolEnd { tool, .. } if tool == "next_appointment" => {
+                    appointment_told = true
+                }
+                SessionEvent::AgentStart { .. } if appointment_told && !asked => {
+                    asked = true;
+                    control.create_response(None);
+                }
+                _ => {}
+            })
+        });
     let addr = server.local_addr();
     let stopper = server.stopper();
     let server = std::thread::spawn(move || server.run());
 
-    // What Twilio does first: the call webhook.
-    let mut http = TcpStream::connect(addr)?;
-    let body = "CallSid=CA0001&From=%2B15550100&To=%2B15550199";
-    write!(
-        http,
-        "POST /incoming-call HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut resp = String::new();
-    http.read_to_string(&mut resp)?;
-    let twiml = resp.split("\r\n\r\n").nth(1).unwrap_or("");
-    println!("POST /incoming-call answered with TwiML:\n{twiml}");
+    // What Twilio does first: the call webhook, with the caller's number in `From`.
+    let body = format!(
+        "CallSid={CALL_SID}&AccountSid=AC00000000000000000000000000000001&From=%2B15550100&To=%2B15550199&Direction=inbound"
+    );
+    let twiml = post(addr, "/incoming-call", &body)?;
+    println!("POST /incoming-call (From={CALLER}) answered with TwiML:\n{twiml}");
 
     // Then the media stream: a caller 40 ms away (± 10 ms jitter).
     let mut call = TwilioCallConfig::new(
@@ -117,13 +197,18 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                 speech_ms: 900,
                 timeout_ms: 15_000,
             },
+            // The agent answers, says goodbye and ends the call: the caller would hang up
+            // only after 3 s of silence, and never has to.
             Segment::WaitForAgent {
-                quiet_ms: 600,
-                timeout_ms: 15_000,
+                quiet_ms: 3000,
+                timeout_ms: 20_000,
             },
             Segment::HangUp,
         ],
     );
+    call.call_sid = Some(CALL_SID.into());
+    call.custom_parameters
+        .insert("caller".into(), CALLER.into());
     call.one_way_delay = Duration::from_millis(40);
     call.jitter = Duration::from_millis(10);
     let call_start = t0.elapsed();
@@ -133,14 +218,33 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     while stopper.live_calls() > 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
+    // The stream has ended: Twilio asks the <Connect action> URL what to do next.
+    let after = post(
+        addr,
+        "/call-ended",
+        &format!("CallSid={CALL_SID}&CallStatus=in-progress"),
+    )?;
     stopper.stop();
     let _ = server.join();
     let rec = model.recording();
+    if let Some(instructions) = rec
+        .session_updates
+        .first()
+        .and_then(|s| s["instructions"].as_str())
+    {
+        println!("\nThe agent chosen for From={CALLER} was configured with:\n  \"{instructions}\"");
+    }
 
     // The timeline: the caller's side (ground truth) and the bridge's session events.
     let mut lines: Vec<(Duration, String)> = report
         .timeline
         .iter()
+        .enumerate()
+        // The simulator's reader and writer may both see the close: one line is enough.
+        .filter(|(i, (_, s))| {
+            s != "bridge closed the stream" || !report.timeline[..*i].iter().any(|(_, p)| p == s)
+        })
+        .map(|(_, l)| l)
         .map(|(t, s)| (call_start + *t, format!("twilio   {s}")))
         .collect();
     for (t, e) in events.lock().map(|v| v.clone()).unwrap_or_default() {
@@ -155,6 +259,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             SessionEvent::ToolEnd { tool, output, .. } => {
                 format!("session  tool {tool} -> \"{output}\"")
             }
+            SessionEvent::Ending { reason } => format!("session  ending: {reason}"),
             SessionEvent::AudioInterrupted { cause, heard } => {
                 format!("session  barge-in ({cause:?}); truncated at {heard:?} ms")
             }
@@ -190,6 +295,43 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             }
         );
     }
+    // The goodbye: the last item the caller heard, and when the bridge closed the stream.
+    let last_item =
+        report
+            .chunks
+            .iter()
+            .rev()
+            .find_map(|c| match MarkName::parse(c.mark.as_deref()?)? {
+                MarkName::Chunk { item_id, .. } | MarkName::Done { item_id, .. } => {
+                    Some(item_id.to_owned())
+                }
+                _ => None,
+            });
+    if let Some(last) = last_item {
+        let heard = report.heard_ms_by_item().get(&last).copied().unwrap_or(0);
+        let ended = report
+            .chunks
+            .iter()
+            .map(|c| c.end)
+            .max()
+            .unwrap_or_default();
+        let closed = report
+            .timeline
+            .iter()
+            .find(|(_, l)| l == "bridge closed the stream")
+            .map(|(t, _)| *t);
+        println!(
+            "\nGoodbye: the caller heard {heard} of {GOODBYE_MS} ms; {}",
+            match closed {
+                Some(c) => format!(
+                    "the bridge closed the stream {} ms after it finished playing.",
+                    c.saturating_sub(ended).as_millis()
+                ),
+                None => "the caller hung up first.".into(),
+            }
+        );
+    }
+    println!("POST /call-ended answered with TwiML (what Twilio does next):\n{after}");
     println!(
         "\nCaller audio: {} ms sent, {} ms reached the model. Agent audio: {} ms played, {} clear(s), {} marks echoed.",
         report.caller_audio.len() / 8,
@@ -224,7 +366,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let offset = bridge_start_ms.map_or(0.0, |b| (call_start_ms - b).max(0.0));
     let mut picture =
         call_picture::Picture::from_recording(&entries).with_ground_truth(&report, offset);
-    picture.title = "The demo call: greeting, question, get_weather, barge-in, goodbye".into();
+    picture.title =
+        "The demo call: greeting by name, get_weather, barge-in, next_appointment, goodbye, end_call"
+            .into();
     let svg = picture.svg()?;
     let svg_path = Path::new(OUT).join("call.svg");
     std::fs::write(&svg_path, svg)?;
@@ -243,4 +387,17 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     Ok(())
+}
+
+/// A form POST as Twilio makes it (unsigned: the demo sets no auth token); the body answered.
+fn post(addr: SocketAddr, path: &str, body: &str) -> Result<String, Box<dyn std::error::Error>> {
+    let mut http = TcpStream::connect(addr)?;
+    write!(
+        http,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut resp = String::new();
+    http.read_to_string(&mut resp)?;
+    Ok(resp.split("\r\n\r\n").nth(1).unwrap_or("").to_owned())
 }

@@ -51,10 +51,10 @@ impl Drop for Proc {
 /// Features are not forwarded: the example needs none.
 fn example_binary() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(build_example)
+    BIN.get_or_init(|| build_example("twilio_server"))
 }
 
-fn build_example() -> PathBuf {
+fn build_example(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     // <target-dir>/[<triple>/]<profile-dir>/deps/<this test binary>
     let profile_dir = exe
@@ -72,7 +72,7 @@ fn build_example() -> PathBuf {
     };
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
     let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--example", "twilio_server", "--profile", profile])
+    cmd.args(["build", "--example", name, "--profile", profile])
         .arg("--message-format=json-render-diagnostics")
         .arg("--manifest-path")
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
@@ -82,16 +82,53 @@ fn build_example() -> PathBuf {
         cmd.arg("--target").arg(triple.file_name().unwrap());
     }
     let out = cmd.stderr(Stdio::inherit()).output().unwrap();
-    assert!(
-        out.status.success(),
-        "cargo build --example twilio_server failed"
-    );
+    assert!(out.status.success(), "cargo build --example {name} failed");
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "twilio_server")
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == name)
         .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-        .expect("cargo reported no twilio_server executable")
+        .unwrap_or_else(|| panic!("cargo reported no {name} executable"))
+}
+
+/// `cargo run --example demo`, the README's first command: the caller is greeted by the name
+/// found for their `From`, a tool answers from the caller context, the goodbye is heard in
+/// full before the agent's hang-up closes the stream, and `/call-ended`'s TwiML is printed.
+#[test]
+fn the_demo_greets_by_name_uses_the_caller_context_and_hangs_up_after_the_goodbye() {
+    let demo = build_example("demo");
+    let dir = std::env::temp_dir().join(format!("twilio-realtime-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = Command::new(demo)
+        .current_dir(&dir)
+        .env_remove("TWILIO_AUTH_TOKEN")
+        .env_remove("OPENAI_API_KEY")
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for expected in [
+        // the agent chosen from From: the customer record's name in its instructions
+        "The caller is Ada, a customer: greet them by name.",
+        "said: \"Hello Ada, welcome back!",
+        // a tool answering from the call's From
+        "tool next_appointment -> \"Ada (+15550100): next appointment",
+        // the built-in end_call, after the goodbye was heard in full
+        "ending: hung up by the agent",
+        "Goodbye: the caller heard 2500 of 2500 ms; the bridge closed the stream",
+        "closed: hung up by the agent",
+        // Twilio's request to the <Connect action> URL
+        "POST /call-ended answered with TwiML",
+        "<Hangup/>",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
 }
 
 fn start(model_url: &str, token: Option<&str>) -> Proc {

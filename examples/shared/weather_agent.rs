@@ -5,7 +5,18 @@ use twilio_realtime::agent::{Agent, FunctionTool};
 
 /// A friendly phone agent with one tool, `get_weather(location)`.
 pub fn weather_agent() -> Agent {
-    let weather = FunctionTool::new(
+    Agent::new(
+        "Assistant",
+        "You are a friendly phone assistant. Keep answers short: the caller is listening, not \
+         reading. Use get_weather when asked about the weather.",
+    )
+    .voice("marin")
+    .tool(weather_tool())
+}
+
+/// `get_weather(location)`.
+pub fn weather_tool() -> FunctionTool {
+    FunctionTool::new(
         "get_weather",
         "Get the current weather for a location.",
         json!({
@@ -24,12 +35,5 @@ pub fn weather_agent() -> Agent {
                 "The weather in {location} is 18 degrees and sunny."
             ))
         },
-    );
-    Agent::new(
-        "Assistant",
-        "You are a friendly phone assistant. Keep answers short: the caller is listening, not \
-         reading. Use get_weather when asked about the weather.",
     )
-    .voice("marin")
-    .tool(weather)
 }
