@@ -170,3 +170,32 @@ fn a_named_instance_points_its_streams_at_its_own_path_and_serves_them() {
     assert_eq!(report.played_ms(), 400);
     rig.stop();
 }
+
+#[test]
+fn the_admin_port_serves_health_readiness_and_metrics_only() {
+    use std::sync::Arc;
+    use twilio_realtime::server::{Server, ServerConfig};
+    let mut cfg = ServerConfig::new();
+    cfg.bind = "127.0.0.1:0".parse().unwrap();
+    cfg.admin_bind = Some("127.0.0.1:0".parse().unwrap());
+    let server = Server::bind(cfg, Arc::new(agent)).expect("bind");
+    let admin = server.admin_addr().expect("an admin port");
+    let (main, stopper) = (server.local_addr(), server.stopper());
+    let running = std::thread::spawn(move || server.run());
+    assert_eq!(get(admin, "/healthz"), (200, "ok\n".into()));
+    assert_eq!(get(admin, "/readyz"), (200, "ready\n".into()));
+    let (status, m) = get(admin, "/metrics");
+    assert_eq!(status, 200);
+    assert!(m.contains("twilio_realtime_calls_active 0"), "{m}");
+    assert_eq!(
+        get(admin, "/incoming-call").0,
+        404,
+        "no call routes on the admin port"
+    );
+    // A call on its way keeps the draining server up while readiness is asked.
+    webhook(main, "CA00000000000000000000000000000005");
+    stopper.drain();
+    assert_eq!(get(admin, "/readyz"), (503, "draining\n".into()));
+    stopper.stop();
+    running.join().unwrap().expect("the server stops");
+}
