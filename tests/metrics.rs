@@ -34,12 +34,14 @@ fn capture_summaries() {
     log::set_max_level(log::LevelFilter::Info);
 }
 
-fn summaries() -> Vec<Value> {
+/// The summary lines of one call (the tests of this file may share a process and its logger).
+fn summaries(call_sid: &str) -> Vec<Value> {
     LINES
         .lock()
         .unwrap()
         .iter()
-        .map(|l| serde_json::from_str(l).expect("the summary line is JSON"))
+        .map(|l| serde_json::from_str::<Value>(l).expect("the summary line is JSON"))
+        .filter(|l| l["call_sid"] == call_sid)
         .collect()
 }
 
@@ -75,8 +77,9 @@ fn metrics(addr: std::net::SocketAddr) -> String {
     resp.split_once("\r\n\r\n").unwrap().1.to_owned()
 }
 
-fn run(rig: &Rig, script: Vec<Segment>) -> CallReport {
+fn run(rig: &Rig, call_sid: &str, script: Vec<Segment>) -> CallReport {
     let mut cfg = TwilioCallConfig::new(rig.addr, script);
+    cfg.call_sid = Some(call_sid.into());
     cfg.max_duration = Duration::from_secs(30);
     let report = TwilioCall::run(cfg).expect("call runs");
     rig.wait_idle();
@@ -108,6 +111,7 @@ fn metrics_and_the_summary_line_count_a_call_with_a_tool_and_a_barge_in() {
     );
     let report = run(
         &rig,
+        "CA0000000000000000000000000000a001",
         vec![
             Segment::Silence(200),
             Segment::Speech(700),
@@ -172,7 +176,7 @@ fn metrics_and_the_summary_line_count_a_call_with_a_tool_and_a_barge_in() {
     );
     assert!(!text.contains(&report.call_sid), "a CallSid in the metrics");
 
-    let lines = summaries();
+    let lines = summaries(&report.call_sid);
     assert_eq!(lines.len(), 1, "one summary line per call: {lines:?}");
     let l = &lines[0];
     eprintln!("summary line: {l}");
@@ -211,6 +215,7 @@ fn the_summary_line_carries_the_caller_number_only_when_the_operator_opts_in() {
     );
     let report = run(
         &rig,
+        "CA0000000000000000000000000000a002",
         vec![
             Segment::Speech(600),
             Segment::WaitForAgent {
@@ -221,7 +226,7 @@ fn the_summary_line_carries_the_caller_number_only_when_the_operator_opts_in() {
         ],
     );
     assert_eq!(report.played_ms(), 300);
-    let lines = summaries();
+    let lines = summaries(&report.call_sid);
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert_eq!(lines[0]["caller"], "+15550100");
     rig.stop();
