@@ -11,7 +11,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use std::hint::black_box;
 use twilio_realtime::agent::Agent;
 use twilio_realtime::call::inbound::{InboundAudio, InboundConfig};
-use twilio_realtime::call::{CallCore, CallOptions, Command, Output};
+use twilio_realtime::call::{CallCore, CallOptions, Command, Input, Output};
 use twilio_realtime::proto::mulaw;
 use twilio_realtime::proto::realtime::{write_append_json, ServerEvent};
 use twilio_realtime::proto::twilio::{
@@ -43,27 +43,29 @@ fn delta(resp: &str, item: &str, bytes: usize) -> String {
 fn ready_core() -> (CallCore, Instant) {
     let now = Instant::now();
     let mut core = CallCore::new(Agent::new("A", "x"), CallOptions::default(), now);
-    core.handle_model(
+    core.handle_input(
         now,
-        ServerEvent::parse(r#"{"type":"session.created","event_id":"e","session":{}}"#).unwrap(),
+        Input::Model(
+            ServerEvent::parse(r#"{"type":"session.created","event_id":"e","session":{}}"#)
+                .unwrap(),
+        ),
     );
-    core.handle_model(
-        now,
-        ServerEvent::parse(
+    core.handle_input(now, Input::Model(ServerEvent::parse(
             r#"{"type":"session.updated","event_id":"e","session":{"type":"realtime","audio":{"input":{"format":{"type":"audio/pcmu"}},"output":{"format":{"type":"audio/pcmu"}}}}}"#,
         )
-        .unwrap(),
-    );
+        .unwrap()));
     let start = format!(
         r#"{{"event":"start","streamSid":"{SID}","start":{{"accountSid":"AC1","callSid":"CA1","tracks":["inbound"],"customParameters":{{}},"mediaFormat":{{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1}}}}}}"#
     );
-    core.handle_twilio(now, TwilioMessage::parse(&start).unwrap());
-    core.handle_model(
+    core.handle_input(now, Input::Twilio(TwilioMessage::parse(&start).unwrap()));
+    core.handle_input(
         now,
-        ServerEvent::parse(
-            r#"{"type":"response.created","event_id":"e","response":{"id":"resp_1"}}"#,
-        )
-        .unwrap(),
+        Input::Model(
+            ServerEvent::parse(
+                r#"{"type":"response.created","event_id":"e","response":{"id":"resp_1"}}"#,
+            )
+            .unwrap(),
+        ),
     );
     while core.poll_output().is_some() {}
     (core, now)
@@ -110,7 +112,7 @@ fn outbound(c: &mut Criterion) {
         b.iter(|| {
             n += 1;
             let ev = ServerEvent::parse(black_box(&d)).unwrap();
-            core.handle_model(now, ev);
+            core.handle_input(now, Input::Model(ev));
             while let Some(o) = core.poll_output() {
                 if let Output::Twilio(cmd) = o {
                     buf.clear();
@@ -124,10 +126,10 @@ fn outbound(c: &mut Criterion) {
             }
             // keep the ledger bounded like a real call: acknowledge every 50 chunks
             if n % 50 == 0 {
-                core.handle_command(now, Command::Interrupt);
+                core.handle_input(now, Input::Command(Command::Interrupt));
                 while core.poll_output().is_some() {}
-                core.handle_model(now, ServerEvent::parse(r#"{"type":"response.done","event_id":"e","response":{"id":"resp_1","status":"cancelled"}}"#).unwrap());
-                core.handle_model(now, ServerEvent::parse(r#"{"type":"response.created","event_id":"e","response":{"id":"resp_1"}}"#).unwrap());
+                core.handle_input(now, Input::Model(ServerEvent::parse(r#"{"type":"response.done","event_id":"e","response":{"id":"resp_1","status":"cancelled"}}"#).unwrap()));
+                core.handle_input(now, Input::Model(ServerEvent::parse(r#"{"type":"response.created","event_id":"e","response":{"id":"resp_1"}}"#).unwrap()));
                 while core.poll_output().is_some() {}
             }
         })
@@ -147,16 +149,19 @@ fn barge_in(c: &mut Criterion) {
                     let (mut core, now) = ready_core();
                     for i in 0..chunks {
                         let item = format!("item_{}", i % 3);
-                        core.handle_model(
+                        core.handle_input(
                             now,
-                            ServerEvent::parse(&delta("resp_1", &item, 160)).unwrap(),
+                            Input::Model(ServerEvent::parse(&delta("resp_1", &item, 160)).unwrap()),
                         );
                     }
                     while core.poll_output().is_some() {}
                     (core, now)
                 },
                 |(mut core, now)| {
-                    core.handle_command(now + Duration::from_millis(500), Command::Interrupt);
+                    core.handle_input(
+                        now + Duration::from_millis(500),
+                        Input::Command(Command::Interrupt),
+                    );
                     let mut n = 0;
                     while let Some(o) = core.poll_output() {
                         black_box(&o);

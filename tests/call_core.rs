@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use twilio_realtime::agent::{Agent, FunctionTool, OutputGuardrail, Verdict};
-use twilio_realtime::call::{CallCore, CallOptions, Command, Greeting, Output};
+use twilio_realtime::call::{CallCore, CallOptions, Command, Greeting, Input, Output};
 use twilio_realtime::events::{CloseReason, ErrorSource, InterruptCause, SessionEvent};
 use twilio_realtime::proto::realtime::{ClientEvent, ResponseConfig, ServerEvent};
 use twilio_realtime::proto::twilio::{TwilioCommand, TwilioMessage};
@@ -72,13 +72,13 @@ impl H {
 
     fn model(&mut self, v: Value) {
         let ev = ServerEvent::parse(&v.to_string()).expect("valid server event");
-        self.core.handle_model(self.now, ev);
+        self.core.handle_input(self.now, Input::Model(ev));
         self.collect();
     }
 
     fn twilio(&mut self, v: Value) {
         let m = TwilioMessage::parse(&v.to_string()).expect("valid twilio message");
-        self.core.handle_twilio(self.now, m);
+        self.core.handle_input(self.now, Input::Twilio(m));
         self.collect();
     }
 
@@ -98,12 +98,12 @@ impl H {
     }
 
     fn cmd(&mut self, c: Command) {
-        self.core.handle_command(self.now, c);
+        self.core.handle_input(self.now, Input::Command(c));
         self.collect();
     }
 
     fn tick(&mut self) {
-        self.core.handle_timeout(self.now);
+        self.core.handle_input(self.now, Input::Timeout);
         self.collect();
     }
 
@@ -1063,7 +1063,13 @@ fn tool_round_trip_answers_after_the_response_is_done() {
         .iter()
         .any(|e| matches!(e, SessionEvent::ToolStart { tool, .. } if tool == "get_weather")));
     let result = run.tool.invoke(&run.call);
-    h.core.handle_tool_result(h.now, "call_1", result);
+    h.core.handle_input(
+        h.now,
+        Input::ToolResult {
+            call_id: "call_1".into(),
+            result,
+        },
+    );
     let out = h.drain();
     let evs = model_events(&out);
     assert_eq!(types(&out), ["conversation.item.create", "response.create"]);
@@ -1083,9 +1089,21 @@ fn parallel_tools_then_one_response_create() {
         .filter(|o| matches!(o, Output::RunTool(_)))
         .count();
     assert_eq!(runs, 2, "both run at once");
-    h.core.handle_tool_result(h.now, "c2", Ok("b".into()));
+    h.core.handle_input(
+        h.now,
+        Input::ToolResult {
+            call_id: "c2".into(),
+            result: Ok("b".into()),
+        },
+    );
     assert_eq!(types(&h.drain()), ["conversation.item.create"]);
-    h.core.handle_tool_result(h.now, "c1", Ok("a".into()));
+    h.core.handle_input(
+        h.now,
+        Input::ToolResult {
+            call_id: "c1".into(),
+            result: Ok("a".into()),
+        },
+    );
     let evs = model_events(&h.drain());
     assert_eq!(evs.len(), 2);
     assert_eq!(evs[0]["type"], "conversation.item.create");
@@ -1115,7 +1133,13 @@ fn tool_timeout_and_errors_become_outputs() {
     assert_eq!(evs[0]["item"]["output"], "Error: the tool timed out.");
     assert_eq!(evs[1]["type"], "response.create");
     // the late result is ignored
-    h.core.handle_tool_result(h.now, "c1", Ok("late".into()));
+    h.core.handle_input(
+        h.now,
+        Input::ToolResult {
+            call_id: "c1".into(),
+            result: Ok("late".into()),
+        },
+    );
     assert!(h.drain().is_empty());
     // unknown tool
     h.response_done("r-none", "completed");
@@ -1140,8 +1164,13 @@ fn tool_timeout_and_errors_become_outputs() {
     // failing tool
     h.function_call_done("r1", "f2", "c2", "get_weather", "{}");
     h.drain();
-    h.core
-        .handle_tool_result(h.now, "c2", Err("service down".into()));
+    h.core.handle_input(
+        h.now,
+        Input::ToolResult {
+            call_id: "c2".into(),
+            result: Err("service down".into()),
+        },
+    );
     let out = h.drain();
     assert_eq!(
         model_events(&out)[0]["item"]["output"],
@@ -1162,7 +1191,13 @@ fn approval_holds_the_call_until_approved_or_rejected() {
         |e| matches!(e, SessionEvent::ToolApprovalRequested { call_id, .. } if call_id == "c1")
     ));
     assert!(model_events(&out).is_empty() && !out.iter().any(|o| matches!(o, Output::RunTool(_))));
-    h.core.handle_tool_result(h.now, "c1", Ok("sneaky".into()));
+    h.core.handle_input(
+        h.now,
+        Input::ToolResult {
+            call_id: "c1".into(),
+            result: Ok("sneaky".into()),
+        },
+    );
     assert!(h.drain().is_empty(), "nothing before approval");
     h.cmd(Command::Approve("c1".into()));
     assert!(h.drain().iter().any(|o| matches!(o, Output::RunTool(_))));
@@ -1211,7 +1246,13 @@ fn guardrail_runs_debounced_and_a_trip_interrupts_and_reprompts() {
     let trip = r[0].run();
     assert_eq!(trip, Some(("no_secret".into(), "said the secret".into())));
     h.ms(100);
-    h.core.handle_guardrail_result(h.now, &r[0], trip);
+    h.core.handle_input(
+        h.now,
+        Input::GuardrailResult {
+            run: r[0].to_owned(),
+            trip,
+        },
+    );
     let out = h.drain();
     assert!(events(&out).iter().any(|e| matches!(e, SessionEvent::GuardrailTripped { guardrail, .. } if guardrail == "no_secret")));
     assert!(matches!(twilio_cmds(&out)[0], TwilioCommand::Clear { .. }));
@@ -1337,7 +1378,8 @@ fn extreme_options_never_panic() {
     h.function_call("r1", "fc1", "c1", "get_weather", r#"{"location":"Oslo"}"#);
     h.ms(60_000);
     h.tick();
-    h.core.handle_model_closed(h.now, "gone");
+    h.core
+        .handle_input(h.now, Input::ModelClosed { why: "gone".into() });
     h.collect();
     h.ms(60_000);
     h.tick();
@@ -1407,7 +1449,12 @@ fn model_loss_ends_the_stream_after_the_last_mark() {
     h.delta("r1", "i1", 0, &audio(800));
     h.audio_done("r1", "i1");
     h.drain();
-    h.core.handle_model_closed(h.now, "connection reset");
+    h.core.handle_input(
+        h.now,
+        Input::ModelClosed {
+            why: "connection reset".into(),
+        },
+    );
     let out = h.drain();
     assert!(
         !out.iter().any(|o| matches!(o, Output::CloseTwilio)),
@@ -1435,7 +1482,8 @@ fn model_loss_drain_is_bounded() {
     let mut h = H::ready(Agent::new("A", "x"));
     h.response_created("r1");
     h.delta("r1", "i1", 0, &audio(800));
-    h.core.handle_model_closed(h.now, "gone");
+    h.core
+        .handle_input(h.now, Input::ModelClosed { why: "gone".into() });
     h.drain();
     h.ms(5000);
     h.tick();
@@ -1445,11 +1493,16 @@ fn model_loss_drain_is_bounded() {
 #[test]
 fn model_loss_while_idle_ends_at_once_and_connect_failure_too() {
     let mut h = H::ready(Agent::new("A", "x"));
-    h.core.handle_model_closed(h.now, "gone");
+    h.core
+        .handle_input(h.now, Input::ModelClosed { why: "gone".into() });
     assert!(h.drain().iter().any(|o| matches!(o, Output::CloseTwilio)));
     let mut h = H::new(Agent::new("A", "x"));
-    h.core
-        .handle_model_connect_failed(h.now, "401 Unauthorized");
+    h.core.handle_input(
+        h.now,
+        Input::ModelConnectFailed {
+            why: "401 Unauthorized".into(),
+        },
+    );
     let out = h.drain();
     assert!(out.iter().any(|o| matches!(o, Output::CloseTwilio)));
     assert!(matches!(
@@ -1466,12 +1519,17 @@ fn session_expired_reconnects_and_replays_the_conversation() {
     h.model(json!({"type":"conversation.item.added","event_id":"e","previous_item_id":null,"item":{"id":"u1","object":"realtime.item","type":"message","status":"completed","role":"user","content":[{"type":"input_text","text":"Hi there"}]}}));
     h.model(json!({"type":"conversation.item.added","event_id":"e","previous_item_id":"u1","item":{"id":"a1","object":"realtime.item","type":"message","status":"completed","role":"assistant","content":[{"type":"output_audio","transcript":"Hello!"}]}}));
     h.model(json!({"type":"error","event_id":"e","error":{"type":"invalid_request_error","code":"session_expired","message":"Your session hit the maximum duration of 60 minutes."}}));
-    h.core.handle_model_closed(h.now, "closed");
+    h.core.handle_input(
+        h.now,
+        Input::ModelClosed {
+            why: "closed".into(),
+        },
+    );
     let out = h.drain();
     assert!(out.iter().any(|o| matches!(o, Output::ModelNotReady)));
     assert!(out.iter().any(|o| matches!(o, Output::ConnectModel)));
     assert!(!out.iter().any(|o| matches!(o, Output::CloseTwilio)));
-    h.core.handle_model_connected(h.now);
+    h.core.handle_input(h.now, Input::ModelConnected);
     h.model(json!({"type":"session.created","event_id":"e9","session":{}}));
     let out = h.drain();
     let evs = model_events(&out);
@@ -1611,7 +1669,7 @@ fn a_twilio_stream_that_goes_silent_ends_the_call_and_closes_the_model() {
     for _ in 0..5 {
         h.ms(2000);
         let at = h.now;
-        h.core.handle_twilio_activity(at);
+        h.core.handle_input(at, Input::TwilioActivity);
     }
     h.tick();
     assert!(h.core.ended().is_none());
@@ -1621,7 +1679,7 @@ fn a_twilio_stream_that_goes_silent_ends_the_call_and_closes_the_model() {
     );
     // an activity report older than what the core knows does not move the deadline back
     let old = h.now - Duration::from_secs(5);
-    h.core.handle_twilio_activity(old);
+    h.core.handle_input(old, Input::TwilioActivity);
     h.ms(9_999);
     h.tick();
     assert!(h.core.ended().is_none());
@@ -1648,7 +1706,7 @@ fn a_quiet_model_is_pinged_and_lost_when_nothing_answers() {
         ..Default::default()
     };
     let mut h = H::with(Agent::new("A", "x"), opts);
-    h.core.handle_model_connected(h.now);
+    h.core.handle_input(h.now, Input::ModelConnected);
     h.configured();
     h.start();
     h.drain();
@@ -1664,7 +1722,7 @@ fn a_quiet_model_is_pinged_and_lost_when_nothing_answers() {
     // a pong (any frame) after the ping answers it; the next ping is 20 s after that
     h.ms(50);
     let at = h.now;
-    h.core.handle_model_activity(at);
+    h.core.handle_input(at, Input::ModelActivity);
     assert_eq!(
         h.core.next_deadline(),
         Some(h.now + Duration::from_secs(20))
@@ -1674,7 +1732,7 @@ fn a_quiet_model_is_pinged_and_lost_when_nothing_answers() {
     assert!(h.drain().iter().any(|o| matches!(o, Output::PingModel)));
     // a frame from before the ping does not answer it
     let before = h.now - Duration::from_millis(1);
-    h.core.handle_model_activity(before);
+    h.core.handle_input(before, Input::ModelActivity);
     h.ms(9_999);
     h.tick();
     assert!(h.core.ended().is_none());
@@ -1702,7 +1760,7 @@ fn liveness_options_at_duration_max_never_fire() {
     };
     let t = weather_tool().needs_approval(true);
     let mut h = H::with(Agent::new("A", "x").tool(t), opts);
-    h.core.handle_model_connected(h.now);
+    h.core.handle_input(h.now, Input::ModelConnected);
     h.configured();
     h.start();
     h.function_call("r1", "f1", "c1", "get_weather", "{}");
@@ -1779,7 +1837,13 @@ fn a_tool_running_when_the_caller_barges_in_answers_without_a_response_create() 
     h.ms(50);
     speech_started(&mut h); // still hearing "let me check"
     h.drain();
-    h.core.handle_tool_result(h.now, "c1", Ok("sunny".into()));
+    h.core.handle_input(
+        h.now,
+        Input::ToolResult {
+            call_id: "c1".into(),
+            result: Ok("sunny".into()),
+        },
+    );
     let out = h.drain();
     assert_eq!(
         types(&out),
@@ -1830,7 +1894,12 @@ fn session_expiry_resets_tools_and_playback_and_carries_the_callers_words() {
     assert_eq!(runs(&h.drain()), 1);
     // the session expires while the audio plays and the tool runs
     h.model(json!({"type":"error","event_id":"e","error":{"type":"invalid_request_error","code":"session_expired","message":"Your session hit the maximum duration of 60 minutes."}}));
-    h.core.handle_model_closed(h.now, "closed");
+    h.core.handle_input(
+        h.now,
+        Input::ModelClosed {
+            why: "closed".into(),
+        },
+    );
     let out = h.drain();
     assert!(
         twilio_cmds(&out)
@@ -1840,10 +1909,16 @@ fn session_expiry_resets_tools_and_playback_and_carries_the_callers_words() {
     );
     assert!(!h.core.ledger().is_playing());
     // the old tool's late result is ignored
-    h.core.handle_tool_result(h.now, "c1", Ok("sunny".into()));
+    h.core.handle_input(
+        h.now,
+        Input::ToolResult {
+            call_id: "c1".into(),
+            result: Ok("sunny".into()),
+        },
+    );
     assert!(types(&h.drain()).is_empty());
     // the new session: voice set again, then the conversation with the caller's words
-    h.core.handle_model_connected(h.now);
+    h.core.handle_input(h.now, Input::ModelConnected);
     h.model(json!({"type":"session.created","event_id":"e9","session":{}}));
     let evs = model_events(&h.drain());
     assert_eq!(evs[0]["session"]["audio"]["output"]["voice"], "marin");
@@ -2029,7 +2104,13 @@ fn application_hang_up_waits_for_the_response_under_way_and_asks_for_none() {
     h.audio_done("r1", "i1");
     let mut sent = marks(&h.drain());
     h.function_call("r1", "f1", "c1", "get_weather", r#"{"location":"Oslo"}"#);
-    h.core.handle_tool_result(h.now, "c1", Ok("sunny".into()));
+    h.core.handle_input(
+        h.now,
+        Input::ToolResult {
+            call_id: "c1".into(),
+            result: Ok("sunny".into()),
+        },
+    );
     h.cmd(Command::SendMessage("one more thing".into()));
     h.response_done("r1", "completed");
     let out = h.drain();
@@ -2223,7 +2304,8 @@ fn the_model_lost_while_ending_keeps_the_reason_and_the_wait_for_the_audio() {
     let sent = goodbye(&mut h, "r1", "i1", 2);
     h.function_call("r1", "f1", "c1", "end_call", "{}");
     h.response_done("r1", "completed");
-    h.core.handle_model_closed(h.now, "gone");
+    h.core
+        .handle_input(h.now, Input::ModelClosed { why: "gone".into() });
     let out = h.drain();
     assert_eq!(ended_with(&out), None);
     assert!(!out.iter().any(|o| matches!(o, Output::ConnectModel)));

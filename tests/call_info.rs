@@ -304,7 +304,7 @@ fn a_panicking_factory_ends_only_its_call() {
 #[test]
 fn the_core_takes_a_starting_agent_only_before_the_session_is_configured() {
     use std::time::Instant;
-    use twilio_realtime::call::{CallCore, CallOptions};
+    use twilio_realtime::call::{CallCore, CallOptions, Input};
     use twilio_realtime::proto::realtime::ServerEvent;
     let now = Instant::now();
     let mut core = CallCore::new(Agent::new("pending", ""), CallOptions::default(), now);
@@ -312,7 +312,7 @@ fn the_core_takes_a_starting_agent_only_before_the_session_is_configured() {
     assert_eq!(core.agent().name(), "Chosen");
     let created =
         ServerEvent::parse(r#"{"type":"session.created","event_id":"e1","session":{}}"#).unwrap();
-    core.handle_model(now, created);
+    core.handle_input(now, Input::Model(created));
     assert!(!core.set_starting_agent(Agent::new("Late", "")));
     assert_eq!(core.agent().name(), "Chosen");
 }

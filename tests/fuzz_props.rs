@@ -27,7 +27,7 @@ use serde_json::json;
 use twilio_realtime::agent::{Agent, FunctionTool, OutputGuardrail, Verdict};
 use twilio_realtime::call::inbound::{InboundAudio, InboundConfig};
 use twilio_realtime::call::playback::MarkName;
-use twilio_realtime::call::{CallCore, CallOptions, Command, Output};
+use twilio_realtime::call::{CallCore, CallOptions, Command, Input, Output};
 use twilio_realtime::events::SessionEvent;
 use twilio_realtime::proto::mulaw;
 use twilio_realtime::proto::realtime::{ClientEvent, ServerEvent};
@@ -304,12 +304,12 @@ fn b64(n: usize) -> String {
 impl World {
     fn model(&mut self, v: serde_json::Value) {
         let ev = ServerEvent::parse(&v.to_string()).expect("generated events parse");
-        self.core.handle_model(self.now, ev);
+        self.core.handle_input(self.now, Input::Model(ev));
     }
 
     fn twilio(&mut self, v: serde_json::Value) {
         let msg = TwilioMessage::parse(&v.to_string()).expect("generated messages parse");
-        self.core.handle_twilio(self.now, msg);
+        self.core.handle_input(self.now, Input::Twilio(msg));
     }
 
     /// Runs `f` on the lane with a sink that checks every append.
@@ -376,7 +376,7 @@ impl World {
         self.in_flight.push_back(tag);
         self.first_media_at.get_or_insert(self.now);
         let now = self.now;
-        self.core.handle_twilio_activity(now);
+        self.core.handle_input(now, Input::TwilioActivity);
         self.lane(|lane, sink| lane.on_media(now, &payload, ts, sink))
     }
 
@@ -508,10 +508,12 @@ impl World {
                     "type":"invalid_request_error","code":code,"message":"m","param":null,
                     "event_id":null}}))
             }
-            Step::Interrupt => self.core.handle_command(now, Command::Interrupt),
+            Step::Interrupt => self
+                .core
+                .handle_input(now, Input::Command(Command::Interrupt)),
             Step::SendMessage => self
                 .core
-                .handle_command(now, Command::SendMessage("hi".into())),
+                .handle_input(now, Input::Command(Command::SendMessage("hi".into()))),
             Step::ToolDone(i, ok) => {
                 if !self.tools.is_empty() {
                     let id = self.tools[i % self.tools.len()].clone();
@@ -520,22 +522,33 @@ impl World {
                     } else {
                         Err("bad".into())
                     };
-                    self.core.handle_tool_result(now, &id, r);
+                    self.core.handle_input(
+                        now,
+                        Input::ToolResult {
+                            call_id: id.to_owned(),
+                            result: r,
+                        },
+                    );
                 }
             }
             Step::Approve(i) => {
                 if !self.tools.is_empty() {
                     let id = self.tools[i % self.tools.len()].clone();
-                    self.core.handle_command(now, Command::Approve(id));
+                    self.core
+                        .handle_input(now, Input::Command(Command::Approve(id)));
                 }
             }
-            Step::ModelClosed => self.core.handle_model_closed(now, "gone"),
-            Step::ModelConnected => self.core.handle_model_connected(now),
-            Step::TwilioClosed => self.core.handle_twilio_closed(now, "gone"),
+            Step::ModelClosed => self
+                .core
+                .handle_input(now, Input::ModelClosed { why: "gone".into() }),
+            Step::ModelConnected => self.core.handle_input(now, Input::ModelConnected),
+            Step::TwilioClosed => self
+                .core
+                .handle_input(now, Input::TwilioClosed { why: "gone".into() }),
             Step::Advance(ms) => {
                 self.now += Duration::from_millis(*ms as u64);
                 let now = self.now;
-                self.core.handle_timeout(now);
+                self.core.handle_input(now, Input::Timeout);
                 if self.lane.next_deadline().is_some_and(|d| d <= now) {
                     self.lane(|lane, sink| lane.on_timeout(now, sink))?;
                 }

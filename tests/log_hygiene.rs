@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use twilio_realtime::agent::Agent;
 use twilio_realtime::call::inbound::{InboundAudio, InboundConfig};
-use twilio_realtime::call::{CallCore, CallOptions};
+use twilio_realtime::call::{CallCore, CallOptions, Input};
 use twilio_realtime::proto::twilio::TwilioMessage;
 
 static LINES: Mutex<Vec<String>> = Mutex::new(Vec::new());
@@ -41,18 +41,18 @@ fn the_library_never_logs_peer_mark_names_tokens_or_payloads() {
     let now = Instant::now();
     let mut core = CallCore::new(Agent::new("A", "x"), CallOptions::default(), now);
     let parse = |s: String| TwilioMessage::parse(&s).unwrap();
-    core.handle_twilio(now, parse(format!(
+    core.handle_input(now, Input::Twilio(parse(format!(
         r#"{{"event":"start","streamSid":"MZ1","start":{{"accountSid":"AC1","streamSid":"MZ1","callSid":"CA1","tracks":["inbound"],"customParameters":{{"token":"{token}"}},"mediaFormat":{{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1}}}}}}"#
-    )));
-    core.handle_twilio(
+    ))));
+    core.handle_input(
         now,
-        parse(format!(
+        Input::Twilio(parse(format!(
             r#"{{"event":"mark","streamSid":"MZ1","mark":{{"name":"{secret}"}}}}"#
-        )),
+        ))),
     );
-    core.handle_twilio(now, parse(format!(
+    core.handle_input(now, Input::Twilio(parse(format!(
         r#"{{"event":"start","streamSid":"MZ2","start":{{"accountSid":"AC1","streamSid":"MZ2","callSid":"CA1","customParameters":{{"token":"{token}"}}}}}}"#
-    )));
+    ))));
     while core.poll_output().is_some() {}
     let mut lane = InboundAudio::new(InboundConfig::default());
     lane.set_caller_speaking(true);

@@ -6,7 +6,7 @@ mod common;
 
 use serde_json::{json, Value};
 use twilio_realtime::agent::{Agent, FunctionTool};
-use twilio_realtime::call::{CallCore, CallOptions, Command, Output};
+use twilio_realtime::call::{CallCore, CallOptions, Command, Input, Output};
 use twilio_realtime::proto::realtime::{
     AudioFormat, ClientEvent, Item, NoiseReduction, ResponseConfig, ServerEvent, SessionConfig,
     ToolChoice, ToolDefinition, Transcription, TurnDetection,
@@ -194,7 +194,10 @@ fn events_the_call_engine_emits_are_schema_valid() {
         now,
     );
     let feed = |core: &mut CallCore, j: Value| {
-        core.handle_model(now, ServerEvent::parse(&j.to_string()).unwrap())
+        core.handle_input(
+            now,
+            Input::Model(ServerEvent::parse(&j.to_string()).unwrap()),
+        )
     };
     feed(
         &mut core,
@@ -206,13 +209,10 @@ fn events_the_call_engine_emits_are_schema_valid() {
         json!({"type":"session.updated","event_id":"e","session":{"type":"realtime",
             "audio":{"input":{"format":{"type":"audio/pcmu"}},"output":{"format":{"type":"audio/pcmu"}}}}}),
     );
-    core.handle_twilio(
-        now,
-        twilio_realtime::proto::twilio::TwilioMessage::parse(
+    core.handle_input(now, Input::Twilio(twilio_realtime::proto::twilio::TwilioMessage::parse(
             r#"{"event":"start","streamSid":"MZ1","start":{"accountSid":"AC1","callSid":"CA1","tracks":["inbound"],"customParameters":{},"mediaFormat":{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1}}}"#,
         )
-        .unwrap(),
-    );
+        .unwrap()));
     feed(
         &mut core,
         json!({"type":"response.created","event_id":"e","response":{"id":"r1"}}),
@@ -229,8 +229,14 @@ fn events_the_call_engine_emits_are_schema_valid() {
         &mut core,
         json!({"type":"response.output_item.done","event_id":"e","response_id":"r1","output_index":2,"item":{"id":"f2","type":"function_call","name":"transfer_to_billing","call_id":"c2","arguments":"{}"}}),
     );
-    core.handle_command(now, Command::Interrupt);
-    core.handle_tool_result(now, "c1", Ok("sunny".into()));
+    core.handle_input(now, Input::Command(Command::Interrupt));
+    core.handle_input(
+        now,
+        Input::ToolResult {
+            call_id: "c1".into(),
+            result: Ok("sunny".into()),
+        },
+    );
     feed(
         &mut core,
         json!({"type":"response.done","event_id":"e","response":{"id":"r1","status":"cancelled"}}),
@@ -241,13 +247,15 @@ fn events_the_call_engine_emits_are_schema_valid() {
         json!({"type":"session.updated","event_id":"e","session":{"type":"realtime",
             "audio":{"input":{"format":{"type":"audio/pcmu"}},"output":{"format":{"type":"audio/pcmu"}}}}}),
     );
-    core.handle_command(now, Command::SendMessage("hi".into()));
-    core.handle_twilio(
+    core.handle_input(now, Input::Command(Command::SendMessage("hi".into())));
+    core.handle_input(
         now,
-        twilio_realtime::proto::twilio::TwilioMessage::parse(
-            r#"{"event":"dtmf","streamSid":"MZ1","dtmf":{"digit":"5"}}"#,
-        )
-        .unwrap(),
+        Input::Twilio(
+            twilio_realtime::proto::twilio::TwilioMessage::parse(
+                r#"{"event":"dtmf","streamSid":"MZ1","dtmf":{"digit":"5"}}"#,
+            )
+            .unwrap(),
+        ),
     );
     let mut n = 0;
     let mut types = std::collections::BTreeSet::new();

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 use twilio_realtime::agent::{Agent, FunctionTool};
-use twilio_realtime::call::{CallCore, CallOptions, Command, Greeting, Output};
+use twilio_realtime::call::{CallCore, CallOptions, Command, Greeting, Input, Output};
 use twilio_realtime::events::{CloseReason, InterruptCause, SessionEvent};
 use twilio_realtime::proto::realtime::ServerEvent;
 
@@ -56,18 +56,18 @@ impl H {
     }
 
     fn connected(&mut self) {
-        self.core.handle_model_connected(self.now);
+        self.core.handle_input(self.now, Input::ModelConnected);
         self.collect();
     }
 
     fn model(&mut self, v: Value) {
         let ev = ServerEvent::parse(&v.to_string()).expect("valid server event");
-        self.core.handle_model(self.now, ev);
+        self.core.handle_input(self.now, Input::Model(ev));
         self.collect();
     }
 
     fn cmd(&mut self, c: Command) {
-        self.core.handle_command(self.now, c);
+        self.core.handle_input(self.now, Input::Command(c));
         self.collect();
     }
 
@@ -207,7 +207,13 @@ fn tools_run_and_their_output_goes_back() {
     assert_eq!(run.call.name, "lookup_order");
     let result = run.tool.invoke(&run.call).map_err(|e| e.to_string());
     assert_eq!(result.as_deref(), Ok("order 42 shipped"));
-    h.core.handle_tool_result(h.now, "call_1", result);
+    h.core.handle_input(
+        h.now,
+        Input::ToolResult {
+            call_id: "call_1".into(),
+            result,
+        },
+    );
     h.collect();
     let sent = model_events(&h.drain());
     let types: Vec<&str> = sent.iter().map(|e| e["type"].as_str().unwrap()).collect();

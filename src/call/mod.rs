@@ -1,11 +1,12 @@
 //! The call core: every decision of one call, as a plain state machine with no sockets,
 //! threads or clocks.
 //!
-//! Feed it what happened — a Twilio message, a model event, a tool result, a guardrail
-//! verdict, an application [`Command`], the passing of time — each with the current
-//! [`Instant`]; then drain [`CallCore::poll_output`] for what to do (frames for Twilio, events
-//! for the model, [`SessionEvent`]s for the application, tools and guardrails to run) and call
-//! [`CallCore::handle_timeout`] at [`CallCore::next_deadline`]. The threaded shell in
+//! Feed it what happened as an [`Input`] — a Twilio message, a model event, a tool result, a
+//! guardrail verdict, an application [`Command`], the passing of time — each with the current
+//! [`Instant`], to [`CallCore::handle_input`]; then drain [`CallCore::poll_output`] for what to
+//! do (frames for Twilio, events for the model, [`SessionEvent`]s for the application, tools
+//! and guardrails to run) and feed [`Input::Timeout`] at [`CallCore::next_deadline`]. The
+//! threaded shell in
 //! [`crate::session`] does exactly that; tests do it with a fake clock.
 //!
 //! Caller audio (`media` frames) does not pass through here: it takes the one-wake-up lane of
@@ -28,23 +29,24 @@
 //! ```
 //! use std::time::Instant;
 //! use twilio_realtime::agent::Agent;
-//! use twilio_realtime::call::{CallCore, CallOptions, Output};
+//! use twilio_realtime::call::{CallCore, CallOptions, Input, Output};
 //! use twilio_realtime::proto::realtime::ServerEvent;
 //!
 //! let now = Instant::now();
 //! let mut core = CallCore::new(Agent::new("Assistant", "Be brief."), CallOptions::default(), now);
 //! let created = ServerEvent::parse(r#"{"type":"session.created","event_id":"e1","session":{}}"#).unwrap();
-//! core.handle_model(now, created);
+//! core.handle_input(now, Input::Model(created));
 //! let outputs: Vec<Output> = std::iter::from_fn(|| core.poll_output()).collect();
 //! assert!(matches!(&outputs[..], [Output::Model(update)] if update.event_type() == "session.update"));
 //! let updated = ServerEvent::parse(r#"{"type":"session.updated","event_id":"e2","session":{"type":"realtime",
 //!     "audio":{"input":{"format":{"type":"audio/pcmu"}},"output":{"format":{"type":"audio/pcmu"}}}}}"#).unwrap();
-//! core.handle_model(now, updated);
+//! core.handle_input(now, Input::Model(updated));
 //! let outputs: Vec<Output> = std::iter::from_fn(|| core.poll_output()).collect();
 //! assert!(matches!(outputs.last(), Some(Output::ModelReady)));
 //! ```
 
 pub mod inbound;
+mod input;
 pub mod pacer;
 pub mod playback;
 
@@ -67,11 +69,18 @@ use crate::proto::realtime::{
 use crate::proto::twilio::{TwilioCommand, TwilioMessage};
 use crate::telephony::transfer::TransferTarget;
 
+pub use input::Input;
+
 const LOG: &str = "twilio_realtime::session";
 const TOOLS_LOG: &str = "twilio_realtime::tools";
 /// Function calls kept per response until its `response.done`, and responses with calls
 /// kept at once (bounds against a peer that never ends its responses).
 const MAX_CALLS_PER_RESPONSE: usize = 64;
+
+/// Round-trip samples after which probes slow down from [`CallOptions::rtt_probe_interval`]
+/// to [`CallOptions::rtt_probe_interval_settled`]: the estimator's trimmed mean and spread are
+/// taken over a full quartile split from 8 samples on.
+pub const RTT_SAMPLES_TO_SETTLE: u64 = 8;
 
 /// Options of a call (and of the session built on it).
 #[derive(Debug, Clone)]
@@ -82,10 +91,18 @@ pub struct CallOptions {
     /// Round trip to Twilio assumed until the call has measured it (at most 5 s). Default
     /// 100 ms.
     pub default_rtt: Duration,
-    /// How often to re-measure the round trip while nothing plays (one `mark` each way per
-    /// probe). Default 500 ms: a barge-in's accuracy under jitter depends on how many samples the
-    /// call has (see [`crate::call::playback::RttEstimator`]).
+    /// How often to measure the round trip while nothing plays (one `mark` each way per
+    /// probe) until the call has [`RTT_SAMPLES_TO_SETTLE`] samples. Default 500 ms: a
+    /// barge-in's accuracy under jitter depends on how many samples the call has (see
+    /// [`crate::call::playback::RttEstimator`]), so the first seconds of a call fill the
+    /// window fast.
     pub rtt_probe_interval: Duration,
+    /// How often to re-measure the round trip while nothing plays once the call has
+    /// [`RTT_SAMPLES_TO_SETTLE`] samples: the estimate is a trimmed mean over the last 32
+    /// samples (played chunks add samples too), so it only needs refreshing as the path
+    /// drifts. Default 5 s. Each probe wakes the call's session thread twice; at 500 ms they
+    /// were ~11 % of the engine's CPU in the 200-call load run (`benches/compare`).
+    pub rtt_probe_interval_settled: Duration,
     /// Run output guardrails every this many new characters of agent text (and on the final
     /// text). Default 100.
     pub guardrail_debounce_chars: usize,
@@ -183,6 +200,7 @@ impl Default for CallOptions {
             session: SessionConfig::new(),
             default_rtt: Duration::from_millis(100),
             rtt_probe_interval: Duration::from_millis(500),
+            rtt_probe_interval_settled: Duration::from_secs(5),
             guardrail_debounce_chars: 100,
             forward_dtmf: false,
             drain_timeout: Duration::from_secs(5),
@@ -261,7 +279,7 @@ pub enum Command {
 pub const END_CALL_OUTPUT: &str =
     "The call is ending once the caller has heard what you said. Say nothing more.";
 
-/// A tool call to run on a worker thread; report with [`CallCore::handle_tool_result`].
+/// A tool call to run on a worker thread; report with [`Input::ToolResult`].
 #[derive(Debug, Clone)]
 pub struct ToolRun {
     /// The call as the model made it.
@@ -271,7 +289,7 @@ pub struct ToolRun {
 }
 
 /// Guardrails to run on a text off the session thread; report with
-/// [`CallCore::handle_guardrail_result`].
+/// [`Input::GuardrailResult`].
 #[derive(Debug, Clone)]
 pub struct GuardrailRun {
     /// Identifies this run in the result.
@@ -318,7 +336,7 @@ pub enum Output {
     RunGuardrails(GuardrailRun),
     /// Open a new model connection (after `session_expired`, or on `start` with
     /// [`CallOptions::connect_model_on_start`]); report with
-    /// [`CallCore::handle_model_connected`] / [`CallCore::handle_model_connect_failed`].
+    /// [`Input::ModelConnected`] / [`Input::ModelConnectFailed`].
     ConnectModel,
     /// Close the model connection.
     CloseModel,
@@ -326,7 +344,7 @@ pub enum Output {
     CloseTwilio,
     /// Send a WebSocket ping on the model connection (it has been quiet for
     /// [`CallOptions::model_ping_interval`]); whatever it sends next counts as the answer
-    /// (report it with [`CallCore::handle_model_activity`]).
+    /// (report it with [`Input::ModelActivity`]).
     PingModel,
 }
 
@@ -444,7 +462,7 @@ pub struct CallCore {
 
 impl CallCore {
     /// A new call that will speak as `agent`. The model connection is assumed to be opening
-    /// now; report it with [`CallCore::handle_model_connected`] (optional) and feed the
+    /// now; report it with [`Input::ModelConnected`] (optional) and feed the
     /// model's events.
     pub fn new(agent: Agent, opts: CallOptions, now: Instant) -> CallCore {
         let ledger = PlaybackLedger::new(opts.default_rtt);
@@ -552,7 +570,7 @@ impl CallCore {
         self.ended.as_ref()
     }
 
-    /// When [`CallCore::handle_timeout`] should next be called.
+    /// When [`Input::Timeout`] should next be fed.
     pub fn next_deadline(&self) -> Option<Instant> {
         if self.ended.is_some() {
             return None;
@@ -588,7 +606,7 @@ impl CallCore {
     /// Twilio sent something at `at` (the shell reports the arrival of the latest frame on the
     /// Twilio socket, `media` included, each time it wakes). Feeds the silence rule
     /// ([`CallOptions::twilio_silence_timeout`]).
-    pub fn handle_twilio_activity(&mut self, at: Instant) {
+    fn handle_twilio_activity(&mut self, at: Instant) {
         if let Some(seen) = &mut self.twilio_seen {
             *seen = (*seen).max(at);
         }
@@ -596,7 +614,7 @@ impl CallCore {
 
     /// The current model connection sent something (any frame, a pong included) at `at`.
     /// Answers an outstanding ping and postpones the next one.
-    pub fn handle_model_activity(&mut self, at: Instant) {
+    fn handle_model_activity(&mut self, at: Instant) {
         let Some(seen) = &mut self.model_seen else {
             return;
         };
@@ -689,7 +707,7 @@ impl CallCore {
 
     /// A message from Twilio other than `media` (caller audio takes the
     /// [`crate::call::inbound::InboundAudio`] lane; a `media` given here is ignored).
-    pub fn handle_twilio(&mut self, now: Instant, msg: TwilioMessage) {
+    fn handle_twilio(&mut self, now: Instant, msg: TwilioMessage) {
         if self.ended.is_some() {
             return;
         }
@@ -760,7 +778,7 @@ impl CallCore {
 
     /// The application refused the stream (e.g. a failed one-time token check on `start`):
     /// ends the call without opening or keeping a model connection.
-    pub fn reject(&mut self, _now: Instant, why: &str) {
+    fn reject(&mut self, _now: Instant, why: &str) {
         if self.ended.is_some() {
             return;
         }
@@ -775,7 +793,7 @@ impl CallCore {
     /// cannot be trusted to go on, so both sockets close and it ends with
     /// [`CloseReason::Panicked`]. (Tools and guardrails that panic are reported as their
     /// results instead and the call goes on.)
-    pub fn handle_panic(&mut self, _now: Instant, what: &str) {
+    fn handle_panic(&mut self, _now: Instant, what: &str) {
         if self.ended.is_some() {
             return;
         }
@@ -787,7 +805,7 @@ impl CallCore {
 
     /// Twilio spent its bad-message budget (`messages` bad ones in the call): the call ends
     /// with [`CloseReason::TooManyBadMessages`] and both sockets are closed.
-    pub fn handle_twilio_over_budget(&mut self, _now: Instant, messages: u64) {
+    fn handle_twilio_over_budget(&mut self, _now: Instant, messages: u64) {
         if self.ended.is_some() {
             return;
         }
@@ -802,7 +820,7 @@ impl CallCore {
     }
 
     /// The Twilio WebSocket closed or failed.
-    pub fn handle_twilio_closed(&mut self, _now: Instant, why: &str) {
+    fn handle_twilio_closed(&mut self, _now: Instant, why: &str) {
         if self.ended.is_some() {
             return;
         }
@@ -830,7 +848,7 @@ impl CallCore {
             }
             MarkOutcome::Probe => {
                 log::debug!(target: LOG, "twilio round trip {:?}", self.ledger.rtt().get());
-                self.next_probe_at = after(now, self.opts.rtt_probe_interval);
+                self.next_probe_at = after(now, self.probe_interval());
             }
             MarkOutcome::Stale => log::trace!(target: LOG, "stale mark ignored"),
             MarkOutcome::Unknown => {
@@ -851,7 +869,18 @@ impl CallCore {
     /// Sends a round-trip probe one probe interval from now (if nothing plays by then).
     fn schedule_probe(&mut self, now: Instant) {
         if self.next_probe_at.is_none() {
-            self.next_probe_at = after(now, self.opts.rtt_probe_interval);
+            self.next_probe_at = after(now, self.probe_interval());
+        }
+    }
+
+    /// Probes come every [`CallOptions::rtt_probe_interval`] until the round trip has
+    /// [`RTT_SAMPLES_TO_SETTLE`] samples, then every
+    /// [`CallOptions::rtt_probe_interval_settled`].
+    fn probe_interval(&self) -> Duration {
+        if self.ledger.rtt().samples() < RTT_SAMPLES_TO_SETTLE {
+            self.opts.rtt_probe_interval
+        } else {
+            self.opts.rtt_probe_interval_settled
         }
     }
 
@@ -924,7 +953,7 @@ impl CallCore {
     // Model side
 
     /// The model WebSocket is open (its `session.created` is still to come).
-    pub fn handle_model_connected(&mut self, now: Instant) {
+    fn handle_model_connected(&mut self, now: Instant) {
         log::debug!(target: LOG, "model socket open");
         if self.ended.is_none() {
             self.model_seen = Some(now);
@@ -949,7 +978,7 @@ impl CallCore {
     }
 
     /// The model connection could not be opened.
-    pub fn handle_model_connect_failed(&mut self, _now: Instant, why: &str) {
+    fn handle_model_connect_failed(&mut self, _now: Instant, why: &str) {
         if self.ended.is_some() {
             return;
         }
@@ -964,7 +993,7 @@ impl CallCore {
     }
 
     /// The model WebSocket closed or failed.
-    pub fn handle_model_closed(&mut self, now: Instant, why: &str) {
+    fn handle_model_closed(&mut self, now: Instant, why: &str) {
         if self.ended.is_some() || self.model == ModelState::Gone {
             return;
         }
@@ -1056,7 +1085,7 @@ impl CallCore {
     }
 
     /// An event from the model.
-    pub fn handle_model(&mut self, now: Instant, ev: ServerEvent) {
+    fn handle_model(&mut self, now: Instant, ev: ServerEvent) {
         if self.ended.is_some() {
             return;
         }
@@ -1898,12 +1927,7 @@ impl CallCore {
 
     /// A tool run finished (`Ok(output)` or `Err(message)`). Results of calls that timed out
     /// or are unknown are ignored.
-    pub fn handle_tool_result(
-        &mut self,
-        _now: Instant,
-        call_id: &str,
-        result: Result<String, String>,
-    ) {
+    fn handle_tool_result(&mut self, _now: Instant, call_id: &str, result: Result<String, String>) {
         if self.ended.is_some() {
             return;
         }
@@ -2039,7 +2063,7 @@ impl CallCore {
 
     /// The result of a [`GuardrailRun`]: `None` if every guardrail passed, else the first
     /// trip as (guardrail name, reason).
-    pub fn handle_guardrail_result(
+    fn handle_guardrail_result(
         &mut self,
         now: Instant,
         run: &GuardrailRun,
@@ -2117,7 +2141,7 @@ impl CallCore {
     // Commands and time
 
     /// A command from the application.
-    pub fn handle_command(&mut self, now: Instant, cmd: Command) {
+    fn handle_command(&mut self, now: Instant, cmd: Command) {
         if self.ended.is_some() {
             return;
         }
@@ -2227,7 +2251,7 @@ impl CallCore {
 
     /// Time passed: tool and approval timeouts, the end of a drain, round-trip probes, a
     /// silent Twilio stream, model pings and their answers.
-    pub fn handle_timeout(&mut self, now: Instant) {
+    fn handle_timeout(&mut self, now: Instant) {
         if self.ended.is_some() {
             return;
         }

@@ -43,7 +43,7 @@ use tungstenite::Message;
 use crate::agent::Agent;
 use crate::call::inbound::{InboundAudio, InboundConfig, InboundStats};
 use crate::call::playback::MarkName;
-use crate::call::{CallCore, CallOptions, Command, GuardrailRun, Output, ToolRun};
+use crate::call::{CallCore, CallOptions, Command, GuardrailRun, Input, Output, ToolRun};
 use crate::events::{CloseReason, ErrorSource, HistoryItem, SessionEvent, TransportEvent};
 use crate::io::ws::{
     panic_text, ClientRequest, Duplex, Incoming, WsConfig, WsConn, WsError, WsSender,
@@ -956,15 +956,16 @@ impl Shell {
             self.apply_deferred_marks();
             // What the socket readers saw since (caller audio does not wake this thread).
             self.core
-                .handle_twilio_activity(self.twilio.last_received());
+                .handle_input(self.twilio.last_received(), Input::TwilioActivity);
             if let Some(m) = &self.model {
-                self.core.handle_model_activity(m.last_received());
+                self.core
+                    .handle_input(m.last_received(), Input::ModelActivity);
             }
             match msg {
                 Some(m) => self.handle(m),
                 None => {
                     let now = Instant::now();
-                    self.core.handle_timeout(now);
+                    self.core.handle_input(now, Input::Timeout);
                     lock(&self.lane).on_timeout(now);
                 }
             }
@@ -984,7 +985,7 @@ impl Shell {
             if let Some(r) = &mut self.recorder {
                 r.mark_echoed(at, &mark);
             }
-            self.core.handle_twilio(at, mark);
+            self.core.handle_input(at, Input::Twilio(mark));
         }
     }
 
@@ -997,13 +998,15 @@ impl Shell {
             ShellMsg::Twilio(TwilioMessage::Start(start)) if self.core.stream_sid().is_none() => {
                 self.on_start(now, start)
             }
-            ShellMsg::Twilio(m) => self.core.handle_twilio(now, m),
+            ShellMsg::Twilio(m) => self.core.handle_input(now, Input::Twilio(m)),
             ShellMsg::TwilioBad(e) => self.emit(SessionEvent::Error {
                 source: ErrorSource::Twilio,
                 message: e,
             }),
-            ShellMsg::TwilioOverBudget(total) => self.core.handle_twilio_over_budget(now, total),
-            ShellMsg::TwilioClosed(why) => self.core.handle_twilio_closed(now, &why),
+            ShellMsg::TwilioOverBudget(total) => self
+                .core
+                .handle_input(now, Input::TwilioOverBudget { messages: total }),
+            ShellMsg::TwilioClosed(why) => self.core.handle_input(now, Input::TwilioClosed { why }),
             ShellMsg::ModelConnected(gen, conn) => {
                 if gen != self.model_gen || self.core.ended().is_some() {
                     return;
@@ -1016,12 +1019,13 @@ impl Shell {
             }
             ShellMsg::ModelConnectFailed(gen, why) => {
                 if gen == self.model_gen {
-                    self.core.handle_model_connect_failed(now, &why);
+                    self.core
+                        .handle_input(now, Input::ModelConnectFailed { why });
                 }
             }
             ShellMsg::Model(gen, ev) => {
                 if gen == self.model_gen {
-                    self.core.handle_model(now, ev);
+                    self.core.handle_input(now, Input::Model(ev));
                 }
             }
             ShellMsg::ModelBad(gen, e) => {
@@ -1034,22 +1038,30 @@ impl Shell {
             }
             ShellMsg::ModelClosed(gen, why) => {
                 if gen == self.model_gen {
-                    self.core.handle_model_closed(now, &why);
+                    self.core.handle_input(now, Input::ModelClosed { why });
                 }
             }
-            ShellMsg::ToolDone(call_id, result) => {
-                self.core.handle_tool_result(now, &call_id, result)
-            }
-            ShellMsg::GuardrailDone(run, trip) => {
-                self.core.handle_guardrail_result(now, &run, trip)
-            }
-            ShellMsg::Command(c) => self.core.handle_command(now, c),
+            ShellMsg::ToolDone(call_id, result) => self.core.handle_input(
+                now,
+                Input::ToolResult {
+                    call_id: call_id.to_owned(),
+                    result,
+                },
+            ),
+            ShellMsg::GuardrailDone(run, trip) => self.core.handle_input(
+                now,
+                Input::GuardrailResult {
+                    run: run.to_owned(),
+                    trip,
+                },
+            ),
+            ShellMsg::Command(c) => self.core.handle_input(now, Input::Command(c)),
             ShellMsg::History(reply) => {
                 let _ = reply.send(self.core.history().to_vec());
             }
             // Applied at the top of this wake-up already.
             ShellMsg::Marks => {}
-            ShellMsg::Panicked(why) => self.core.handle_panic(now, &why),
+            ShellMsg::Panicked(why) => self.core.handle_input(now, Input::Panicked { what: why }),
         }
     }
 
@@ -1066,7 +1078,7 @@ impl Shell {
         if let Some(check) = &self.start_check {
             if let Err(why) = check(&start, &info) {
                 self.held_model = None;
-                return self.core.reject(now, &why);
+                return self.core.handle_input(now, Input::Rejected { why });
             }
         }
         if let Some(factory) = self.agent_for.take() {
@@ -1078,11 +1090,17 @@ impl Shell {
                 Err(_) => {
                     log::error!(target: LOG, "the agent factory panicked; ending this call");
                     self.held_model = None;
-                    return self.core.reject(now, "the agent factory panicked");
+                    return self.core.handle_input(
+                        now,
+                        Input::Rejected {
+                            why: "the agent factory panicked".into(),
+                        },
+                    );
                 }
             }
         }
-        self.core.handle_twilio(now, TwilioMessage::Start(start));
+        self.core
+            .handle_input(now, Input::Twilio(TwilioMessage::Start(start)));
         if let Some((gen, conn)) = self.held_model.take() {
             self.model_connected(now, gen, conn);
         }
@@ -1136,9 +1154,14 @@ impl Shell {
             Ok(d) => {
                 lock(&self.lane).model = Some(d.sender());
                 self.model = Some(d);
-                self.core.handle_model_connected(now);
+                self.core.handle_input(now, Input::ModelConnected);
             }
-            Err(e) => self.core.handle_model_connect_failed(now, &e.to_string()),
+            Err(e) => self.core.handle_input(
+                now,
+                Input::ModelConnectFailed {
+                    why: e.to_string().to_owned(),
+                },
+            ),
         }
     }
 
@@ -1268,13 +1291,9 @@ impl Shell {
                 "{running} tools running: {} ({call_id}) refused",
                 run.call.name
             );
-            self.core.handle_tool_result(
-                Instant::now(),
-                &call_id,
-                Err(format!(
+            self.core.handle_input(Instant::now(), Input::ToolResult { call_id: call_id.to_owned(), result: Err(format!(
                     "too many tools are running at once ({running}); try again when one has finished"
-                )),
-            );
+                )) });
             return;
         }
         let now_running = self.tool_workers.fetch_add(1, Ordering::SeqCst) + 1;
@@ -1291,10 +1310,12 @@ impl Shell {
         });
         if let Err(e) = res {
             log::error!(target: LOG, "could not spawn a tool worker: {e}");
-            self.core.handle_tool_result(
+            self.core.handle_input(
                 Instant::now(),
-                &call_id,
-                Err(format!("the tool could not be started: {e}")),
+                Input::ToolResult {
+                    call_id: call_id.to_owned(),
+                    result: Err(format!("the tool could not be started: {e}")),
+                },
             );
         }
     }
@@ -1341,8 +1362,12 @@ impl Shell {
                 return;
             }
             log::warn!(target: TWILIO_LOG, "twilio frame not written: {e}");
-            self.core
-                .handle_twilio_closed(Instant::now(), &format!("twilio is not taking audio: {e}"));
+            self.core.handle_input(
+                Instant::now(),
+                Input::TwilioClosed {
+                    why: format!("twilio is not taking audio: {e}").to_owned(),
+                },
+            );
             self.twilio.close();
         }
     }

@@ -1,0 +1,125 @@
+//! Everything that can happen to a call, as one type: [`Input`], fed to
+//! [`CallCore::handle_input`] with the current time.
+//!
+//! The shell ([`crate::session`]) turns what its threads see into `Input`s; tests and property
+//! tests build them directly (a call is a `Vec<(Instant, Input)>`). Outputs come back through
+//! [`CallCore::poll_output`], and the next time the core wants to be woken without an input
+//! through [`CallCore::next_deadline`] (then feed [`Input::Timeout`]).
+
+use std::time::Instant;
+
+use crate::call::{CallCore, Command, GuardrailRun};
+use crate::proto::realtime::ServerEvent;
+use crate::proto::twilio::TwilioMessage;
+
+/// One thing that happened to a call.
+///
+/// ```
+/// use std::time::Instant;
+/// use twilio_realtime::agent::Agent;
+/// use twilio_realtime::call::{CallCore, CallOptions, Input, Output};
+/// use twilio_realtime::proto::realtime::ServerEvent;
+///
+/// let now = Instant::now();
+/// let mut core = CallCore::new(Agent::new("Assistant", "Be brief."), CallOptions::default(), now);
+/// core.handle_input(now, Input::ModelConnected);
+/// let created = ServerEvent::parse(r#"{"type":"session.created","event_id":"e1","session":{}}"#).unwrap();
+/// core.handle_input(now, Input::Model(created));
+/// assert!(matches!(core.poll_output(), Some(Output::Model(update)) if update.event_type() == "session.update"));
+/// ```
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Input {
+    /// A message from Twilio's Media Streams socket (`media` frames take the caller-audio lane
+    /// in the threaded shell, but the core accepts them too).
+    Twilio(TwilioMessage),
+    /// The latest frame on the Twilio socket (any frame, `media` included) arrived at the
+    /// `now` given with this input: feeds the silence rule
+    /// ([`crate::call::CallOptions::twilio_silence_timeout`]).
+    TwilioActivity,
+    /// Twilio spent its bad-message budget (`messages` bad ones in the call): the call ends
+    /// with [`crate::events::CloseReason::TooManyBadMessages`].
+    TwilioOverBudget {
+        /// How many bad messages the call saw.
+        messages: u64,
+    },
+    /// The Twilio WebSocket closed or failed.
+    TwilioClosed {
+        /// What the socket layer said.
+        why: String,
+    },
+    /// The application refused the stream (a failed one-time token, the start check): the
+    /// call ends with [`crate::events::CloseReason::Rejected`] without a model session.
+    Rejected {
+        /// Why, for the logs and the close reason.
+        why: String,
+    },
+    /// The model WebSocket is open (its `session.created` is still to come).
+    ModelConnected,
+    /// The model connection could not be opened.
+    ModelConnectFailed {
+        /// What the connector said.
+        why: String,
+    },
+    /// An event from the model.
+    Model(ServerEvent),
+    /// The model connection sent something (any frame, a pong included) at the `now` given
+    /// with this input: answers an outstanding ping and postpones the next.
+    ModelActivity,
+    /// The model WebSocket closed or failed.
+    ModelClosed {
+        /// What the socket layer said.
+        why: String,
+    },
+    /// A tool run ([`crate::call::Output::RunTool`]) finished: `Ok(output)` or
+    /// `Err(message)`. Results of calls that timed out or are unknown are ignored.
+    ToolResult {
+        /// The model's call id.
+        call_id: String,
+        /// The tool's output or error message.
+        result: Result<String, String>,
+    },
+    /// A guardrail run ([`crate::call::Output::RunGuardrails`]) finished: `trip` is `None` if
+    /// every guardrail passed, else the first trip as (guardrail name, reason).
+    GuardrailResult {
+        /// The run, as it was handed out.
+        run: GuardrailRun,
+        /// The first trip, if any.
+        trip: Option<(String, String)>,
+    },
+    /// The application asks something of the call.
+    Command(Command),
+    /// Code on one of the call's threads panicked: the call ends with
+    /// [`crate::events::CloseReason::Panicked`].
+    Panicked {
+        /// Where and why.
+        what: String,
+    },
+    /// Time passed (the shell woke at [`CallCore::next_deadline`]): tool and approval
+    /// timeouts, the end of a drain, round-trip probes, silence and ping rules.
+    Timeout,
+}
+
+impl CallCore {
+    /// Feeds one input at `now`; then drain [`CallCore::poll_output`] and sleep until
+    /// [`CallCore::next_deadline`] or the next input, whichever comes first.
+    pub fn handle_input(&mut self, now: Instant, input: Input) {
+        match input {
+            Input::Twilio(m) => self.handle_twilio(now, m),
+            Input::TwilioActivity => self.handle_twilio_activity(now),
+            Input::TwilioOverBudget { messages } => self.handle_twilio_over_budget(now, messages),
+            Input::TwilioClosed { why } => self.handle_twilio_closed(now, &why),
+            Input::Rejected { why } => self.reject(now, &why),
+            Input::ModelConnected => self.handle_model_connected(now),
+            Input::ModelConnectFailed { why } => self.handle_model_connect_failed(now, &why),
+            Input::Model(ev) => self.handle_model(now, ev),
+            Input::ModelActivity => self.handle_model_activity(now),
+            Input::ModelClosed { why } => self.handle_model_closed(now, &why),
+            Input::ToolResult { call_id, result } => self.handle_tool_result(now, &call_id, result),
+            Input::GuardrailResult { run, trip } => self.handle_guardrail_result(now, &run, trip),
+            Input::Command(c) => self.handle_command(now, c),
+            Input::Panicked { what } => self.handle_panic(now, &what),
+            Input::Timeout => self.handle_timeout(now),
+        }
+    }
+}
