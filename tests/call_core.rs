@@ -823,6 +823,36 @@ fn round_trip_probes_resume_whenever_nothing_plays() {
 }
 
 #[test]
+fn round_trip_probes_slow_down_once_the_call_has_eight_samples() {
+    let mut h = H::ready(Agent::new("A", "x"));
+    // Probes every 500 ms while idle until 8 round trips are measured ...
+    // (The first went out when the call became ready.)
+    for n in 1..=8u64 {
+        if n > 1 {
+            h.ms(500);
+            h.tick();
+            assert_eq!(marks(&h.drain()), [format!("rtt:{n}")]);
+        }
+        h.ms(60);
+        h.mark(&format!("rtt:{n}"));
+    }
+    assert_eq!(h.core.ledger().rtt().samples(), 8);
+    // ... then every 5 s (CallOptions::rtt_probe_interval_settled).
+    h.ms(500);
+    h.tick();
+    assert!(
+        marks(&h.drain()).is_empty(),
+        "settled: no probe after 500 ms"
+    );
+    h.ms(4499);
+    h.tick();
+    assert!(marks(&h.drain()).is_empty());
+    h.ms(1);
+    h.tick();
+    assert_eq!(marks(&h.drain()), ["rtt:9"]);
+}
+
+#[test]
 fn truncation_never_passes_what_was_sent() {
     let mut h = H::ready(Agent::new("A", "x"));
     h.response_created("r1");
