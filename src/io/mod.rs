@@ -6,5 +6,6 @@
 //! Unix only: the socket layer waits with `poll(2)`.
 
 pub mod http;
+pub(crate) mod rest;
 pub(crate) mod sys;
 pub mod ws;

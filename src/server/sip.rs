@@ -138,35 +138,23 @@ impl fmt::Debug for OpenAiCalls {
     }
 }
 
-/// Percent-encodes a path segment (everything but ASCII letters, digits, `-`, `_` and `~`; a dot too, so that no id is a `..` segment), so that
-/// a call id is one segment whatever it holds.
+/// Everything but ASCII letters, digits, `-`, `_` and `~` is percent-encoded in a call id
+/// (a dot too, so that no id is a `..` segment): a call id is one path segment whatever it
+/// holds.
+const PATH_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'~');
+
 fn path_segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(s, PATH_SEGMENT).to_string()
 }
 
 impl OpenAiCalls {
     /// A client for `base` (e.g. [`DEFAULT_OPENAI_BASE`], or a fake's) with this API key and
     /// an overall per-request timeout.
     pub fn new(base: impl Into<String>, api_key: impl Into<String>, timeout: Duration) -> Self {
-        let tls = ureq::tls::TlsConfig::builder()
-            .provider(ureq::tls::TlsProvider::NativeTls)
-            .root_certs(ureq::tls::RootCerts::PlatformVerifier)
-            .build();
-        let agent = ureq::Agent::config_builder()
-            .timeout_global(Some(timeout))
-            .http_status_as_error(false)
-            .tls_config(tls)
-            .user_agent(concat!("twilio-realtime/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .new_agent();
+        let agent = crate::io::rest::agent(timeout);
         OpenAiCalls {
             base: base.into().trim_end_matches('/').to_owned(),
             api_key: api_key.into(),
@@ -203,10 +191,7 @@ impl OpenAiCalls {
         };
         let mut resp = match sent {
             Ok(r) => r,
-            Err(ureq::Error::Timeout(_)) => return Err(CallsError::Timeout),
-            Err(ureq::Error::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
-                return Err(CallsError::Timeout)
-            }
+            Err(e) if crate::io::rest::is_timeout(&e) => return Err(CallsError::Timeout),
             Err(e) => return Err(CallsError::Transport(e.to_string())),
         };
         let status = resp.status().as_u16();

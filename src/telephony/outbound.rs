@@ -383,17 +383,7 @@ impl TwilioRest {
         credentials: Credentials,
         timeout: Duration,
     ) -> TwilioRest {
-        let tls = ureq::tls::TlsConfig::builder()
-            .provider(ureq::tls::TlsProvider::NativeTls)
-            .root_certs(ureq::tls::RootCerts::PlatformVerifier)
-            .build();
-        let agent = ureq::Agent::config_builder()
-            .timeout_global(Some(timeout))
-            .http_status_as_error(false)
-            .tls_config(tls)
-            .user_agent(concat!("twilio-realtime/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .new_agent();
+        let agent = crate::io::rest::agent(timeout);
         TwilioRest {
             base: base.into().trim_end_matches('/').to_owned(),
             account_sid: account_sid.into(),
@@ -437,10 +427,7 @@ impl TwilioRest {
             .send_form(pairs);
         let mut resp = match sent {
             Ok(r) => r,
-            Err(ureq::Error::Timeout(_)) => return Err(RestError::Timeout),
-            Err(ureq::Error::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
-                return Err(RestError::Timeout)
-            }
+            Err(e) if crate::io::rest::is_timeout(&e) => return Err(RestError::Timeout),
             Err(e) => return Err(RestError::Transport(e.to_string())),
         };
         let status = resp.status().as_u16();
@@ -456,7 +443,7 @@ impl TwilioRest {
             .read_to_string()
         {
             Ok(b) => b,
-            Err(ureq::Error::Timeout(_)) => return Err(RestError::Timeout),
+            Err(e) if crate::io::rest::is_timeout(&e) => return Err(RestError::Timeout),
             Err(e) => return Err(RestError::Transport(e.to_string())),
         };
         if !(200..300).contains(&status) {
