@@ -30,3 +30,31 @@ pub mod soak;
 pub mod twilio_call;
 pub mod twilio_rest;
 pub mod wav;
+
+/// The accept loop of the simulator's HTTP fakes: one named thread takes connections on
+/// `listener` and serves each on its own thread (`serve(&shared, conn)`) until `stopped`
+/// says so (checked as each connection arrives; the fake's `Drop` sets its flag and makes
+/// one last connection to wake the loop).
+pub(crate) fn spawn_accept_loop<S: Send + Sync + 'static>(
+    name: &str,
+    listener: std::net::TcpListener,
+    shared: std::sync::Arc<S>,
+    stopped: fn(&S) -> bool,
+    serve: fn(&std::sync::Arc<S>, std::net::TcpStream),
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let conn_name = format!("{name}-conn");
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                if stopped(&shared) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let sh = shared.clone();
+                let _ = std::thread::Builder::new()
+                    .name(conn_name.clone())
+                    .spawn(move || serve(&sh, conn));
+            }
+        })
+}

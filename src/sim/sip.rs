@@ -166,21 +166,13 @@ impl FakeSip {
             seq: AtomicU64::new(0),
             stop: AtomicBool::new(false),
         });
-        let sh = shared.clone();
-        let accept = thread::Builder::new()
-            .name("fake-sip".into())
-            .spawn(move || {
-                for conn in listener.incoming() {
-                    if sh.stop.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    let Ok(conn) = conn else { continue };
-                    let sh = sh.clone();
-                    let _ = thread::Builder::new()
-                        .name("fake-sip-conn".into())
-                        .spawn(move || serve(&sh, conn));
-                }
-            })?;
+        let accept = super::spawn_accept_loop(
+            "fake-sip",
+            listener,
+            shared.clone(),
+            |sh| sh.stop.load(Ordering::SeqCst),
+            serve,
+        )?;
         Ok(FakeSip {
             addr,
             shared,

@@ -232,21 +232,13 @@ impl FakeTwilio {
             ids: AtomicU64::new(1),
             stop: AtomicBool::new(false),
         });
-        let sh = shared.clone();
-        let accept = thread::Builder::new()
-            .name("fake-twilio".into())
-            .spawn(move || {
-                for conn in listener.incoming() {
-                    if sh.stop.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    let Ok(conn) = conn else { continue };
-                    let sh = sh.clone();
-                    let _ = thread::Builder::new()
-                        .name("fake-twilio-conn".into())
-                        .spawn(move || serve(&sh, conn));
-                }
-            })?;
+        let accept = super::spawn_accept_loop(
+            "fake-twilio",
+            listener,
+            shared.clone(),
+            |sh| sh.stop.load(Ordering::SeqCst),
+            serve,
+        )?;
         Ok(FakeTwilio {
             addr,
             shared,
