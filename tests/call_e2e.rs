@@ -7,23 +7,13 @@ use std::time::Duration;
 
 use common::Rig;
 use serde_json::{json, Value};
-use twilio_realtime::agent::{Agent, FunctionTool, OutputGuardrail, Verdict};
+use twilio_realtime::agent::{Agent, OutputGuardrail, Verdict};
 use twilio_realtime::events::{CloseReason, SessionEvent};
 use twilio_realtime::sim::fake_model::{FakeModelConfig, Faults, ModelRecording, Reply};
 use twilio_realtime::sim::twilio_call::{CallReport, Segment, TwilioCall, TwilioCallConfig};
 
 fn agent() -> Agent {
-    let weather = FunctionTool::new(
-        "get_weather",
-        "Weather for a city",
-        json!({"type":"object","properties":{"location":{"type":"string"}},"required":["location"]}),
-        |c| {
-            Ok(format!(
-                "The weather in {} is sunny.",
-                c.arguments["location"].as_str().unwrap_or("?")
-            ))
-        },
-    );
+    let weather = common::weather_tool();
     let billing = Agent::new("Billing", "You handle billing questions.");
     Agent::new("Front", "You answer calls.")
         .voice("marin")

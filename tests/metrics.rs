@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::{http_request, Rig};
 use serde_json::{json, Value};
-use twilio_realtime::agent::{Agent, FunctionTool};
+use twilio_realtime::agent::Agent;
 use twilio_realtime::sim::fake_model::{FakeModelConfig, Reply};
 use twilio_realtime::sim::twilio_call::{CallReport, Segment, TwilioCall, TwilioCallConfig};
 
@@ -46,17 +46,7 @@ fn summaries(call_sid: &str) -> Vec<Value> {
 }
 
 fn agent() -> Agent {
-    let weather = FunctionTool::new(
-        "get_weather",
-        "Weather for a city",
-        json!({"type":"object","properties":{"location":{"type":"string"}},"required":["location"]}),
-        |c| {
-            Ok(format!(
-                "The weather in {} is sunny.",
-                c.arguments["location"].as_str().unwrap_or("?")
-            ))
-        },
-    );
+    let weather = common::weather_tool();
     Agent::new("Assistant", "Be brief.").tool(weather)
 }
 

@@ -340,3 +340,19 @@ pub fn form_encode(form: &[(&str, &str)]) -> String {
 }
 
 pub mod live;
+
+/// The `get_weather` tool the end-to-end tests give their agents: answers "The weather in
+/// {location} is sunny."
+pub fn weather_tool() -> twilio_realtime::agent::FunctionTool {
+    twilio_realtime::agent::FunctionTool::new(
+        "get_weather",
+        "Weather for a city",
+        serde_json::json!({"type":"object","properties":{"location":{"type":"string"}},"required":["location"]}),
+        |c| {
+            Ok(format!(
+                "The weather in {} is sunny.",
+                c.arguments["location"].as_str().unwrap_or("?")
+            ))
+        },
+    )
+}
