@@ -1279,7 +1279,7 @@ fn guardrail_runs_debounced_and_a_trip_interrupts_and_reprompts() {
     h.core.handle_input(
         h.now,
         Input::GuardrailResult {
-            run: r[0].to_owned(),
+            run: r[0].clone(),
             trip,
         },
     );

@@ -1041,20 +1041,12 @@ impl Shell {
                     self.core.handle_input(now, Input::ModelClosed { why });
                 }
             }
-            ShellMsg::ToolDone(call_id, result) => self.core.handle_input(
-                now,
-                Input::ToolResult {
-                    call_id: call_id.to_owned(),
-                    result,
-                },
-            ),
-            ShellMsg::GuardrailDone(run, trip) => self.core.handle_input(
-                now,
-                Input::GuardrailResult {
-                    run: run.to_owned(),
-                    trip,
-                },
-            ),
+            ShellMsg::ToolDone(call_id, result) => self
+                .core
+                .handle_input(now, Input::ToolResult { call_id, result }),
+            ShellMsg::GuardrailDone(run, trip) => self
+                .core
+                .handle_input(now, Input::GuardrailResult { run, trip }),
             ShellMsg::Command(c) => self.core.handle_input(now, Input::Command(c)),
             ShellMsg::History(reply) => {
                 let _ = reply.send(self.core.history().to_vec());
@@ -1156,12 +1148,9 @@ impl Shell {
                 self.model = Some(d);
                 self.core.handle_input(now, Input::ModelConnected);
             }
-            Err(e) => self.core.handle_input(
-                now,
-                Input::ModelConnectFailed {
-                    why: e.to_string().to_owned(),
-                },
-            ),
+            Err(e) => self
+                .core
+                .handle_input(now, Input::ModelConnectFailed { why: e.to_string() }),
         }
     }
 
@@ -1291,9 +1280,11 @@ impl Shell {
                 "{running} tools running: {} ({call_id}) refused",
                 run.call.name
             );
-            self.core.handle_input(Instant::now(), Input::ToolResult { call_id: call_id.to_owned(), result: Err(format!(
-                    "too many tools are running at once ({running}); try again when one has finished"
-                )) });
+            let result = Err(format!(
+                "too many tools are running at once ({running}); try again when one has finished"
+            ));
+            self.core
+                .handle_input(Instant::now(), Input::ToolResult { call_id, result });
             return;
         }
         let now_running = self.tool_workers.fetch_add(1, Ordering::SeqCst) + 1;
@@ -1313,7 +1304,7 @@ impl Shell {
             self.core.handle_input(
                 Instant::now(),
                 Input::ToolResult {
-                    call_id: call_id.to_owned(),
+                    call_id,
                     result: Err(format!("the tool could not be started: {e}")),
                 },
             );
@@ -1365,7 +1356,7 @@ impl Shell {
             self.core.handle_input(
                 Instant::now(),
                 Input::TwilioClosed {
-                    why: format!("twilio is not taking audio: {e}").to_owned(),
+                    why: format!("twilio is not taking audio: {e}"),
                 },
             );
             self.twilio.close();
