@@ -124,6 +124,10 @@ pub enum CloseReason {
         /// True when the model chose it, false when the application did.
         by_agent: bool,
     },
+    /// A SIP call's model session reached its maximum duration (`session_expired`, 60
+    /// minutes): its session is the call's and cannot be renewed from the sideband, so the
+    /// call was hung up.
+    SessionExpired,
 }
 
 impl fmt::Display for CloseReason {
@@ -163,6 +167,7 @@ impl fmt::Display for CloseReason {
                 "transferred to {name} (by the {})",
                 if *by_agent { "agent" } else { "application" }
             ),
+            CloseReason::SessionExpired => f.write_str("the SIP call's model session expired"),
         }
     }
 }
@@ -305,6 +310,22 @@ pub enum SessionEvent {
     Ending {
         /// Why the call will close.
         reason: CloseReason,
+    },
+    /// A SIP call ([`crate::session::Session::start_sideband`]) was hung up through OpenAI's
+    /// call-control API (REST `hangup`) as it closed. `result` is `Err` with why when the
+    /// request failed; a `404` (the call had already ended) counts as done.
+    SipHangUp {
+        /// What the request came to.
+        result: Result<(), String>,
+    },
+    /// A SIP call was transferred with a SIP REFER through OpenAI's call-control API (REST
+    /// `refer`) as it closed with [`CloseReason::Transferred`]. When the REFER failed the call
+    /// is hung up instead (a [`SessionEvent::SipHangUp`] follows).
+    SipRefer {
+        /// The `Refer-To` target: `tel:+…` for a number, the SIP URI as configured.
+        target_uri: String,
+        /// What the request came to.
+        result: Result<(), String>,
     },
     /// The caller pressed a key.
     Dtmf {

@@ -85,6 +85,7 @@ pub fn close_reason_label(reason: &CloseReason) -> &'static str {
         CloseReason::AgentHungUp => "agent_hung_up",
         CloseReason::HungUp => "hung_up",
         CloseReason::Transferred { .. } => "transferred",
+        CloseReason::SessionExpired => "session_expired",
         #[allow(unreachable_patterns)]
         _ => "other",
     }

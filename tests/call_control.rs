@@ -26,21 +26,10 @@ fn session_call(
     let addr = listener.local_addr().unwrap();
     let url = fake.url();
     let bridge = thread::spawn(move || {
-        let mut on_event = on_event;
         let (tcp, _) = listener.accept().unwrap();
         let (conn, _) = WsConn::accept(tcp, None, &WsConfig::default()).unwrap();
         let handle = Session::start(conn, agent, SessionOptions::new(None).url(url)).unwrap();
-        let mut seen = Vec::new();
-        while let Ok(ev) = handle.events().recv_timeout(Duration::from_secs(20)) {
-            on_event(&handle, &ev);
-            let closed = matches!(ev, SessionEvent::Closed { .. });
-            seen.push(ev);
-            if closed {
-                break;
-            }
-        }
-        handle.join();
-        seen
+        common::run_session(handle, Duration::from_secs(20), on_event)
     });
     let mut cfg = TwilioCallConfig::new(
         addr,

@@ -159,8 +159,9 @@ pub struct CallOptions {
     /// `.stopped` / `.cleared`; an interruption is `response.cancel` then
     /// `output_audio_buffer.clear` (no truncation: the server owns playback, brief §5.2,
     /// §5.4); DTMF comes from `input_audio_buffer.dtmf_event_received`. The shell ends the
-    /// call on [`Output::CloseTwilio`] (REST `hangup`, or `refer` for a transfer). Default
-    /// false.
+    /// call on [`Output::CloseTwilio`] (REST `hangup`, or `refer` for a transfer); a
+    /// `session_expired` ends it with [`CloseReason::SessionExpired`] (the session cannot be
+    /// renewed). Default false.
     pub sideband: bool,
 }
 
@@ -1452,6 +1453,16 @@ impl CallCore {
             return;
         }
         match code.as_deref() {
+            Some("session_expired") if self.opts.sideband => {
+                // A SIP call's session is the call's own: a new sideband cannot renew it
+                // (brief §5.1: `call_id` attaches to the existing session). Hang up.
+                log::warn!(target: LOG, "the SIP call's session expired: {message}; hanging up");
+                self.error(ErrorSource::Model { code }, message);
+                self.out(Output::CloseTwilio);
+                self.out(Output::CloseModel);
+                self.finish(CloseReason::SessionExpired);
+                return;
+            }
             Some("session_expired") => self.reconnect_pending = true,
             Some("response_cancel_not_active") => {
                 log::debug!(target: LOG, "cancel raced with the end of the response");

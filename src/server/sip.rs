@@ -146,7 +146,7 @@ const PATH_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANU
     .remove(b'_')
     .remove(b'~');
 
-fn path_segment(s: &str) -> String {
+pub(crate) fn path_segment(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, PATH_SEGMENT).to_string()
 }
 

@@ -31,6 +31,9 @@
 pub(crate) mod event_queue;
 pub(crate) mod inbox;
 pub mod recording;
+#[cfg(feature = "server")]
+#[cfg_attr(docsrs, doc(cfg(feature = "server")))]
+pub mod sideband;
 pub mod warm;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -158,6 +161,11 @@ impl std::fmt::Debug for AgentSource {
         }
     }
 }
+
+/// Ends a call that has no Twilio stream (a SIP call: REST `hangup`, or `refer` for a
+/// transfer), on the session thread, once, with the reason the call closes; returns the events
+/// that report what it did (they go out before `Closed`).
+pub(crate) type EndCall = Box<dyn FnOnce(&CloseReason) -> Vec<SessionEvent> + Send>;
 
 /// Told on the session thread, with the call's CallSid (once Twilio's `start` gave it), the
 /// moment a call starts ending after the agent's last words ([`SessionEvent::Ending`]: a
@@ -472,14 +480,29 @@ impl Session {
         agent: impl Into<AgentSource>,
         opts: SessionOptions,
     ) -> Result<SessionHandle, SessionError> {
+        Session::launch(Some(twilio), agent.into(), opts, None, None)
+    }
+
+    /// Starts a call's threads: with a Twilio stream, or without one (a SIP call over the
+    /// sideband, ended by `end_call`, whose details are known already).
+    pub(crate) fn launch(
+        twilio: Option<WsConn>,
+        agent: AgentSource,
+        opts: SessionOptions,
+        end_call: Option<EndCall>,
+        info: Option<CallInfo>,
+    ) -> Result<SessionHandle, SessionError> {
         let start = Instant::now();
-        let (agent, agent_for) = match agent.into() {
+        let (agent, agent_for) = match agent {
             AgentSource::Ready(a) => (a, None),
             // Replaced on `start` (CallCore::set_starting_agent), before the model session is
             // configured; never configured into a model session itself.
             AgentSource::PerCall(f) => (Agent::new("pending", ""), Some(f)),
         };
         let call_info = Arc::new(OnceLock::new());
+        if let Some(info) = info {
+            let _ = call_info.set(Arc::new(info));
+        }
         let (shell_tx, shell_rx) = inbox::<ShellMsg>(opts.inbox_capacity);
         let (event_tx, event_rx) = event_queue(opts.event_capacity);
         let (mut recorder, recorder_thread) = match opts.recording.as_ref() {
@@ -510,20 +533,23 @@ impl Session {
             spawn_model_connect(0, &opts.model, shell_tx.clone(), counters.clone());
         }
 
-        let twilio_duplex = {
-            let mut reader = TwilioReader {
-                tx: shell_tx.clone(),
-                lane: lane.clone(),
-                events: event_tx.clone(),
-                transport: opts.transport_events,
-                max_message: opts.max_twilio_message,
-                bad: BadInput::new(opts.bad_message_budget, BAD_INPUT_LOG_INTERVAL),
-                cut_off: false,
-                marks_log: LogLimiter::new(BAD_INPUT_LOG_INTERVAL),
-            };
-            twilio
-                .spawn("twilio", move |inc| reader.on_message(inc))
-                .map_err(SessionError::Twilio)?
+        let twilio_duplex = match twilio {
+            None => None,
+            Some(twilio) => Some({
+                let mut reader = TwilioReader {
+                    tx: shell_tx.clone(),
+                    lane: lane.clone(),
+                    events: event_tx.clone(),
+                    transport: opts.transport_events,
+                    max_message: opts.max_twilio_message,
+                    bad: BadInput::new(opts.bad_message_budget, BAD_INPUT_LOG_INTERVAL),
+                    cut_off: false,
+                    marks_log: LogLimiter::new(BAD_INPUT_LOG_INTERVAL),
+                };
+                twilio
+                    .spawn("twilio", move |inc| reader.on_message(inc))
+                    .map_err(SessionError::Twilio)?
+            }),
         };
 
         let core = CallCore::new(agent, call_opts, start);
@@ -531,6 +557,7 @@ impl Session {
             core,
             lane: lane.clone(),
             twilio: twilio_duplex,
+            end_call,
             model: None,
             model_gen: 0,
             model_opts: opts.model.clone(),
@@ -797,7 +824,10 @@ impl TwilioReader {
 struct Shell {
     core: CallCore,
     lane: Arc<Mutex<Lane>>,
-    twilio: Duplex,
+    /// The Twilio stream (none on a SIP call).
+    twilio: Option<Duplex>,
+    /// How a call without a Twilio stream is ended (taken when it is).
+    end_call: Option<EndCall>,
     model: Option<Duplex>,
     model_gen: u64,
     model_opts: ModelOptions,
@@ -955,8 +985,10 @@ impl Shell {
             // Marks that arrived before this wake-up come first, at the time they arrived.
             self.apply_deferred_marks();
             // What the socket readers saw since (caller audio does not wake this thread).
-            self.core
-                .handle_input(self.twilio.last_received(), Input::TwilioActivity);
+            if let Some(t) = &self.twilio {
+                self.core
+                    .handle_input(t.last_received(), Input::TwilioActivity);
+            }
             if let Some(m) = &self.model {
                 self.core
                     .handle_input(m.last_received(), Input::ModelActivity);
@@ -1254,7 +1286,10 @@ impl Shell {
                         m.close();
                     }
                 }
-                Output::CloseTwilio => self.twilio.close(),
+                Output::CloseTwilio => match &self.twilio {
+                    Some(t) => t.close(),
+                    None => self.end_call(),
+                },
                 Output::PingModel => {
                     if let Some(m) = &self.model {
                         log::debug!(target: MODEL_LOG, "model quiet; pinging");
@@ -1311,7 +1346,21 @@ impl Shell {
         }
     }
 
+    /// Ends a call without a Twilio stream (once), reporting what that did before `Closed`.
+    fn end_call(&mut self) {
+        if let Some(end) = self.end_call.take() {
+            let reason = self.core.ended().cloned().unwrap_or(CloseReason::Closed);
+            for e in end(&reason) {
+                self.emit(e);
+            }
+        }
+    }
+
     fn send_twilio(&mut self, cmd: &TwilioCommand) {
+        let Some(twilio) = &self.twilio else {
+            // A call without a Twilio stream has no audio lane: the core sends it nothing.
+            return;
+        };
         self.out_buf.clear();
         match cmd {
             TwilioCommand::Media {
@@ -1342,8 +1391,7 @@ impl Shell {
         // for the peer: for one that stops reading, the frames stay in the bounded write
         // buffer, and the writer thread gives the socket up after the write timeout (the
         // reader then reports it and the call ends).
-        if let Err(e) = self
-            .twilio
+        if let Err(e) = twilio
             .sender()
             .send_now(Message::text(self.out_buf.as_str()))
         {
@@ -1359,7 +1407,7 @@ impl Shell {
                     why: format!("twilio is not taking audio: {e}"),
                 },
             );
-            self.twilio.close();
+            twilio.close();
         }
     }
 
@@ -1371,8 +1419,16 @@ impl Shell {
             m.join();
         }
         lock(&self.lane).model = None;
-        self.twilio.close();
-        self.twilio.join();
+        if let Some(t) = self.twilio.take() {
+            t.close();
+            t.join();
+        }
+        if let Some(end) = self.end_call.take() {
+            // The session thread panicked before the call was ended: end it anyway (nobody
+            // listens for events any more).
+            let reason = self.core.ended().cloned().unwrap_or(CloseReason::Closed);
+            drop(end(&reason));
+        }
         // The recording ends with the call: every sender goes, then its writer finishes.
         lock(&self.lane).meter = None;
         self.recorder = None;

@@ -41,7 +41,7 @@ use serde_json::{json, Value};
 use tungstenite::Message;
 
 use crate::io::http::{self, HttpLimits};
-use crate::io::ws::{Incoming, WsConfig, WsConn, WsSender};
+use crate::io::ws::{Incoming, WsConfig, WsSender};
 use crate::proto::mulaw;
 use crate::proto::realtime::{ClientEvent, Item};
 
@@ -425,19 +425,7 @@ fn connection(sh: Arc<Shared>, tcp: std::net::TcpStream) {
         // One message queued: the reader stops reading the socket as soon as the engine does.
         ws_cfg.inbound_capacity = 1;
     }
-    let conn = match WsConn::accept_head(
-        tungstenite::stream::MaybeTlsStream::Plain(tcp),
-        &head,
-        leftover,
-        &ws_cfg,
-    ) {
-        Ok(c) => c,
-        Err(e) => {
-            log::warn!(target: LOG, "fake model upgrade failed: {e}");
-            return;
-        }
-    };
-    let Ok((duplex, rx)) = conn.spawn_channel("fm") else {
+    let Some((duplex, rx)) = super::accept_ws_channel(tcp, &head, leftover, &ws_cfg, "fm") else {
         return;
     };
     sh.rec().connections += 1;
@@ -994,12 +982,7 @@ impl Engine {
     }
 
     fn next_reply(&self) -> Reply {
-        self.sh
-            .script
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop_front()
-            .unwrap_or_else(|| self.sh.cfg.default_reply.clone())
+        next_reply(&self.sh.script, &self.sh.cfg.default_reply)
     }
 
     fn start_response(&mut self, reply: Reply) {
@@ -1069,18 +1052,10 @@ impl Engine {
             }
             Reply::FunctionCall { name, arguments } => {
                 let call_id = self.sh.id("call");
-                let pending = json!({"id":iid,"object":"realtime.item","type":"function_call","status":"in_progress","name":name,"call_id":call_id,"arguments":""});
-                let done = json!({"id":iid,"object":"realtime.item","type":"function_call","status":"completed","name":name,"call_id":call_id,"arguments":arguments});
                 let at = now + Duration::from_millis(50);
-                for v in [
-                    json!({"type":"response.output_item.added","response_id":rid,"output_index":0,"item":pending}),
-                    json!({"type":"conversation.item.added","previous_item_id":prev,"item":pending}),
-                    json!({"type":"response.function_call_arguments.delta","response_id":rid,"item_id":iid,"output_index":0,"call_id":call_id,"delta":arguments}),
-                    json!({"type":"response.function_call_arguments.done","response_id":rid,"item_id":iid,"output_index":0,"call_id":call_id,"name":name,"arguments":arguments}),
-                    json!({"type":"response.output_item.done","response_id":rid,"output_index":0,"item":done}),
-                    json!({"type":"conversation.item.done","previous_item_id":prev,"item":done}),
-                    json!({"type":"response.done","response":{"id":rid,"object":"realtime.response","status":"completed","output":[done]}}),
-                ] {
+                for v in
+                    function_call_events(&rid, &iid, prev.as_deref(), &call_id, name, arguments)
+                {
                     q.push_back((at, ev(&sh, v)));
                 }
             }
@@ -1172,8 +1147,41 @@ impl Engine {
     }
 }
 
+/// The next scripted reply (shared by all connections), or `default` once the script is used
+/// up.
+pub(crate) fn next_reply(script: &Mutex<VecDeque<Reply>>, default: &Reply) -> Reply {
+    script
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .pop_front()
+        .unwrap_or_else(|| default.clone())
+}
+
+/// A response's function call as the server streams it (`event_id`s to be added): the item
+/// added, its arguments, the item done, `response.done`.
+pub(crate) fn function_call_events(
+    rid: &str,
+    iid: &str,
+    prev: Option<&str>,
+    call_id: &str,
+    name: &str,
+    arguments: &str,
+) -> [Value; 7] {
+    let pending = json!({"id":iid,"object":"realtime.item","type":"function_call","status":"in_progress","name":name,"call_id":call_id,"arguments":""});
+    let done = json!({"id":iid,"object":"realtime.item","type":"function_call","status":"completed","name":name,"call_id":call_id,"arguments":arguments});
+    [
+        json!({"type":"response.output_item.added","response_id":rid,"output_index":0,"item":pending}),
+        json!({"type":"conversation.item.added","previous_item_id":prev,"item":pending}),
+        json!({"type":"response.function_call_arguments.delta","response_id":rid,"item_id":iid,"output_index":0,"call_id":call_id,"delta":arguments}),
+        json!({"type":"response.function_call_arguments.done","response_id":rid,"item_id":iid,"output_index":0,"call_id":call_id,"name":name,"arguments":arguments}),
+        json!({"type":"response.output_item.done","response_id":rid,"output_index":0,"item":done}),
+        json!({"type":"conversation.item.done","previous_item_id":prev,"item":done}),
+        json!({"type":"response.done","response":{"id":rid,"object":"realtime.response","status":"completed","output":[done]}}),
+    ]
+}
+
 /// The built-in voices of the GA spec (`VoiceIdsShared`).
-const VOICES: [&str; 10] = [
+pub(crate) const VOICES: [&str; 10] = [
     "alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar",
 ];
 
@@ -1217,7 +1225,7 @@ pub fn voice(ms: u32, seed: u32) -> Vec<u8> {
         .collect()
 }
 
-fn merge(into: &mut Value, from: Value) {
+pub(crate) fn merge(into: &mut Value, from: Value) {
     match (into, from) {
         (Value::Object(a), Value::Object(b)) => {
             for (k, v) in b {

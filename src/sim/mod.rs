@@ -58,3 +58,30 @@ pub(crate) fn spawn_accept_loop<S: Send + Sync + 'static>(
             }
         })
 }
+
+/// Upgrades a fake's accepted connection whose request head was read already, and runs its
+/// socket threads (`name` for them and for the log); `None` (logged) when the upgrade failed.
+pub(crate) fn accept_ws_channel(
+    tcp: std::net::TcpStream,
+    head: &crate::io::http::RequestHead,
+    leftover: Vec<u8>,
+    cfg: &crate::io::ws::WsConfig,
+    name: &str,
+) -> Option<(
+    crate::io::ws::Duplex,
+    crossbeam_channel::Receiver<crate::io::ws::Incoming>,
+)> {
+    let conn = match crate::io::ws::WsConn::accept_head(
+        tungstenite::stream::MaybeTlsStream::Plain(tcp),
+        head,
+        leftover,
+        cfg,
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            log::warn!(target: "twilio_realtime::sim", "{name}: upgrade failed: {e}");
+            return None;
+        }
+    };
+    conn.spawn_channel(name).ok()
+}

@@ -27,10 +27,40 @@
 //!   accepted call (`404` otherwise; a refer on a ringing call is UNVERIFIED, the fake refuses
 //!   it). Success is `200` with an empty body.
 //!
+//! * **The sideband** (§5): `GET /v1/realtime?call_id={call_id}` upgrades to the call's
+//!   WebSocket ([`FakeSip::realtime_url`] is the endpoint to derive it from). It needs the
+//!   bearer key (`401` otherwise) and an accepted call (`404` otherwise: UNVERIFIED, the brief
+//!   says only to connect after accept). The session it shows is the accepted configuration
+//!   over production's defaults (server VAD with `create_response` and `interrupt_response`),
+//!   with no audio format (the codec is SDP's; what `session.*` shows for it is UNVERIFIED).
+//!   It sends `session.created` first (documented by Azure only, brief §5.1), then simulates
+//!   the call: the caller's turns ([`CallerStep`]) as the server's VAD and transcription
+//!   events (`input_audio_buffer.speech_started` / `.speech_stopped` / `.committed`, the user
+//!   item, `…input_audio_transcription.completed` when the session transcribes), DTMF as
+//!   `input_audio_buffer.dtmf_event_received` (§5.3: no `event_id`), and the model's replies
+//!   from [`FakeSipConfig::script`] on `response.create` or a committed turn
+//!   (`create_response`). No audio crosses the sideband: a spoken reply is its transcript
+//!   events with `output_audio_buffer.started` after `response.content_part.added` and
+//!   `output_audio_buffer.stopped` after `response.done`, once the reply's audio has played
+//!   (§5.3); the model generates twice as fast as it plays. Caller speech over a reply
+//!   cancels it (`response.done` `cancelled`, `turn_detected`) and sends
+//!   `output_audio_buffer.cleared` when `interrupt_response` is on (§5.4); `response.cancel`
+//!   stops generation (the buffered audio plays on), `output_audio_buffer.clear` cuts it
+//!   (`cleared`). It refuses what the brief says cannot be done on SIP with an `error` and
+//!   records a violation: `input_audio_buffer.*` (audio is RTP), `conversation.item.truncate`
+//!   (playback is the server's), a `session.update` with an audio format or the VAD fields
+//!   `accept` refuses (the exact sideband answer is UNVERIFIED), a voice change after the
+//!   agent spoke, a second `response.create` while one is active. REST `hangup` and `refer`
+//!   end the simulated call: its sideband closes (a close frame); the caller hanging up
+//!   ([`CallerStep::HangUp`]) drops it without one (§5.1, the Python Agents SDK). Every event sent and
+//!   received is recorded ([`FakeSip::sideband`]).
+//!
+//! Time runs [`FakeSipConfig::speed`] times faster than on a real call (4 by default).
+//!
 //! Every REST request is recorded ([`FakeSip::requests`]) so that tests can check the bodies
 //! against the official schemas too.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -41,6 +71,9 @@ use serde_json::{json, Value};
 
 use crate::io::http::{self, HttpLimits};
 use crate::proto::sip::{sign, WebhookSecret};
+use crate::sim::fake_model::Reply;
+
+mod sideband;
 
 const LOG: &str = "twilio_realtime::sim";
 
@@ -69,10 +102,26 @@ const SIP_REFUSED_VAD: &[&str] = &["threshold", "prefix_padding_ms", "silence_du
 /// Settings of the fake.
 #[derive(Debug, Clone)]
 pub struct FakeSipConfig {
-    /// The API key REST requests must carry.
+    /// The API key REST requests and the sideband must carry.
     pub api_key: String,
     /// The webhook endpoint's signing secret (`whsec_…`).
     pub webhook_secret: String,
+    /// The model's replies, one per response, in order (shared by all calls).
+    pub script: Vec<Reply>,
+    /// The reply once the script is used up. Default `Reply::say("Okay.", 600)`.
+    pub default_reply: Reply,
+    /// What the caller does on each call once its sideband is attached. Default: nothing
+    /// (the call goes on until it is hung up).
+    pub caller: Vec<CallerStep>,
+    /// How much faster than real time a call runs. Default 4.
+    pub speed: f32,
+    /// Text frames sent on the sideband exactly as given, at these (real) times after it
+    /// opened: bad or unknown events.
+    pub raw: Vec<(Duration, String)>,
+    /// Send `session_expired` (production's 60-minute limit) this long (real time) after the
+    /// sideband opened; the call then ends and the sideband closes (what production does to
+    /// a SIP call then is UNVERIFIED).
+    pub session_expires_after: Option<Duration>,
 }
 
 impl Default for FakeSipConfig {
@@ -80,8 +129,79 @@ impl Default for FakeSipConfig {
         FakeSipConfig {
             api_key: "sk-test".into(),
             webhook_secret: "whsec_AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".into(),
+            script: Vec::new(),
+            default_reply: Reply::say("Okay.", 600),
+            caller: Vec::new(),
+            speed: 4.0,
+            raw: Vec::new(),
+            session_expires_after: None,
         }
     }
+}
+
+/// What the simulated caller does, in order, once the call's sideband is attached. The audio
+/// itself flows over RTP at OpenAI and is not simulated: a turn is the events the server's
+/// VAD and transcription send for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CallerStep {
+    /// The caller speaks for `ms`: `speech_started`, then `speech_stopped`, `committed`, the
+    /// user item and (when the session transcribes) its transcript `text`; with turn
+    /// detection's `create_response`, the model answers.
+    Say {
+        /// What the transcription hears.
+        text: String,
+        /// How long the caller speaks.
+        ms: u32,
+    },
+    /// The caller presses a key (`0`–`9`, `*`, `#`, `A`–`D`).
+    Dtmf(String),
+    /// Nothing for this long.
+    Pause(u32),
+    /// Until the agent has been quiet (no response under way, nothing playing) for
+    /// `quiet_ms`, at most `timeout_ms`.
+    WaitForAgent {
+        /// How long the agent must be quiet.
+        quiet_ms: u32,
+        /// The longest wait.
+        timeout_ms: u32,
+    },
+    /// The caller hangs up: the call ends and the sideband drops.
+    HangUp,
+}
+
+impl CallerStep {
+    /// The caller says `text` for `ms` milliseconds.
+    pub fn say(text: impl Into<String>, ms: u32) -> CallerStep {
+        CallerStep::Say {
+            text: text.into(),
+            ms,
+        }
+    }
+}
+
+/// What the sideband sockets saw, all calls together.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct SidebandRecording {
+    /// Sideband connections accepted.
+    pub connections: u64,
+    /// Every server event sent, as JSON text, in order (raw faults included).
+    pub sent: Vec<String>,
+    /// Every client event received, as JSON text, in order.
+    pub received: Vec<String>,
+    /// Every `session.update`'s `session`.
+    pub session_updates: Vec<Value>,
+    /// Every `response.create`'s `response` (`null` when it had none).
+    pub response_requests: Vec<Value>,
+    /// `function_call_output`s received: (call id, output).
+    pub function_outputs: Vec<(String, String)>,
+    /// Client events that broke a rule of the SIP sideband.
+    pub violations: Vec<String>,
+    /// Responses cancelled.
+    pub cancelled: u64,
+    /// `output_audio_buffer.clear`s that cut playing audio.
+    pub cleared: u64,
 }
 
 /// Where a call stands at the fake.
@@ -100,6 +220,10 @@ pub enum CallState {
     HungUp,
     /// The caller hung up before it was answered.
     CallerHungUp,
+    /// The caller hung up an accepted call.
+    CallerEnded,
+    /// The model session expired ([`FakeSipConfig::session_expires_after`]).
+    Expired,
 }
 
 /// One REST request the fake received.
@@ -134,6 +258,9 @@ struct Shared {
     secret: WebhookSecret,
     calls: Mutex<HashMap<String, CallState>>,
     requests: Mutex<Vec<RestRequest>>,
+    script: Mutex<VecDeque<Reply>>,
+    sideband: Mutex<SidebandRecording>,
+    ids: AtomicU64,
     seq: AtomicU64,
     stop: AtomicBool,
 }
@@ -159,10 +286,13 @@ impl FakeSip {
         let listener = TcpListener::bind("127.0.0.1:0")?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
+            script: Mutex::new(cfg.script.iter().cloned().collect()),
             cfg,
             secret,
             calls: Mutex::new(HashMap::new()),
             requests: Mutex::new(Vec::new()),
+            sideband: Mutex::new(SidebandRecording::default()),
+            ids: AtomicU64::new(1),
             seq: AtomicU64::new(0),
             stop: AtomicBool::new(false),
         });
@@ -186,6 +316,58 @@ impl FakeSip {
         format!("http://{}/v1", self.addr)
     }
 
+    /// The Realtime endpoint to derive sideband URLs from (`ws://127.0.0.1:PORT/v1/realtime`,
+    /// as `OPENAI_REALTIME_URL`; see [`crate::session::sideband::sideband_url`]).
+    pub fn realtime_url(&self) -> String {
+        format!("ws://{}/v1/realtime", self.addr)
+    }
+
+    /// What the sideband sockets saw so far.
+    pub fn sideband(&self) -> SidebandRecording {
+        self.shared
+            .sideband
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default()
+    }
+
+    /// A new call rings without a webhook being posted: the typed event the webhook would
+    /// carry (for an application that accepts it itself).
+    pub fn new_call(&self, from: &str, to: &str) -> crate::proto::sip::IncomingCall {
+        let (_, _, body) = self.new_call_body(from, to);
+        match crate::proto::sip::WebhookEvent::parse(body.as_bytes()) {
+            Ok(crate::proto::sip::WebhookEvent::CallIncoming(c)) => c,
+            // The body above is built as a `realtime.call.incoming` event.
+            other => unreachable!("the fake's own event did not parse: {other:?}"),
+        }
+    }
+
+    /// Makes a call ring: its number, id and event body.
+    fn new_call_body(&self, from: &str, to: &str) -> (u64, String, String) {
+        let n = self.shared.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let call_id = format!("rtc_u1_fake{n:024x}");
+        let body = json!({
+            "object": "event",
+            "id": format!("evt_fake{n:024x}"),
+            "type": "realtime.call.incoming",
+            "created_at": unix_now(),
+            "data": {
+                "call_id": call_id,
+                "sip_headers": [
+                    {"name": "From", "value": format!("sip:{from}@sip.example.com")},
+                    {"name": "To", "value": format!("sip:{to}@sip.example.com")},
+                    {"name": "Call-ID", "value": format!("fake-{n}@sip.example.com")},
+                ],
+                "sip_media_security": "srtp",
+            }
+        })
+        .to_string();
+        if let Ok(mut c) = self.shared.calls.lock() {
+            c.insert(call_id.clone(), CallState::Ringing);
+        }
+        (n, call_id, body)
+    }
+
     /// The webhook secret the fake signs with.
     pub fn webhook_secret(&self) -> &str {
         &self.shared.cfg.webhook_secret
@@ -206,28 +388,8 @@ impl FakeSip {
         from: &str,
         to: &str,
     ) -> Delivery {
-        let n = self.shared.seq.fetch_add(1, Ordering::Relaxed) + 1;
-        let call_id = format!("rtc_u1_fake{n:024x}");
+        let (n, call_id, body) = self.new_call_body(from, to);
         let now = unix_now();
-        let body = json!({
-            "object": "event",
-            "id": format!("evt_fake{n:024x}"),
-            "type": "realtime.call.incoming",
-            "created_at": now,
-            "data": {
-                "call_id": call_id,
-                "sip_headers": [
-                    {"name": "From", "value": format!("sip:{from}@sip.example.com")},
-                    {"name": "To", "value": format!("sip:{to}@sip.example.com")},
-                    {"name": "Call-ID", "value": format!("fake-{n}@sip.example.com")},
-                ],
-                "sip_media_security": "srtp",
-            }
-        })
-        .to_string();
-        if let Ok(mut c) = self.shared.calls.lock() {
-            c.insert(call_id.clone(), CallState::Ringing);
-        }
         let webhook_id = webhook_id
             .map(str::to_owned)
             .unwrap_or_else(|| format!("wh_fake{n:024x}"));
@@ -387,6 +549,9 @@ fn serve(sh: &Arc<Shared>, mut conn: TcpStream) {
     ) else {
         return;
     };
+    if head.method == "GET" && head.path() == "/v1/realtime" && head.is_websocket_upgrade() {
+        return sideband::serve(sh, conn, &head, leftover);
+    }
     let Ok(raw) = http::read_body(
         &mut http::ReadBy::new(&conn, deadline),
         &head,

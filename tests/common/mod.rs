@@ -110,6 +110,22 @@ impl Schemas {
         let ty = instance["type"].as_str().expect("event has a type");
         self.assert_valid(client_schema(ty), instance);
     }
+
+    /// Validates a server event against the `RealtimeServerEvent…` schema whose `type` it
+    /// names (panics for a type the spec has no server event for).
+    pub fn assert_server_event(&self, instance: &Value) {
+        let ty = instance["type"].as_str().expect("event has a type");
+        let name = self.components["schemas"]
+            .as_object()
+            .expect("schemas")
+            .iter()
+            .find(|(name, s)| {
+                name.starts_with("RealtimeServerEvent") && s["properties"]["type"]["enum"][0] == ty
+            })
+            .map(|(name, _)| name.clone())
+            .unwrap_or_else(|| panic!("no server event schema for {ty}"));
+        self.assert_valid(&name, instance);
+    }
 }
 
 /// The schema name of a GA client event type.
@@ -355,4 +371,24 @@ pub fn weather_tool() -> twilio_realtime::agent::FunctionTool {
             ))
         },
     )
+}
+
+/// Reads a session's events until `Closed` (or `timeout` without one), showing each to
+/// `on_event` with the handle first, then waits for the call's threads.
+pub fn run_session(
+    handle: twilio_realtime::session::SessionHandle,
+    timeout: std::time::Duration,
+    mut on_event: impl FnMut(&twilio_realtime::session::SessionHandle, &SessionEvent),
+) -> Vec<SessionEvent> {
+    let mut seen = Vec::new();
+    while let Ok(ev) = handle.events().recv_timeout(timeout) {
+        on_event(&handle, &ev);
+        let closed = matches!(ev, SessionEvent::Closed { .. });
+        seen.push(ev);
+        if closed {
+            break;
+        }
+    }
+    handle.join();
+    seen
 }
