@@ -22,6 +22,11 @@
 //! `TWILIO_API_SECRET` (or `TWILIO_AUTH_TOKEN`), `TWILIO_FROM_NUMBER`, `OUTBOUND_SECRET`,
 //! `TWILIO_API_BASE`, `OUTBOUND_MACHINE_DETECTION`. Status callbacks arrive at
 //! `POST /call-status` and are logged.
+//! SIP calls through OpenAI (an Elastic SIP trunk to OpenAI's SIP endpoint, see README):
+//! `OPENAI_WEBHOOK_SECRET` turns on `POST /openai-webhook`, with `OPENAI_BASE_URL`,
+//! `OPENAI_WEBHOOK_PATH`, `SIP_MODEL`, `SIP_MAX_CALLS`; each accepted call runs the same agent
+//! (greeting, tools, `end_call`, `TRANSFER_TO` as a SIP REFER) over its sideband WebSocket,
+//! derived from `OPENAI_REALTIME_URL`.
 
 use std::sync::Arc;
 
@@ -50,6 +55,13 @@ fn main() {
     }
     if cfg.twilio_auth_token.is_none() {
         log::warn!("TWILIO_AUTH_TOKEN is not set: requests are not authenticated");
+    }
+    if let Some(sip) = &cfg.sip {
+        log::info!(
+            "SIP calls through OpenAI: POST {} (accepted with {})",
+            sip.path,
+            sip.model
+        );
     }
     match &cfg.outbound {
         Some(o) if o.secret.is_some() => log::info!("outbound calls: POST /outbound"),

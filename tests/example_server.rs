@@ -725,3 +725,66 @@ fn outbound_calls_and_status_callbacks_through_the_example_server() {
         "ureq_proto's raw request dump is in the log"
     );
 }
+
+/// SIP calls through the example server's documented variables: `OPENAI_WEBHOOK_SECRET`
+/// turns the webhook on, `OPENAI_BASE_URL` and `OPENAI_REALTIME_URL` point it at the fake
+/// control plane, and the call runs over its sideband with the same agent as Media Streams
+/// calls: greeted (`AGENT_GREETING`), then transferred with a REFER to `TRANSFER_TO`, the
+/// only destination the agent has. Media Streams calls are served on the same port.
+#[test]
+fn sip_calls_run_the_agent_over_the_sideband_and_transfer_with_refer() {
+    use twilio_realtime::sim::sip::{CallState, CallerStep, FakeSip, FakeSipConfig};
+    let fake = FakeSip::start(FakeSipConfig {
+        api_key: "test-key".into(),
+        script: vec![
+            Reply::say("Hello! How can I help?", 800),
+            Reply::call("transfer_call", r#"{"destination":"a person"}"#),
+        ],
+        caller: vec![
+            CallerStep::WaitForAgent {
+                quiet_ms: 300,
+                timeout_ms: 10_000,
+            },
+            CallerStep::say("Put me through to a person, please.", 800),
+        ],
+        ..Default::default()
+    })
+    .unwrap();
+    let base = fake.base_url();
+    let p = start_with(
+        &fake.realtime_url(),
+        None,
+        "debug",
+        &[
+            ("OPENAI_WEBHOOK_SECRET", fake.webhook_secret()),
+            ("OPENAI_BASE_URL", &base),
+            ("TRANSFER_TO", "+14155550123"),
+        ],
+    );
+    let d = fake.ring(
+        &format!("http://{}/openai-webhook", p.addr),
+        "+14155550100",
+        "+18005550199",
+    );
+    assert_eq!(d.status, 200, "{}", p.log());
+    assert!(
+        fake.wait_for(Duration::from_secs(20), |r| r
+            .iter()
+            .any(|q| q.verb == "refer")),
+        "no REFER: {}",
+        p.log()
+    );
+    assert_eq!(
+        fake.call_state(&d.call_id),
+        Some(CallState::Referred("tel:+14155550123".into()))
+    );
+    let rec = fake.sideband();
+    assert!(rec.violations.is_empty(), "{:?}", rec.violations);
+    assert!(rec.response_requests[0]["instructions"]
+        .as_str()
+        .is_some_and(|i| i.ends_with("Greet the caller.")));
+    // The same port still answers Twilio's webhook with TwiML.
+    let (status, twiml) = webhook(p.addr, None);
+    assert_eq!(status, 200);
+    assert!(twiml.contains("<Stream"), "{twiml}");
+}

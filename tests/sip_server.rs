@@ -282,3 +282,112 @@ fn a_failed_accept_is_answered_500_and_retried() {
     let statuses: Vec<u16> = r.fake.requests().iter().map(|q| q.status).collect();
     assert_eq!(statuses, vec![401, 401]);
 }
+
+/// Without `on_sip_call`, an accepted call runs over its sideband with the server's agent,
+/// greeting and event hook, as a Media Streams call does; it holds its place under
+/// `SIP_MAX_CALLS` and counts as live until it ends.
+#[test]
+fn without_a_handler_the_server_runs_the_sideband_with_its_agent() {
+    use twilio_realtime::events::{CloseReason, SessionEvent};
+    use twilio_realtime::sim::fake_model::Reply;
+    use twilio_realtime::sim::sip::CallerStep;
+    let fake = FakeSip::start(FakeSipConfig {
+        script: vec![
+            Reply::say("Hello! How can I help?", 800),
+            Reply::say("Goodbye!", 400),
+        ],
+        caller: vec![
+            CallerStep::WaitForAgent {
+                quiet_ms: 300,
+                timeout_ms: 10_000,
+            },
+            CallerStep::Dtmf("7".into()),
+            CallerStep::say("That is all, thanks.", 600),
+            CallerStep::WaitForAgent {
+                quiet_ms: 300,
+                timeout_ms: 10_000,
+            },
+            CallerStep::HangUp,
+        ],
+        ..Default::default()
+    })
+    .unwrap();
+    let mut cfg = ServerConfig::new();
+    cfg.bind = "127.0.0.1:0".parse().unwrap();
+    cfg.session.model.url = fake.realtime_url();
+    cfg.session.model.api_key = Some("sk-test".into());
+    common::greet(&mut cfg);
+    let secret = twilio_realtime::proto::sip::WebhookSecret::new(fake.webhook_secret()).unwrap();
+    let mut sip = SipConfig::new(
+        secret,
+        OpenAiCalls::new(fake.base_url(), "sk-test", Duration::from_secs(5)),
+    );
+    sip.max_calls = 1;
+    cfg.sip = Some(sip);
+    let events: Arc<Mutex<Vec<SessionEvent>>> = Arc::default();
+    let sink = events.clone();
+    let server = Server::bind(cfg, agent as fn() -> Agent)
+        .unwrap()
+        .on_event(Arc::new(move |_, e: &SessionEvent| {
+            sink.lock().unwrap().push(e.clone())
+        }));
+    let url = format!("http://{}/openai-webhook", server.local_addr());
+    let stopper = server.stopper();
+    let running = std::thread::spawn(move || server.run());
+
+    let first = fake.ring(&url, "+14155550100", "+18005550199");
+    assert_eq!(first.status, 200);
+    // Under way: a second call is over SIP_MAX_CALLS.
+    let second = fake.ring(&url, "+14155550101", "+18005550199");
+    assert_eq!(
+        fake.call_state(&second.call_id),
+        Some(CallState::Rejected(486))
+    );
+    common::wait_until("the call ended", Duration::from_secs(20), || {
+        events
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| matches!(e, SessionEvent::Closed { .. }))
+    });
+    common::wait_until("no live call", Duration::from_secs(5), || {
+        stopper.live_calls() == 0
+    });
+    let seen = events.lock().unwrap().clone();
+    let said: Vec<&str> = seen
+        .iter()
+        .filter_map(|e| match e {
+            SessionEvent::AgentEnd { text, .. } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(said, ["Hello! How can I help?", "Goodbye!"]);
+    assert!(seen
+        .iter()
+        .any(|e| matches!(e, SessionEvent::Dtmf { digit } if digit == "7")));
+    assert!(matches!(
+        seen.last(),
+        Some(SessionEvent::Closed {
+            reason: CloseReason::ModelDisconnected(_)
+        })
+    ));
+    assert_eq!(
+        fake.call_state(&first.call_id),
+        Some(CallState::CallerEnded)
+    );
+    // The greeting went out as the first response, with the agent's instructions.
+    let rec = fake.sideband();
+    assert!(rec.response_requests[0]["instructions"]
+        .as_str()
+        .is_some_and(|i| i.starts_with("You are a concierge.")));
+    assert!(rec.violations.is_empty(), "{:?}", rec.violations);
+    // The call's place is free again.
+    let third = fake.ring(&url, "+14155550102", "+18005550199");
+    assert_eq!(third.status, 200);
+    assert!(matches!(
+        fake.call_state(&third.call_id),
+        Some(CallState::Accepted(_))
+    ));
+    stopper.stop();
+    let _ = running.join();
+}

@@ -862,7 +862,8 @@ impl Server {
     }
 
     /// Runs each SIP call the webhook accepted (see [`sip::SipCallHandler`]), on its own
-    /// thread once the webhook has been answered.
+    /// thread once the webhook has been answered, instead of the default: the call's sideband
+    /// session with the server's agent ([`crate::session::Session::start_sideband`]).
     pub fn on_sip_call(mut self, handler: sip::SipCallHandler) -> Server {
         self.sip_handler = Some(handler);
         self
@@ -1554,27 +1555,39 @@ impl ConnCtx {
         let call_no = self.shared.calls.fetch_add(1, Ordering::Relaxed) + 1;
         let _guard = LiveGuard(self.shared.clone(), call_no);
         log::info!(target: LOG, "call {call_no}: media stream connected");
-        let mut opts = self.cfg.session.clone();
-        if self.hook.is_none() && self.call_handler.is_none() {
-            // Nobody looks at the raw messages: do not copy each one into an event.
-            opts.transport_events = TransportEvents::None;
-        }
         let agent = match &self.agent {
             AgentFactory::Fixed(f) => AgentSource::Ready(f()),
             AgentFactory::PerCall(f) => AgentSource::PerCall(f.clone()),
         };
         let began = Instant::now();
-        let handle = match Session::start(conn, agent, opts) {
+        let handle = match Session::start(conn, agent, self.call_options()) {
             Ok(h) => h,
             Err(e) => {
                 log::error!(target: LOG, "call {call_no}: session did not start: {e}");
                 return;
             }
         };
+        let model = crate::metrics::model_of_url(&self.cfg.session.model.url);
+        self.run_call(call_no, handle, began, model);
+    }
+
+    /// The session options of a call on this server.
+    fn call_options(&self) -> SessionOptions {
+        let mut opts = self.cfg.session.clone();
+        if self.hook.is_none() && self.call_handler.is_none() {
+            // Nobody looks at the raw messages: do not copy each one into an event.
+            opts.transport_events = TransportEvents::None;
+        }
+        opts
+    }
+
+    /// Runs a started call to its end on this thread: the application's handler and event
+    /// hook, metrics, the summary line (Media Streams and SIP calls alike).
+    fn run_call(&self, call_no: u64, handle: SessionHandle, began: Instant, model: Option<String>) {
         let metrics = self.shared.metrics.clone();
         metrics.call_started();
         let mut stats = CallStats::new(began);
-        stats.model = crate::metrics::model_of_url(&self.cfg.session.model.url);
+        stats.model = model;
         if let Ok(mut s) = self.shared.sessions.lock() {
             s.push((call_no, handle.closer()));
         }

@@ -12,7 +12,10 @@
 //! * when the application's [`SipConfig::check`] says no, it rejects with the SIP status the
 //!   check returned;
 //! * otherwise it accepts the call with the agent's configuration
-//!   ([`crate::proto::sip::accept_body`]) and hands it to the [`SipCallHandler`].
+//!   ([`crate::proto::sip::accept_body`]) and runs it over its sideband WebSocket with the
+//!   same agent ([`crate::session::sideband`]): the server's [`super::CallHandler`], event
+//!   hook and metrics see it as they see a Media Streams call. An application that drives
+//!   SIP calls itself sets a [`SipCallHandler`] instead.
 //!
 //! Like both Agents SDK examples, the route calls `accept` inside the webhook request and
 //! answers `200` after it (brief §3.3): a `404` from `accept` means the call is gone or another
@@ -382,8 +385,10 @@ impl AcceptedCall {
 }
 
 /// What runs an accepted call (on its own thread, after the webhook was answered). The
-/// default (with no handler set) is to keep nothing: the call goes on at OpenAI with the
-/// configuration it was accepted with.
+/// default (with no handler set) runs the call over its sideband with the agent it was
+/// accepted with ([`crate::session::Session::start_sideband`]); with a handler, the handler
+/// decides (it may start the sideband itself, or leave the call to run at OpenAI on the
+/// configuration it was accepted with).
 pub type SipCallHandler = Arc<dyn Fn(AcceptedCall) + Send + Sync>;
 
 /// Shared state of the route: the deliveries and calls seen, the calls under way.
@@ -664,9 +669,39 @@ impl super::ConnCtx {
                     if ran.is_err() {
                         log::error!(target: LOG, "call {id}: the SIP call handler panicked");
                     }
+                } else {
+                    self.sideband(*call, &state.cfg.model);
                 }
             }
         }
+    }
+
+    /// Runs an accepted call over its sideband with the server's agent, handler, event hook
+    /// and metrics, as a Media Streams call (the default without [`super::Server::on_sip_call`]).
+    /// It counts as a live call, and toward [`SipConfig::max_calls`] until it ends.
+    fn sideband(&self, call: AcceptedCall, model: &str) {
+        let call_no = self.shared.calls.fetch_add(1, Ordering::Relaxed) + 1;
+        self.shared.live_calls.fetch_add(1, Ordering::SeqCst);
+        let _live = super::LiveGuard(self.shared.clone(), call_no);
+        log::info!(target: LOG, "call {call_no}: SIP call {} accepted; opening its sideband", call.call_id());
+        let began = Instant::now();
+        let opts = self.call_options();
+        match crate::session::Session::start_sideband(
+            &call.call,
+            call.rest.clone(),
+            call.agent.clone(),
+            opts,
+        ) {
+            Ok(handle) => self.run_call(call_no, handle, began, Some(model.to_owned())),
+            Err(e) => {
+                log::error!(target: LOG, "call {call_no}: sideband session did not start ({e}); hanging up");
+                if let Err(e) = call.hang_up() {
+                    log::warn!(target: LOG, "call {call_no}: hangup failed: {e}");
+                }
+            }
+        }
+        // The call's place under `max_calls` is released here, once it has ended.
+        drop(call);
     }
 }
 
