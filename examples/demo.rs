@@ -264,7 +264,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                 format!("session  barge-in ({cause:?}); truncated at {heard:?} ms")
             }
             SessionEvent::Closed { reason } => format!("session  closed: {reason}"),
-            SessionEvent::Error { message, .. } => format!("session  error: {message}"),
+            SessionEvent::Error(e) => format!("session  error: {e}"),
             _ => continue,
         };
         lines.push((t, line));

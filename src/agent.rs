@@ -44,6 +44,32 @@ pub const TRANSFER_TOOL: &str = "transfer_call";
 /// The error type a tool handler returns; its text becomes the output the model sees.
 pub type ToolError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Why a tool run gave no output ([`FunctionTool::invoke`], `call::Input::ToolResult`). The
+/// model is told `Error: <text>` either way; the application gets a
+/// [`crate::CallError::ToolPanicked`] event for a panic, and `ToolEnd { is_error: true }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ToolFailure {
+    /// The handler returned an error (its text).
+    Failed(String),
+    /// The handler panicked (the panic's message).
+    Panicked(String),
+    /// The tool was not started: too many of the call's tools are running, or no worker
+    /// thread could be spawned (why).
+    NotStarted(String),
+}
+
+impl std::fmt::Display for ToolFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ToolFailure::Failed(e) | ToolFailure::NotStarted(e) => f.write_str(e),
+            ToolFailure::Panicked(_) => f.write_str("the tool panicked"),
+        }
+    }
+}
+
+impl std::error::Error for ToolFailure {}
+
 /// A function call the model made, as handed to a tool handler.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ToolCall {
@@ -70,7 +96,7 @@ type Handler = dyn Fn(&ToolCall) -> Result<String, ToolError> + Send + Sync;
 /// ```
 /// use std::time::Duration;
 /// use serde_json::json;
-/// use twilio_realtime::agent::{FunctionTool, ToolCall};
+/// use twilio_realtime::agent::{FunctionTool, ToolCall, ToolFailure};
 ///
 /// let lookup = FunctionTool::new(
 ///     "order_status",
@@ -94,7 +120,10 @@ type Handler = dyn Fn(&ToolCall) -> Result<String, ToolError> + Send + Sync;
 ///     call_info: None, // the session sets who is on the line
 /// };
 /// assert_eq!(lookup.invoke(&call(r#"{"order":"A-1"}"#)), Ok("Shipped yesterday.".to_owned()));
-/// assert_eq!(lookup.invoke(&call(r#"{"order":"Z-9"}"#)), Err("no order Z-9".to_owned()));
+/// assert_eq!(
+///     lookup.invoke(&call(r#"{"order":"Z-9"}"#)),
+///     Err(ToolFailure::Failed("no order Z-9".to_owned()))
+/// );
 /// assert_eq!(lookup.definition().name, "order_status");
 /// ```
 #[derive(Clone)]
@@ -177,13 +206,13 @@ impl FunctionTool {
     }
 
     /// Runs the handler on the calling thread. Panics inside the handler are caught and
-    /// reported as errors.
-    pub fn invoke(&self, call: &ToolCall) -> Result<String, String> {
+    /// reported as [`ToolFailure::Panicked`].
+    pub fn invoke(&self, call: &ToolCall) -> Result<String, ToolFailure> {
         let handler = self.handler.clone();
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(call))) {
             Ok(Ok(out)) => Ok(out),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("tool {} panicked", self.name)),
+            Ok(Err(e)) => Err(ToolFailure::Failed(e.to_string())),
+            Err(p) => Err(ToolFailure::Panicked(crate::io::ws::panic_text(p.as_ref()))),
         }
     }
 }
@@ -615,11 +644,11 @@ mod tests {
         };
         assert_eq!(
             t.invoke(&call(serde_json::json!({}))),
-            Err("no such city".into())
+            Err(ToolFailure::Failed("no such city".into()))
         );
         assert_eq!(
             t.invoke(&call(serde_json::json!({"boom": true}))),
-            Err("tool t panicked".into())
+            Err(ToolFailure::Panicked("boom".into()))
         );
     }
 }

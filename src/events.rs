@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+pub use crate::error::{CallError, ErrorSource};
+
 pub use crate::session::event_queue::{EventReceiver, RecvTimeoutError};
 
 /// One entry of the conversation history, kept from the model's `conversation.item.*` events
@@ -49,63 +51,24 @@ pub enum HistoryKind {
     Other(String),
 }
 
-/// Why a session ended.
+/// Why a session ended: one of the ordinary ends, or [`CloseReason::Error`] with the
+/// [`CallError`] that ended it.
+///
+/// ```
+/// use twilio_realtime::{CallError, CloseReason};
+///
+/// let reason = CloseReason::Error(CallError::ModelRejected { status: 401 });
+/// assert!(matches!(reason.error(), Some(CallError::ModelRejected { status: 401 })));
+/// assert_eq!(reason.to_string(), "model refused the connection with HTTP 401");
+/// assert!(CloseReason::TwilioStopped.error().is_none());
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum CloseReason {
     /// Twilio sent `stop`: the caller hung up or the stream was stopped.
     TwilioStopped,
-    /// The Twilio WebSocket closed or failed without a `stop`.
-    TwilioDisconnected(String),
-    /// The model connection could not be opened.
-    ModelConnectFailed(String),
-    /// The model connection closed or failed mid-call; the caller's stream was ended after the
-    /// last audio played.
-    ModelDisconnected(String),
-    /// Twilio opened the stream but sent no `start` in time (see `CallOptions::start_timeout`).
-    NoStart,
-    /// The application refused the stream on `start` (e.g. a missing or reused one-time token).
-    Rejected(String),
     /// The application called `close()`.
     Closed,
-    /// A fatal error in the bridge itself (e.g. a socket that stopped taking data).
-    Failed(String),
-    /// Twilio's `start` announced a `mediaFormat` other than `audio/x-mulaw`, 8000 Hz, mono
-    /// (Twilio's bidirectional streams always are µ-law; anything else is a misconfigured or
-    /// foreign peer). The stream is refused before any of its audio reaches the model, which is
-    /// told to expect `audio/pcmu`.
-    UnsupportedMediaFormat {
-        /// The announced encoding (its first 64 characters).
-        encoding: String,
-        /// The announced sample rate.
-        sample_rate: u32,
-        /// The announced number of channels.
-        channels: u32,
-    },
-    /// After `start`, Twilio sent nothing for `CallOptions::twilio_silence_timeout` (a live
-    /// stream sends `media` every 20 ms): the peer is gone without closing its socket.
-    TwilioSilent,
-    /// Code running on one of the call's threads panicked (a socket message handler, the
-    /// session thread, the application's start check or event hook); the text names where and
-    /// the panic message. Tools and guardrails that panic do not end the call.
-    Panicked(String),
-    /// The model did not take the session configuration the bridge needs: it refused the
-    /// first `session.update` (an `error` naming its `event_id`), or a `session.updated`
-    /// showed an audio format other than `audio/pcmu` in or out. Not a byte of audio was
-    /// exchanged in the wrong format; the call was ended instead.
-    ModelConfigRejected {
-        /// The refused parameter as the server named it (e.g. `session.audio.output.voice`),
-        /// if it named one.
-        param: Option<String>,
-        /// The server's message (or what the `session.updated` showed).
-        message: String,
-    },
-    /// Twilio kept sending bad messages: more than the session's bad-message budget
-    /// (`SessionOptions::bad_message_budget`); `messages` bad ones in the whole call.
-    TooManyBadMessages {
-        /// Bad messages seen in the call.
-        messages: u64,
-    },
     /// The agent ended the call (the model called `end_call`, see
     /// [`crate::agent::Agent::can_hang_up`]) and the caller heard its last words (or the
     /// hang-up timeout passed).
@@ -128,38 +91,32 @@ pub enum CloseReason {
     /// minutes): its session is the call's and cannot be renewed from the sideband, so the
     /// call was hung up.
     SessionExpired,
+    /// An error ended the call (the model refused or vanished, Twilio vanished or never
+    /// started, the stream was refused, a thread panicked, …); match the [`CallError`].
+    Error(CallError),
+}
+
+impl CloseReason {
+    /// The error that ended the call, if one did.
+    pub fn error(&self) -> Option<&CallError> {
+        match self {
+            CloseReason::Error(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<CallError> for CloseReason {
+    fn from(e: CallError) -> CloseReason {
+        CloseReason::Error(e)
+    }
 }
 
 impl fmt::Display for CloseReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             CloseReason::TwilioStopped => f.write_str("twilio stream stopped"),
-            CloseReason::TwilioDisconnected(e) => write!(f, "twilio disconnected: {e}"),
-            CloseReason::ModelConnectFailed(e) => write!(f, "model connection failed: {e}"),
-            CloseReason::ModelDisconnected(e) => write!(f, "model disconnected: {e}"),
-            CloseReason::NoStart => f.write_str("twilio sent no start event in time"),
-            CloseReason::Rejected(e) => write!(f, "stream rejected: {e}"),
             CloseReason::Closed => f.write_str("closed by the application"),
-            CloseReason::Failed(e) => write!(f, "failed: {e}"),
-            CloseReason::UnsupportedMediaFormat {
-                encoding,
-                sample_rate,
-                channels,
-            } => write!(
-                f,
-                "unsupported twilio media format {encoding:?}, {sample_rate} Hz, {channels} \
-                 channel(s) (only audio/x-mulaw, 8000 Hz, mono)"
-            ),
-            CloseReason::TooManyBadMessages { messages } => {
-                write!(f, "twilio sent too many bad messages ({messages})")
-            }
-            CloseReason::TwilioSilent => f.write_str("twilio stream went silent"),
-            CloseReason::Panicked(e) => write!(f, "panicked: {e}"),
-            CloseReason::ModelConfigRejected { param, message } => write!(
-                f,
-                "model refused the session configuration ({}): {message}",
-                param.as_deref().unwrap_or("no parameter named")
-            ),
             CloseReason::AgentHungUp => f.write_str("hung up by the agent"),
             CloseReason::HungUp => f.write_str("hung up by the application"),
             CloseReason::Transferred { name, by_agent, .. } => write!(
@@ -168,27 +125,9 @@ impl fmt::Display for CloseReason {
                 if *by_agent { "agent" } else { "application" }
             ),
             CloseReason::SessionExpired => f.write_str("the SIP call's model session expired"),
+            CloseReason::Error(e) => fmt::Display::fmt(e, f),
         }
     }
-}
-
-/// Where an error reported in [`SessionEvent::Error`] came from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ErrorSource {
-    /// The model sent an `error` event (`code` is its code, if any).
-    Model {
-        /// The server's error code, e.g. `invalid_value`.
-        code: Option<String>,
-    },
-    /// The Twilio side sent something we could not use.
-    Twilio,
-    /// A tool failed, timed out, was unknown or was not approved in time.
-    Tool,
-    /// A socket failed.
-    Transport,
-    /// The application asked for something the bridge refused (e.g. a malformed raw event).
-    Application,
 }
 
 /// Why the agent's audio stopped early.
@@ -332,13 +271,10 @@ pub enum SessionEvent {
         /// The digit (`0`–`9`, `*`, `#`).
         digit: String,
     },
-    /// Something went wrong; the call goes on unless a [`SessionEvent::Closed`] follows.
-    Error {
-        /// Where it came from.
-        source: ErrorSource,
-        /// What happened (never contains audio or keys).
-        message: String,
-    },
+    /// Something went wrong; the call goes on unless a [`SessionEvent::Closed`] follows (whose
+    /// [`CloseReason::Error`] then carries the same error). [`CallError::origin`] says which
+    /// side it came from; its text never contains audio or keys.
+    Error(CallError),
     /// A raw message from one of the two sockets, as JSON text (see the session options for
     /// which ones are reported).
     Transport(TransportEvent),

@@ -55,6 +55,7 @@
 
 pub mod agent;
 pub mod call;
+pub mod error;
 pub mod events;
 pub mod io;
 pub mod limits;
@@ -70,6 +71,9 @@ pub mod session;
 #[cfg_attr(docsrs, doc(cfg(feature = "sim")))]
 pub mod sim;
 pub mod telephony;
+
+pub use error::{CallError, Cause, ErrorSource};
+pub use events::CloseReason;
 
 /// The README's examples, compiled as doctests so they stay true.
 #[cfg(doctest)]

@@ -51,7 +51,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::events::{CloseReason, ErrorSource, InterruptCause, SessionEvent};
+use crate::events::{CallError, CloseReason, InterruptCause, SessionEvent};
 use crate::session::SessionStats;
 
 /// The log target of the one summary line per call (`RUST_LOG=twilio_realtime::calls=info`).
@@ -70,24 +70,42 @@ type Labels = Vec<(&'static str, String)>;
 pub fn close_reason_label(reason: &CloseReason) -> &'static str {
     match reason {
         CloseReason::TwilioStopped => "twilio_stopped",
-        CloseReason::TwilioDisconnected(_) => "twilio_disconnected",
-        CloseReason::ModelConnectFailed(_) => "model_connect_failed",
-        CloseReason::ModelDisconnected(_) => "model_disconnected",
-        CloseReason::NoStart => "no_start",
-        CloseReason::Rejected(_) => "rejected",
         CloseReason::Closed => "closed",
-        CloseReason::Failed(_) => "failed",
-        CloseReason::UnsupportedMediaFormat { .. } => "unsupported_media_format",
-        CloseReason::TwilioSilent => "twilio_silent",
-        CloseReason::Panicked(_) => "panicked",
-        CloseReason::ModelConfigRejected { .. } => "model_config_rejected",
-        CloseReason::TooManyBadMessages { .. } => "too_many_bad_messages",
         CloseReason::AgentHungUp => "agent_hung_up",
         CloseReason::HungUp => "hung_up",
         CloseReason::Transferred { .. } => "transferred",
         CloseReason::SessionExpired => "session_expired",
+        CloseReason::Error(e) if e.is_model_connect() => "model_connect_failed",
+        CloseReason::Error(e) => match e {
+            CallError::TwilioGone { .. } => "twilio_disconnected",
+            CallError::ModelDisconnected { .. } | CallError::ModelUnresponsive { .. } => {
+                "model_disconnected"
+            }
+            CallError::StreamNeverStarted { .. } => "no_start",
+            CallError::StreamRefused { .. } => "rejected",
+            CallError::UnsupportedMediaFormat { .. } => "unsupported_media_format",
+            CallError::TwilioSilent { .. } => "twilio_silent",
+            CallError::Panicked { .. } => "panicked",
+            CallError::ModelConfigRejected { .. } => "model_config_rejected",
+            CallError::TooManyBadMessages { .. } => "too_many_bad_messages",
+            _ => "failed",
+        },
         #[allow(unreachable_patterns)]
         _ => "other",
+    }
+}
+
+/// The peer whose bad input an error reports (`twilio`, `model`), for `bad_input_total`: a
+/// message skipped or refused, not a socket that failed.
+fn bad_input_peer(e: &CallError) -> Option<&'static str> {
+    match e {
+        CallError::BadTwilioMessage { .. }
+        | CallError::TooManyBadMessages { .. }
+        | CallError::UnsupportedMediaFormat { .. } => Some("twilio"),
+        CallError::ModelError { .. }
+        | CallError::BadModelEvent { .. }
+        | CallError::ModelConfigRejected { .. } => Some("model"),
+        _ => None,
     }
 }
 
@@ -203,10 +221,10 @@ impl CallStats {
                 }
             }
             SessionEvent::Handoff { .. } => self.handoffs = self.handoffs.saturating_add(1),
-            SessionEvent::Error { source, .. } => match source {
-                ErrorSource::Twilio => self.bad_twilio = self.bad_twilio.saturating_add(1),
-                ErrorSource::Model { .. } => self.bad_model = self.bad_model.saturating_add(1),
-                _ => {}
+            SessionEvent::Error(e) => match bad_input_peer(e) {
+                Some("twilio") => self.bad_twilio = self.bad_twilio.saturating_add(1),
+                Some(_) => self.bad_model = self.bad_model.saturating_add(1),
+                None => {}
             },
             SessionEvent::EventsDropped { count } => {
                 self.events_dropped = self.events_dropped.saturating_add(*count)
@@ -504,15 +522,11 @@ impl Metrics {
             SessionEvent::Handoff { .. } => {
                 f.handoffs.inc();
             }
-            SessionEvent::Error { source, .. } => match source {
-                ErrorSource::Twilio => {
-                    f.bad_input.get_or_create(&label("peer", "twilio")).inc();
+            SessionEvent::Error(e) => {
+                if let Some(peer) = bad_input_peer(e) {
+                    f.bad_input.get_or_create(&label("peer", peer)).inc();
                 }
-                ErrorSource::Model { .. } => {
-                    f.bad_input.get_or_create(&label("peer", "model")).inc();
-                }
-                _ => {}
-            },
+            }
             SessionEvent::EventsDropped { count } => {
                 f.events_dropped.inc_by(*count);
             }

@@ -10,9 +10,10 @@ use std::time::Duration;
 use common::{wait_until, Rig};
 use tungstenite::Message;
 use twilio_realtime::agent::Agent;
-use twilio_realtime::events::{ErrorSource, SessionEvent};
+use twilio_realtime::events::SessionEvent;
 use twilio_realtime::io::ws::{ClientRequest, WsConfig, WsConn};
 use twilio_realtime::sim::fake_model::FakeModelConfig;
+use twilio_realtime::CallError;
 
 static BAD_LINES: AtomicUsize = AtomicUsize::new(0);
 
@@ -50,15 +51,7 @@ fn a_burst_of_bad_messages_costs_one_log_line_and_one_event_each() {
     let twilio_errors = || {
         rig.events()
             .iter()
-            .filter(|e| {
-                matches!(
-                    e,
-                    SessionEvent::Error {
-                        source: ErrorSource::Twilio,
-                        ..
-                    }
-                )
-            })
+            .filter(|e| matches!(e, SessionEvent::Error(CallError::BadTwilioMessage { .. })))
             .count()
     };
     wait_until("60 error events", Duration::from_secs(10), || {

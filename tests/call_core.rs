@@ -3,9 +3,16 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use twilio_realtime::agent::ToolFailure;
 use twilio_realtime::agent::{Agent, FunctionTool, OutputGuardrail, Verdict};
 use twilio_realtime::call::{CallCore, CallOptions, Command, Greeting, Input, Output};
 use twilio_realtime::events::{CloseReason, ErrorSource, InterruptCause, SessionEvent};
+use twilio_realtime::CallError;
+
+/// The model socket closed without a close frame.
+fn gone() -> CallError {
+    CallError::model_closed(None, None)
+}
 use twilio_realtime::proto::realtime::{ClientEvent, ResponseConfig, ServerEvent};
 use twilio_realtime::proto::twilio::{TwilioCommand, TwilioMessage};
 
@@ -297,10 +304,10 @@ fn refused_first_session_update_ends_the_call_before_any_audio() {
     assert!(out.iter().any(|o| matches!(o, Output::CloseTwilio)));
     assert_eq!(
         closed_reason(&out),
-        Some(CloseReason::ModelConfigRejected {
+        Some(CloseReason::Error(CallError::ModelConfigRejected {
             param: Some("session.audio.output.voice".into()),
             message: "Invalid value: 'robot'. Supported values are: 'alloy', 'marin'.".into(),
-        })
+        }))
     );
     // whatever the model sends now goes nowhere
     h.response_created("r1");
@@ -319,7 +326,7 @@ fn session_updated_without_pcmu_ends_the_call() {
     assert!(!out.iter().any(|o| matches!(o, Output::ModelReady)));
     assert!(matches!(
         closed_reason(&out),
-        Some(CloseReason::ModelConfigRejected { param: Some(p), .. }) if p == "session.audio.input.format"
+        Some(CloseReason::Error(CallError::ModelConfigRejected { param: Some(p), .. })) if p == "session.audio.input.format"
     ));
 }
 
@@ -694,8 +701,9 @@ fn unknown_marks_are_reported_and_stale_ones_ignored() {
     assert_eq!(evs.len(), 2, "{evs:?}");
     for e in evs {
         match e {
-            SessionEvent::Error { source, message } => {
-                assert_eq!(source, ErrorSource::Twilio);
+            SessionEvent::Error(e) => {
+                assert_eq!(e.origin(), ErrorSource::Twilio);
+                let message = e.to_string();
                 assert!(!message.contains("somebody") && !message.contains("unknown_item"));
             }
             other => panic!("unexpected {other:?}"),
@@ -1198,7 +1206,7 @@ fn tool_timeout_and_errors_become_outputs() {
         h.now,
         Input::ToolResult {
             call_id: "c2".into(),
-            result: Err("service down".into()),
+            result: Err(ToolFailure::Failed("service down".into())),
         },
     );
     let out = h.drain();
@@ -1409,7 +1417,7 @@ fn extreme_options_never_panic() {
     h.ms(60_000);
     h.tick();
     h.core
-        .handle_input(h.now, Input::ModelClosed { why: "gone".into() });
+        .handle_input(h.now, Input::ModelClosed { error: gone() });
     h.collect();
     h.ms(60_000);
     h.tick();
@@ -1443,11 +1451,11 @@ fn a_start_in_another_media_format_is_refused() {
         assert!(twilio_cmds(&out).is_empty(), "{out:?}");
         assert!(out.iter().any(|o| matches!(o, Output::CloseModel)));
         assert!(out.iter().any(|o| matches!(o, Output::CloseTwilio)));
-        let expected = CloseReason::UnsupportedMediaFormat {
+        let expected = CloseReason::Error(CallError::UnsupportedMediaFormat {
             encoding: encoding.into(),
             sample_rate: rate,
             channels,
-        };
+        });
         assert_eq!(h.core.ended(), Some(&expected));
         assert!(events(&out).contains(&SessionEvent::Closed { reason: expected }));
         assert_eq!(h.core.stream_sid(), None);
@@ -1479,12 +1487,8 @@ fn model_loss_ends_the_stream_after_the_last_mark() {
     h.delta("r1", "i1", 0, &audio(800));
     h.audio_done("r1", "i1");
     h.drain();
-    h.core.handle_input(
-        h.now,
-        Input::ModelClosed {
-            why: "connection reset".into(),
-        },
-    );
+    h.core
+        .handle_input(h.now, Input::ModelClosed { error: gone() });
     let out = h.drain();
     assert!(
         !out.iter().any(|o| matches!(o, Output::CloseTwilio)),
@@ -1502,7 +1506,7 @@ fn model_loss_ends_the_stream_after_the_last_mark() {
     assert!(matches!(
         events(&out).last(),
         Some(SessionEvent::Closed {
-            reason: CloseReason::ModelDisconnected(_)
+            reason: CloseReason::Error(CallError::ModelDisconnected { .. })
         })
     ));
 }
@@ -1513,7 +1517,7 @@ fn model_loss_drain_is_bounded() {
     h.response_created("r1");
     h.delta("r1", "i1", 0, &audio(800));
     h.core
-        .handle_input(h.now, Input::ModelClosed { why: "gone".into() });
+        .handle_input(h.now, Input::ModelClosed { error: gone() });
     h.drain();
     h.ms(5000);
     h.tick();
@@ -1524,13 +1528,13 @@ fn model_loss_drain_is_bounded() {
 fn model_loss_while_idle_ends_at_once_and_connect_failure_too() {
     let mut h = H::ready(Agent::new("A", "x"));
     h.core
-        .handle_input(h.now, Input::ModelClosed { why: "gone".into() });
+        .handle_input(h.now, Input::ModelClosed { error: gone() });
     assert!(h.drain().iter().any(|o| matches!(o, Output::CloseTwilio)));
     let mut h = H::new(Agent::new("A", "x"));
     h.core.handle_input(
         h.now,
         Input::ModelConnectFailed {
-            why: "401 Unauthorized".into(),
+            error: CallError::ModelRejected { status: 401 },
         },
     );
     let out = h.drain();
@@ -1538,7 +1542,7 @@ fn model_loss_while_idle_ends_at_once_and_connect_failure_too() {
     assert!(matches!(
         events(&out).last(),
         Some(SessionEvent::Closed {
-            reason: CloseReason::ModelConnectFailed(_)
+            reason: CloseReason::Error(CallError::ModelRejected { status: 401 })
         })
     ));
 }
@@ -1549,12 +1553,8 @@ fn session_expired_reconnects_and_replays_the_conversation() {
     h.model(json!({"type":"conversation.item.added","event_id":"e","previous_item_id":null,"item":{"id":"u1","object":"realtime.item","type":"message","status":"completed","role":"user","content":[{"type":"input_text","text":"Hi there"}]}}));
     h.model(json!({"type":"conversation.item.added","event_id":"e","previous_item_id":"u1","item":{"id":"a1","object":"realtime.item","type":"message","status":"completed","role":"assistant","content":[{"type":"output_audio","transcript":"Hello!"}]}}));
     h.model(json!({"type":"error","event_id":"e","error":{"type":"invalid_request_error","code":"session_expired","message":"Your session hit the maximum duration of 60 minutes."}}));
-    h.core.handle_input(
-        h.now,
-        Input::ModelClosed {
-            why: "closed".into(),
-        },
-    );
+    h.core
+        .handle_input(h.now, Input::ModelClosed { error: gone() });
     let out = h.drain();
     assert!(out.iter().any(|o| matches!(o, Output::ModelNotReady)));
     assert!(out.iter().any(|o| matches!(o, Output::ConnectModel)));
@@ -1715,14 +1715,17 @@ fn a_twilio_stream_that_goes_silent_ends_the_call_and_closes_the_model() {
     assert!(h.core.ended().is_none());
     h.ms(1);
     h.tick();
-    assert_eq!(h.core.ended(), Some(&CloseReason::TwilioSilent));
+    assert!(matches!(
+        h.core.ended(),
+        Some(CloseReason::Error(CallError::TwilioSilent { .. }))
+    ));
     let out = h.drain();
     assert!(out.iter().any(|o| matches!(o, Output::CloseModel)));
     assert!(out.iter().any(|o| matches!(o, Output::CloseTwilio)));
     assert!(events(&out).iter().any(|e| matches!(
         e,
         SessionEvent::Closed {
-            reason: CloseReason::TwilioSilent
+            reason: CloseReason::Error(CallError::TwilioSilent { .. })
         }
     )));
 }
@@ -1774,7 +1777,7 @@ fn a_quiet_model_is_pinged_and_lost_when_nothing_answers() {
     assert!(out.iter().any(|o| matches!(o, Output::CloseModel)));
     assert!(out.iter().any(|o| matches!(o, Output::CloseTwilio)));
     match h.core.ended() {
-        Some(CloseReason::ModelDisconnected(why)) => assert!(why.contains("pong"), "{why}"),
+        Some(CloseReason::Error(CallError::ModelUnresponsive { .. })) => {}
         other => panic!("expected a model loss, got {other:?}"),
     }
 }
@@ -1924,12 +1927,8 @@ fn session_expiry_resets_tools_and_playback_and_carries_the_callers_words() {
     assert_eq!(runs(&h.drain()), 1);
     // the session expires while the audio plays and the tool runs
     h.model(json!({"type":"error","event_id":"e","error":{"type":"invalid_request_error","code":"session_expired","message":"Your session hit the maximum duration of 60 minutes."}}));
-    h.core.handle_input(
-        h.now,
-        Input::ModelClosed {
-            why: "closed".into(),
-        },
-    );
+    h.core
+        .handle_input(h.now, Input::ModelClosed { error: gone() });
     let out = h.drain();
     assert!(
         twilio_cmds(&out)
@@ -1973,7 +1972,7 @@ fn a_later_session_updated_without_pcmu_ends_the_call() {
     assert!(out.iter().any(|o| matches!(o, Output::ModelNotReady)));
     assert!(matches!(
         closed_reason(&out),
-        Some(CloseReason::ModelConfigRejected { param: Some(p), .. }) if p == "session.audio.input.format"
+        Some(CloseReason::Error(CallError::ModelConfigRejected { param: Some(p), .. })) if p == "session.audio.input.format"
     ));
 }
 
@@ -2293,13 +2292,9 @@ fn transfer_call_to_an_unknown_destination_is_refused_and_the_model_may_choose_a
         types(&out).last().map(String::as_str),
         Some("response.create")
     );
-    assert!(events(&out).iter().any(|e| matches!(
-        e,
-        SessionEvent::Error {
-            source: ErrorSource::Tool,
-            ..
-        }
-    )));
+    assert!(events(&out)
+        .iter()
+        .any(|e| matches!(e, SessionEvent::Error(CallError::UnknownTool { .. }))));
 }
 
 #[test]
@@ -2335,7 +2330,7 @@ fn the_model_lost_while_ending_keeps_the_reason_and_the_wait_for_the_audio() {
     h.function_call("r1", "f1", "c1", "end_call", "{}");
     h.response_done("r1", "completed");
     h.core
-        .handle_input(h.now, Input::ModelClosed { why: "gone".into() });
+        .handle_input(h.now, Input::ModelClosed { error: gone() });
     let out = h.drain();
     assert_eq!(ended_with(&out), None);
     assert!(!out.iter().any(|o| matches!(o, Output::ConnectModel)));

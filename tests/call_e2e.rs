@@ -11,6 +11,7 @@ use twilio_realtime::agent::{Agent, OutputGuardrail, Verdict};
 use twilio_realtime::events::{CloseReason, SessionEvent};
 use twilio_realtime::sim::fake_model::{FakeModelConfig, Faults, ModelRecording, Reply};
 use twilio_realtime::sim::twilio_call::{CallReport, Segment, TwilioCall, TwilioCallConfig};
+use twilio_realtime::CallError;
 
 fn agent() -> Agent {
     let weather = common::weather_tool();
@@ -359,7 +360,7 @@ fn the_model_dropping_mid_call_ends_the_stream() {
     );
     assert!(matches!(
         rig.closed()[..],
-        [CloseReason::ModelDisconnected(_)]
+        [CloseReason::Error(CallError::ModelDisconnected { .. })]
     ));
     rig.stop();
 }
@@ -385,7 +386,7 @@ fn a_refused_model_connection_ends_the_call_promptly() {
     );
     assert!(matches!(
         rig.closed()[..],
-        [CloseReason::ModelConnectFailed(_)]
+        [CloseReason::Error(CallError::ModelRejected { status: 401 })]
     ));
     rig.stop();
 }
@@ -545,7 +546,7 @@ fn a_refused_session_update_ends_the_call_before_any_audio() {
     assert!(
         matches!(
             &rig.closed()[..],
-            [CloseReason::ModelConfigRejected { param: Some(p), .. }] if p == "session.audio.output.voice"
+            [CloseReason::Error(CallError::ModelConfigRejected { param: Some(p), .. })] if p == "session.audio.output.voice"
         ),
         "{:?}",
         rig.closed()

@@ -290,11 +290,14 @@ fn a_panicking_factory_ends_only_its_call() {
         .collect();
     assert_eq!(closed.len(), 2, "{closed:?}");
     assert!(
-        matches!(&closed[0], CloseReason::Rejected(why) if why.contains("factory")),
+        matches!(&closed[0], CloseReason::Error(twilio_realtime::CallError::StreamRefused { reason }) if reason.contains("factory")),
         "{closed:?}"
     );
     assert!(
-        !matches!(&closed[1], CloseReason::Rejected(_)),
+        !matches!(
+            &closed[1],
+            CloseReason::Error(twilio_realtime::CallError::StreamRefused { .. })
+        ),
         "{closed:?}"
     );
     assert_eq!(rig.model.recording().function_outputs.len(), 1);

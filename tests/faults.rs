@@ -11,9 +11,10 @@ use common::{wait_until, Rig};
 use tungstenite::Message;
 use twilio_realtime::agent::Agent;
 use twilio_realtime::events::CloseReason;
-use twilio_realtime::io::ws::{ClientRequest, WsConfig, WsConn};
+use twilio_realtime::io::ws::{ClientRequest, WsConfig, WsConn, WsError};
 use twilio_realtime::sim::fake_model::{FakeModelConfig, Faults, Reply};
 use twilio_realtime::sim::twilio_call::{Segment, TwilioCall, TwilioCallConfig};
+use twilio_realtime::CallError;
 
 const SID: &str = "MZ00000000000000000000000000000001";
 
@@ -62,32 +63,40 @@ fn untrusted_tls() -> u16 {
     port
 }
 
+/// What the application must be able to tell apart without reading text.
+type Expect = fn(&CallError) -> bool;
+
 #[test]
-fn a_model_that_refuses_ends_the_call_at_once() {
+fn a_model_that_refuses_ends_the_call_at_once_with_a_typed_error() {
     // Connection refused: a port nobody listens on.
     let free = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap();
     let plain = FakeModelConfig::default();
-    let cases: Vec<(&str, FakeModelConfig, Tweak)> = vec![
+    let cases: Vec<(&str, FakeModelConfig, Tweak, Expect)> = vec![
         (
             "connection refused",
             plain.clone(),
             Box::new(move |cfg: &mut twilio_realtime::server::ServerConfig, _| {
                 cfg.session.model.url = format!("ws://{free}/v1/realtime");
             }),
+            |e| {
+                matches!(e, CallError::ModelUnreachable { cause }
+                    if cause.io_kind() == Some(std::io::ErrorKind::ConnectionRefused))
+            },
         ),
         (
+            // The fake model answers a wrong key as the API does: 401 instead of the upgrade.
             "401",
             FakeModelConfig {
-                faults: Faults {
-                    reject_status: Some(401),
-                    ..Default::default()
-                },
+                require_key: Some("sk-the-right-key".into()),
                 ..Default::default()
             },
-            Box::new(|_, _| {}),
+            Box::new(|cfg: &mut twilio_realtime::server::ServerConfig, _| {
+                cfg.session.model.api_key = Some("sk-a-wrong-key".into());
+            }),
+            |e| matches!(e, CallError::ModelRejected { status: 401 }),
         ),
         (
             "tls failure",
@@ -96,6 +105,7 @@ fn a_model_that_refuses_ends_the_call_at_once() {
                 // A TLS server whose certificate nobody trusts.
                 cfg.session.model.url = format!("wss://localhost:{}/v1/realtime", untrusted_tls());
             }),
+            |e| matches!(e, CallError::ModelTls { .. }),
         ),
         (
             "handshake timeout",
@@ -109,9 +119,10 @@ fn a_model_that_refuses_ends_the_call_at_once() {
             Box::new(|cfg: &mut twilio_realtime::server::ServerConfig, _| {
                 cfg.session.model.ws.handshake_timeout = Duration::from_millis(500);
             }),
+            |e| matches!(e, CallError::ModelHandshakeTimeout),
         ),
     ];
-    for (name, model, tweak) in cases {
+    for (name, model, tweak, expect) in cases {
         let mut url = String::new();
         let rig = Rig::start_with(model, agent, |cfg| {
             url = cfg.session.model.url.clone();
@@ -120,9 +131,16 @@ fn a_model_that_refuses_ends_the_call_at_once() {
         let took = caller_left_waiting(&rig);
         let r = rig.closed_reasons();
         assert!(
-            matches!(&r[..], [(_, CloseReason::ModelConnectFailed(_))]),
+            matches!(&r[..], [(_, CloseReason::Error(e))] if expect(e) && e.is_model_connect()),
             "{name}: {r:?}"
         );
+        // The same error as an event before `Closed`, with its cause chained.
+        let errors = rig.errors();
+        assert!(errors.iter().any(expect), "{name}: error events {errors:?}");
+        if let Some(CloseReason::Error(e)) = r.first().map(|(_, r)| r) {
+            use std::error::Error;
+            assert_eq!(e.source().is_some(), e.cause().is_some(), "{name}");
+        }
         eprintln!("{name}: the call ended after {took:?}: {:?}", r[0].1);
         assert!(took < Duration::from_secs(2), "{name}: took {took:?}");
         rig.stop();
@@ -151,7 +169,10 @@ fn twilio_vanishing_mid_call_closes_the_model_socket() {
     rig.wait_idle();
     let r = rig.closed_reasons();
     assert!(
-        matches!(&r[..], [(_, CloseReason::TwilioDisconnected(_))]),
+        matches!(
+            &r[..],
+            [(_, CloseReason::Error(CallError::TwilioGone { .. }))]
+        ),
         "{r:?}"
     );
     rig.stop();
@@ -224,7 +245,8 @@ fn a_twilio_peer_that_stops_reading_ends_only_its_own_call() {
     let healthy_reason = r.iter().find(|(n, _)| *n == 2).map(|(_, r)| r.clone());
     assert_eq!(healthy_reason, Some(CloseReason::TwilioStopped), "{r:?}");
     assert!(
-        matches!(&stuck_reason, Some(CloseReason::TwilioDisconnected(why)) if why.contains("not taking audio") || why.contains("write timeout")),
+        matches!(&stuck_reason, Some(CloseReason::Error(CallError::TwilioGone { cause: Some(cause), .. }))
+            if matches!(cause.downcast_ref::<WsError>(), Some(WsError::WriteTimeout | WsError::Protocol(_)))),
         "{r:?}"
     );
     drop(stuck);

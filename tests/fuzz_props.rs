@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use proptest::prelude::*;
 use serde_json::json;
-use twilio_realtime::agent::{Agent, FunctionTool, OutputGuardrail, Verdict};
+use twilio_realtime::agent::{Agent, FunctionTool, OutputGuardrail, ToolFailure, Verdict};
 use twilio_realtime::call::inbound::{InboundAudio, InboundConfig};
 use twilio_realtime::call::playback::MarkName;
 use twilio_realtime::call::{CallCore, CallOptions, Command, Input, Output};
@@ -32,6 +32,7 @@ use twilio_realtime::events::SessionEvent;
 use twilio_realtime::proto::mulaw;
 use twilio_realtime::proto::realtime::{ClientEvent, ServerEvent};
 use twilio_realtime::proto::twilio::{TwilioCommand, TwilioMessage};
+use twilio_realtime::CallError;
 
 const SIDS: [&str; 2] = [
     "MZ18ad3ab5a668481ce02b83e7395059f0",
@@ -520,7 +521,7 @@ impl World {
                     let r = if *ok {
                         Ok("ok".into())
                     } else {
-                        Err("bad".into())
+                        Err(ToolFailure::Failed("bad".into()))
                     };
                     self.core.handle_input(
                         now,
@@ -538,13 +539,19 @@ impl World {
                         .handle_input(now, Input::Command(Command::Approve(id)));
                 }
             }
-            Step::ModelClosed => self
-                .core
-                .handle_input(now, Input::ModelClosed { why: "gone".into() }),
+            Step::ModelClosed => self.core.handle_input(
+                now,
+                Input::ModelClosed {
+                    error: CallError::model_closed(None, None),
+                },
+            ),
             Step::ModelConnected => self.core.handle_input(now, Input::ModelConnected),
-            Step::TwilioClosed => self
-                .core
-                .handle_input(now, Input::TwilioClosed { why: "gone".into() }),
+            Step::TwilioClosed => self.core.handle_input(
+                now,
+                Input::TwilioClosed {
+                    error: CallError::twilio_gone(None, None),
+                },
+            ),
             Step::Advance(ms) => {
                 self.now += Duration::from_millis(*ms as u64);
                 let now = self.now;

@@ -12,8 +12,10 @@ use std::time::{Duration, Instant};
 use common::{wait_until, Rig};
 use twilio_realtime::agent::Agent;
 use twilio_realtime::events::CloseReason;
+use twilio_realtime::io::ws::WsError;
 use twilio_realtime::sim::fake_model::FakeModelConfig;
 use twilio_realtime::sim::twilio_call::{Segment, TwilioCall, TwilioCallConfig};
+use twilio_realtime::CallError;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -51,7 +53,14 @@ fn a_twilio_stream_that_goes_silent_ends_the_call_and_closes_the_model() {
     assert!(report.closed_by_bridge, "{:?}", report.timeline);
     let took = started.elapsed();
     rig.wait_idle();
-    assert_eq!(rig.closed(), vec![CloseReason::TwilioSilent]);
+    assert!(
+        matches!(
+            rig.closed()[..],
+            [CloseReason::Error(CallError::TwilioSilent { .. })]
+        ),
+        "{:?}",
+        rig.closed()
+    );
     // ended by the 1 s rule, not by the caller's hang-up after the 5 s gap
     assert!(took < Duration::from_secs(4), "took {took:?}");
     wait_until("the model socket closed", Duration::from_secs(5), || {
@@ -105,7 +114,9 @@ fn a_model_that_answers_no_ping_is_lost() {
     let took = started.elapsed();
     rig.wait_idle();
     match rig.closed().as_slice() {
-        [CloseReason::ModelDisconnected(why)] => assert!(why.contains("pong"), "{why}"),
+        [CloseReason::Error(CallError::ModelUnresponsive { waited })] => {
+            assert!(*waited < Duration::from_secs(4), "{waited:?}")
+        }
         other => panic!("expected a model loss, got {other:?}"),
     }
     assert!(took < Duration::from_secs(4), "took {took:?}");
@@ -247,7 +258,7 @@ fn a_panic_on_the_session_thread_ends_only_that_call() {
     let closed = rig.closed();
     assert_eq!(closed.len(), 2);
     assert!(
-        matches!(&closed[1], CloseReason::Panicked(why) if why.starts_with("session thread:") && why.contains("start check bug")),
+        matches!(&closed[1], CloseReason::Error(CallError::Panicked { message: why }) if why.starts_with("session thread:") && why.contains("start check bug")),
         "{closed:?}"
     );
     // the check panicked before the model connection opened (it opens after the check)
@@ -324,7 +335,7 @@ fn a_panicking_event_hook_ends_only_that_call_and_shutdown_is_not_stalled() {
         let c = closed.lock().unwrap();
         assert_eq!(c.len(), 2, "{c:?}");
         assert!(
-            matches!(&c[1], (2, CloseReason::Panicked(why)) if why.starts_with("event hook:")),
+            matches!(&c[1], (2, CloseReason::Error(CallError::Panicked { message: why })) if why.starts_with("event hook:")),
             "{c:?}"
         );
     }
@@ -468,8 +479,13 @@ fn a_model_that_stops_reading_never_delays_the_clear_and_the_call_ends_by_the_wr
     assert!(clear.dropped_bytes > 0, "the clear cut playing audio");
     // Then the write-timeout rule ends the call (the model socket is given up).
     match rig.closed().as_slice() {
-        [CloseReason::ModelDisconnected(why)] => {
-            assert!(why.contains("write timeout"), "{why}")
+        [CloseReason::Error(CallError::ModelDisconnected {
+            cause: Some(why), ..
+        })] => {
+            assert!(
+                matches!(why.downcast_ref::<WsError>(), Some(WsError::WriteTimeout)),
+                "{why}"
+            )
         }
         other => panic!("expected the model's write timeout, got {other:?}"),
     }

@@ -12,11 +12,12 @@ use std::time::Duration;
 use serde_json::Value;
 use twilio_realtime::agent::Agent;
 use twilio_realtime::call::Greeting;
-use twilio_realtime::events::{CloseReason, ErrorSource, SessionEvent};
+use twilio_realtime::events::{CloseReason, SessionEvent};
 use twilio_realtime::server::sip::OpenAiCalls;
 use twilio_realtime::session::{Session, SessionHandle, SessionOptions};
 use twilio_realtime::sim::fake_model::Reply;
 use twilio_realtime::sim::sip::{CallState, CallerStep, FakeSip, FakeSipConfig};
+use twilio_realtime::CallError;
 
 /// Runs one accepted call on the sideband; `on_event` sees each event with the handle.
 fn call(
@@ -234,16 +235,15 @@ fn dtmf_and_bad_events_then_the_caller_hangs_up() {
     assert!(events
         .iter()
         .any(|e| matches!(e, SessionEvent::Dtmf { digit } if digit == "5")));
-    assert!(events.iter().any(|e| matches!(
-        e,
-        SessionEvent::Error {
-            source: ErrorSource::Model { code: None },
-            ..
-        }
-    )));
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, SessionEvent::Error(CallError::BadModelEvent { .. }))));
     // The sideband dropped with the call: the session ends, and hangup's 404 counts as done.
     assert!(
-        matches!(closed(&events), CloseReason::ModelDisconnected(_)),
+        matches!(
+            closed(&events),
+            CloseReason::Error(CallError::ModelDisconnected { .. })
+        ),
         "{events:#?}"
     );
     assert!(events
@@ -264,7 +264,7 @@ fn an_expired_session_hangs_the_call_up() {
     assert_eq!(closed(&events), CloseReason::SessionExpired);
     assert!(events.iter().any(|e| matches!(
         e,
-        SessionEvent::Error { source: ErrorSource::Model { code: Some(c) }, .. } if c == "session_expired"
+        SessionEvent::Error(CallError::ModelError { code: Some(c), .. }) if c == "session_expired"
     )));
     assert!(events
         .iter()

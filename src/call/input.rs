@@ -8,7 +8,9 @@
 
 use std::time::Instant;
 
+use crate::agent::ToolFailure;
 use crate::call::{CallCore, Command, GuardrailRun};
+use crate::error::CallError;
 use crate::proto::realtime::ServerEvent;
 use crate::proto::twilio::TwilioMessage;
 
@@ -38,46 +40,49 @@ pub enum Input {
     /// ([`crate::call::CallOptions::twilio_silence_timeout`]).
     TwilioActivity,
     /// Twilio spent its bad-message budget (`messages` bad ones in the call): the call ends
-    /// with [`crate::events::CloseReason::TooManyBadMessages`].
+    /// with [`CallError::TooManyBadMessages`].
     TwilioOverBudget {
         /// How many bad messages the call saw.
         messages: u64,
     },
-    /// The Twilio WebSocket closed or failed.
+    /// The Twilio WebSocket closed or failed: the call ends with this error (normally a
+    /// [`CallError::TwilioGone`], see [`CallError::twilio_gone`]).
     TwilioClosed {
-        /// What the socket layer said.
-        why: String,
+        /// What happened.
+        error: CallError,
     },
     /// The application refused the stream (a failed one-time token, the start check): the
-    /// call ends with [`crate::events::CloseReason::Rejected`] without a model session.
+    /// call ends with [`CallError::StreamRefused`] without a model session.
     Rejected {
         /// Why, for the logs and the close reason.
         why: String,
     },
     /// The model WebSocket is open (its `session.created` is still to come).
     ModelConnected,
-    /// The model connection could not be opened.
+    /// The model connection could not be opened: the call ends with this error (see
+    /// [`CallError::model_connect`]).
     ModelConnectFailed {
-        /// What the connector said.
-        why: String,
+        /// What happened.
+        error: CallError,
     },
     /// An event from the model.
     Model(ServerEvent),
     /// The model connection sent something (any frame, a pong included) at the `now` given
     /// with this input: answers an outstanding ping and postpones the next.
     ModelActivity,
-    /// The model WebSocket closed or failed.
+    /// The model WebSocket closed or failed (normally a [`CallError::ModelDisconnected`], see
+    /// [`CallError::model_closed`]): the model-loss rule runs.
     ModelClosed {
-        /// What the socket layer said.
-        why: String,
+        /// What happened.
+        error: CallError,
     },
-    /// A tool run ([`crate::call::Output::RunTool`]) finished: `Ok(output)` or
-    /// `Err(message)`. Results of calls that timed out or are unknown are ignored.
+    /// A tool run ([`crate::call::Output::RunTool`]) finished: `Ok(output)` or why it gave
+    /// none. Results of calls that timed out or are unknown are ignored.
     ToolResult {
         /// The model's call id.
         call_id: String,
-        /// The tool's output or error message.
-        result: Result<String, String>,
+        /// The tool's output, or its failure.
+        result: Result<String, ToolFailure>,
     },
     /// A guardrail run ([`crate::call::Output::RunGuardrails`]) finished: `trip` is `None` if
     /// every guardrail passed, else the first trip as (guardrail name, reason).
@@ -90,7 +95,7 @@ pub enum Input {
     /// The application asks something of the call.
     Command(Command),
     /// Code on one of the call's threads panicked: the call ends with
-    /// [`crate::events::CloseReason::Panicked`].
+    /// [`CallError::Panicked`].
     Panicked {
         /// Where and why.
         what: String,
@@ -108,17 +113,17 @@ impl CallCore {
             Input::Twilio(m) => self.handle_twilio(now, m),
             Input::TwilioActivity => self.handle_twilio_activity(now),
             Input::TwilioOverBudget { messages } => self.handle_twilio_over_budget(now, messages),
-            Input::TwilioClosed { why } => self.handle_twilio_closed(now, &why),
-            Input::Rejected { why } => self.reject(now, &why),
+            Input::TwilioClosed { error } => self.handle_twilio_closed(now, error),
+            Input::Rejected { why } => self.reject(now, why),
             Input::ModelConnected => self.handle_model_connected(now),
-            Input::ModelConnectFailed { why } => self.handle_model_connect_failed(now, &why),
+            Input::ModelConnectFailed { error } => self.handle_model_connect_failed(now, error),
             Input::Model(ev) => self.handle_model(now, ev),
             Input::ModelActivity => self.handle_model_activity(now),
-            Input::ModelClosed { why } => self.handle_model_closed(now, &why),
+            Input::ModelClosed { error } => self.handle_model_closed(now, error),
             Input::ToolResult { call_id, result } => self.handle_tool_result(now, &call_id, result),
             Input::GuardrailResult { run, trip } => self.handle_guardrail_result(now, &run, trip),
             Input::Command(c) => self.handle_command(now, c),
-            Input::Panicked { what } => self.handle_panic(now, &what),
+            Input::Panicked { what } => self.handle_panic(now, what),
             Input::Timeout => self.handle_timeout(now),
         }
     }

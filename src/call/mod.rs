@@ -19,7 +19,7 @@
 //! forwarded, the greeting and queued commands go out — only when `session.updated` shows
 //! `audio/pcmu` in and out. If the server refuses that first update (an `error` naming its
 //! `event_id`) or a `session.updated` ever shows another format, the call ends with
-//! [`CloseReason::ModelConfigRejected`] (naming the refused parameter) without a byte of audio
+//! [`CallError::ModelConfigRejected`](crate::CallError::ModelConfigRejected) (naming the refused parameter) without a byte of audio
 //! exchanged in the wrong format; the core does not retry without the parameter, because
 //! the parameters it sends (voice, tools, instructions, turn detection) each change what
 //! the caller gets. A refused later update (handoff, `UpdateAgent`, a raw `session.update`)
@@ -56,11 +56,12 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::agent::{
-    handoff_tool_name, Agent, FunctionTool, OutputGuardrail, ToolCall, END_CALL_TOOL, TRANSFER_TOOL,
+    handoff_tool_name, Agent, FunctionTool, OutputGuardrail, ToolCall, ToolFailure, END_CALL_TOOL,
+    TRANSFER_TOOL,
 };
 use crate::call::playback::{MarkOutcome, PlaybackLedger};
 use crate::events::{
-    CloseReason, ErrorSource, HistoryItem, HistoryKind, InterruptCause, SessionEvent,
+    CallError, CloseReason, HistoryItem, HistoryKind, InterruptCause, SessionEvent,
 };
 use crate::proto::mulaw;
 use crate::proto::realtime::{
@@ -124,12 +125,12 @@ pub struct CallOptions {
     pub connect_model_on_start: bool,
     /// After `start`, a Twilio stream that sends nothing (no `media`, mark or any other
     /// message) this long is dead — Twilio sends a `media` frame every 20 ms for the life of a
-    /// stream — and the call ends with [`CloseReason::TwilioSilent`]. Default 10 s.
+    /// stream — and the call ends with [`CallError::TwilioSilent`](crate::CallError::TwilioSilent). Default 10 s.
     pub twilio_silence_timeout: Duration,
     /// Send the model a WebSocket ping when it has sent nothing this long. Default 20 s.
     pub model_ping_interval: Duration,
     /// The model connection is lost when nothing (a pong or any other frame) arrives this long
-    /// after a ping; then the model-loss rule runs ([`CloseReason::ModelDisconnected`] after
+    /// after a ping; then the model-loss rule runs ([`CallError::ModelDisconnected`](crate::CallError::ModelDisconnected) after
     /// the audio already sent played). Default 10 s.
     pub model_pong_timeout: Duration,
     /// A tool call waiting for `approve`/`reject` this long is rejected, and the model is told
@@ -633,11 +634,21 @@ impl CallCore {
         self.outputs.push_back(Output::Event(e));
     }
 
-    fn error(&mut self, source: ErrorSource, message: impl Into<String>) {
-        self.event(SessionEvent::Error {
-            source,
+    fn error(&mut self, error: CallError) {
+        self.event(SessionEvent::Error(error));
+    }
+
+    /// Twilio sent something the bridge skips.
+    fn bad_twilio(&mut self, message: impl Into<String>) {
+        self.error(CallError::BadTwilioMessage {
             message: message.into(),
         });
+    }
+
+    /// Reports `error` and ends the call with it.
+    fn fail(&mut self, error: CallError) {
+        self.error(error.clone());
+        self.finish(CloseReason::Error(error));
     }
 
     /// Writes a model event now; a `session.update` is remembered until the server answers it.
@@ -718,22 +729,21 @@ impl CallCore {
             TwilioMessage::Start(start) => {
                 if self.stream_sid.is_some() {
                     log::warn!(target: LOG, "second start on one stream ignored");
-                    self.error(ErrorSource::Twilio, "a second start event was ignored");
+                    self.bad_twilio("a second start event was ignored");
                     return;
                 }
                 let format = &start.start.media_format;
                 if !format.is_mulaw_8k_mono() {
-                    let reason = CloseReason::UnsupportedMediaFormat {
+                    let error = CallError::UnsupportedMediaFormat {
                         encoding: format.encoding.chars().take(64).collect(),
                         sample_rate: format.sample_rate,
                         channels: format.channels,
                     };
-                    log::warn!(target: LOG, "stream refused: {reason}");
-                    self.error(ErrorSource::Twilio, format!("stream refused: {reason}"));
+                    log::warn!(target: LOG, "stream refused: {error}");
                     self.start_deadline = None;
                     self.out(Output::CloseModel);
                     self.out(Output::CloseTwilio);
-                    self.finish(reason);
+                    self.fail(error);
                     return;
                 }
                 log::info!(target: LOG, "stream started call={}", start.start.call_sid);
@@ -779,55 +789,50 @@ impl CallCore {
 
     /// The application refused the stream (e.g. a failed one-time token check on `start`):
     /// ends the call without opening or keeping a model connection.
-    fn reject(&mut self, _now: Instant, why: &str) {
+    fn reject(&mut self, _now: Instant, why: String) {
         if self.ended.is_some() {
             return;
         }
         log::warn!(target: LOG, "stream rejected: {why}");
-        self.error(ErrorSource::Twilio, format!("stream rejected: {why}"));
         self.out(Output::CloseModel);
         self.out(Output::CloseTwilio);
-        self.finish(CloseReason::Rejected(why.to_owned()));
+        self.fail(CallError::StreamRefused { reason: why });
     }
 
     /// Code on one of the call's threads panicked (`what` says where and why): the call
     /// cannot be trusted to go on, so both sockets close and it ends with
-    /// [`CloseReason::Panicked`]. (Tools and guardrails that panic are reported as their
+    /// [`CallError::Panicked`]. (Tools and guardrails that panic are reported as their
     /// results instead and the call goes on.)
-    fn handle_panic(&mut self, _now: Instant, what: &str) {
+    fn handle_panic(&mut self, _now: Instant, what: String) {
         if self.ended.is_some() {
             return;
         }
         log::error!(target: LOG, "ending the call after a panic: {what}");
         self.out(Output::CloseModel);
         self.out(Output::CloseTwilio);
-        self.finish(CloseReason::Panicked(what.to_owned()));
+        self.finish(CloseReason::Error(CallError::Panicked { message: what }));
     }
 
     /// Twilio spent its bad-message budget (`messages` bad ones in the call): the call ends
-    /// with [`CloseReason::TooManyBadMessages`] and both sockets are closed.
+    /// with [`CallError::TooManyBadMessages`] and both sockets are closed.
     fn handle_twilio_over_budget(&mut self, _now: Instant, messages: u64) {
         if self.ended.is_some() {
             return;
         }
         log::warn!(target: LOG, "twilio sent {messages} bad messages: ending the call");
-        self.error(
-            ErrorSource::Twilio,
-            format!("too many bad messages ({messages}): call ended"),
-        );
         self.out(Output::CloseModel);
         self.out(Output::CloseTwilio);
-        self.finish(CloseReason::TooManyBadMessages { messages });
+        self.fail(CallError::TooManyBadMessages { messages });
     }
 
-    /// The Twilio WebSocket closed or failed.
-    fn handle_twilio_closed(&mut self, _now: Instant, why: &str) {
+    /// The Twilio WebSocket closed or failed ([`CallError::TwilioGone`]).
+    fn handle_twilio_closed(&mut self, _now: Instant, error: CallError) {
         if self.ended.is_some() {
             return;
         }
-        log::info!(target: LOG, "twilio disconnected: {why}");
+        log::info!(target: LOG, "{error}");
         self.out(Output::CloseModel);
-        self.finish(CloseReason::TwilioDisconnected(why.to_owned()));
+        self.finish(CloseReason::Error(error));
     }
 
     fn twilio_mark(&mut self, name: String) {
@@ -855,10 +860,7 @@ impl CallCore {
             MarkOutcome::Unknown => {
                 // The name is the peer's text: never logged as it is.
                 log::warn!(target: LOG, "a mark nobody sent ignored ({} bytes)", name.len());
-                self.error(
-                    ErrorSource::Twilio,
-                    "twilio echoed a mark nobody sent; ignored",
-                );
+                self.bad_twilio("twilio echoed a mark nobody sent; ignored");
             }
         }
         if self.draining.is_some() && !self.ledger.is_playing() {
@@ -979,22 +981,18 @@ impl CallCore {
     }
 
     /// The model connection could not be opened.
-    fn handle_model_connect_failed(&mut self, _now: Instant, why: &str) {
+    fn handle_model_connect_failed(&mut self, _now: Instant, error: CallError) {
         if self.ended.is_some() {
             return;
         }
-        log::warn!(target: LOG, "model connection failed: {why}");
+        log::warn!(target: LOG, "model connection failed: {error}");
         self.model = ModelState::Gone;
-        self.error(
-            ErrorSource::Transport,
-            format!("model connection failed: {why}"),
-        );
         self.out(Output::CloseTwilio);
-        self.finish(CloseReason::ModelConnectFailed(why.to_owned()));
+        self.fail(error);
     }
 
     /// The model WebSocket closed or failed.
-    fn handle_model_closed(&mut self, now: Instant, why: &str) {
+    fn handle_model_closed(&mut self, now: Instant, error: CallError) {
         if self.ended.is_some() || self.model == ModelState::Gone {
             return;
         }
@@ -1004,7 +1002,7 @@ impl CallCore {
         self.ping_sent = None;
         if self.ending.is_some() {
             // Nothing more is asked of the model: the ending waits only for the audio sent.
-            log::info!(target: LOG, "model disconnected while the call is ending: {why}");
+            log::info!(target: LOG, "while the call is ending: {error}");
             self.model = ModelState::Gone;
             self.out(Output::ModelNotReady);
             self.maybe_end();
@@ -1019,11 +1017,11 @@ impl CallCore {
             self.out(Output::ConnectModel);
             return;
         }
-        log::warn!(target: LOG, "model disconnected: {why}");
+        log::warn!(target: LOG, "{error}");
         self.model = ModelState::Gone;
         self.out(Output::ModelNotReady);
-        self.error(ErrorSource::Transport, format!("model disconnected: {why}"));
-        let reason = CloseReason::ModelDisconnected(why.to_owned());
+        self.error(error.clone());
+        let reason = CloseReason::Error(error);
         if self.ledger.is_playing() && self.stream_sid.is_some() {
             self.draining = Some((after(now, self.opts.drain_timeout), reason));
         } else {
@@ -1048,13 +1046,10 @@ impl CallCore {
         self.speaking_items.clear();
         for (call_id, p) in std::mem::take(&mut self.tools) {
             log::info!(target: TOOLS_LOG, "tool call {} ({call_id}) dropped: the model session expired", p.call.name);
-            self.error(
-                ErrorSource::Tool,
-                format!(
-                    "tool call {} dropped: the model session expired",
-                    p.call.name
-                ),
-            );
+            self.error(CallError::ToolDropped {
+                tool: p.call.name.clone(),
+                call_id,
+            });
         }
         // (Cut responses and agent texts stay until their `response.done`, which the old
         // session can no longer send: a few entries, once an hour at most.)
@@ -1373,16 +1368,10 @@ impl CallCore {
 
     /// The model refused the configuration the call needs: end the call before any audio.
     fn config_rejected(&mut self, param: Option<String>, message: String) {
-        self.error(
-            ErrorSource::Model {
-                code: Some("session_config_rejected".into()),
-            },
-            format!("the model refused the session configuration: {message}"),
-        );
         self.out(Output::ModelNotReady);
         self.out(Output::CloseModel);
         self.out(Output::CloseTwilio);
-        self.finish(CloseReason::ModelConfigRejected { param, message });
+        self.fail(CallError::ModelConfigRejected { param, message });
     }
 
     /// Sends the greeting once the session is confirmed and Twilio has started the stream.
@@ -1446,7 +1435,7 @@ impl CallCore {
                 target: LOG,
                 "model refused a session update ({what}): {code:?} {message}; the previous configuration stays"
             );
-            self.error(ErrorSource::Model { code }, message);
+            self.error(CallError::ModelError { code, message });
             if self.config_pending.is_empty() {
                 self.maybe_create_response();
             }
@@ -1457,7 +1446,7 @@ impl CallCore {
                 // A SIP call's session is the call's own: a new sideband cannot renew it
                 // (brief §5.1: `call_id` attaches to the existing session). Hang up.
                 log::warn!(target: LOG, "the SIP call's session expired: {message}; hanging up");
-                self.error(ErrorSource::Model { code }, message);
+                self.error(CallError::ModelError { code, message });
                 self.out(Output::CloseTwilio);
                 self.out(Output::CloseModel);
                 self.finish(CloseReason::SessionExpired);
@@ -1471,7 +1460,7 @@ impl CallCore {
             _ => {}
         }
         log::warn!(target: LOG, "model error {kind} {code:?}: {message}");
-        self.error(ErrorSource::Model { code }, message);
+        self.error(CallError::ModelError { code, message });
     }
 
     fn on_response_done(&mut self, response: &crate::proto::realtime::Response) {
@@ -1497,10 +1486,10 @@ impl CallCore {
                 .as_ref()
                 .map(|d| d.to_string())
                 .unwrap_or_default();
-            self.error(
-                ErrorSource::Model { code: None },
-                format!("response failed: {details}"),
-            );
+            self.error(CallError::ModelError {
+                code: None,
+                message: format!("response failed: {details}"),
+            });
         }
         let agent = self.agent.name().to_owned();
         self.event(SessionEvent::AgentEnd { agent, text });
@@ -1704,10 +1693,9 @@ impl CallCore {
         }
         let Some(tool) = self.agent.find_tool(&name).cloned() else {
             log::warn!(target: TOOLS_LOG, "model called unknown tool {name}");
-            self.error(
-                ErrorSource::Tool,
-                format!("the model called an unknown tool: {name}"),
-            );
+            self.error(CallError::UnknownTool {
+                message: format!("the model called an unknown tool: {name}"),
+            });
             self.tool_output(
                 &agent_name,
                 &name,
@@ -1793,10 +1781,9 @@ impl CallCore {
                 "transfer_call with an unknown destination ({} bytes) refused",
                 chosen.len()
             );
-            self.error(
-                ErrorSource::Tool,
-                "the model asked for a transfer destination that is not configured",
-            );
+            self.error(CallError::UnknownTool {
+                message: "the model asked for a transfer destination that is not configured".into(),
+            });
             let agent = self.agent.name().to_owned();
             self.tool_output(
                 &agent,
@@ -1938,7 +1925,12 @@ impl CallCore {
 
     /// A tool run finished (`Ok(output)` or `Err(message)`). Results of calls that timed out
     /// or are unknown are ignored.
-    fn handle_tool_result(&mut self, _now: Instant, call_id: &str, result: Result<String, String>) {
+    fn handle_tool_result(
+        &mut self,
+        _now: Instant,
+        call_id: &str,
+        result: Result<String, ToolFailure>,
+    ) {
         if self.ended.is_some() {
             return;
         }
@@ -1955,6 +1947,15 @@ impl CallCore {
         let agent = self.agent.name().to_owned();
         let (output, is_error) = match result {
             Ok(s) => (s, false),
+            Err(ToolFailure::Panicked(message)) => {
+                log::warn!(target: TOOLS_LOG, "tool {} panicked", p.call.name);
+                self.error(CallError::ToolPanicked {
+                    tool: p.call.name.clone(),
+                    call_id: call_id.to_owned(),
+                    message,
+                });
+                (format!("Error: tool {} panicked", p.call.name), true)
+            }
             Err(e) => {
                 log::info!(target: TOOLS_LOG, "tool {} failed: {e}", p.call.name);
                 (format!("Error: {e}"), true)
@@ -2207,10 +2208,9 @@ impl CallCore {
                 Ok(ev) => self.send_model(ev),
                 Err(why) => {
                     log::warn!(target: LOG, "raw client event refused: {why}");
-                    self.error(
-                        ErrorSource::Application,
-                        format!("raw client event refused: {why}"),
-                    );
+                    self.error(CallError::CommandRefused {
+                        message: format!("raw client event refused: {why}"),
+                    });
                 }
             },
             Command::HangUp => self.begin_ending(now, CloseReason::HungUp),
@@ -2284,10 +2284,10 @@ impl CallCore {
                     p.call.name,
                     self.opts.approval_timeout
                 );
-                self.error(
-                    ErrorSource::Tool,
-                    format!("tool {} was not approved in time", p.call.name),
-                );
+                self.error(CallError::ToolApprovalTimedOut {
+                    tool: p.call.name.clone(),
+                    call_id: call_id.clone(),
+                });
                 self.tool_output(
                     &agent,
                     &p.call.name,
@@ -2297,7 +2297,10 @@ impl CallCore {
                 );
             } else {
                 log::warn!(target: TOOLS_LOG, "tool {} timed out", p.call.name);
-                self.error(ErrorSource::Tool, format!("tool {} timed out", p.call.name));
+                self.error(CallError::ToolTimedOut {
+                    tool: p.call.name.clone(),
+                    call_id: call_id.clone(),
+                });
                 self.tool_output(
                     &agent,
                     &p.call.name,
@@ -2334,10 +2337,11 @@ impl CallCore {
                 "no start from twilio within {:?}; ending the call",
                 self.opts.start_timeout
             );
-            self.error(ErrorSource::Twilio, "twilio sent no start event in time");
             self.out(Output::CloseModel);
             self.out(Output::CloseTwilio);
-            self.finish(CloseReason::NoStart);
+            self.fail(CallError::StreamNeverStarted {
+                waited: self.opts.start_timeout,
+            });
             return;
         }
         if self.twilio_silence_deadline().is_some_and(|t| t <= now) {
@@ -2346,27 +2350,21 @@ impl CallCore {
                 "twilio sent nothing for {:?}; the stream is dead, ending the call",
                 self.opts.twilio_silence_timeout
             );
-            self.error(
-                ErrorSource::Twilio,
-                format!(
-                    "twilio sent nothing for {:?}",
-                    self.opts.twilio_silence_timeout
-                ),
-            );
             self.out(Output::CloseModel);
             self.out(Output::CloseTwilio);
-            self.finish(CloseReason::TwilioSilent);
+            self.fail(CallError::TwilioSilent {
+                waited: self.opts.twilio_silence_timeout,
+            });
             return;
         }
         if self.model_liveness_deadline().is_some_and(|t| t <= now) {
             if self.ping_sent.is_some() {
-                let why = format!(
-                    "no pong or other frame from the model within {:?} of a ping",
-                    self.opts.model_pong_timeout
-                );
+                let error = CallError::ModelUnresponsive {
+                    waited: self.opts.model_pong_timeout,
+                };
                 // The socket may still be open (a half-open peer): close it ourselves.
                 self.out(Output::CloseModel);
-                self.handle_model_closed(now, &why);
+                self.handle_model_closed(now, error);
                 if self.ended.is_some() {
                     return;
                 }

@@ -221,6 +221,10 @@ pub enum WsError {
     NotAnUpgrade(&'static str),
     /// The WebSocket handshake failed.
     Handshake(String),
+    /// The TLS and WebSocket handshake did not finish within `WsConfig::handshake_timeout`.
+    HandshakeTimeout(Duration),
+    /// The client request could not be built (a header name or value HTTP does not allow).
+    InvalidRequest(String),
     /// The HTTP request could not be read.
     Http(http::HttpError),
     /// A WebSocket protocol error (bad frame, message too big, …).
@@ -247,6 +251,8 @@ impl fmt::Display for WsError {
             WsError::Rejected { status } => write!(f, "upgrade rejected with HTTP {status}"),
             WsError::NotAnUpgrade(why) => write!(f, "not a websocket upgrade: {why}"),
             WsError::Handshake(e) => write!(f, "websocket handshake failed: {e}"),
+            WsError::HandshakeTimeout(t) => write!(f, "websocket handshake timed out after {t:?}"),
+            WsError::InvalidRequest(e) => write!(f, "invalid request: {e}"),
             WsError::Http(e) => write!(f, "http: {e}"),
             WsError::Protocol(e) => write!(f, "websocket protocol error: {e}"),
             WsError::Io(e) => write!(f, "socket error: {e}"),
@@ -420,16 +426,16 @@ impl WsConn {
             if let Some(token) = &req.bearer {
                 let v = format!("Bearer {token}")
                     .parse()
-                    .map_err(|_| WsError::Handshake("invalid bearer token".into()))?;
+                    .map_err(|_| WsError::InvalidRequest("invalid bearer token".into()))?;
                 h.insert("Authorization", v);
             }
             for (k, v) in &req.headers {
                 let name: tungstenite::http::HeaderName = k
                     .parse()
-                    .map_err(|_| WsError::Handshake(format!("invalid header name {k}")))?;
+                    .map_err(|_| WsError::InvalidRequest(format!("invalid header name {k}")))?;
                 let value = v
                     .parse()
-                    .map_err(|_| WsError::Handshake(format!("invalid value for {k}")))?;
+                    .map_err(|_| WsError::InvalidRequest(format!("invalid value for {k}")))?;
                 h.insert(name, value);
             }
         }
@@ -494,11 +500,11 @@ impl WsConn {
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                 ) =>
             {
-                WsError::Handshake("timed out".into())
+                WsError::HandshakeTimeout(cfg.handshake_timeout)
             }
             // A read timeout mid-handshake surfaces as an interrupted handshake.
             tungstenite::HandshakeError::Interrupted(_) => {
-                WsError::Handshake(format!("timed out after {:?}", cfg.handshake_timeout))
+                WsError::HandshakeTimeout(cfg.handshake_timeout)
             }
             other => WsError::Handshake(other.to_string()),
         })?;

@@ -200,7 +200,7 @@ pub type CallEvents = Box<dyn FnMut(&SessionEvent) + Send>;
 /// `Fn(u64, CallControl) -> CallEvents` is one.
 ///
 /// The handler and what it returns are application code: a panic in either ends that call
-/// ([`CloseReason::Panicked`]), never the server.
+/// ([`crate::CallError::Panicked`]), never the server.
 pub trait CallHandler: Send + Sync + 'static {
     /// Call number `call_no` (counting from 1) connected.
     fn on_call(&self, call_no: u64, control: CallControl) -> CallEvents;
@@ -1629,7 +1629,7 @@ impl ConnCtx {
             self.shared.metrics.observe(stats, Instant::now(), &ev);
             if let Some(h) = &self.hook {
                 // The hook is application code: a panic in it ends this call
-                // (`CloseReason::Panicked`), never the server; the hook still
+                // (`CallError::Panicked`), never the server; the hook still
                 // sees the rest of the call's events, `Closed` included.
                 let ran =
                     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h(call_no, &ev)));

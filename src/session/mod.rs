@@ -43,11 +43,11 @@ use std::time::{Duration, Instant};
 
 use tungstenite::Message;
 
-use crate::agent::Agent;
+use crate::agent::{Agent, ToolFailure};
 use crate::call::inbound::{InboundAudio, InboundConfig, InboundStats};
 use crate::call::playback::MarkName;
 use crate::call::{CallCore, CallOptions, Command, GuardrailRun, Input, Output, ToolRun};
-use crate::events::{CloseReason, ErrorSource, HistoryItem, SessionEvent, TransportEvent};
+use crate::events::{CallError, CloseReason, HistoryItem, SessionEvent, TransportEvent};
 use crate::io::ws::{
     panic_text, ClientRequest, Duplex, Incoming, WsConfig, WsConn, WsError, WsSender,
 };
@@ -206,7 +206,7 @@ pub struct SessionOptions {
     /// [`WsConfig::max_message_size`] (1 MiB by default).
     pub max_twilio_message: usize,
     /// How many bad Twilio messages (malformed, unknown, invalid base64, binary, oversized) the
-    /// call takes before it ends with [`CloseReason::TooManyBadMessages`]. Default: bursts of
+    /// call takes before it ends with [`CallError::TooManyBadMessages`](crate::CallError::TooManyBadMessages). Default: bursts of
     /// 100, 10 a second forgiven.
     pub bad_message_budget: BadMessageBudget,
     /// Most events waiting for the application in [`SessionHandle::events`]. When it is full
@@ -323,13 +323,13 @@ enum ShellMsg {
     TwilioBad(String),
     /// Twilio spent its bad-message budget (bad messages in the call).
     TwilioOverBudget(u64),
-    TwilioClosed(String),
+    TwilioClosed(CallError),
     ModelConnected(u64, WsConn),
-    ModelConnectFailed(u64, String),
+    ModelConnectFailed(u64, CallError),
     Model(u64, ServerEvent),
     ModelBad(u64, String),
-    ModelClosed(u64, String),
-    ToolDone(String, Result<String, String>),
+    ModelClosed(u64, CallError),
+    ToolDone(String, Result<String, ToolFailure>),
     GuardrailDone(GuardrailRun, Option<(String, String)>),
     Command(Command),
     History(crossbeam_channel::Sender<Vec<HistoryItem>>),
@@ -621,7 +621,7 @@ fn spawn_model_connect(
                     store_once(&counters.model_connect_us, began.elapsed());
                     ShellMsg::ModelConnected(gen, conn)
                 }
-                Err(e) => ShellMsg::ModelConnectFailed(gen, e.to_string()),
+                Err(e) => ShellMsg::ModelConnectFailed(gen, CallError::model_connect(e)),
             };
             let _ = tx.send(msg);
         });
@@ -703,10 +703,10 @@ impl TwilioReader {
             Incoming::Binary(b) => {
                 self.bad(format!("binary frame of {} bytes ignored", b.len()));
             }
-            Incoming::Closed(_) => {
+            Incoming::Closed(close) => {
                 let _ = self
                     .tx
-                    .send(ShellMsg::TwilioClosed("closed by twilio".into()));
+                    .send(ShellMsg::TwilioClosed(CallError::twilio_gone(close, None)));
             }
             Incoming::Error(WsError::HandlerPanicked(why)) => {
                 let _ = self
@@ -715,7 +715,10 @@ impl TwilioReader {
             }
             Incoming::Error(e) => {
                 log::warn!(target: TWILIO_LOG, "twilio socket failed: {e}");
-                let _ = self.tx.send(ShellMsg::TwilioClosed(e.to_string()));
+                let _ = self.tx.send(ShellMsg::TwilioClosed(CallError::twilio_gone(
+                    None,
+                    Some(e),
+                )));
             }
         }
     }
@@ -965,7 +968,7 @@ impl Shell {
             if !self.closed_sent {
                 self.closed_sent = true;
                 self.emit(SessionEvent::Closed {
-                    reason: CloseReason::Panicked(why),
+                    reason: CloseReason::Error(CallError::Panicked { message: why }),
                 });
             }
         }
@@ -1031,14 +1034,15 @@ impl Shell {
                 self.on_start(now, start)
             }
             ShellMsg::Twilio(m) => self.core.handle_input(now, Input::Twilio(m)),
-            ShellMsg::TwilioBad(e) => self.emit(SessionEvent::Error {
-                source: ErrorSource::Twilio,
-                message: e,
-            }),
+            ShellMsg::TwilioBad(message) => {
+                self.emit(SessionEvent::Error(CallError::BadTwilioMessage { message }))
+            }
             ShellMsg::TwilioOverBudget(total) => self
                 .core
                 .handle_input(now, Input::TwilioOverBudget { messages: total }),
-            ShellMsg::TwilioClosed(why) => self.core.handle_input(now, Input::TwilioClosed { why }),
+            ShellMsg::TwilioClosed(error) => {
+                self.core.handle_input(now, Input::TwilioClosed { error })
+            }
             ShellMsg::ModelConnected(gen, conn) => {
                 if gen != self.model_gen || self.core.ended().is_some() {
                     return;
@@ -1049,10 +1053,10 @@ impl Shell {
                 }
                 self.model_connected(now, gen, conn);
             }
-            ShellMsg::ModelConnectFailed(gen, why) => {
+            ShellMsg::ModelConnectFailed(gen, error) => {
                 if gen == self.model_gen {
                     self.core
-                        .handle_input(now, Input::ModelConnectFailed { why });
+                        .handle_input(now, Input::ModelConnectFailed { error });
                 }
             }
             ShellMsg::Model(gen, ev) => {
@@ -1062,15 +1066,12 @@ impl Shell {
             }
             ShellMsg::ModelBad(gen, e) => {
                 if gen == self.model_gen {
-                    self.emit(SessionEvent::Error {
-                        source: ErrorSource::Model { code: None },
-                        message: e,
-                    });
+                    self.emit(SessionEvent::Error(CallError::BadModelEvent { message: e }));
                 }
             }
-            ShellMsg::ModelClosed(gen, why) => {
+            ShellMsg::ModelClosed(gen, error) => {
                 if gen == self.model_gen {
-                    self.core.handle_input(now, Input::ModelClosed { why });
+                    self.core.handle_input(now, Input::ModelClosed { error });
                 }
             }
             ShellMsg::ToolDone(call_id, result) => self
@@ -1154,7 +1155,7 @@ impl Shell {
                         store_once(&counters.model_connect_us, began.elapsed());
                         ShellMsg::ModelConnected(gen, conn)
                     }
-                    Err(why) => ShellMsg::ModelConnectFailed(gen, why),
+                    Err(error) => ShellMsg::ModelConnectFailed(gen, error),
                 });
             }),
         );
@@ -1180,9 +1181,12 @@ impl Shell {
                 self.model = Some(d);
                 self.core.handle_input(now, Input::ModelConnected);
             }
-            Err(e) => self
-                .core
-                .handle_input(now, Input::ModelConnectFailed { why: e.to_string() }),
+            Err(e) => self.core.handle_input(
+                now,
+                Input::ModelConnectFailed {
+                    error: CallError::model_connect(e),
+                },
+            ),
         }
     }
 
@@ -1315,9 +1319,9 @@ impl Shell {
                 "{running} tools running: {} ({call_id}) refused",
                 run.call.name
             );
-            let result = Err(format!(
+            let result = Err(ToolFailure::NotStarted(format!(
                 "too many tools are running at once ({running}); try again when one has finished"
-            ));
+            )));
             self.core
                 .handle_input(Instant::now(), Input::ToolResult { call_id, result });
             return;
@@ -1340,7 +1344,9 @@ impl Shell {
                 Instant::now(),
                 Input::ToolResult {
                     call_id,
-                    result: Err(format!("the tool could not be started: {e}")),
+                    result: Err(ToolFailure::NotStarted(format!(
+                        "the tool could not be started: {e}"
+                    ))),
                 },
             );
         }
@@ -1404,7 +1410,7 @@ impl Shell {
             self.core.handle_input(
                 Instant::now(),
                 Input::TwilioClosed {
-                    why: format!("twilio is not taking audio: {e}"),
+                    error: CallError::twilio_gone(None, Some(e)),
                 },
             );
             twilio.close();
@@ -1444,16 +1450,18 @@ fn record_shell_msg(r: &mut Recorder, msg: &ShellMsg, gen: u64) {
     match msg {
         ShellMsg::Twilio(m) => r.twilio_in(m),
         ShellMsg::TwilioBad(_) => r.now(Record::TwilioBad),
-        ShellMsg::TwilioClosed(why) => r.now(Record::TwilioClosed { why: why.clone() }),
+        ShellMsg::TwilioClosed(why) => r.now(Record::TwilioClosed {
+            why: why.to_string(),
+        }),
         ShellMsg::ModelConnected(g, _) if *g == gen => r.now(Record::ModelConnected),
-        ShellMsg::ModelConnectFailed(g, why) if *g == gen => {
-            r.now(Record::ModelConnectFailed { why: why.clone() })
-        }
+        ShellMsg::ModelConnectFailed(g, why) if *g == gen => r.now(Record::ModelConnectFailed {
+            why: why.to_string(),
+        }),
         ShellMsg::Model(g, ev) if *g == gen => r.model_in(ev),
         ShellMsg::ModelBad(g, _) if *g == gen => r.now(Record::ModelBad),
-        ShellMsg::ModelClosed(g, why) if *g == gen => {
-            r.now(Record::ModelClosed { why: why.clone() })
-        }
+        ShellMsg::ModelClosed(g, why) if *g == gen => r.now(Record::ModelClosed {
+            why: why.to_string(),
+        }),
         _ => {}
     }
 }
@@ -1507,14 +1515,16 @@ fn model_incoming(
             }
         }
         Incoming::Closed(c) => {
-            let why = c.map(|c| c.to_string()).unwrap_or_else(|| "closed".into());
-            let _ = tx.send(ShellMsg::ModelClosed(gen, why));
+            let _ = tx.send(ShellMsg::ModelClosed(gen, CallError::model_closed(c, None)));
         }
         Incoming::Error(WsError::HandlerPanicked(why)) => {
             let _ = tx.send(ShellMsg::Panicked(format!("model reader: {why}")));
         }
         Incoming::Error(e) => {
-            let _ = tx.send(ShellMsg::ModelClosed(gen, e.to_string()));
+            let _ = tx.send(ShellMsg::ModelClosed(
+                gen,
+                CallError::model_closed(None, Some(e)),
+            ));
         }
     }
 }
@@ -1824,7 +1834,7 @@ impl SessionHandle {
         }
     }
 
-    /// Ends the call with [`CloseReason::Panicked`] (the server's event hook panicked).
+    /// Ends the call with [`CallError::Panicked`](crate::CallError::Panicked) (the server's event hook panicked).
     #[cfg(feature = "server")]
     pub(crate) fn end_after_panic(&self, what: String) {
         let _ = self.tx.send(ShellMsg::Panicked(what));
@@ -1926,7 +1936,7 @@ mod tests {
     fn a_panic_in_the_twilio_reader_ends_only_that_call() {
         let (reason, report) = call(FakeModelConfig::default(), true);
         assert!(
-            matches!(&reason, Some(CloseReason::Panicked(why)) if why.starts_with("twilio reader:")),
+            matches!(&reason, Some(CloseReason::Error(CallError::Panicked { message: why })) if why.starts_with("twilio reader:")),
             "{reason:?}"
         );
         assert!(report.closed_by_bridge, "{:?}", report.timeline);
@@ -1946,7 +1956,7 @@ mod tests {
         };
         let (reason, report) = call(model, false);
         assert!(
-            matches!(&reason, Some(CloseReason::Panicked(why)) if why.starts_with("model reader:")),
+            matches!(&reason, Some(CloseReason::Error(CallError::Panicked { message: why })) if why.starts_with("model reader:")),
             "{reason:?}"
         );
         assert!(report.closed_by_bridge, "{:?}", report.timeline);

@@ -62,7 +62,7 @@ use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use serde::{Deserialize, Serialize};
 
 use crate::call::Output;
-use crate::events::SessionEvent;
+use crate::events::{CallError, ErrorSource, SessionEvent};
 use crate::proto::realtime::{ClientEvent, ServerEvent};
 use crate::proto::twilio::{TwilioCommand, TwilioMessage};
 
@@ -646,16 +646,15 @@ fn session_record(e: &SessionEvent) -> Option<Record> {
         SessionEvent::GuardrailTripped { guardrail, .. } => Record::GuardrailTripped {
             guardrail: cut(guardrail),
         },
-        SessionEvent::Error { source, message } => Record::Error {
-            source: match source {
-                crate::events::ErrorSource::Model { code: Some(c) } => format!("model {}", cut(c)),
-                crate::events::ErrorSource::Model { code: None } => "model".into(),
-                crate::events::ErrorSource::Twilio => "twilio".into(),
-                crate::events::ErrorSource::Tool => "tool".into(),
-                crate::events::ErrorSource::Transport => "transport".into(),
-                crate::events::ErrorSource::Application => "application".into(),
+        SessionEvent::Error(e) => Record::Error {
+            source: match (e.origin(), e) {
+                (_, CallError::ModelError { code: Some(c), .. }) => format!("model {}", cut(c)),
+                (ErrorSource::Model, _) => "model".into(),
+                (ErrorSource::Twilio, _) => "twilio".into(),
+                (ErrorSource::Tool, _) => "tool".into(),
+                _ => "application".into(),
             },
-            message: cut_to(message, 300),
+            message: cut_to(&e.to_string(), 300),
         },
         SessionEvent::Closed { reason } => Record::Closed {
             reason: cut_to(&reason.to_string(), 300),

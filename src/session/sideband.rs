@@ -21,7 +21,7 @@
 //! left with nobody driving the call), and a `404` on `hangup` means the call had ended.
 //!
 //! The sideband closes when the call ends (brief §5.1): the caller hanging up closes it, and
-//! the session ends with [`CloseReason::ModelDisconnected`]. A `session_expired` ends the call
+//! the session ends with [`CallError::ModelDisconnected`](crate::CallError::ModelDisconnected). A `session_expired` ends the call
 //! with [`CloseReason::SessionExpired`]: the call's session cannot be renewed.
 //!
 //! ```

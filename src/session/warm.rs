@@ -51,7 +51,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, RecvTimeoutError, Sender};
 
-use crate::io::ws::{ClientRequest, WsConn};
+use crate::error::CallError;
+use crate::io::ws::{ClientRequest, WsConn, WsError};
 use crate::session::ModelOptions;
 
 const LOG: &str = "twilio_realtime::warm";
@@ -89,7 +90,7 @@ pub enum Claim<T, W> {
 #[non_exhaustive]
 pub enum Arrival<T, W> {
     /// A stream claimed it meanwhile: give it the outcome.
-    Deliver(W, Result<T, String>),
+    Deliver(W, Result<T, CallError>),
     /// Held until a stream claims it or it expires.
     Kept,
     /// Nobody wants it (expired before it opened, or the handshake failed): close it.
@@ -155,7 +156,7 @@ impl<T, W> WarmPool<T, W> {
     pub fn connected_at(
         &mut self,
         call_sid: &str,
-        result: Result<T, String>,
+        result: Result<T, CallError>,
         now: Instant,
     ) -> Arrival<T, W> {
         match self.entries.remove(call_sid) {
@@ -247,7 +248,7 @@ impl<T, W> WarmPool<T, W> {
 
 /// Gets the outcome of a claimed warm connection (on the connector thread, or at once on the
 /// claiming thread).
-pub type Delivery = Box<dyn FnOnce(Result<WsConn, String>) + Send>;
+pub type Delivery = Box<dyn FnOnce(Result<WsConn, CallError>) + Send>;
 
 /// The threaded shell around a [`WarmPool`] of model connections: a named connector thread
 /// per opened connection and one reaper thread that closes unclaimed connections when they
@@ -336,7 +337,7 @@ impl WarmModels {
             .name("model-warm".into())
             .stack_size(256 * 1024)
             .spawn(move || {
-                let result = WsConn::connect(&req, &cfg).map_err(|e| e.to_string());
+                let result = WsConn::connect(&req, &cfg).map_err(CallError::model_connect);
                 if let Err(e) = &result {
                     log::warn!(target: LOG, "warm model connection failed: {e}");
                 }
@@ -344,12 +345,12 @@ impl WarmModels {
             });
         if let Err(e) = spawned {
             log::error!(target: LOG, "could not spawn a warm model connector: {e}");
-            self.arrived(call_sid, Err(e.to_string()));
+            self.arrived(call_sid, Err(CallError::model_connect(WsError::Io(e))));
         }
         Open::Started
     }
 
-    fn arrived(&self, call_sid: &str, result: Result<WsConn, String>) {
+    fn arrived(&self, call_sid: &str, result: Result<WsConn, CallError>) {
         let arrival = self.lock().connected_at(call_sid, result, Instant::now());
         match arrival {
             Arrival::Deliver(deliver, result) => deliver(result),
@@ -447,12 +448,12 @@ mod tests {
         pool.open_at("CA1", t0);
         pool.claim_at("CA1", "s", t0);
         assert!(matches!(
-            pool.connected_at("CA1", Err("refused".into()), t0),
+            pool.connected_at("CA1", Err(CallError::ModelRejected { status: 401 }), t0),
             Arrival::Deliver("s", Err(_))
         ));
         pool.open_at("CA2", t0);
         assert!(matches!(
-            pool.connected_at("CA2", Err("refused".into()), t0),
+            pool.connected_at("CA2", Err(CallError::ModelRejected { status: 401 }), t0),
             Arrival::Discard(None)
         ));
         // The stream then connects cold.

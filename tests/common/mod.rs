@@ -224,6 +224,19 @@ impl Rig {
             .collect()
     }
 
+    /// The errors the calls reported (`SessionEvent::Error`), in order.
+    pub fn errors(&self) -> Vec<twilio_realtime::CallError> {
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|(_, e)| match e {
+                SessionEvent::Error(e) => Some(e.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The `Closed` reasons without call numbers.
     pub fn closed(&self) -> Vec<twilio_realtime::events::CloseReason> {
         self.closed_reasons().into_iter().map(|(_, r)| r).collect()
