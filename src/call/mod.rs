@@ -19,7 +19,7 @@
 //! forwarded, the greeting and queued commands go out — only when `session.updated` shows
 //! `audio/pcmu` in and out. If the server refuses that first update (an `error` naming its
 //! `event_id`) or a `session.updated` ever shows another format, the call ends with
-//! [`CallError::ModelConfigRejected`](crate::CallError::ModelConfigRejected) (naming the refused parameter) without a byte of audio
+//! [`CallError::ModelConfigRejected`] (naming the refused parameter) without a byte of audio
 //! exchanged in the wrong format; the core does not retry without the parameter, because
 //! the parameters it sends (voice, tools, instructions, turn detection) each change what
 //! the caller gets. A refused later update (handoff, `UpdateAgent`, a raw `session.update`)
@@ -125,12 +125,12 @@ pub struct CallOptions {
     pub connect_model_on_start: bool,
     /// After `start`, a Twilio stream that sends nothing (no `media`, mark or any other
     /// message) this long is dead — Twilio sends a `media` frame every 20 ms for the life of a
-    /// stream — and the call ends with [`CallError::TwilioSilent`](crate::CallError::TwilioSilent). Default 10 s.
+    /// stream — and the call ends with [`CallError::TwilioSilent`]. Default 10 s.
     pub twilio_silence_timeout: Duration,
     /// Send the model a WebSocket ping when it has sent nothing this long. Default 20 s.
     pub model_ping_interval: Duration,
     /// The model connection is lost when nothing (a pong or any other frame) arrives this long
-    /// after a ping; then the model-loss rule runs ([`CallError::ModelDisconnected`](crate::CallError::ModelDisconnected) after
+    /// after a ping; then the model-loss rule runs ([`CallError::ModelDisconnected`] after
     /// the audio already sent played). Default 10 s.
     pub model_pong_timeout: Duration,
     /// A tool call waiting for `approve`/`reject` this long is rejected, and the model is told

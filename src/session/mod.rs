@@ -206,7 +206,7 @@ pub struct SessionOptions {
     /// [`WsConfig::max_message_size`] (1 MiB by default).
     pub max_twilio_message: usize,
     /// How many bad Twilio messages (malformed, unknown, invalid base64, binary, oversized) the
-    /// call takes before it ends with [`CallError::TooManyBadMessages`](crate::CallError::TooManyBadMessages). Default: bursts of
+    /// call takes before it ends with [`CallError::TooManyBadMessages`]. Default: bursts of
     /// 100, 10 a second forgiven.
     pub bad_message_budget: BadMessageBudget,
     /// Most events waiting for the application in [`SessionHandle::events`]. When it is full
@@ -1834,7 +1834,7 @@ impl SessionHandle {
         }
     }
 
-    /// Ends the call with [`CallError::Panicked`](crate::CallError::Panicked) (the server's event hook panicked).
+    /// Ends the call with [`CallError::Panicked`] (the server's event hook panicked).
     #[cfg(feature = "server")]
     pub(crate) fn end_after_panic(&self, what: String) {
         let _ = self.tx.send(ShellMsg::Panicked(what));
