@@ -368,7 +368,7 @@ fn without_a_handler_the_server_runs_the_sideband_with_its_agent() {
     assert!(matches!(
         seen.last(),
         Some(SessionEvent::Closed {
-            reason: CloseReason::ModelDisconnected(_)
+            reason: CloseReason::Error(twilio_realtime::CallError::ModelDisconnected { .. })
         })
     ));
     assert_eq!(
