@@ -18,6 +18,11 @@
 //!
 //! The fake model's words are scripted (it cannot understand speech); the instructions, tool
 //! outputs and the call's ending are the bridge's own, and the demo prints them.
+//!
+//! `cargo run --example demo -- --sip` runs the same agent on a SIP call through OpenAI
+//! instead, against the fake SIP control plane (`sim::sip`): the signed webhook, the REST
+//! accept, the call driven over its sideband (greeting, `get_weather`, a key press, the
+//! goodbye), and the transfer as a SIP REFER once the goodbye has played.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -45,6 +50,10 @@ mod weather_agent;
 #[path = "shared/call_picture.rs"]
 mod call_picture;
 
+/// `--sip`: the same agent on a SIP call through OpenAI.
+#[path = "shared/sip_demo.rs"]
+mod sip_demo;
+
 /// The simulated caller's number and CallSid.
 const CALLER: &str = "+15550100";
 const CALL_SID: &str = "CA00000000000000000000000000000001";
@@ -59,9 +68,17 @@ fn customer(number: &str) -> Option<(&'static str, &'static str)> {
     }
 }
 
+/// The caller's number from the call's `From`: as Twilio sends it (`+1…`), or the user part
+/// of a SIP URI (`sip:+1…@host`, a SIP call's INVITE).
+fn caller_number(call: &CallInfo) -> Option<&str> {
+    let from = call.from.as_deref()?;
+    let user = from.strip_prefix("sip:").unwrap_or(from);
+    user.split(['@', ';']).next()
+}
+
 /// The agent for this call, chosen from its caller context (`From`).
 fn agent_for(call: &CallInfo) -> Agent {
-    let name = call.from.as_deref().and_then(customer).map(|c| c.0);
+    let name = caller_number(call).and_then(customer).map(|c| c.0);
     let instructions = format!(
         "You are a friendly phone assistant. Keep answers short: the caller is listening, not \
          reading. Use get_weather when asked about the weather and next_appointment when asked \
@@ -80,7 +97,7 @@ fn agent_for(call: &CallInfo) -> Agent {
             let from = call
                 .call_info
                 .as_deref()
-                .and_then(|c| c.from.as_deref())
+                .and_then(caller_number)
                 .ok_or("no caller number")?;
             let (name, next) = customer(from).ok_or("no customer with this number")?;
             Ok(format!("{name} ({from}): next appointment {next}."))
@@ -97,7 +114,8 @@ const OUT: &str = "out/demo";
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    if let Err(e) = run() {
+    let sip = std::env::args().skip(1).any(|a| a == "--sip");
+    if let Err(e) = if sip { sip_demo::run() } else { run() } {
         eprintln!("demo failed: {e}");
         std::process::exit(1);
     }
@@ -146,32 +164,12 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let recording = Path::new(OUT).join("call.jsonl");
     cfg.session.recording = Some(RecordTo::File(recording.clone()));
     let events: Arc<Mutex<Vec<(Duration, SessionEvent)>>> = Arc::default();
-    let sink = events.clone();
     let server = Server::bind(cfg, |call: &CallInfo| agent_for(call))?
-        .on_event(Arc::new(move |_, e| {
-            if let Ok(mut v) = sink.lock() {
-                v.push((t0.elapsed(), e.clone()));
-            }
-        }))
-        .on_call(|_, control: CallControl| -> CallEvents {
-            // A real model says its goodbye and calls end_call in one response; the fake
-            // model gives one scripted reply per response. So, once the goodbye starts, ask
-            // for the next response (sent when the goodbye's response is done): end_call then
-            // arrives while the goodbye is still playing at Twilio, and the bridge must wait
-            // until the caller has heard it all.
-            let mut appointment_told = false;
-            let mut asked = false;
-            Box::new(move |e| match e {
-                SessionEvent::ToolEnd { tool, .. } if tool == "next_appointment" => {
-                    appointment_told = true
-                }
-                SessionEvent::AgentStart { .. } if appointment_told && !asked => {
-                    asked = true;
-                    control.create_response(None);
-                }
-                _ => {}
-            })
-        });
+        .on_event(collect_events(t0, &events))
+        // The goodbye follows next_appointment's answer.
+        .on_call(goodbye_then_next_response(
+            |e| matches!(e, SessionEvent::ToolEnd { tool, .. } if tool == "next_appointment"),
+        ));
     let addr = server.local_addr();
     let stopper = server.stopper();
     let server = std::thread::spawn(move || server.run());
@@ -248,26 +246,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         .map(|(t, s)| (call_start + *t, format!("twilio   {s}")))
         .collect();
     for (t, e) in events.lock().map(|v| v.clone()).unwrap_or_default() {
-        let line = match e {
-            SessionEvent::AgentStart { agent } => format!("session  {agent} starts a response"),
-            SessionEvent::AgentEnd { agent, text } if !text.is_empty() => {
-                format!("session  {agent} said: \"{text}\"")
-            }
-            SessionEvent::ToolStart {
-                tool, arguments, ..
-            } => format!("session  tool {tool}({arguments})"),
-            SessionEvent::ToolEnd { tool, output, .. } => {
-                format!("session  tool {tool} -> \"{output}\"")
-            }
-            SessionEvent::Ending { reason } => format!("session  ending: {reason}"),
-            SessionEvent::AudioInterrupted { cause, heard } => {
-                format!("session  barge-in ({cause:?}); truncated at {heard:?} ms")
-            }
-            SessionEvent::Closed { reason } => format!("session  closed: {reason}"),
-            SessionEvent::Error(e) => format!("session  error: {e}"),
-            _ => continue,
-        };
-        lines.push((t, line));
+        if let Some(line) = event_line(&e) {
+            lines.push((t, line));
+        }
     }
     lines.sort_by_key(|l| l.0);
     println!("\nTimeline (seconds since start):");
@@ -387,6 +368,70 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     Ok(())
+}
+
+/// An event hook that keeps every event with its time since `t0`.
+fn collect_events(
+    t0: Instant,
+    events: &Arc<Mutex<Vec<(Duration, SessionEvent)>>>,
+) -> twilio_realtime::server::EventHook {
+    let sink = events.clone();
+    Arc::new(move |_, e| {
+        if let Ok(mut v) = sink.lock() {
+            v.push((t0.elapsed(), e.clone()));
+        }
+    })
+}
+
+/// A call handler for the scripted goodbye: a real model says its goodbye and calls its
+/// ending tool (`end_call`, `transfer_call`) in one response; the fake model gives one
+/// scripted reply per response. So, once the response after `before_goodbye` starts (the
+/// goodbye), ask for the next one (sent when the goodbye's response is done): the ending
+/// tool then arrives while the goodbye still plays, and the bridge must wait until the
+/// caller has heard it all.
+fn goodbye_then_next_response(
+    before_goodbye: fn(&SessionEvent) -> bool,
+) -> impl Fn(u64, CallControl) -> CallEvents {
+    move |_, control: CallControl| -> CallEvents {
+        let mut seen = false;
+        let mut asked = false;
+        Box::new(move |e| match e {
+            e if before_goodbye(e) => seen = true,
+            SessionEvent::AgentStart { .. } if seen && !asked => {
+                asked = true;
+                control.create_response(None);
+            }
+            _ => {}
+        })
+    }
+}
+
+/// A timeline line for a session event (`None` for those the demos do not show).
+fn event_line(e: &SessionEvent) -> Option<String> {
+    Some(match e {
+        SessionEvent::AgentStart { agent } => format!("session  {agent} starts a response"),
+        SessionEvent::AgentEnd { agent, text } if !text.is_empty() => {
+            format!("session  {agent} said: \"{text}\"")
+        }
+        SessionEvent::ToolStart {
+            tool, arguments, ..
+        } => format!("session  tool {tool}({arguments})"),
+        SessionEvent::ToolEnd { tool, output, .. } => {
+            format!("session  tool {tool} -> \"{output}\"")
+        }
+        SessionEvent::Ending { reason } => format!("session  ending: {reason}"),
+        SessionEvent::AudioInterrupted { cause, heard } => {
+            format!("session  barge-in ({cause:?}); truncated at {heard:?} ms")
+        }
+        SessionEvent::Dtmf { digit } => format!("session  the caller pressed {digit}"),
+        SessionEvent::SipRefer { target_uri, result } => {
+            format!("session  SIP REFER to {target_uri}: {result:?}")
+        }
+        SessionEvent::SipHangUp { result } => format!("session  SIP hangup: {result:?}"),
+        SessionEvent::Closed { reason } => format!("session  closed: {reason}"),
+        SessionEvent::Error(e) => format!("session  error: {e}"),
+        _ => return None,
+    })
 }
 
 /// A form POST as Twilio makes it (unsigned: the demo sets no auth token); the body answered.

@@ -788,3 +788,47 @@ fn sip_calls_run_the_agent_over_the_sideband_and_transfer_with_refer() {
     assert_eq!(status, 200);
     assert!(twiml.contains("<Stream"), "{twiml}");
 }
+
+/// `demo --sip`: the same agent on a SIP call against the fake control plane: the signed
+/// webhook, the REST accept, the greeting by name, a tool, a key press, and the transfer as a
+/// SIP REFER after the goodbye played.
+#[test]
+fn the_sip_demo_accepts_runs_a_tool_and_transfers_with_refer_after_the_goodbye() {
+    let out = Command::new(build_example("demo"))
+        .arg("--sip")
+        .env_remove("TWILIO_AUTH_TOKEN")
+        .env_remove("OPENAI_API_KEY")
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let expected = [
+        "webhook realtime.call.incoming posted",
+        "rest     accept",
+        "webhook answered 200",
+        "said: \"Hello Ada, welcome back!",
+        "caller   said: \"What is the weather in Paris?\"",
+        "tool get_weather -> \"The weather in Paris is",
+        "the caller pressed 1",
+        "ending: transferred to a person (by the agent)",
+        "the agent's audio played out (output_audio_buffer.stopped)",
+        "rest     refer {\"target_uri\":\"tel:+15550142\"} -> 200",
+        "SIP REFER to tel:+15550142: Ok(())",
+        "closed: transferred to a person",
+        "0 protocol violation(s)",
+        "Referred(\"tel:+15550142\")",
+    ];
+    // In this order in the timeline.
+    let mut at = 0;
+    for e in expected {
+        let found = text[at..]
+            .find(e)
+            .unwrap_or_else(|| panic!("missing {e:?} (in order) in:\n{text}"));
+        at += found + e.len();
+    }
+}

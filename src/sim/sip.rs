@@ -238,6 +238,8 @@ pub struct RestRequest {
     pub body: Option<Value>,
     /// What the fake answered.
     pub status: u16,
+    /// When it arrived.
+    pub at: Instant,
 }
 
 /// A webhook the fake delivered.
@@ -581,6 +583,7 @@ fn serve(sh: &Arc<Shared>, mut conn: TcpStream) {
             call_id,
             body,
             status,
+            at: Instant::now(),
         });
     }
     let _ = http::write_response(&mut conn, status, "application/json", &[], text.as_bytes());
