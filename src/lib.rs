@@ -45,6 +45,13 @@
 //!
 //! Unix only: the socket layer waits with `poll(2)`.
 //!
+//! What an application uses is re-exported at the crate root: [`Agent`], [`FunctionTool`],
+//! [`Session`], [`SessionOptions`], [`SessionHandle`], [`SessionEvent`], [`CloseReason`],
+//! [`CallError`], [`CallOptions`], [`WsConn`], [`WsConfig`], [`CallInfo`], and with the
+//! `server` feature [`Server`] and [`ServerConfig`]. The modules hold the rest; `proto`, `call`
+//! and `io` are the layers underneath, public for tests, simulators and the curious, and
+//! evolve faster than the root.
+//!
 //! Logging goes through the `log` crate with one target per side, so
 //! `RUST_LOG=twilio_realtime::twilio=debug` shows just the Twilio side (also `::model`,
 //! `::session`, `::tools`, `::ws`). Audio payloads, keys, tokens and a peer's free text are
@@ -72,8 +79,20 @@ pub mod session;
 pub mod sim;
 pub mod telephony;
 
+// What an application touches, importable from the crate root (`use twilio_realtime::{Agent,
+// Session, SessionEvent, …}`); the modules keep the rest.
+pub use agent::{Agent, FunctionTool, OutputGuardrail, ToolCall, ToolError, ToolFailure, Verdict};
+pub use call::{CallOptions, Greeting};
 pub use error::{CallError, Cause, ErrorSource};
-pub use events::CloseReason;
+pub use events::{
+    CloseReason, EventReceiver, HistoryItem, HistoryKind, InterruptCause, SessionEvent,
+    TransportEvent,
+};
+pub use io::ws::{WsConfig, WsConn};
+#[cfg(feature = "server")]
+pub use server::{Server, ServerConfig};
+pub use session::{AgentSource, CallControl, ModelOptions, Session, SessionHandle, SessionOptions};
+pub use telephony::call_info::CallInfo;
 
 /// The README's examples, compiled as doctests so they stay true.
 #[cfg(doctest)]

@@ -366,6 +366,45 @@ fn the_model_dropping_mid_call_ends_the_stream() {
 }
 
 #[test]
+fn the_model_sees_the_extra_headers_and_query_parameters() {
+    // Azure OpenAI's key header and API version, OpenAI's project and organization headers.
+    let rig = Rig::start_with(FakeModelConfig::default(), agent, |cfg| {
+        let model = &mut cfg.session.model;
+        model.api_key = None;
+        for (name, value) in [
+            ("api-key", "azure-key-1"),
+            ("OpenAI-Project", "proj_123"),
+            ("OpenAI-Organization", "org-456"),
+        ] {
+            model.headers.push((name.into(), value.into()));
+        }
+        model
+            .query
+            .push(("api-version".into(), "2025-04-01-preview".into()));
+        model.query.push(("note".into(), "a b&c".into()));
+    });
+    let (report, rec) = call(&rig, vec![Segment::Silence(300), Segment::HangUp], 0, 0);
+    assert!(!report.closed_by_bridge);
+    let [head] = &rec.upgrade_requests[..] else {
+        panic!("{:?}", rec.upgrade_requests);
+    };
+    for (name, value) in [
+        ("api-key", "azure-key-1"),
+        ("openai-project", "proj_123"),
+        ("openai-organization", "org-456"),
+    ] {
+        assert_eq!(head.header(name), Some(value), "{name}: {:?}", head.headers);
+    }
+    assert_eq!(head.header("authorization"), None, "no key, no bearer");
+    assert_eq!(
+        head.query(),
+        Some("model=gpt-realtime&api-version=2025-04-01-preview&note=a+b%26c")
+    );
+    assert_eq!(rig.closed(), vec![CloseReason::TwilioStopped]);
+    rig.stop();
+}
+
+#[test]
 fn a_refused_model_connection_ends_the_call_promptly() {
     let rig = Rig::start(
         FakeModelConfig {

@@ -84,25 +84,92 @@ pub enum TransportEvents {
     All,
 }
 
-/// How to reach the model.
+/// How to reach the model: the endpoint, the key, extra headers and query parameters (e.g.
+/// Azure OpenAI's `api-key` header and `api-version` parameter, or `OpenAI-Project` /
+/// `OpenAI-Organization`), and the socket settings.
+///
+/// ```
+/// use twilio_realtime::SessionOptions;
+///
+/// // Azure OpenAI: the key goes in an `api-key` header, the API version in the query.
+/// let opts = SessionOptions::new(None)
+///     .url("wss://my-resource.openai.azure.com/openai/realtime?deployment=gpt-realtime")
+///     .model_query("api-version", "2025-04-01-preview")
+///     .model_header("api-key", "azure-key");
+/// assert_eq!(
+///     opts.model.request().url(),
+///     "wss://my-resource.openai.azure.com/openai/realtime?deployment=gpt-realtime&api-version=2025-04-01-preview"
+/// );
+/// // Secrets never print, even through `{:?}`.
+/// assert!(!format!("{opts:?}").contains("azure-key"));
+/// ```
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct ModelOptions {
     /// `ws://` or `wss://` URL of the Realtime endpoint (the model is in its query).
     pub url: String,
     /// Sent as `Authorization: Bearer …` when set.
     pub api_key: Option<String>,
+    /// Extra headers sent with the WebSocket upgrade, in order (e.g. `OpenAI-Project`,
+    /// `OpenAI-Organization`, Azure's `api-key`). Default none.
+    pub headers: Vec<(String, String)>,
+    /// Extra query parameters appended to [`url`](Self::url) (percent-encoded), in order.
+    /// Default none.
+    pub query: Vec<(String, String)>,
     /// Socket settings for the model connection.
     pub ws: WsConfig,
 }
 
 impl std::fmt::Debug for ModelOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The key never reaches a log line, even through `{:?}`.
+        // The key never reaches a log line, even through `{:?}`; the request's own `Debug`
+        // redacts the bearer, credential headers and credential-like query parameters.
         f.debug_struct("ModelOptions")
-            .field("url", &crate::redact::url(&self.url))
-            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("request", &self.request())
             .field("ws", &self.ws)
             .finish()
+    }
+}
+
+impl ModelOptions {
+    /// Adds a header to the WebSocket upgrade.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> ModelOptions {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Adds a query parameter to the URL.
+    pub fn query(mut self, name: impl Into<String>, value: impl Into<String>) -> ModelOptions {
+        self.query.push((name.into(), value.into()));
+        self
+    }
+
+    /// The upgrade request these options make: the URL with the extra query parameters, the
+    /// bearer key and the extra headers.
+    pub fn request(&self) -> ClientRequest {
+        let mut url = self.url.clone();
+        if !self.query.is_empty() {
+            let mut q = form_urlencoded::Serializer::new(String::new());
+            for (k, v) in &self.query {
+                q.append_pair(k, v);
+            }
+            let sep = if !url.contains('?') {
+                "?"
+            } else if url.ends_with('?') || url.ends_with('&') {
+                ""
+            } else {
+                "&"
+            };
+            url = format!("{url}{sep}{}", q.finish());
+        }
+        let mut req = ClientRequest::new(url);
+        if let Some(k) = &self.api_key {
+            req = req.bearer(k.clone());
+        }
+        for (k, v) in &self.headers {
+            req = req.header(k.clone(), v.clone());
+        }
+        req
     }
 }
 
@@ -259,6 +326,8 @@ impl SessionOptions {
             model: ModelOptions {
                 url: DEFAULT_REALTIME_URL.to_owned(),
                 api_key,
+                headers: Vec::new(),
+                query: Vec::new(),
                 // A caller waits in silence while this runs: give up after 5 s, not 10.
                 ws: WsConfig {
                     connect_timeout: Duration::from_secs(5),
@@ -285,6 +354,26 @@ impl SessionOptions {
     /// Use this model URL.
     pub fn url(mut self, url: impl Into<String>) -> SessionOptions {
         self.model.url = url.into();
+        self
+    }
+
+    /// Send this header with the model's WebSocket upgrade (see [`ModelOptions::headers`]).
+    pub fn model_header(
+        mut self,
+        name: impl Into<String>,
+        value: impl Into<String>,
+    ) -> SessionOptions {
+        self.model.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Append this query parameter to the model URL (see [`ModelOptions::query`]).
+    pub fn model_query(
+        mut self,
+        name: impl Into<String>,
+        value: impl Into<String>,
+    ) -> SessionOptions {
+        self.model.query.push((name.into(), value.into()));
         self
     }
 }
@@ -606,10 +695,7 @@ fn spawn_model_connect(
     tx: InboxSender<ShellMsg>,
     counters: Arc<Counters>,
 ) {
-    let mut req = ClientRequest::new(opts.url.clone());
-    if let Some(k) = &opts.api_key {
-        req = req.bearer(k.clone());
-    }
+    let req = opts.request();
     let cfg = opts.ws.clone();
     let res = thread::Builder::new()
         .name("model-connect".into())

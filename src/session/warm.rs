@@ -52,7 +52,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, RecvTimeoutError, Sender};
 
 use crate::error::CallError;
-use crate::io::ws::{ClientRequest, WsConn, WsError};
+use crate::io::ws::{WsConn, WsError};
 use crate::session::ModelOptions;
 
 const LOG: &str = "twilio_realtime::warm";
@@ -326,10 +326,7 @@ impl WarmModels {
             return decided;
         }
         self.wake_reaper();
-        let mut req = ClientRequest::new(model.url.clone());
-        if let Some(k) = &model.api_key {
-            req = req.bearer(k.clone());
-        }
+        let req = model.request();
         let cfg = model.ws.clone();
         let sid = call_sid.to_owned();
         let me = self.clone();

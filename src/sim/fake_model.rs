@@ -185,6 +185,9 @@ pub struct TruncationRecord {
 /// What the fake model saw.
 #[derive(Debug, Clone, Default)]
 pub struct ModelRecording {
+    /// Every upgrade request's head as it arrived (target with the query, headers as sent,
+    /// credentials included: this is a test double), refused ones too.
+    pub upgrade_requests: Vec<crate::io::http::RequestHead>,
     /// Connections accepted.
     pub connections: u64,
     /// Connections the client (the bridge) closed or dropped.
@@ -396,6 +399,7 @@ fn connection(sh: Arc<Shared>, tcp: std::net::TcpStream) {
     if sh.stop.load(Ordering::SeqCst) {
         return;
     }
+    sh.rec().upgrade_requests.push(head.clone());
     if let Some(status) = sh.cfg.faults.reject_status {
         let _ = http::write_response(
             &mut tcp,
