@@ -1,7 +1,8 @@
 //! Whole SIP calls over the sideband WebSocket (`Session::start_sideband`) against the fake
 //! SIP control plane (`sim::sip`), over loopback: a tool call, the agent hanging up after its
 //! goodbye stopped playing (REST `hangup`), a transfer as a REFER to the configured
-//! destination only, DTMF, bad events skipped, the caller hanging up, session expiry. Every
+//! destination only, a handoff, an output guardrail, DTMF, bad events skipped, the caller
+//! hanging up, session expiry, the call's recording named after its call id. Every
 //! event the fake sent is checked against the official server-event schemas and every event
 //! the bridge sent against the client-event schemas.
 
@@ -10,9 +11,9 @@ mod common;
 use std::time::Duration;
 
 use serde_json::Value;
-use twilio_realtime::agent::Agent;
+use twilio_realtime::agent::{Agent, OutputGuardrail, Verdict};
 use twilio_realtime::call::Greeting;
-use twilio_realtime::events::{CloseReason, SessionEvent};
+use twilio_realtime::events::{CloseReason, InterruptCause, SessionEvent};
 use twilio_realtime::server::sip::OpenAiCalls;
 use twilio_realtime::session::{Session, SessionHandle, SessionOptions};
 use twilio_realtime::sim::fake_model::Reply;
@@ -26,6 +27,16 @@ fn call(
     greeting: Option<Greeting>,
     on_event: impl FnMut(&SessionHandle, &SessionEvent),
 ) -> (String, Vec<SessionEvent>) {
+    call_with(fake, agent, |o| o.call.greeting = greeting, on_event)
+}
+
+/// [`call`] with the session options as `tweak` leaves them.
+fn call_with(
+    fake: &FakeSip,
+    agent: Agent,
+    tweak: impl FnOnce(&mut SessionOptions),
+    on_event: impl FnMut(&SessionHandle, &SessionEvent),
+) -> (String, Vec<SessionEvent>) {
     let rest = OpenAiCalls::new(fake.base_url(), "sk-test", Duration::from_secs(5));
     let call = fake.new_call("+14155550100", "+18005550199");
     let body = twilio_realtime::proto::sip::accept_body(
@@ -36,7 +47,7 @@ fn call(
     .unwrap();
     rest.accept(&call.call_id, &body).unwrap();
     let mut opts = SessionOptions::new(Some("sk-test".into())).url(fake.realtime_url());
-    opts.call.greeting = greeting;
+    tweak(&mut opts);
     let handle = Session::start_sideband(&call, rest, agent, opts).unwrap();
     let events = common::run_session(handle, Duration::from_secs(15), on_event);
     (call.call_id, events)
@@ -273,4 +284,102 @@ fn an_expired_session_hangs_the_call_up() {
     // One sideband: an expired SIP session is not reconnected.
     assert_eq!(fake.sideband().connections, 1);
     assert_conforms(&fake, &[]);
+}
+
+/// A handoff is a session update without audio formats; an output guardrail cuts the reply
+/// with `response.cancel` (when it is still generated) and `output_audio_buffer.clear`, and
+/// the agent answers again. The recording is named after the call id.
+#[test]
+fn a_handoff_and_a_guardrail_on_the_sideband() {
+    let fake = FakeSip::start(FakeSipConfig {
+        script: vec![
+            Reply::call("transfer_to_billing", "{}"),
+            Reply::say(
+                "Sure. The card number on file is 4111 1111 1111 1111, and it expires next \
+                 month, so please send us a new one before then.",
+                4000,
+            ),
+            Reply::say("Sorry, I cannot read that out. Anything else?", 1200),
+        ],
+        caller: vec![
+            CallerStep::say("I have a question about my bill.", 600),
+            CallerStep::WaitForAgent {
+                quiet_ms: 500,
+                timeout_ms: 10_000,
+            },
+            CallerStep::HangUp,
+        ],
+        ..Default::default()
+    })
+    .unwrap();
+    let billing = Agent::new("Billing", "You handle billing.")
+        .handoff_description("Questions about bills.")
+        .output_guardrail(OutputGuardrail::new("no card numbers", |text| {
+            if text.contains("card number") {
+                Verdict::trip("reads out a card number")
+            } else {
+                Verdict::Pass
+            }
+        }));
+    let front = Agent::new("Front", "You answer the phone.").handoff(&billing);
+    let dir = std::env::temp_dir().join(format!("sip-sideband-rec-{}", std::process::id()));
+    let to = dir.clone();
+    let (call_id, events) = call_with(
+        &fake,
+        front,
+        |o| {
+            o.recording = Some(twilio_realtime::session::recording::RecordTo::Dir(to));
+        },
+        |_, _| {},
+    );
+    assert!(events.iter().any(|e| matches!(
+        e,
+        SessionEvent::Handoff { from, to } if from == "Front" && to == "Billing"
+    )));
+    let rec = fake.sideband();
+    let handoff = rec
+        .session_updates
+        .iter()
+        .find(|u| u["instructions"] == "You handle billing.")
+        .expect("the handoff's session update");
+    assert!(
+        handoff["audio"]["input"].get("format").is_none(),
+        "{handoff}"
+    );
+    assert!(
+        handoff["audio"]["output"].get("format").is_none(),
+        "{handoff}"
+    );
+    assert!(events.iter().any(|e| matches!(
+        e,
+        SessionEvent::GuardrailTripped { guardrail, .. } if guardrail == "no card numbers"
+    )));
+    assert!(events.iter().any(|e| matches!(
+        e,
+        SessionEvent::AudioInterrupted {
+            cause: InterruptCause::Guardrail,
+            ..
+        }
+    )));
+    assert_eq!(rec.cleared, 1, "the playing reply was cut");
+    let said: Vec<&str> = events
+        .iter()
+        .filter_map(|e| match e {
+            SessionEvent::AgentEnd { text, .. } if text.starts_with("Sorry") => Some(text.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(said, ["Sorry, I cannot read that out. Anything else?"]);
+    assert!(
+        matches!(
+            closed(&events),
+            CloseReason::Error(CallError::ModelDisconnected { .. })
+        ),
+        "{events:#?}"
+    );
+    assert_conforms(&fake, &[]);
+    let file = dir.join(format!("{call_id}.jsonl"));
+    let recorded = std::fs::read_to_string(&file).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(recorded.contains("no card numbers"), "{recorded}");
 }

@@ -588,16 +588,19 @@ impl Session {
             // configured; never configured into a model session itself.
             AgentSource::PerCall(f) => (Agent::new("pending", ""), Some(f)),
         };
-        let call_info = Arc::new(OnceLock::new());
-        if let Some(info) = info {
-            let _ = call_info.set(Arc::new(info));
-        }
         let (shell_tx, shell_rx) = inbox::<ShellMsg>(opts.inbox_capacity);
         let (event_tx, event_rx) = event_queue(opts.event_capacity);
         let (mut recorder, recorder_thread) = match opts.recording.as_ref() {
             Some(to) => Recorder::start(to, start).unzip(),
             None => (None, None),
         };
+        let call_info = Arc::new(OnceLock::new());
+        if let Some(info) = info {
+            if let Some(r) = &mut recorder {
+                r.name(&info.call_sid);
+            }
+            let _ = call_info.set(Arc::new(info));
+        }
         let lane = Arc::new(Mutex::new(Lane {
             inbound: InboundAudio::new(opts.inbound.clone()),
             model: None,

@@ -99,8 +99,8 @@ pub enum RecordTo {
     /// This file (created, or truncated if it exists).
     File(PathBuf),
     /// A new file in this directory (created if missing), named after the call:
-    /// `{CallSid}.jsonl` (`-2`, `-3`, … appended if taken), or `nostart-{unix ms}.jsonl` when
-    /// the stream ended before a `start`.
+    /// `{CallSid}.jsonl` (a SIP call's: `{call_id}.jsonl`; `-2`, `-3`, … appended if taken),
+    /// or `nostart-{unix ms}.jsonl` when the stream ended before a `start`.
     Dir(PathBuf),
 }
 
@@ -513,6 +513,13 @@ impl Recorder {
             }
             Err(_) => {}
         }
+    }
+
+    /// Names a [`RecordTo::Dir`] recording after a call known before any Twilio `start` (a
+    /// SIP call: its call id).
+    pub(crate) fn name(&mut self, call_id: &str) {
+        self.flush();
+        self.send(Msg::Name(call_id.to_owned()));
     }
 
     /// A message Twilio sent (not media: see [`CallerMeter`]).
