@@ -31,7 +31,7 @@ use twilio_realtime::call::{CallCore, CallOptions, Command, Input, Output};
 use twilio_realtime::events::SessionEvent;
 use twilio_realtime::proto::mulaw;
 use twilio_realtime::proto::realtime::{ClientEvent, ServerEvent};
-use twilio_realtime::proto::twilio::{TwilioCommand, TwilioMessage};
+use twilio_realtime::proto::twilio::{MediaFrame, TwilioCommand, TwilioMessage};
 use twilio_realtime::CallError;
 
 const SIDS: [&str; 2] = [
@@ -118,6 +118,82 @@ fn objectish() -> impl Strategy<Value = String> {
         }
         serde_json::Value::Object(o).to_string()
     })
+}
+
+/// `media` frames whose fields (top level and inside `media`) take random types and values,
+/// some left out: numbers of every sign and size, strings with escapes, nulls, objects.
+fn mediaish() -> impl Strategy<Value = String> {
+    let value = prop_oneof![
+        Just(json!(null)),
+        any::<i64>().prop_map(|n| json!(n)),
+        any::<u64>().prop_map(|n| json!(n)),
+        any::<f64>().prop_map(|n| json!(n)),
+        "[0-9]{1,22}".prop_map(|s| json!(s)),
+        "[a-zA-Z0-9+/=]{0,16}".prop_map(|s| json!(s)),
+        Just(json!("//8=")),
+        Just(json!("/w==")),
+        Just(json!({})),
+        Just(json!(["//8="])),
+    ];
+    let maybe = prop::option::weighted(0.8, value);
+    (
+        prop_oneof![Just(json!("media")), Just(json!("mark")), Just(json!(7))],
+        [maybe.clone(), maybe.clone(), maybe.clone()],
+        [maybe.clone(), maybe.clone(), maybe.clone(), maybe],
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(
+            |(event, [seq, sid, media_value], [track, chunk, ts, payload], has_media, escaped)| {
+                let mut m = serde_json::Map::new();
+                for (k, v) in [
+                    ("track", track),
+                    ("chunk", chunk),
+                    ("timestamp", ts),
+                    ("payload", payload),
+                ] {
+                    if let Some(v) = v {
+                        m.insert(k.into(), v);
+                    }
+                }
+                let mut o = serde_json::Map::new();
+                o.insert("event".into(), event);
+                for (k, v) in [("sequenceNumber", seq), ("streamSid", sid)] {
+                    if let Some(v) = v {
+                        o.insert(k.into(), v);
+                    }
+                }
+                if has_media {
+                    o.insert("media".into(), serde_json::Value::Object(m));
+                } else if let Some(v) = media_value {
+                    o.insert("media".into(), v);
+                }
+                let text = serde_json::Value::Object(o).to_string();
+                // JSON may escape '/' in strings; the borrowed parse must still read it.
+                if escaped {
+                    text.replace('/', "\\/")
+                } else {
+                    text
+                }
+            },
+        )
+}
+
+proptest! {
+    /// The borrowed one-pass parse the caller-audio lane uses accepts exactly the frames the
+    /// full parse reads as `media`, with the same payload and timestamp.
+    #[test]
+    fn media_fast_path_agrees_with_the_full_parse(text in prop_oneof![mediaish(), objectish(), jsonish()]) {
+        let fast = MediaFrame::parse(&text);
+        match TwilioMessage::parse(&text) {
+            Ok(TwilioMessage::Media(m)) => {
+                let fast = fast.expect("the fast path refused a media frame the full parse took");
+                prop_assert_eq!(fast.payload(), m.media.payload.as_str());
+                prop_assert_eq!(fast.timestamp_ms(), m.media.timestamp_ms());
+            }
+            _ => prop_assert!(fast.is_none(), "the fast path took what the full parse refused"),
+        }
+    }
 }
 
 proptest! {

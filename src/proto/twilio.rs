@@ -365,6 +365,117 @@ fn with_event<T: Serialize>(event: &str, body: &T) -> String {
     Value::Object(out).to_string()
 }
 
+/// A `media` frame read without copying: what the caller-audio lane needs from the 50 frames a
+/// second of a live call (the payload, borrowed from the frame, and the timestamp).
+///
+/// [`MediaFrame::parse`] accepts exactly the frames [`TwilioMessage::parse`] turns into
+/// [`TwilioMessage::Media`] (the same fields with the same types, the same base64 check), in
+/// one pass and without allocating (unless the payload holds JSON escapes); anything else,
+/// including a malformed `media`, is `None`, and the full parse then says what is wrong.
+///
+/// ```
+/// use twilio_realtime::proto::twilio::MediaFrame;
+///
+/// let text = r#"{"event":"media","sequenceNumber":"3","streamSid":"MZ1",
+///   "media":{"track":"inbound","chunk":"2","timestamp":"40","payload":"//8="}}"#;
+/// let m = MediaFrame::parse(text).expect("a media frame");
+/// assert_eq!((m.payload(), m.timestamp_ms()), ("//8=", Some(40)));
+/// assert!(MediaFrame::parse(r#"{"event":"mark","mark":{"name":"x"}}"#).is_none());
+/// ```
+#[derive(Debug)]
+pub struct MediaFrame<'a> {
+    payload: std::borrow::Cow<'a, str>,
+    timestamp_ms: Option<u64>,
+}
+
+impl<'a> MediaFrame<'a> {
+    /// The frame, if `text` is a valid `media` message.
+    pub fn parse(text: &'a str) -> Option<MediaFrame<'a>> {
+        let w: MediaWire<'a> = serde_json::from_str(text).ok()?;
+        if w.event != "media" {
+            return None;
+        }
+        crate::proto::mulaw::validate_base64(&w.media.payload).ok()?;
+        Some(MediaFrame {
+            payload: w.media.payload,
+            timestamp_ms: w.media.timestamp.and_then(|t| t.0),
+        })
+    }
+
+    /// The base64 µ-law audio.
+    pub fn payload(&self) -> &str {
+        &self.payload
+    }
+
+    /// The timestamp in milliseconds, if present and a whole number (as
+    /// [`MediaInfo::timestamp_ms`]).
+    pub fn timestamp_ms(&self) -> Option<u64> {
+        self.timestamp_ms
+    }
+}
+
+/// [`Media`] with every field borrowed or skipped: the same names and types, so the same frames
+/// parse (unknown fields are ignored by both).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MediaWire<'a> {
+    #[serde(borrow)]
+    event: std::borrow::Cow<'a, str>,
+    #[serde(default)]
+    #[allow(dead_code)] // checked for its type, like `Media::sequence_number`
+    sequence_number: Option<StrOrNum>,
+    #[serde(default, borrow)]
+    #[allow(dead_code)]
+    stream_sid: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    media: MediaInfoWire<'a>,
+}
+
+#[derive(Deserialize)]
+struct MediaInfoWire<'a> {
+    #[serde(default, borrow)]
+    #[allow(dead_code)]
+    track: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    chunk: Option<StrOrNum>,
+    #[serde(default)]
+    timestamp: Option<StrOrNum>,
+    #[serde(borrow)]
+    payload: std::borrow::Cow<'a, str>,
+}
+
+/// A string-or-number field (as [`string_or_number`] accepts) read without allocating: the
+/// value as a `u64` where the text of it parses as one.
+struct StrOrNum(Option<u64>);
+
+impl<'de> Deserialize<'de> for StrOrNum {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<StrOrNum, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = StrOrNum;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string or a number")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<StrOrNum, E> {
+                Ok(StrOrNum(v.parse().ok()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<StrOrNum, E> {
+                Ok(StrOrNum(Some(v)))
+            }
+            // `string_or_number` keeps a negative or fractional number as its text, which
+            // then does not parse as a `u64`.
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<StrOrNum, E> {
+                Ok(StrOrNum(u64::try_from(v).ok()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<StrOrNum, E> {
+                Ok(StrOrNum(None))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 impl TwilioMessage {
     /// Parses one text frame from Twilio.
     pub fn parse(text: &str) -> Result<TwilioMessage, TwilioError> {

@@ -53,7 +53,9 @@ use crate::io::ws::{
 };
 use crate::limits::{BadInput, BadMessageBudget, BadVerdict, LogLimiter};
 use crate::proto::realtime::{write_append_json, ServerEvent};
-use crate::proto::twilio::{write_mark_json, write_media_json, TwilioCommand, TwilioMessage};
+use crate::proto::twilio::{
+    write_mark_json, write_media_json, MediaFrame, TwilioCommand, TwilioMessage,
+};
 use crate::session::event_queue::{event_queue, EventReceiver, EventSender};
 use crate::session::inbox::{inbox, InboxReceiver, InboxSender};
 use crate::session::recording::{CallerMeter, Record, RecordTo, Recorder, RecorderThread};
@@ -784,6 +786,13 @@ impl TwilioReader {
                     ));
                     return;
                 }
+                // The 50 frames a second of caller audio take a borrowed, one-pass parse
+                // (an owned `TwilioMessage` costs two JSON passes and several allocations a
+                // frame); everything else, and any frame it refuses, gets the full parse.
+                if let Some(m) = MediaFrame::parse(text) {
+                    self.on_media(text, m.payload(), m.timestamp_ms());
+                    return;
+                }
                 match TwilioMessage::parse(text) {
                     Ok(msg) => self.on_twilio(text, msg),
                     Err(e) => self.bad(e.to_string()),
@@ -810,6 +819,18 @@ impl TwilioReader {
                 )));
             }
         }
+    }
+
+    /// One caller-audio frame: straight into the lane (one wake-up: this thread writes the
+    /// model socket itself).
+    fn on_media(&self, text: &str, payload: &str, ts: Option<u64>) {
+        if self.transport == TransportEvents::All {
+            self.events
+                .send(SessionEvent::Transport(TransportEvent::TwilioMessage(
+                    text.to_owned(),
+                )));
+        }
+        lock(&self.lane).on_media(Instant::now(), payload, ts);
     }
 
     /// One rate-limited line when marks had to be dropped.
@@ -841,14 +862,9 @@ impl TwilioReader {
                 let verdict = self.bad.on_odd(Instant::now());
                 self.report(verdict, why, "unknown event type");
             }
+            // `MediaFrame` takes the same frames first; this is the same rule.
             TwilioMessage::Media(m) => {
-                if transport == TransportEvents::All {
-                    events.send(SessionEvent::Transport(TransportEvent::TwilioMessage(
-                        text.to_owned(),
-                    )));
-                }
-                let ts = m.media.timestamp_ms();
-                lock(lane).on_media(Instant::now(), &m.media.payload, ts);
+                self.on_media(text, &m.media.payload, m.media.timestamp_ms())
             }
             msg => {
                 if transport != TransportEvents::None {
