@@ -7,34 +7,32 @@
 //!
 //! Runs the bundled server with signed webhooks and one-time stream tokens against the fake
 //! Realtime model, whose WebSocket handshake is delayed by 300 ms and by 1 s (a TLS + HTTP
-//! upgrade to a far region; see `sim::fake_model::Faults::accept_delay`), with the warm model
-//! off (`WARM_MODEL_POOL=0`: the model connection opens after `start`) and on (it opens at
-//! the webhook). Each call is Twilio's signed webhook and then the media stream, with a
-//! greeting (`AGENT_GREETING`). The stream starts either at once after the webhook (0 ms: the
-//! least a warm model can gain; Twilio itself needs time to run the TwiML and open the
-//! stream's own TLS connection to us, not simulated) or 1 s later (e.g. a 1 s `<Say>`,
-//! `GREETING`, which Twilio plays before `<Connect>`). Per row: median and p95 of
-//! - start → model ready: Twilio's `start` reaching the bridge to the model's
-//!   `session.updated` (µ-law confirmed) reaching it, both seen by the server's event hook;
+//! upgrade to a far region; see `sim::fake_model::Faults::accept_delay`) and whose every
+//! client event → server event exchange costs a network round trip of 100 ms and 300 ms
+//! respectively (`Faults::round_trip`), with the warm model off (`WARM_MODEL_POOL=0`: the
+//! model connection opens after `start`, then the session is configured) and on (opened and
+//! configured at the webhook). Each call is Twilio's signed webhook and then the media
+//! stream, with a greeting (`AGENT_GREETING`). The stream starts either at once after the
+//! webhook (0 ms: the least a warm model can gain; Twilio itself needs time to run the TwiML
+//! and open the stream's own TLS connection to us, not simulated) or 1 s later (e.g. a 1 s
+//! `<Say>`, `GREETING`, which Twilio plays before `<Connect>`). Per row: median and p95 of
+//! - start → model ready: `start` leaving the simulated Twilio to the greeting's
+//!   `response.create` reaching the model (the bridge sends it the moment the session is
+//!   confirmed µ-law and the stream has started);
 //! - start → first audio: `start` leaving the simulated Twilio to the first byte of agent
 //!   audio arriving there.
 
-use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use twilio_realtime::call::Greeting;
-use twilio_realtime::events::{SessionEvent, TransportEvent};
 use twilio_realtime::server::{signature, Server, ServerConfig};
 use twilio_realtime::sim::fake_model::{FakeModel, FakeModelConfig, Faults, Reply};
 use twilio_realtime::sim::twilio_call::{Segment, TwilioCall, TwilioCallConfig};
 
 const AUTH: &str = "latency-example-auth-token";
 const PUBLIC: &str = "https://bridge.example.test";
-
-type Seen = Arc<Mutex<HashMap<u64, (Option<Instant>, Option<Instant>)>>>;
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
@@ -44,14 +42,18 @@ fn main() {
         .unwrap_or(20)
         .max(1);
     println!("{calls} calls per row; greeting on\n");
-    println!("| model handshake | model | webhook → stream | start → model ready (median / p95) | start → first agent audio (median / p95) |");
-    println!("| --- | --- | --- | --- | --- |");
-    for delay_ms in [300u64, 1000] {
+    println!("| model handshake | round trip | model | webhook → stream | start → model ready (median / p95) | start → first agent audio (median / p95) |");
+    println!("| --- | --- | --- | --- | --- | --- |");
+    for (delay_ms, rtt_ms) in [(300u64, 100u64), (1000, 300)] {
         for (warm, gap_ms) in [(false, 0u64), (true, 0), (true, 1000)] {
             let gap = Duration::from_millis(gap_ms);
-            match row(Duration::from_millis(delay_ms), warm, gap, calls) {
+            let (delay, rtt) = (
+                Duration::from_millis(delay_ms),
+                Duration::from_millis(rtt_ms),
+            );
+            match row(delay, rtt, warm, gap, calls) {
                 Ok((ready, audio)) => println!(
-                    "| {delay_ms} ms | {} | {gap_ms} ms | {:.0} / {:.0} ms | {:.0} / {:.0} ms |",
+                    "| {delay_ms} ms | {rtt_ms} ms | {} | {gap_ms} ms | {:.0} / {:.0} ms | {:.0} / {:.0} ms |",
                     if warm { "warm" } else { "cold" },
                     pct(&ready, 0.5),
                     pct(&ready, 0.95),
@@ -77,6 +79,7 @@ fn pct(v: &[f64], q: f64) -> f64 {
 
 fn row(
     delay: Duration,
+    round_trip: Duration,
     warm: bool,
     gap: Duration,
     calls: usize,
@@ -85,10 +88,11 @@ fn row(
         default_reply: Reply::say("Hello, how can I help?", 300),
         faults: Faults {
             accept_delay: delay,
+            round_trip,
             ..Default::default()
         },
-        // Only the recording's counters: nothing kept per event.
-        keep_events: false,
+        // The client events' arrival times tell when each call's greeting went out.
+        keep_events: true,
         ..Default::default()
     })?;
     let mut cfg = ServerConfig::new();
@@ -100,35 +104,15 @@ fn row(
     cfg.session.model.url = model.url();
     cfg.session.model.api_key = Some("latency-key-not-used".into());
     cfg.session.call.greeting = Some(Greeting::Instructions("Greet the caller.".into()));
-    let seen: Seen = Arc::default();
-    let sink = seen.clone();
     let server = Server::bind(cfg, || {
         twilio_realtime::agent::Agent::new("Front", "You answer the phone.")
-    })?
-    .on_event(Arc::new(move |call_no, e| {
-        let now = Instant::now();
-        let SessionEvent::Transport(t) = e else {
-            return;
-        };
-        let Ok(mut seen) = sink.lock() else { return };
-        let entry = seen.entry(call_no).or_default();
-        match t {
-            TransportEvent::TwilioMessage(m) if entry.0.is_none() && m.contains("\"start\"") => {
-                entry.0 = Some(now)
-            }
-            TransportEvent::ModelEvent(m)
-                if entry.1.is_none() && m.contains("\"session.updated\"") =>
-            {
-                entry.1 = Some(now)
-            }
-            _ => {}
-        }
-    }));
+    })?;
     let addr = server.local_addr();
     let stopper = server.stopper();
     let running = std::thread::spawn(move || server.run());
 
     let mut audio = Vec::with_capacity(calls);
+    let mut ready = Vec::with_capacity(calls);
     for n in 0..calls {
         let call_sid = format!("CA{n:032x}");
         let token = webhook(addr, &call_sid)?;
@@ -162,19 +146,22 @@ fn row(
         while stopper.live_calls() > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
+        // Calls run one after another: this call's greeting is the first `response.create`
+        // after its `start`.
+        let started = report
+            .began
+            .ok_or("the simulator did not say when it started")?;
+        let greeted = model
+            .recording()
+            .events
+            .iter()
+            .find(|(at, e)| *at >= started && e.contains(r#""type":"response.create""#))
+            .map(|(at, _)| *at)
+            .ok_or("no greeting reached the model")?;
+        ready.push(greeted.saturating_duration_since(started).as_secs_f64() * 1000.0);
     }
     stopper.stop();
     let _ = running.join();
-    let ready: Vec<f64> = seen
-        .lock()
-        .map_err(|_| "poisoned")?
-        .values()
-        .filter_map(|(s, r)| Some(r.as_ref()?.saturating_duration_since(*s.as_ref()?)))
-        .map(|d| d.as_secs_f64() * 1000.0)
-        .collect();
-    if ready.len() != calls {
-        return Err(format!("{} of {calls} calls reported model ready", ready.len()).into());
-    }
     Ok((ready, audio))
 }
 

@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use twilio_realtime::agent::ToolFailure;
 use twilio_realtime::agent::{Agent, FunctionTool, OutputGuardrail, Verdict};
-use twilio_realtime::call::{CallCore, CallOptions, Command, Greeting, Input, Output};
+use twilio_realtime::call::{
+    CallCore, CallOptions, Command, Greeting, Input, Output, Preconfigured,
+};
 use twilio_realtime::events::{CloseReason, ErrorSource, InterruptCause, SessionEvent};
 use twilio_realtime::CallError;
 
@@ -315,6 +317,15 @@ fn refused_first_session_update_ends_the_call_before_any_audio() {
     assert!(twilio_cmds(&h.drain()).is_empty());
 }
 
+/// Not ready, ended: the server's session is not µ-law.
+fn assert_ended_without_pcmu(out: &[Output]) {
+    assert!(!out.iter().any(|o| matches!(o, Output::ModelReady)));
+    assert!(matches!(
+        closed_reason(out),
+        Some(CloseReason::Error(CallError::ModelConfigRejected { param: Some(p), .. })) if p == "session.audio.input.format"
+    ));
+}
+
 #[test]
 fn session_updated_without_pcmu_ends_the_call() {
     let mut h = H::new(Agent::new("A", "x"));
@@ -322,12 +333,7 @@ fn session_updated_without_pcmu_ends_the_call() {
     h.model(json!({"type":"session.created","event_id":"e0","session":{}}));
     h.drain();
     h.updated("audio/pcm");
-    let out = h.drain();
-    assert!(!out.iter().any(|o| matches!(o, Output::ModelReady)));
-    assert!(matches!(
-        closed_reason(&out),
-        Some(CloseReason::Error(CallError::ModelConfigRejected { param: Some(p), .. })) if p == "session.audio.input.format"
-    ));
+    assert_ended_without_pcmu(&h.drain());
 }
 
 #[test]
@@ -2354,4 +2360,118 @@ fn a_goodbye_cut_before_its_response_is_done_does_not_hang_up() {
         .iter()
         .any(|e| matches!(e, SessionEvent::Ending { .. })));
     assert!(h.core.ended().is_none());
+}
+
+// ---------------------------------------------------------------------------------------------
+// A warm model: the session was configured at the webhook (Input::ModelConnectedConfigured)
+
+fn pcmu_session() -> Value {
+    json!({"type":"realtime","audio":{"input":{"format":{"type":"audio/pcmu"}},
+        "output":{"format":{"type":"audio/pcmu"},"voice":"marin"}}})
+}
+
+impl H {
+    fn preconfigured(&mut self, pre: Preconfigured) {
+        self.core
+            .handle_input(self.now, Input::ModelConnectedConfigured(pre));
+        self.collect();
+    }
+}
+
+#[test]
+fn a_session_configured_at_the_webhook_for_this_agent_is_ready_at_once_and_greets() {
+    let agent = Agent::new("A", "You are Ann.");
+    let opts = greeting_opts(Greeting::Instructions("Greet the caller.".into()));
+    let sent = CallCore::first_session_config(&agent, &opts);
+    let mut h = H::with(agent, opts);
+    h.start();
+    assert!(model_events(&h.drain()).is_empty());
+    h.preconfigured(Preconfigured::Confirmed {
+        sent,
+        session: pcmu_session(),
+    });
+    let out = h.drain();
+    assert!(
+        matches!(out.first(), Some(Output::ModelReady)),
+        "ready before anything else: no session.update, no wait ({:?})",
+        types(&out)
+    );
+    // The greeting at once, and no session.update of its own.
+    assert_eq!(types(&out), ["response.create"]);
+}
+
+#[test]
+fn a_webhook_configuration_the_server_showed_without_pcmu_is_not_ready() {
+    let agent = Agent::new("A", "x");
+    let sent = CallCore::first_session_config(&agent, &CallOptions::default());
+    let mut h = H::new(agent);
+    h.start();
+    h.preconfigured(Preconfigured::Confirmed {
+        sent,
+        session: json!({"type":"realtime","audio":{"input":{"format":{"type":"audio/pcm"}},
+            "output":{"format":{"type":"audio/pcm"}}}}),
+    });
+    assert_ended_without_pcmu(&h.drain());
+}
+
+#[test]
+fn a_webhook_configuration_the_server_refused_ends_the_call_at_claim() {
+    let agent = Agent::new("A", "x").voice("robot");
+    let sent = CallCore::first_session_config(&agent, &CallOptions::default());
+    let mut h = H::new(agent);
+    h.start();
+    h.preconfigured(Preconfigured::Refused {
+        sent,
+        param: Some("session.audio.output.voice".into()),
+        message: "Invalid value: 'robot'.".into(),
+    });
+    let out = h.drain();
+    assert!(!out.iter().any(|o| matches!(o, Output::ModelReady)));
+    assert!(model_events(&out).is_empty(), "no retry: {:?}", types(&out));
+    assert_eq!(
+        closed_reason(&out),
+        Some(CloseReason::Error(CallError::ModelConfigRejected {
+            param: Some("session.audio.output.voice".into()),
+            message: "Invalid value: 'robot'.".into(),
+        }))
+    );
+}
+
+#[test]
+fn an_agent_that_differs_from_the_webhooks_sends_its_own_update_and_waits_for_it() {
+    let webhook_agent = Agent::new("A", "You speak English.");
+    let opts = greeting_opts(Greeting::Instructions("Greet the caller.".into()));
+    let sent = CallCore::first_session_config(&webhook_agent, &opts);
+    // On `start` the agent was chosen again, from details the webhook did not have.
+    let mut h = H::with(Agent::new("A", "Vous parlez français."), opts);
+    h.start();
+    h.preconfigured(Preconfigured::Confirmed {
+        sent,
+        session: pcmu_session(),
+    });
+    let out = h.drain();
+    assert!(!out.iter().any(|o| matches!(o, Output::ModelReady)));
+    let evs = model_events(&out);
+    assert_eq!(evs.len(), 1, "{evs:?}");
+    assert_eq!(evs[0]["type"], "session.update");
+    assert_eq!(evs[0]["session"]["instructions"], "Vous parlez français.");
+    assert_pcmu(&evs[0]["session"]);
+    h.updated("audio/pcmu");
+    let out = h.drain();
+    assert!(matches!(out.first(), Some(Output::ModelReady)));
+    assert_eq!(types(&out), ["response.create"]);
+
+    // The same after a refusal at the webhook: the call's own configuration is judged.
+    let webhook_agent = Agent::new("A", "x").voice("robot");
+    let sent = CallCore::first_session_config(&webhook_agent, &CallOptions::default());
+    let mut h = H::new(Agent::new("A", "x").voice("marin"));
+    h.start();
+    h.preconfigured(Preconfigured::Refused {
+        sent,
+        param: Some("session.audio.output.voice".into()),
+        message: "Invalid value: 'robot'.".into(),
+    });
+    assert_eq!(types(&h.drain()), ["session.update"]);
+    h.updated("audio/pcmu");
+    assert!(matches!(h.drain().first(), Some(Output::ModelReady)));
 }

@@ -206,14 +206,7 @@ fn the_summary_line_carries_the_caller_number_only_when_the_operator_opts_in() {
     let report = run(
         &rig,
         "CA0000000000000000000000000000a002",
-        vec![
-            Segment::Speech(600),
-            Segment::WaitForAgent {
-                quiet_ms: 300,
-                timeout_ms: 10_000,
-            },
-            Segment::HangUp,
-        ],
+        common::short_call(),
     );
     assert_eq!(report.played_ms(), 300);
     let lines = summaries(&report.call_sid);

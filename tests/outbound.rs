@@ -175,14 +175,17 @@ fn an_outbound_call_reaches_the_agent_with_answered_by_and_reports_its_progress(
     assert_eq!(report.played_ms(), 800, "the callee heard the agent");
 
     // The caller context: outbound, with the machine-detection verdict, chose the agent.
+    // The factory ran at the signed webhook (for the warm model) and on `start`.
     let calls = rig.calls.lock().unwrap().clone();
-    assert_eq!(calls.len(), 1);
-    assert_eq!(calls[0].call_sid, sid);
-    assert_eq!(calls[0].direction, Some(Direction::OutboundApi));
-    assert_eq!(calls[0].answered_by(), Some("machine_start"));
-    assert_eq!(calls[0].to.as_deref(), Some("+15550100"));
-    assert_eq!(calls[0].from.as_deref(), Some(OUR_NUMBER));
-    assert_eq!(calls[0].account_sid, rig.twilio.account_sid());
+    assert_eq!(calls.len(), 2);
+    for call in &calls {
+        assert_eq!(call.call_sid, sid);
+        assert_eq!(call.direction, Some(Direction::OutboundApi));
+        assert_eq!(call.answered_by(), Some("machine_start"));
+        assert_eq!(call.to.as_deref(), Some("+15550100"));
+        assert_eq!(call.from.as_deref(), Some(OUR_NUMBER));
+        assert_eq!(call.account_sid, rig.twilio.account_sid());
+    }
 
     // The status callbacks reached the application, typed, in order, with the duration.
     let st = rig.statuses.lock().unwrap().clone();

@@ -54,17 +54,6 @@ fn call(addr: SocketAddr, call_sid: &str, script: Vec<Segment>) -> TwilioCallCon
     cfg
 }
 
-fn short_call() -> Vec<Segment> {
-    vec![
-        Segment::Speech(600),
-        Segment::WaitForAgent {
-            quiet_ms: 300,
-            timeout_ms: 10_000,
-        },
-        Segment::HangUp,
-    ]
-}
-
 /// Connects a bare WebSocket to the media stream and returns the close code it gets.
 fn close_code_of_a_stream(addr: SocketAddr) -> Option<u16> {
     let (mut ws, _) = tungstenite::connect(format!("ws://{addr}/media-stream")).ok()?;
@@ -98,7 +87,7 @@ fn at_capacity_the_webhook_says_sorry_readyz_fails_and_a_stream_gets_1013() {
     let caller = std::thread::spawn(move || {
         TwilioCall::run(call(addr, "CA00000000000000000000000000000001", {
             let mut s = vec![Segment::Silence(2500)];
-            s.extend(short_call());
+            s.extend(common::short_call());
             s
         }))
     });
@@ -145,7 +134,7 @@ fn draining_fails_readyz_serves_the_answered_call_then_exits() {
     assert_eq!(get(rig.addr, "/readyz"), (503, "draining\n".into()));
     assert_eq!(get(rig.addr, "/healthz").0, 200);
     // The stream of the webhook answered before the drain is still taken and served whole.
-    let report = TwilioCall::run(call(rig.addr, sid, short_call())).expect("call runs");
+    let report = TwilioCall::run(call(rig.addr, sid, common::short_call())).expect("call runs");
     assert_eq!(report.played_ms(), 400);
     // No call live or on its way: the server exits by itself.
     wait_until("the drained server exits", Duration::from_secs(10), || {
@@ -164,7 +153,7 @@ fn a_named_instance_points_its_streams_at_its_own_path_and_serves_them() {
         twiml.contains(&format!("<Stream url=\"{want}\">")),
         "{twiml}"
     );
-    let mut cfg = call(rig.addr, sid, short_call());
+    let mut cfg = call(rig.addr, sid, common::short_call());
     cfg.path = "/media-stream/b7".into();
     let report = TwilioCall::run(cfg).expect("call runs");
     assert_eq!(report.played_ms(), 400);

@@ -59,6 +59,10 @@ pub enum Input {
     },
     /// The model WebSocket is open (its `session.created` is still to come).
     ModelConnected,
+    /// The model WebSocket is open and its session was already configured, before the call
+    /// (a warm model: see [`crate::session::warm`]); stands for `session.created` and the
+    /// answer to the first `session.update`.
+    ModelConnectedConfigured(crate::call::Preconfigured),
     /// The model connection could not be opened: the call ends with this error (see
     /// [`CallError::model_connect`]).
     ModelConnectFailed {
@@ -116,6 +120,7 @@ impl CallCore {
             Input::TwilioClosed { error } => self.handle_twilio_closed(now, error),
             Input::Rejected { why } => self.reject(now, why),
             Input::ModelConnected => self.handle_model_connected(now),
+            Input::ModelConnectedConfigured(pre) => self.handle_model_preconfigured(now, pre),
             Input::ModelConnectFailed { error } => self.handle_model_connect_failed(now, error),
             Input::Model(ev) => self.handle_model(now, ev),
             Input::ModelActivity => self.handle_model_activity(now),

@@ -350,6 +350,41 @@ pub enum Output {
     PingModel,
 }
 
+/// How a model session's first configuration, sent before the call had a core (at the call
+/// webhook: see [`crate::session::warm`]), was answered. Given to the core with
+/// [`Input::ModelConnectedConfigured`] in place of the `session.created` → `session.update` →
+/// `session.updated` exchange it stands for.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Preconfigured {
+    /// `session.updated` answered `sent`; `session` is the session it showed.
+    Confirmed {
+        /// The configuration that was sent.
+        sent: SessionConfig,
+        /// The `session` of the server's `session.updated`.
+        session: Value,
+    },
+    /// The server refused `sent` (an `error` naming its `event_id`): the session keeps the
+    /// server's defaults.
+    Refused {
+        /// The configuration that was sent.
+        sent: SessionConfig,
+        /// The refused parameter, as the error named it.
+        param: Option<String>,
+        /// The error's message.
+        message: String,
+    },
+}
+
+impl Preconfigured {
+    /// The configuration that was sent.
+    pub fn sent(&self) -> &SessionConfig {
+        match self {
+            Preconfigured::Confirmed { sent, .. } | Preconfigured::Refused { sent, .. } => sent,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ModelState {
     /// Waiting for `session.created`.
@@ -685,33 +720,20 @@ impl CallCore {
     }
 
     fn session_config(&mut self) -> SessionConfig {
-        let mut cfg = self
-            .opts
-            .session
-            .clone()
-            .instructions(self.agent.instructions())
-            .tools(self.agent.tool_definitions())
-            .input_format(AudioFormat::Pcmu)
-            .output_format(AudioFormat::Pcmu);
-        if self.opts.sideband {
-            cfg = cfg.without_audio_formats();
+        if self.assistant_audio_seen && self.agent.voice_name().is_some() {
+            log::info!(
+                target: LOG,
+                "keeping the current voice: the model cannot change voice after it has spoken"
+            );
         }
-        if cfg.transcription_setting().is_none() {
-            if let Some(t) = &self.opts.caller_transcription {
-                cfg = cfg.transcription(t.clone());
-            }
-        }
-        if let Some(v) = self.agent.voice_name() {
-            if self.assistant_audio_seen {
-                log::info!(
-                    target: LOG,
-                    "keeping the current voice: the model cannot change voice after it has spoken"
-                );
-            } else {
-                cfg = cfg.voice(v);
-            }
-        }
-        cfg
+        session_config_for(&self.agent, &self.opts, !self.assistant_audio_seen)
+    }
+
+    /// The configuration a call speaking as `agent` sends in its first `session.update`
+    /// (what the core sends on `session.created`). [`crate::session::warm`] sends it ahead of
+    /// the call, at the webhook; [`Input::ModelConnectedConfigured`] then tells the core.
+    pub fn first_session_config(agent: &Agent, opts: &CallOptions) -> SessionConfig {
+        session_config_for(agent, opts, true)
     }
 
     // ----------------------------------------------------------------------------------------
@@ -977,6 +999,46 @@ impl CallCore {
             let update = self.session_update();
             self.emit_model(update);
             self.on_configured();
+        }
+    }
+
+    /// The model WebSocket is open and its session was configured before the call
+    /// ([`Preconfigured`]): if that configuration is the one this call's agent needs, its
+    /// answer is judged as `session.updated` would be (µ-law both ways: ready at once; a
+    /// refusal ends the call with [`CallError::ModelConfigRejected`]); if the agent differs
+    /// (chosen again on `start`, from details the webhook did not have), the call's own
+    /// `session.update` goes out and is awaited as usual.
+    fn handle_model_preconfigured(&mut self, now: Instant, pre: Preconfigured) {
+        self.handle_model_connected(now);
+        if self.ended.is_some() || self.model != ModelState::Connecting {
+            return;
+        }
+        // As on `session.created`: the session exists, nothing but its configuration goes
+        // out until it is confirmed.
+        self.pending_model
+            .retain(|ev| !matches!(ev, ClientEvent::SessionUpdate { .. }));
+        self.config_pending.clear();
+        self.model = ModelState::Configuring;
+        let wanted = self.session_config();
+        if *pre.sent() != wanted {
+            log::info!(
+                target: LOG,
+                "the call's agent differs from the one configured ahead: updating the session"
+            );
+            let update = self.session_update();
+            self.emit_model(update);
+            return;
+        }
+        match pre {
+            Preconfigured::Confirmed { session, .. } => self.on_session_updated(&session),
+            Preconfigured::Refused { param, message, .. } => {
+                log::error!(
+                    target: LOG,
+                    "model refused the session configuration ({}): {message}; ending the call",
+                    param.as_deref().unwrap_or("no parameter named")
+                );
+                self.config_rejected(param, message)
+            }
         }
     }
 
@@ -2415,6 +2477,28 @@ fn history_item(item: &Item) -> HistoryItem {
 }
 
 /// The `event_id` of a `session.update` (the bridge's own or a raw one), if it has one.
+fn session_config_for(agent: &Agent, opts: &CallOptions, with_voice: bool) -> SessionConfig {
+    let mut cfg = opts
+        .session
+        .clone()
+        .instructions(agent.instructions())
+        .tools(agent.tool_definitions())
+        .input_format(AudioFormat::Pcmu)
+        .output_format(AudioFormat::Pcmu);
+    if opts.sideband {
+        cfg = cfg.without_audio_formats();
+    }
+    if cfg.transcription_setting().is_none() {
+        if let Some(t) = &opts.caller_transcription {
+            cfg = cfg.transcription(t.clone());
+        }
+    }
+    if let (Some(v), true) = (agent.voice_name(), with_voice) {
+        cfg = cfg.voice(v);
+    }
+    cfg
+}
+
 fn session_update_id(ev: &ClientEvent) -> Option<String> {
     match ev {
         ClientEvent::SessionUpdate { event_id, .. } => event_id.clone(),

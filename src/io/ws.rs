@@ -633,6 +633,43 @@ impl WsConn {
         ))
     }
 
+    /// Before the threads start ([`WsConn::spawn`]): writes one text message, waiting at most
+    /// the handshake timeout for the socket. For a short exchange right after the handshake
+    /// (a warm model's configuration, [`crate::session::warm`]).
+    pub fn send_text_blocking(&mut self, text: &str) -> Result<(), WsError> {
+        self.tcp
+            .set_write_timeout(Some(self.cfg.handshake_timeout))
+            .map_err(WsError::Io)?;
+        self.ws.send(Message::text(text)).map_err(closed_or)
+    }
+
+    /// Before the threads start: the next text message, waiting until `deadline` at most
+    /// (pings are answered, other frames skipped). Past the deadline: [`WsError::Io`] of kind
+    /// `TimedOut`. A message not read here is read by the threads [`WsConn::spawn`] starts.
+    pub fn read_text_blocking(&mut self, deadline: Instant) -> Result<String, WsError> {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(WsError::Io(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no message before the deadline",
+                )));
+            }
+            self.tcp.set_read_timeout(Some(left)).map_err(WsError::Io)?;
+            match self.ws.read() {
+                Ok(Message::Text(t)) => return Ok(t.as_str().to_owned()),
+                Ok(Message::Close(_)) => return Err(WsError::Closed),
+                Ok(_) => {}
+                Err(tungstenite::Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => return Err(closed_or(e)),
+            }
+        }
+    }
+
     /// Starts the reader and writer threads (named `{name}-rd`, `{name}-wr`). `on_message`
     /// runs on the reader thread for every text and binary message, then once with
     /// [`Incoming::Closed`] or [`Incoming::Error`].
@@ -687,6 +724,15 @@ impl WsConn {
             let _ = tx.send(m);
         })?;
         Ok((d, rx))
+    }
+}
+
+/// A closed connection as [`WsError::Closed`], anything else as a protocol error.
+fn closed_or(e: tungstenite::Error) -> WsError {
+    match e {
+        tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => WsError::Closed,
+        tungstenite::Error::Io(io) => WsError::Io(io),
+        other => WsError::Protocol(other),
     }
 }
 

@@ -74,10 +74,12 @@ use tungstenite::stream::MaybeTlsStream;
 
 use self::token::{StreamTokens, TOKEN_PARAMETER};
 use crate::agent::Agent;
+use crate::call::CallCore;
 use crate::events::{CloseReason, SessionEvent};
 use crate::io::http::{self, HttpError, HttpLimits, RequestHead};
 use crate::io::ws::{WsConfig, WsConn};
 use crate::metrics::{CallStats, Metrics, CALLS_LOG};
+use crate::proto::realtime::SessionConfig;
 use crate::proto::twilio::Start;
 use crate::session::warm::WarmModels;
 use crate::session::{
@@ -98,9 +100,14 @@ const LOG: &str = "twilio_realtime::server";
 #[non_exhaustive]
 pub enum AgentFactory {
     /// Called when a media stream connects, without the call's details; nothing waits for
-    /// `start`.
+    /// `start`. With a warm model also at the webhook.
     Fixed(Arc<dyn Fn() -> Agent + Send + Sync>),
-    /// Called on the stream's `start` with the call's [`CallInfo`].
+    /// Called on the stream's `start` with the call's [`CallInfo`]. With a warm model
+    /// ([`crate::session::warm`]) also at the signed webhook, with the webhook's
+    /// [`CallInfo::from_webhook`] (no streamSid yet), to configure the model session before
+    /// the stream: keep it quick (it runs before the webhook answers). When the agent it
+    /// returns on `start` needs another configuration than the webhook's, the call sends
+    /// its own.
     PerCall(AgentForCall),
 }
 
@@ -1270,10 +1277,8 @@ impl ConnCtx {
             return;
         }
         // Kept for the call's `CallInfo` until its stream starts (signature checked above).
-        self.webhooks.insert(
-            field("CallSid"),
-            WebhookForm::from_pairs(form.iter().cloned()),
-        );
+        let webhook_form = WebhookForm::from_pairs(form.iter().cloned());
+        self.webhooks.insert(field("CallSid"), webhook_form.clone());
         let mut params = vec![("caller", field("From").to_owned())];
         if let Some(tokens) = &self.tokens {
             match tokens.issue(field("CallSid")) {
@@ -1286,8 +1291,10 @@ impl ConnCtx {
             }
         }
         if let Some(warm) = &self.cfg.session.warm_models {
-            // The model handshake runs while Twilio fetches this TwiML and opens the stream.
-            warm.open(field("CallSid"), &self.cfg.session.model);
+            // The model handshake and the session's configuration run while Twilio fetches
+            // this TwiML and opens the stream.
+            let config = self.webhook_session_config(webhook_form, &params);
+            warm.open(field("CallSid"), &self.cfg.session.model, config);
         }
         let params: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let mut url = stream_url(&origin);
@@ -1302,6 +1309,37 @@ impl ConnCtx {
         );
         log::info!(target: LOG, "incoming call webhook answered");
         respond(&mut stream, 200, "text/xml", &twiml);
+    }
+
+    /// The first model session configuration of the call a signed webhook announces: its
+    /// agent, built from what the webhook knows ([`CallInfo::from_webhook`], with the TwiML's
+    /// `<Parameter>`s but the stream token). `None` when the factory panicked (the stream's
+    /// `start` runs it again and ends that call).
+    fn webhook_session_config(
+        &self,
+        form: WebhookForm,
+        params: &[(&str, String)],
+    ) -> Option<SessionConfig> {
+        let custom = params
+            .iter()
+            .filter(|(k, _)| *k != TOKEN_PARAMETER)
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect();
+        let info = CallInfo::from_webhook(form, custom);
+        let agent = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &self.agent {
+            AgentFactory::Fixed(f) => f(),
+            AgentFactory::PerCall(f) => f(&info),
+        }));
+        match agent {
+            Ok(agent) => Some(CallCore::first_session_config(
+                &agent,
+                &self.cfg.session.call,
+            )),
+            Err(_) => {
+                log::error!(target: LOG, "the agent factory panicked at the webhook");
+                None
+            }
+        }
     }
 
     /// Counts an answered webhook as a call on its way, unless that makes more than

@@ -46,7 +46,9 @@ use tungstenite::Message;
 use crate::agent::{Agent, ToolFailure};
 use crate::call::inbound::{InboundAudio, InboundConfig, InboundStats};
 use crate::call::playback::MarkName;
-use crate::call::{CallCore, CallOptions, Command, GuardrailRun, Input, Output, ToolRun};
+use crate::call::{
+    CallCore, CallOptions, Command, GuardrailRun, Input, Output, Preconfigured, ToolRun,
+};
 use crate::events::{CallError, CloseReason, HistoryItem, SessionEvent, TransportEvent};
 use crate::io::ws::{
     panic_text, ClientRequest, Duplex, Incoming, WsConfig, WsConn, WsError, WsSender,
@@ -415,7 +417,8 @@ enum ShellMsg {
     /// Twilio spent its bad-message budget (bad messages in the call).
     TwilioOverBudget(u64),
     TwilioClosed(CallError),
-    ModelConnected(u64, WsConn),
+    /// A model connection of this generation opened (configured ahead when it was warm).
+    ModelConnected(u64, WsConn, Option<Box<Preconfigured>>),
     ModelConnectFailed(u64, CallError),
     Model(u64, ServerEvent),
     ModelBad(u64, String),
@@ -710,7 +713,7 @@ fn spawn_model_connect(
             let msg = match WsConn::connect(&req, &cfg) {
                 Ok(conn) => {
                     store_once(&counters.model_connect_us, began.elapsed());
-                    ShellMsg::ModelConnected(gen, conn)
+                    ShellMsg::ModelConnected(gen, conn, None)
                 }
                 Err(e) => ShellMsg::ModelConnectFailed(gen, CallError::model_connect(e)),
             };
@@ -1148,7 +1151,7 @@ impl Shell {
             ShellMsg::TwilioClosed(error) => {
                 self.core.handle_input(now, Input::TwilioClosed { error })
             }
-            ShellMsg::ModelConnected(gen, conn) => {
+            ShellMsg::ModelConnected(gen, conn, configured) => {
                 if gen != self.model_gen || self.core.ended().is_some() {
                     return;
                 }
@@ -1156,7 +1159,7 @@ impl Shell {
                     self.held_model = Some((gen, conn));
                     return;
                 }
-                self.model_connected(now, gen, conn);
+                self.model_connected(now, gen, conn, configured);
             }
             ShellMsg::ModelConnectFailed(gen, error) => {
                 if gen == self.model_gen {
@@ -1232,7 +1235,7 @@ impl Shell {
         self.core
             .handle_input(now, Input::Twilio(TwilioMessage::Start(start)));
         if let Some((gen, conn)) = self.held_model.take() {
-            self.model_connected(now, gen, conn);
+            self.model_connected(now, gen, conn, None);
         }
     }
 
@@ -1255,10 +1258,10 @@ impl Shell {
             Box::new(move |result| {
                 // A session that ended meanwhile drops the message, and with it the socket.
                 let _ = tx.send(match result {
-                    Ok(conn) => {
+                    Ok(warm) => {
                         // What this call waited for it: 0 when it was open already.
                         store_once(&counters.model_connect_us, began.elapsed());
-                        ShellMsg::ModelConnected(gen, conn)
+                        ShellMsg::ModelConnected(gen, warm.conn, warm.configured.map(Box::new))
                     }
                     Err(error) => ShellMsg::ModelConnectFailed(gen, error),
                 });
@@ -1270,7 +1273,13 @@ impl Shell {
         claimed
     }
 
-    fn model_connected(&mut self, now: Instant, gen: u64, conn: WsConn) {
+    fn model_connected(
+        &mut self,
+        now: Instant,
+        gen: u64,
+        conn: WsConn,
+        configured: Option<Box<Preconfigured>>,
+    ) {
         let tx = self.shell_tx.clone();
         let events = self.events.clone();
         let transport = self.transport;
@@ -1284,7 +1293,11 @@ impl Shell {
             Ok(d) => {
                 lock(&self.lane).model = Some(d.sender());
                 self.model = Some(d);
-                self.core.handle_input(now, Input::ModelConnected);
+                let input = match configured {
+                    Some(pre) => Input::ModelConnectedConfigured(*pre),
+                    None => Input::ModelConnected,
+                };
+                self.core.handle_input(now, input);
             }
             Err(e) => self.core.handle_input(
                 now,
@@ -1558,7 +1571,7 @@ fn record_shell_msg(r: &mut Recorder, msg: &ShellMsg, gen: u64) {
         ShellMsg::TwilioClosed(why) => r.now(Record::TwilioClosed {
             why: why.to_string(),
         }),
-        ShellMsg::ModelConnected(g, _) if *g == gen => r.now(Record::ModelConnected),
+        ShellMsg::ModelConnected(g, _, _) if *g == gen => r.now(Record::ModelConnected),
         ShellMsg::ModelConnectFailed(g, why) if *g == gen => r.now(Record::ModelConnectFailed {
             why: why.to_string(),
         }),

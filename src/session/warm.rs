@@ -13,13 +13,25 @@
 //! would let anyone spend model sessions) and the model connection opens the moment the
 //! stream is accepted, as before.
 //!
-//! What is warmed is the connection; the model session's configuration (`session.update`,
-//! confirmed by `session.updated`) still follows Twilio's `start`, because the per-call agent
-//! is chosen from the stream's [`CallInfo`](crate::telephony::call_info::CallInfo). That is
-//! one round trip on an open socket instead of a handshake and then that round trip.
+//! The model session is configured there too: the webhook has the caller's details (its
+//! form fields make a [`CallInfo`](crate::telephony::call_info::CallInfo) without a
+//! streamSid), so the server builds the call's agent from them and [`WarmModels::open`] gets
+//! the first configuration
+//! ([`CallCore::first_session_config`](crate::call::CallCore::first_session_config)). As soon
+//! as the socket is open, the connector answers `session.created` with that `session.update`
+//! and waits for the server's answer ([`WarmSetup`]); the stream that claims the connection
+//! gets it with that answer ([`Preconfigured`]) and, when its own agent (chosen again on
+//! `start`) needs the same configuration, is ready at once: no round trip to the model's
+//! region between Twilio's `start` and the greeting. "Ready means confirmed" still holds: the
+//! call core judges the server's `session.updated` as if it had just arrived (µ-law both
+//! ways), a refusal ends the call with
+//! [`CallError::ModelConfigRejected`](crate::error::CallError::ModelConfigRejected) when
+//! the stream claims it, and an agent that differs (e.g. chosen from a `<Parameter>` the
+//! webhook did not know) sends its own `session.update` on the open session.
 //!
-//! The decisions live in [`WarmPool`], a plain map that takes the current time and returns
-//! what to do; [`WarmModels`] adds the connector threads and one reaper thread.
+//! The decisions live in plain types that take inputs and return what to do: [`WarmPool`]
+//! (which connection belongs to whom, until when) and [`WarmSetup`] (the configuring
+//! exchange); [`WarmModels`] adds the connector threads and one reaper thread.
 //!
 //! ```
 //! use std::time::{Duration, Instant};
@@ -51,8 +63,10 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, RecvTimeoutError, Sender};
 
+use crate::call::Preconfigured;
 use crate::error::CallError;
 use crate::io::ws::{WsConn, WsError};
+use crate::proto::realtime::{ClientEvent, ServerEvent, SessionConfig};
 use crate::session::ModelOptions;
 
 const LOG: &str = "twilio_realtime::warm";
@@ -246,15 +260,158 @@ impl<T, W> WarmPool<T, W> {
     }
 }
 
+/// The `event_id` of the `session.update` a warm connection sends.
+pub const WARM_UPDATE_ID: &str = "tr_warm_session";
+
+/// What [`WarmSetup::on_event`] decided.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum SetupStep {
+    /// Send this to the model.
+    Send(ClientEvent),
+    /// Nothing to do: wait for the next event.
+    Wait,
+    /// The configuration was answered: hand the connection over with this.
+    Done(Preconfigured),
+}
+
+/// The configuring exchange of a warm connection, without the socket: `session.created` →
+/// our `session.update` ([`WARM_UPDATE_ID`]) → `session.updated`, or an `error` naming that
+/// update. No judgement on the answer here: the call core makes it when the stream claims the
+/// connection (see [`Preconfigured`]).
+///
+/// ```
+/// use twilio_realtime::call::Preconfigured;
+/// use twilio_realtime::proto::realtime::{ServerEvent, SessionConfig};
+/// use twilio_realtime::session::warm::{SetupStep, WarmSetup};
+///
+/// let mut setup = WarmSetup::new(SessionConfig::new().instructions("Be brief."));
+/// let created = ServerEvent::parse(r#"{"type":"session.created","event_id":"e1","session":{}}"#)?;
+/// assert!(matches!(setup.on_event(created), SetupStep::Send(u) if u.event_type() == "session.update"));
+/// let updated = ServerEvent::parse(r#"{"type":"session.updated","event_id":"e2","session":{"type":"realtime"}}"#)?;
+/// assert!(matches!(setup.on_event(updated), SetupStep::Done(Preconfigured::Confirmed { .. })));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct WarmSetup {
+    config: SessionConfig,
+    sent: bool,
+    done: bool,
+}
+
+impl WarmSetup {
+    /// Will configure the session with `config`.
+    pub fn new(config: SessionConfig) -> WarmSetup {
+        WarmSetup {
+            config,
+            sent: false,
+            done: false,
+        }
+    }
+
+    /// An event from the model.
+    pub fn on_event(&mut self, ev: ServerEvent) -> SetupStep {
+        if self.done {
+            return SetupStep::Wait;
+        }
+        match ev {
+            ServerEvent::SessionCreated(_) if !self.sent => {
+                self.sent = true;
+                SetupStep::Send(ClientEvent::SessionUpdate {
+                    event_id: Some(WARM_UPDATE_ID.to_owned()),
+                    session: self.config.clone(),
+                })
+            }
+            ServerEvent::SessionUpdated(e) if self.sent => {
+                self.done = true;
+                SetupStep::Done(Preconfigured::Confirmed {
+                    sent: self.config.clone(),
+                    session: e.session,
+                })
+            }
+            ServerEvent::Error(e)
+                if self.sent && e.error.event_id.as_deref() == Some(WARM_UPDATE_ID) =>
+            {
+                self.done = true;
+                SetupStep::Done(Preconfigured::Refused {
+                    sent: self.config.clone(),
+                    param: e.error.param,
+                    message: e.error.message,
+                })
+            }
+            _ => SetupStep::Wait,
+        }
+    }
+}
+
+/// A model connection opened ahead of its stream, with how its configuration was answered
+/// (`None`: not configured; the session configures it on `session.created` as usual).
+#[derive(Debug)]
+pub struct WarmConn {
+    /// The open socket (its threads not started).
+    pub conn: WsConn,
+    /// The configuring exchange's outcome, if a configuration was given.
+    pub configured: Option<Preconfigured>,
+}
+
 /// Gets the outcome of a claimed warm connection (on the connector thread, or at once on the
 /// claiming thread).
-pub type Delivery = Box<dyn FnOnce(Result<WsConn, CallError>) + Send>;
+pub type Delivery = Box<dyn FnOnce(Result<WarmConn, CallError>) + Send>;
+
+/// Runs [`WarmSetup`] on a socket whose threads have not started, within `within`.
+fn configure(
+    mut conn: WsConn,
+    config: Option<SessionConfig>,
+    within: Duration,
+) -> Result<WarmConn, CallError> {
+    let Some(config) = config else {
+        return Ok(WarmConn {
+            conn,
+            configured: None,
+        });
+    };
+    let began = Instant::now();
+    let deadline = began.checked_add(within).unwrap_or(began);
+    let mut setup = WarmSetup::new(config);
+    loop {
+        let text = conn.read_text_blocking(deadline).map_err(|e| match e {
+            WsError::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => {
+                CallError::ModelHandshakeTimeout
+            }
+            other => CallError::model_connect(other),
+        })?;
+        let ev = match ServerEvent::parse(&text) {
+            Ok(ev) => ev,
+            Err(e) => {
+                log::warn!(target: LOG, "warm model sent an unreadable event, skipped: {e}");
+                continue;
+            }
+        };
+        match setup.on_event(ev) {
+            SetupStep::Send(update) => conn
+                .send_text_blocking(&update.to_json())
+                .map_err(CallError::model_connect)?,
+            SetupStep::Done(pre) => {
+                log::debug!(
+                    target: LOG,
+                    "warm model session configured in {} ms",
+                    began.elapsed().as_millis()
+                );
+                return Ok(WarmConn {
+                    conn,
+                    configured: Some(pre),
+                });
+            }
+            SetupStep::Wait => {}
+        }
+    }
+}
 
 /// The threaded shell around a [`WarmPool`] of model connections: a named connector thread
 /// per opened connection and one reaper thread that closes unclaimed connections when they
 /// expire (it sleeps until the next expiry; it exits when the `WarmModels` is dropped).
 pub struct WarmModels {
-    pool: Mutex<WarmPool<WsConn, Delivery>>,
+    pool: Mutex<WarmPool<WarmConn, Delivery>>,
     wake: Sender<()>,
 }
 
@@ -307,7 +464,7 @@ impl WarmModels {
         Ok(warm)
     }
 
-    fn lock(&self) -> MutexGuard<'_, WarmPool<WsConn, Delivery>> {
+    fn lock(&self) -> MutexGuard<'_, WarmPool<WarmConn, Delivery>> {
         self.pool.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -316,8 +473,14 @@ impl WarmModels {
     }
 
     /// Starts opening a model connection for `call_sid` (call it only for a webhook whose
-    /// signature was checked); returns what the pool decided.
-    pub fn open(self: &Arc<Self>, call_sid: &str, model: &ModelOptions) -> Open {
+    /// signature was checked) and, with `config`, configuring its session (see the module
+    /// docs; bounded by the model's handshake timeout); returns what the pool decided.
+    pub fn open(
+        self: &Arc<Self>,
+        call_sid: &str,
+        model: &ModelOptions,
+        config: Option<SessionConfig>,
+    ) -> Open {
         let decided = self.lock().open_at(call_sid, Instant::now());
         if decided != Open::Started {
             if decided == Open::Full {
@@ -334,7 +497,10 @@ impl WarmModels {
             .name("model-warm".into())
             .stack_size(256 * 1024)
             .spawn(move || {
-                let result = WsConn::connect(&req, &cfg).map_err(CallError::model_connect);
+                let within = cfg.handshake_timeout;
+                let result = WsConn::connect(&req, &cfg)
+                    .map_err(CallError::model_connect)
+                    .and_then(|conn| configure(conn, config, within));
                 if let Err(e) = &result {
                     log::warn!(target: LOG, "warm model connection failed: {e}");
                 }
@@ -347,7 +513,7 @@ impl WarmModels {
         Open::Started
     }
 
-    fn arrived(&self, call_sid: &str, result: Result<WsConn, CallError>) {
+    fn arrived(&self, call_sid: &str, result: Result<WarmConn, CallError>) {
         let arrival = self.lock().connected_at(call_sid, result, Instant::now());
         match arrival {
             Arrival::Deliver(deliver, result) => deliver(result),
@@ -508,6 +674,62 @@ mod tests {
         pool.connected_at("CA1", Ok(1), t0);
         pool.claim_at("CA1", "s", t0);
         assert_eq!(pool.open_at("CA3", t0), Open::Started);
+    }
+
+    fn ev(json: &str) -> ServerEvent {
+        ServerEvent::parse(json).expect("a server event")
+    }
+
+    #[test]
+    fn setup_answers_session_created_with_its_update_once() {
+        let config = SessionConfig::new().instructions("Be brief.");
+        let mut setup = WarmSetup::new(config.clone());
+        // Nothing is sent before the session exists.
+        assert_eq!(
+            setup.on_event(ev(r#"{"type":"session.updated","session":{}}"#)),
+            SetupStep::Wait
+        );
+        let created = r#"{"type":"session.created","session":{}}"#;
+        assert_eq!(
+            setup.on_event(ev(created)),
+            SetupStep::Send(ClientEvent::SessionUpdate {
+                event_id: Some(WARM_UPDATE_ID.into()),
+                session: config.clone(),
+            })
+        );
+        assert_eq!(setup.on_event(ev(created)), SetupStep::Wait);
+        // An error about something else is not the answer.
+        let other = r#"{"type":"error","error":{"type":"invalid_request_error","code":"x","message":"m","event_id":"other"}}"#;
+        assert_eq!(setup.on_event(ev(other)), SetupStep::Wait);
+        let updated = r#"{"type":"session.updated","session":{"type":"realtime"}}"#;
+        assert_eq!(
+            setup.on_event(ev(updated)),
+            SetupStep::Done(Preconfigured::Confirmed {
+                sent: config,
+                session: serde_json::json!({"type": "realtime"}),
+            })
+        );
+        assert_eq!(setup.on_event(ev(updated)), SetupStep::Wait, "done once");
+    }
+
+    #[test]
+    fn setup_reports_a_refusal_of_its_update() {
+        let config = SessionConfig::new().voice("robot");
+        let mut setup = WarmSetup::new(config.clone());
+        assert!(matches!(
+            setup.on_event(ev(r#"{"type":"session.created","session":{}}"#)),
+            SetupStep::Send(_)
+        ));
+        let refused = r#"{"type":"error","error":{"type":"invalid_request_error","code":"invalid_value",
+            "message":"Invalid value: 'robot'.","param":"session.audio.output.voice","event_id":"tr_warm_session"}}"#;
+        assert_eq!(
+            setup.on_event(ev(refused)),
+            SetupStep::Done(Preconfigured::Refused {
+                sent: config,
+                param: Some("session.audio.output.voice".into()),
+                message: "Invalid value: 'robot'.".into(),
+            })
+        );
     }
 
     #[test]

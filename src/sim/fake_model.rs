@@ -47,6 +47,10 @@ use crate::proto::realtime::{ClientEvent, Item};
 
 const LOG: &str = "twilio_realtime::sim";
 
+/// Most client events on their way at once ([`Faults::round_trip`]); beyond it the fake
+/// stops reading the socket until the oldest is due (the bridge's writes then wait on TCP).
+const MAX_IN_FLIGHT: usize = 4096;
+
 /// One scripted response.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Reply {
@@ -95,6 +99,16 @@ pub struct Faults {
     /// a usable session (openclaw #85847, cited in issue 12 §6). `examples/latency.rs` uses
     /// 300 ms and 1 s.
     pub accept_delay: Duration,
+    /// The network's round trip between the bridge and the model's region: each client event
+    /// is acted on this long after it arrived, so every answer (`session.updated` to a
+    /// `session.update`, the first audio of a `response.create`, `speech_started` to the
+    /// caller's audio) reaches the bridge one round trip after the event that caused it, as in
+    /// production, where each client event → server event costs one round trip (both one-way
+    /// halves are applied on the way in; the bridge cannot tell the difference). Events keep
+    /// their order; the server's own pacing (audio deltas) is unchanged. `session.created`
+    /// comes with the handshake ([`Faults::accept_delay`], which models the handshake's own
+    /// round trips). Default zero (loopback); `examples/latency.rs` uses 100 ms and 300 ms.
+    pub round_trip: Duration,
     /// Close the socket after this long.
     pub close_after: Option<Duration>,
     /// Send these `error` events at these times.
@@ -439,16 +453,29 @@ fn connection(sh: Arc<Shared>, tcp: std::net::TcpStream) {
         log::info!(target: LOG, "fault: speaking first, unasked, in the session's default format");
         e.start_response(g);
     }
+    // Client events on their way (Faults::round_trip): (when they are acted on, text).
+    // (An hour at most: a round trip past what an Instant holds means "never" in practice.)
+    let round_trip = sh.cfg.faults.round_trip.min(Duration::from_secs(3600));
+    let mut in_flight: VecDeque<(Instant, String)> = VecDeque::new();
     loop {
+        let now = Instant::now();
+        while in_flight.front().is_some_and(|(due, _)| *due <= now) {
+            if let Some((_, text)) = in_flight.pop_front() {
+                e.act(&text);
+            }
+        }
         let timeout = e
             .next_deadline()
+            .into_iter()
+            .chain(in_flight.front().map(|(due, _)| *due))
+            .min()
             .map(|d| d.saturating_duration_since(Instant::now()))
             .unwrap_or(Duration::from_millis(200));
         let stalled = stall.is_some_and(|(after, len)| {
             let t = e.started.elapsed();
             t >= after && t < after.saturating_add(len)
         });
-        if stalled {
+        if stalled || in_flight.len() >= MAX_IN_FLIGHT {
             // Not reading: the reader thread blocks on the full queue, the window closes.
             thread::sleep(timeout.min(Duration::from_millis(20)));
             if !e.tick() || sh.stop.load(Ordering::SeqCst) {
@@ -458,9 +485,17 @@ fn connection(sh: Arc<Shared>, tcp: std::net::TcpStream) {
             continue;
         }
         match rx.recv_timeout(timeout) {
-            Ok(Incoming::Text(t)) => e.on_client(t.as_str()),
+            Ok(Incoming::Text(t)) if round_trip.is_zero() => e.on_client(t.as_str()),
+            Ok(Incoming::Text(t)) => {
+                e.record_arrival(t.as_str());
+                in_flight.push_back((Instant::now() + round_trip, t.as_str().to_owned()));
+            }
             Ok(Incoming::Binary(_)) => e.violation("binary frame".into()),
             Ok(Incoming::Closed(_)) | Ok(Incoming::Error(_)) => {
+                // What was sent before the close arrived before it (TCP keeps the order).
+                for (_, text) in in_flight.drain(..) {
+                    e.act(&text);
+                }
                 sh.rec().closed_by_client += 1;
                 break;
             }
@@ -673,10 +708,20 @@ impl Engine {
             .and_then(|a| a.queue.front().map(|q| q.0))
     }
 
-    fn on_client(&mut self, text: &str) {
+    /// A client event arrived now: recorded (when events are kept).
+    fn record_arrival(&self, text: &str) {
         if self.sh.cfg.keep_events {
             self.sh.rec().events.push((Instant::now(), text.to_owned()));
         }
+    }
+
+    fn on_client(&mut self, text: &str) {
+        self.record_arrival(text);
+        self.act(text);
+    }
+
+    /// Acts on a client event (after [`Faults::round_trip`]).
+    fn act(&mut self, text: &str) {
         let ev = match ClientEvent::parse(text) {
             Ok(ev) => ev,
             Err(e) => return self.violation(format!("unparseable client event: {e}")),

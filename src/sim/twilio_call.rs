@@ -207,6 +207,9 @@ pub struct CallReport {
     pub closed_by_bridge: bool,
     /// How long the call lasted.
     pub duration: Duration,
+    /// When the stream's `connected` and `start` were sent: the origin of
+    /// [`CallReport::timeline`] and of each chunk's arrival.
+    pub began: Option<Instant>,
 }
 
 impl CallReport {
@@ -367,6 +370,7 @@ impl TwilioCall {
         let mut report = CallReport {
             stream_sid: stream_sid.clone(),
             call_sid: call_sid.clone(),
+            began: Some(t0),
             ..Default::default()
         };
 

@@ -18,7 +18,11 @@
 //! carries the agent's instructions, voice and tools) waits for `start` when the agent is
 //! chosen per call: until then the open model socket is simply not read (`session.created` waits
 //! in the socket buffer). Twilio sends `start` right after `connected`, so in practice the
-//! configuration waits for nothing; with a fixed agent nothing waits at all.
+//! configuration waits for nothing; with a fixed agent nothing waits at all. With a warm model
+//! ([`crate::session::warm`]: signed webhooks and stream tokens) nothing waits for `start`:
+//! the server builds the agent from the webhook's details ([`CallInfo::from_webhook`]) and
+//! opens and configures the model session there; the agent chosen again on `start` only
+//! costs a round trip if it needs another configuration.
 //!
 //! ```
 //! use std::collections::BTreeMap;
@@ -155,7 +159,53 @@ impl CallInfo {
     /// The details of the stream that sent `start`, with the webhook's fields if known.
     pub fn from_start(start: &Start, webhook: Option<WebhookForm>) -> CallInfo {
         let s = &start.start;
-        let mut custom_parameters = s.custom_parameters.clone();
+        CallInfo::build(
+            s.call_sid.clone(),
+            s.account_sid.clone(),
+            start.stream_sid.clone(),
+            s.custom_parameters.clone(),
+            webhook,
+        )
+    }
+
+    /// The details a call webhook gives before the stream exists: CallSid, AccountSid and the
+    /// other fields from `form`, and `custom_parameters`, the `<Parameter>`s of the TwiML the
+    /// webhook answers (the stream's `start` will carry them); no streamSid yet (empty). The
+    /// bundled server builds the call's agent from it at the webhook, for a warm model
+    /// ([`crate::session::warm`]).
+    ///
+    /// ```
+    /// use std::collections::BTreeMap;
+    /// use twilio_realtime::telephony::call_info::{CallInfo, WebhookForm};
+    ///
+    /// let form = WebhookForm::from_pairs([("CallSid", "CA1"), ("AccountSid", "AC1"),
+    ///     ("From", "+15550100"), ("CallerName", "Ada Lovelace")]);
+    /// let params = BTreeMap::from([("caller".to_owned(), "+15550100".to_owned())]);
+    /// let call = CallInfo::from_webhook(form, params);
+    /// assert_eq!((call.call_sid.as_str(), call.stream_sid.as_str()), ("CA1", ""));
+    /// assert_eq!(call.caller_name(), Some("Ada Lovelace"));
+    /// ```
+    pub fn from_webhook(
+        form: WebhookForm,
+        custom_parameters: BTreeMap<String, String>,
+    ) -> CallInfo {
+        let field = |name: &str| form.get(name).unwrap_or("").to_owned();
+        CallInfo::build(
+            field("CallSid"),
+            field("AccountSid"),
+            String::new(),
+            custom_parameters,
+            Some(form),
+        )
+    }
+
+    fn build(
+        call_sid: String,
+        account_sid: String,
+        stream_sid: String,
+        mut custom_parameters: BTreeMap<String, String>,
+        webhook: Option<WebhookForm>,
+    ) -> CallInfo {
         custom_parameters.remove(TOKEN_PARAMETER);
         let from_webhook = |name: &str| webhook.as_ref().and_then(|w| w.get(name));
         let param = |name: &str| custom_parameters.get(name).map(String::as_str);
@@ -168,9 +218,9 @@ impl CallInfo {
             .or_else(|| nonempty(param("Direction")))
             .map(|d| Direction::parse(&d));
         CallInfo {
-            call_sid: s.call_sid.clone(),
-            account_sid: s.account_sid.clone(),
-            stream_sid: start.stream_sid.clone(),
+            call_sid,
+            account_sid,
+            stream_sid,
             from,
             to,
             direction,

@@ -152,7 +152,7 @@ use std::thread::JoinHandle;
 
 use twilio_realtime::agent::Agent;
 use twilio_realtime::events::SessionEvent;
-use twilio_realtime::server::{Server, ServerConfig, ServerStats, Stopper};
+use twilio_realtime::server::{IntoAgentFactory, Server, ServerConfig, ServerStats, Stopper};
 use twilio_realtime::sim::fake_model::{FakeModel, FakeModelConfig};
 
 /// A fake model plus the bridge server on 127.0.0.1, collecting every session event.
@@ -174,6 +174,15 @@ impl Rig {
         agent: fn() -> Agent,
         tweak: impl FnOnce(&mut ServerConfig),
     ) -> Rig {
+        Rig::start_factory(model, Arc::new(agent), tweak)
+    }
+
+    /// With any agent factory the server takes (e.g. one that reads the call's `CallInfo`).
+    pub fn start_factory<M>(
+        model: FakeModelConfig,
+        agent: impl IntoAgentFactory<M>,
+        tweak: impl FnOnce(&mut ServerConfig),
+    ) -> Rig {
         let model = FakeModel::start(model).expect("fake model");
         let mut cfg = ServerConfig::new();
         cfg.bind = "127.0.0.1:0".parse().unwrap();
@@ -185,11 +194,9 @@ impl Rig {
         tweak(&mut cfg);
         let events = Arc::new(Mutex::new(Vec::new()));
         let ev = events.clone();
-        let server = Server::bind(cfg, Arc::new(agent))
-            .expect("bind")
-            .on_event(Arc::new(move |n, e: &SessionEvent| {
-                ev.lock().unwrap().push((n, e.clone()))
-            }));
+        let server = Server::bind(cfg, agent).expect("bind").on_event(Arc::new(
+            move |n, e: &SessionEvent| ev.lock().unwrap().push((n, e.clone())),
+        ));
         let addr = server.local_addr();
         let stopper = server.stopper();
         let server = std::thread::spawn(move || server.run());
@@ -404,4 +411,17 @@ pub fn run_session(
     }
     handle.join();
     seen
+}
+
+/// The caller's usual short call: 600 ms of speech, the agent's answer, then hang up.
+pub fn short_call() -> Vec<twilio_realtime::sim::twilio_call::Segment> {
+    use twilio_realtime::sim::twilio_call::Segment;
+    vec![
+        Segment::Speech(600),
+        Segment::WaitForAgent {
+            quiet_ms: 300,
+            timeout_ms: 10_000,
+        },
+        Segment::HangUp,
+    ]
 }
