@@ -25,7 +25,7 @@
 //! region between Twilio's `start` and the greeting. "Ready means confirmed" still holds: the
 //! call core judges the server's `session.updated` as if it had just arrived (µ-law both
 //! ways), a refusal ends the call with
-//! [`CallError::ModelConfigRejected`](crate::error::CallError::ModelConfigRejected) when
+//! [`CallError::ModelConfigRejected`] when
 //! the stream claims it, and an agent that differs (e.g. chosen from a `<Parameter>` the
 //! webhook did not know) sends its own `session.update` on the open session.
 //!
