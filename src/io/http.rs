@@ -117,6 +117,28 @@ pub struct RequestHead {
 }
 
 impl RequestHead {
+    /// A head as another HTTP server parsed it (version `HTTP/1.1`): for
+    /// [`crate::io::ws::check_upgrade`] and [`crate::io::ws::WsConn::accept_upgrade`].
+    pub fn new<K, V>(
+        method: impl Into<String>,
+        target: impl Into<String>,
+        headers: impl IntoIterator<Item = (K, V)>,
+    ) -> RequestHead
+    where
+        K: Into<String>,
+        V: Into<String>,
+    {
+        RequestHead {
+            method: method.into(),
+            target: target.into(),
+            version: "HTTP/1.1".into(),
+            headers: headers
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        }
+    }
+
     /// The path (target without the query).
     pub fn path(&self) -> &str {
         self.target

@@ -279,6 +279,45 @@ fn is_would_block(e: &tungstenite::Error) -> bool {
     matches!(e, tungstenite::Error::Io(io) if io.kind() == io::ErrorKind::WouldBlock)
 }
 
+/// Checks that a request head is a WebSocket upgrade this crate can take (`GET`,
+/// `Upgrade: websocket`, `Connection: upgrade`, `Sec-WebSocket-Version: 13`, a
+/// `Sec-WebSocket-Key`) and returns the `Sec-WebSocket-Accept` value its `101` answer must
+/// carry (RFC 6455 §4.2.2), for a server that writes that answer itself (then
+/// [`WsConn::from_upgraded`]).
+///
+/// ```
+/// use twilio_realtime::io::http::RequestHead;
+/// use twilio_realtime::io::ws::check_upgrade;
+///
+/// let head = RequestHead::new("GET", "/media-stream", [
+///     ("Upgrade", "websocket"),
+///     ("Connection", "Upgrade"),
+///     ("Sec-WebSocket-Version", "13"),
+///     ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+/// ]);
+/// // RFC 6455's own example.
+/// assert_eq!(check_upgrade(&head).unwrap(), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+/// ```
+pub fn check_upgrade(head: &RequestHead) -> Result<String, WsError> {
+    if head.method != "GET" {
+        return Err(WsError::NotAnUpgrade("method is not GET"));
+    }
+    if !head.is_websocket_upgrade() {
+        return Err(WsError::NotAnUpgrade(
+            "no Upgrade: websocket / Connection: upgrade",
+        ));
+    }
+    if head.header("sec-websocket-version").map(str::trim) != Some("13") {
+        return Err(WsError::NotAnUpgrade("Sec-WebSocket-Version is not 13"));
+    }
+    let key = head
+        .header("sec-websocket-key")
+        .ok_or(WsError::NotAnUpgrade("no Sec-WebSocket-Key"))?;
+    Ok(tungstenite::handshake::derive_accept_key(
+        key.trim().as_bytes(),
+    ))
+}
+
 /// The close code and reason a peer sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CloseInfo {
@@ -516,31 +555,74 @@ impl WsConn {
         })
     }
 
-    /// Accepts a WebSocket upgrade whose HTTP head was already read (so one port can serve
-    /// plain HTTP routes and the upgrade): checks it, answers `101`, and keeps the bytes read
-    /// past the head.
-    pub fn accept_head(
+    /// Completes a WebSocket upgrade on a connection another HTTP server accepted and whose
+    /// request head it already read and parsed, but did not answer (so one port serves the
+    /// application's own routes and the Media Streams upgrade): checks the head
+    /// ([`check_upgrade`]), answers `101 Switching Protocols`, and keeps `leftover`, the bytes
+    /// that server read past the head (usually none: a WebSocket client waits for the `101`).
+    /// Then hand the connection to [`crate::session::Session::start`].
+    ///
+    /// For a server that writes the `101` itself, see [`WsConn::from_upgraded`].
+    ///
+    /// ```no_run
+    /// use std::net::TcpListener;
+    /// use twilio_realtime::io::http::{read_head, HttpLimits};
+    /// use twilio_realtime::{Agent, Session, SessionOptions, WsConfig, WsConn};
+    ///
+    /// let listener = TcpListener::bind("127.0.0.1:5050")?;
+    /// let (mut tcp, _) = listener.accept()?;
+    /// // Someone else's server read the request (here: the crate's own small reader).
+    /// let (head, leftover) = read_head(&mut tcp, &HttpLimits::default())?;
+    /// if head.path() == "/media-stream" {
+    ///     let twilio = WsConn::accept_upgrade(tcp, &head, leftover, &WsConfig::default())?;
+    ///     let agent = Agent::new("Assistant", "Be brief.");
+    ///     Session::start(twilio, agent, SessionOptions::new(None))?.join();
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn accept_upgrade(
+        tcp: TcpStream,
+        head: &RequestHead,
+        leftover: Vec<u8>,
+        cfg: &WsConfig,
+    ) -> Result<WsConn, WsError> {
+        WsConn::accept_head(MaybeTlsStream::Plain(tcp), head, leftover, cfg)
+    }
+
+    /// Takes over a connection whose WebSocket upgrade another HTTP server already read and
+    /// answered with `101 Switching Protocols` (carrying the `Sec-WebSocket-Accept` value
+    /// [`check_upgrade`] returned), e.g. the socket an HTTP crate hands to its upgrade
+    /// callback. `leftover` is what that server read past the request head, if it kept it.
+    /// `examples/embed.rs` does this under the `touche` HTTP server.
+    pub fn from_upgraded(
+        tcp: TcpStream,
+        leftover: Vec<u8>,
+        cfg: &WsConfig,
+    ) -> Result<WsConn, WsError> {
+        tcp.set_nodelay(true).map_err(WsError::Io)?;
+        let keep = tcp.try_clone().map_err(WsError::Io)?;
+        let ws = WebSocket::from_partially_read(
+            Sock::new(MaybeTlsStream::Plain(tcp)),
+            leftover,
+            Role::Server,
+            Some(cfg.tungstenite()),
+        );
+        Ok(WsConn {
+            ws,
+            tcp: keep,
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// [`WsConn::accept_upgrade`] over plain TCP or TLS.
+    pub(crate) fn accept_head(
         stream: MaybeTlsStream<TcpStream>,
         head: &RequestHead,
         leftover: Vec<u8>,
         cfg: &WsConfig,
     ) -> Result<WsConn, WsError> {
         let mut stream = stream;
-        if head.method != "GET" {
-            return Err(WsError::NotAnUpgrade("method is not GET"));
-        }
-        if !head.is_websocket_upgrade() {
-            return Err(WsError::NotAnUpgrade(
-                "no Upgrade: websocket / Connection: upgrade",
-            ));
-        }
-        if head.header("sec-websocket-version").map(str::trim) != Some("13") {
-            return Err(WsError::NotAnUpgrade("Sec-WebSocket-Version is not 13"));
-        }
-        let key = head
-            .header("sec-websocket-key")
-            .ok_or(WsError::NotAnUpgrade("no Sec-WebSocket-Key"))?;
-        let accept = tungstenite::handshake::derive_accept_key(key.trim().as_bytes());
+        let accept = check_upgrade(head)?;
         let resp = format!(
             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
         );

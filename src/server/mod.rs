@@ -70,8 +70,6 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use tungstenite::stream::MaybeTlsStream;
-
 use self::token::{StreamTokens, TOKEN_PARAMETER};
 use crate::agent::Agent;
 use crate::call::CallCore;
@@ -1570,12 +1568,7 @@ impl ConnCtx {
             }
         }
         let _ = stream.set_read_timeout(None);
-        let conn = match WsConn::accept_head(
-            MaybeTlsStream::Plain(stream),
-            head,
-            leftover,
-            &self.cfg.twilio_ws,
-        ) {
+        let conn = match WsConn::accept_upgrade(stream, head, leftover, &self.cfg.twilio_ws) {
             Ok(c) => c,
             Err(e) => {
                 log::warn!(target: LOG, "media stream upgrade failed: {e}");

@@ -71,12 +71,7 @@ pub(crate) fn accept_ws_channel(
     crate::io::ws::Duplex,
     crossbeam_channel::Receiver<crate::io::ws::Incoming>,
 )> {
-    let conn = match crate::io::ws::WsConn::accept_head(
-        tungstenite::stream::MaybeTlsStream::Plain(tcp),
-        head,
-        leftover,
-        cfg,
-    ) {
+    let conn = match crate::io::ws::WsConn::accept_upgrade(tcp, head, leftover, cfg) {
         Ok(c) => c,
         Err(e) => {
             log::warn!(target: "twilio_realtime::sim", "{name}: upgrade failed: {e}");
