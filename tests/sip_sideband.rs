@@ -383,3 +383,29 @@ fn a_handoff_and_a_guardrail_on_the_sideband() {
     let _ = std::fs::remove_dir_all(&dir);
     assert!(recorded.contains("no card numbers"), "{recorded}");
 }
+
+/// A sideband that cannot connect (here: a call that was never accepted, which the fake
+/// refuses with 404) ends the session with the connection error and hangs the call up: a call
+/// nobody drives is not left running.
+#[test]
+fn a_sideband_that_cannot_connect_hangs_the_call_up() {
+    let fake = FakeSip::start(FakeSipConfig::default()).unwrap();
+    let rest = OpenAiCalls::new(fake.base_url(), "sk-test", Duration::from_secs(5));
+    let call = fake.new_call("+14155550100", "+18005550199");
+    let opts = SessionOptions::new(Some("sk-test".into())).url(fake.realtime_url());
+    let handle = Session::start_sideband(&call, rest, Agent::new("A", "x"), opts).unwrap();
+    let events = common::run_session(handle, Duration::from_secs(15), |_, _| {});
+    assert!(
+        matches!(
+            closed(&events),
+            CloseReason::Error(CallError::ModelRejected { status: 404 })
+        ),
+        "{events:#?}"
+    );
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, SessionEvent::SipHangUp { .. })));
+    let verbs: Vec<String> = fake.requests().into_iter().map(|r| r.verb).collect();
+    assert_eq!(verbs, ["hangup"]);
+    assert_eq!(fake.sideband().connections, 0);
+}

@@ -18,7 +18,11 @@
 //! (`output_audio_buffer.stopped`) or the hang-up timeout passed. What they came to is
 //! reported as [`SessionEvent::SipRefer`] / [`SessionEvent::SipHangUp`] before
 //! [`SessionEvent::Closed`]. A REFER that fails is followed by a hang-up (the caller is not
-//! left with nobody driving the call), and a `404` on `hangup` means the call had ended.
+//! left with nobody driving the call), and a `404` on `hangup` means the call had ended. If
+//! `output_audio_buffer.stopped` never comes, the call is ended after
+//! [`CallOptions::hang_up_timeout`](crate::call::CallOptions::hang_up_timeout) anyway. Every
+//! other end hangs up too, at once: `close()`, a sideband that cannot connect or is lost, a
+//! panic; a call the bridge no longer drives is not left running at OpenAI.
 //!
 //! The sideband closes when the call ends (brief §5.1): the caller hanging up closes it, and
 //! the session ends with [`CallError::ModelDisconnected`](crate::CallError::ModelDisconnected). A `session_expired` ends the call
