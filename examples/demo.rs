@@ -420,7 +420,7 @@ fn event_line(e: &SessionEvent) -> Option<String> {
             format!("session  tool {tool} -> \"{output}\"")
         }
         SessionEvent::Ending { reason } => format!("session  ending: {reason}"),
-        SessionEvent::AudioInterrupted { cause, heard } => {
+        SessionEvent::AudioInterrupted { cause, heard, .. } => {
             format!("session  barge-in ({cause:?}); truncated at {heard:?} ms")
         }
         SessionEvent::Dtmf { digit } => format!("session  the caller pressed {digit}"),

@@ -220,6 +220,10 @@ pub enum SessionEvent {
         cause: InterruptCause,
         /// Per truncated item: (item id, milliseconds the caller heard).
         heard: Vec<(String, u64)>,
+        /// Per truncated item: (item id, milliseconds of its audio the caller did not hear:
+        /// sent to Twilio and dropped by the `clear`, or held for a stream that had not
+        /// started). Empty on a SIP sideband call, where the server plays the audio.
+        cut: Vec<(String, u64)>,
     },
     /// An output guardrail tripped; the agent was interrupted and told why.
     GuardrailTripped {

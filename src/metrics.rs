@@ -143,8 +143,8 @@ pub struct CallStats {
     pub barge_ins: u64,
     /// Agent items truncated to what the caller heard (barge-ins, interrupts, guardrails).
     pub truncations: u64,
-    /// Milliseconds of agent audio the caller heard of the truncated items, summed.
-    pub truncated_heard_ms: u64,
+    /// Milliseconds of agent audio cut by truncations (sent, never heard), summed.
+    pub truncated_cut_ms: u64,
     /// Tool calls, in the order they ended.
     pub tools: Vec<ToolCallStat>,
     /// Handoffs between agents.
@@ -174,7 +174,7 @@ impl CallStats {
             session: SessionStats::default(),
             barge_ins: 0,
             truncations: 0,
-            truncated_heard_ms: 0,
+            truncated_cut_ms: 0,
             tools: Vec::new(),
             handoffs: 0,
             transfers: 0,
@@ -189,13 +189,13 @@ impl CallStats {
     /// Counts one of the call's events, seen at `now`.
     pub fn observe(&mut self, now: Instant, event: &SessionEvent) {
         match event {
-            SessionEvent::AudioInterrupted { cause, heard } => {
+            SessionEvent::AudioInterrupted { cause, cut, .. } => {
                 if *cause == InterruptCause::CallerSpeech {
                     self.barge_ins = self.barge_ins.saturating_add(1);
                 }
-                for (_, ms) in heard {
+                for (_, ms) in cut {
                     self.truncations = self.truncations.saturating_add(1);
-                    self.truncated_heard_ms = self.truncated_heard_ms.saturating_add(*ms);
+                    self.truncated_cut_ms = self.truncated_cut_ms.saturating_add(*ms);
                 }
             }
             // Bounded: a model that never ends its call ids cannot grow this past 1,024.
@@ -249,7 +249,7 @@ impl CallStats {
 
     /// The summary as one JSON object: `call_sid`, `duration_ms`, `bytes_from_caller`,
     /// `bytes_to_caller`, `frames_from_caller`, `frames_to_caller`, `barge_ins`,
-    /// `truncations`, `tools` (count), `tool_errors`, `tool_names`, `handoffs`, `transfers`,
+    /// `truncations`, `truncated_cut_ms`, `tools` (count), `tool_errors`, `tool_names`, `handoffs`, `transfers`,
     /// `model`, `model_connect_ms`, `first_audio_ms`, `events_dropped`, `bad_twilio`,
     /// `bad_model`, `close_reason` (a [`close_reason_label`]); `caller` only when
     /// `with_caller` (the operator opted in).
@@ -267,6 +267,7 @@ impl CallStats {
             "frames_to_caller": self.session.frames_to_caller,
             "barge_ins": self.barge_ins,
             "truncations": self.truncations,
+            "truncated_cut_ms": self.truncated_cut_ms,
             "tools": self.tools.len(),
             "tool_errors": self.tools.iter().filter(|t| t.is_error).count(),
             "tool_names": names,
@@ -334,7 +335,7 @@ struct Families {
     first_audio: Histogram,
     barge_ins: Counter,
     truncations: Counter,
-    truncated_heard: Histogram,
+    truncated_cut: Histogram,
     tool_calls: Family<Labels, Counter>,
     tool_latency: Family<Labels, Histogram>,
     handoffs: Counter,
@@ -357,7 +358,7 @@ impl Families {
             first_audio: seconds_histogram(),
             barge_ins: Counter::default(),
             truncations: Counter::default(),
-            truncated_heard: seconds_histogram(),
+            truncated_cut: seconds_histogram(),
             tool_calls: Family::default(),
             tool_latency: Family::new_with_constructor(seconds_histogram),
             handoffs: Counter::default(),
@@ -406,9 +407,9 @@ impl Families {
             f.truncations,
         );
         r.register(
-            "truncated_heard_seconds",
-            "Agent audio the caller heard of each truncated item",
-            f.truncated_heard,
+            "truncated_cut_seconds",
+            "Agent audio cut by each truncation: sent, never heard",
+            f.truncated_cut,
         );
         r.register(
             "tool_calls",
@@ -492,13 +493,13 @@ impl Metrics {
     pub fn observe(&self, stats: &mut CallStats, now: Instant, event: &SessionEvent) {
         let f = &self.families;
         match event {
-            SessionEvent::AudioInterrupted { cause, heard } => {
+            SessionEvent::AudioInterrupted { cause, cut, .. } => {
                 if *cause == InterruptCause::CallerSpeech {
                     f.barge_ins.inc();
                 }
-                for (_, ms) in heard {
+                for (_, ms) in cut {
                     f.truncations.inc();
-                    f.truncated_heard.observe(*ms as f64 / 1000.0);
+                    f.truncated_cut.observe(*ms as f64 / 1000.0);
                 }
             }
             SessionEvent::ToolEnd {
@@ -650,6 +651,7 @@ mod tests {
             SessionEvent::AudioInterrupted {
                 cause: InterruptCause::CallerSpeech,
                 heard: vec![("item".into(), 1200)],
+                cut: vec![("item".into(), 800)],
             },
             SessionEvent::Closed {
                 reason: CloseReason::HungUp,
@@ -659,8 +661,8 @@ mod tests {
             m.observe(&mut s, t0 + Duration::from_millis(250), e);
         }
         assert_eq!(
-            (s.barge_ins, s.truncations, s.truncated_heard_ms),
-            (1, 1, 1200)
+            (s.barge_ins, s.truncations, s.truncated_cut_ms),
+            (1, 1, 800)
         );
         assert_eq!(s.tools.len(), 1);
         m.call_ended(&s);

@@ -780,9 +780,11 @@ fn barge_in_clears_first_then_truncates_at_what_was_heard() {
     );
     // default server VAD cancels the response itself
     assert!(!evs.iter().any(|e| e["type"] == "response.cancel"));
+    // 2 s were sent to Twilio, 700 ms heard: 1,300 ms cut (what the truncation metrics count).
     assert!(events(&out).contains(&SessionEvent::AudioInterrupted {
         cause: InterruptCause::CallerSpeech,
-        heard: vec![("i1".into(), 700)]
+        heard: vec![("i1".into(), 700)],
+        cut: vec![("i1".into(), 1300)],
     }));
     assert!(!h.core.ledger().is_playing());
 }
@@ -997,7 +999,8 @@ fn no_clear_when_nothing_was_sent_to_twilio() {
     assert_eq!(types(&out), ["response.cancel"]);
     assert!(events(&out).contains(&SessionEvent::AudioInterrupted {
         cause: InterruptCause::Application,
-        heard: vec![]
+        heard: vec![],
+        cut: vec![],
     }));
 }
 
@@ -1907,8 +1910,12 @@ fn audio_queued_before_start_that_a_barge_in_discards_is_truncated_at_zero() {
         .expect("the unheard item is truncated");
     assert_eq!(t["item_id"], "i1");
     assert_eq!(t["audio_end_ms"], 0);
-    assert!(events(&out).iter().any(|e| matches!(e,
-        SessionEvent::AudioInterrupted { heard, .. } if heard == &vec![("i1".to_owned(), 0)])));
+    assert!(
+        events(&out).iter().any(|e| matches!(e,
+        SessionEvent::AudioInterrupted { heard, cut, .. }
+            if heard == &vec![("i1".to_owned(), 0)] && cut == &vec![("i1".to_owned(), 100)])),
+        "800 bytes held for the stream, none heard: 100 ms cut"
+    );
     h.start();
     assert!(
         !twilio_cmds(&h.drain())

@@ -119,7 +119,27 @@ fn metrics_and_the_summary_line_count_a_call_with_a_tool_and_a_barge_in() {
     );
     assert_eq!(report.clears.len(), 1, "one barge-in");
     let sent_to_caller: u64 = report.chunks.iter().map(|c| c.bytes).sum();
+    // Ground truth of the cut: agent audio that reached Twilio and was cleared unheard (the
+    // long answer went out at 4x real time, so most of it).
+    let cut_truth_ms = report
+        .chunks
+        .iter()
+        .map(|c| c.bytes.saturating_sub(c.played))
+        .sum::<u64>()
+        / 8;
+    let heard_of_cut_item_ms = report.heard_ms_by_item().into_values().max().unwrap_or(0);
+    assert!(
+        cut_truth_ms > heard_of_cut_item_ms + 1000,
+        "the test needs a cut far from what was heard ({cut_truth_ms} vs {heard_of_cut_item_ms})"
+    );
+    let near_truth = |ms: f64| (ms - cut_truth_ms as f64).abs() <= 100.0;
     let text = metrics(rig.addr);
+    let cut_s = sample(&text, "twilio_realtime_truncated_cut_seconds_sum").unwrap_or(-1.0);
+    assert!(
+        near_truth(cut_s * 1000.0),
+        "ms cut: {} s, the caller did not hear {cut_truth_ms} ms",
+        cut_s
+    );
     let want = [
         ("twilio_realtime_calls_active", 0.0),
         (
@@ -173,6 +193,11 @@ fn metrics_and_the_summary_line_count_a_call_with_a_tool_and_a_barge_in() {
     assert_eq!(l["call_sid"], report.call_sid.as_str());
     assert_eq!(l["close_reason"], "twilio_stopped");
     assert_eq!(l["barge_ins"], 1);
+    assert_eq!(l["truncations"], 1);
+    assert!(
+        near_truth(l["truncated_cut_ms"].as_f64().unwrap_or(-1.0)),
+        "{l}"
+    );
     assert_eq!(l["tools"], 1);
     assert_eq!(l["tool_names"], json!(["get_weather"]));
     assert_eq!(l["transfers"], 0);

@@ -1334,6 +1334,7 @@ impl CallCore {
         self.event(SessionEvent::AudioInterrupted {
             cause,
             heard: Vec::new(),
+            cut: Vec::new(),
         });
         self.maybe_end();
     }
@@ -1607,20 +1608,24 @@ impl CallCore {
                 self.out(Output::Twilio(TwilioCommand::Clear { stream_sid: sid }));
             }
         }
-        // Audio that never reached Twilio (it came before `start`) was heard for 0 ms.
-        let mut unsent: Vec<(String, u32)> = Vec::new();
+        // Audio that never reached Twilio (it came before `start`) was heard for 0 ms; all
+        // of it (µ-law: 8 bytes a millisecond) is cut.
+        let mut unsent: Vec<(String, u32, u64)> = Vec::new();
         for p in self.pending_twilio.drain(..) {
             if let PendingTwilio::Audio {
                 item_id,
                 content_index,
+                payload,
                 ..
             } = p
             {
-                if !unsent
-                    .iter()
-                    .any(|(i, c)| *i == item_id && *c == content_index)
+                let bytes = mulaw::base64_decoded_len(&payload) as u64;
+                match unsent
+                    .iter_mut()
+                    .find(|(i, c, _)| *i == item_id && *c == content_index)
                 {
-                    unsent.push((item_id, content_index));
+                    Some((_, _, b)) => *b = b.saturating_add(bytes),
+                    None => unsent.push((item_id, content_index, bytes)),
                 }
             }
         }
@@ -1643,6 +1648,7 @@ impl CallCore {
         }
         let truncations = self.ledger.truncations(now);
         let mut heard = Vec::with_capacity(truncations.len());
+        let mut cut = Vec::with_capacity(truncations.len());
         for t in truncations {
             log::debug!(
                 target: LOG,
@@ -1652,6 +1658,7 @@ impl CallCore {
                 t.sent_ms
             );
             heard.push((t.item_id.clone(), t.audio_end_ms));
+            cut.push((t.item_id.clone(), t.sent_ms.saturating_sub(t.audio_end_ms)));
             self.send_model(ClientEvent::ConversationItemTruncate {
                 event_id: None,
                 item_id: t.item_id,
@@ -1659,12 +1666,13 @@ impl CallCore {
                 audio_end_ms: t.audio_end_ms,
             });
         }
-        for (item_id, content_index) in unsent {
+        for (item_id, content_index, bytes) in unsent {
             if heard.iter().any(|(i, _)| *i == item_id) {
                 continue;
             }
             log::debug!(target: LOG, "truncate {item_id} at 0 ms (never reached twilio)");
             heard.push((item_id.clone(), 0));
+            cut.push((item_id.clone(), bytes / 8));
             self.send_model(ClientEvent::ConversationItemTruncate {
                 event_id: None,
                 item_id,
@@ -1678,7 +1686,7 @@ impl CallCore {
         self.schedule_probe(now);
         self.speaking_items.clear();
         self.audio_reported = false;
-        self.event(SessionEvent::AudioInterrupted { cause, heard });
+        self.event(SessionEvent::AudioInterrupted { cause, heard, cut });
         if self.draining.is_some() {
             self.finish_drain();
         }

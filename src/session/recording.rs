@@ -646,7 +646,7 @@ fn session_record(e: &SessionEvent) -> Option<Record> {
             item_id: cut(item_id),
         },
         SessionEvent::AudioStopped => Record::AudioStopped,
-        SessionEvent::AudioInterrupted { cause, heard } => Record::Interrupted {
+        SessionEvent::AudioInterrupted { cause, heard, .. } => Record::Interrupted {
             cause: format!("{cause:?}"),
             heard: heard.iter().take(16).map(|(i, ms)| (cut(i), *ms)).collect(),
         },
