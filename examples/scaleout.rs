@@ -1,7 +1,11 @@
 //! Scale-out run: several bridge processes (the example server) behind HAProxy, simulated
-//! calls through the balancer as Twilio makes them (webhook, then the stream the TwiML names),
-//! and a SIGTERM to one instance in the middle. Reports calls, calls dropped, agent audio lost,
-//! where calls went after the SIGTERM, and how long the drained instance took to exit.
+//! calls through the balancer as Twilio makes them (signed webhook, then the signed stream the
+//! TwiML names, presenting its one-time token), and a SIGTERM to one instance in the middle.
+//! Reports calls, calls dropped, agent audio lost, caller audio lost (what the callers sent
+//! against what reached the model), model connections against answered webhooks (each
+//! instance opens and configures the model session at its webhook, a warm model, and only
+//! the stream routed back to that instance can claim it), where calls went after the SIGTERM,
+//! and how long the drained instance took to exit.
 //!
 //! ```text
 //! apt-get install -y haproxy
@@ -18,8 +22,10 @@
 //! at `/media-stream/bI`; HAProxy sends webhooks round-robin to the instances whose
 //! `GET /readyz` answers 200 (`option httpchk`), and each stream by its path to the instance
 //! that answered its webhook, ready or not (a draining instance still takes the streams of the
-//! calls it answered). The fake model and the simulated callers run in this process on
-//! 127.0.0.1.
+//! calls it answered). The instances run with `TWILIO_AUTH_TOKEN` and `PUBLIC_URL` set, so
+//! webhooks and stream upgrades are signed, streams carry one-time tokens and the model session
+//! is opened at the webhook (`WARM_MODEL_POOL`'s default). The fake model and the simulated
+//! callers run in this process on 127.0.0.1.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -29,8 +35,17 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use twilio_realtime::server::signature;
 use twilio_realtime::sim::fake_model::{FakeModel, FakeModelConfig, Reply};
 use twilio_realtime::sim::twilio_call::{Segment, TwilioCall, TwilioCallConfig};
+
+/// The Twilio auth token the instances verify signatures with.
+const AUTH: &str = "scaleout-auth-token";
+
+/// The public origin Twilio would use: the balancer.
+fn public_url(lb: SocketAddr) -> String {
+    format!("https://{lb}")
+}
 
 struct Args {
     instances: usize,
@@ -101,11 +116,20 @@ fn wait_port(addr: SocketAddr) {
     }
 }
 
-/// POSTs the call webhook through the balancer; returns the TwiML.
+/// POSTs the signed call webhook through the balancer; returns the TwiML.
 fn webhook(lb: SocketAddr, call_sid: &str) -> Result<String, String> {
-    let body = format!("CallSid={call_sid}&From=%2B15550100&To=%2B15550199&Direction=inbound");
+    let form = [
+        ("CallSid", call_sid),
+        ("From", "+15550100"),
+        ("To", "+15550199"),
+        ("Direction", "inbound"),
+    ];
+    let body = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(form)
+        .finish();
+    let sig = signature::compute(AUTH, &format!("{}/incoming-call", public_url(lb)), &form);
     let req = format!(
-        "POST /incoming-call HTTP/1.1\r\nHost: {lb}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "POST /incoming-call HTTP/1.1\r\nHost: {lb}\r\nContent-Type: application/x-www-form-urlencoded\r\nX-Twilio-Signature: {sig}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     let mut s = TcpStream::connect(lb).map_err(|e| e.to_string())?;
@@ -123,8 +147,8 @@ fn webhook(lb: SocketAddr, call_sid: &str) -> Result<String, String> {
         .unwrap_or_default())
 }
 
-/// The stream path and `<Parameter>`s of the TwiML, as Twilio reads them.
-fn stream_of(twiml: &str) -> Result<(String, BTreeMap<String, String>), String> {
+/// The stream URL, its path and the `<Parameter>`s of the TwiML, as Twilio reads them.
+fn stream_of(twiml: &str) -> Result<(String, String, BTreeMap<String, String>), String> {
     let doc = roxmltree::Document::parse(twiml).map_err(|e| e.to_string())?;
     let stream = doc
         .descendants()
@@ -140,7 +164,7 @@ fn stream_of(twiml: &str) -> Result<(String, BTreeMap<String, String>), String> 
         .filter(|n| n.has_tag_name("Parameter"))
         .filter_map(|p| Some((p.attribute("name")?.into(), p.attribute("value")?.into())))
         .collect();
-    Ok((path, params))
+    Ok((url.to_owned(), path, params))
 }
 
 /// Child processes, killed if the run panics half-way.
@@ -163,6 +187,10 @@ struct Outcome {
     instance: String,
     played_ms: u64,
     closed_by_bridge: bool,
+    /// µ-law bytes the caller sent (160 a frame).
+    caller_bytes: u64,
+    /// The webhook was answered with a stream (the instance opened a model session for it).
+    answered: bool,
     error: Option<String>,
 }
 
@@ -174,13 +202,15 @@ fn one_call(lb: SocketAddr, n: usize, reply_ms: u32, t0: Instant) -> Outcome {
         instance: "-".into(),
         played_ms: 0,
         closed_by_bridge: false,
+        caller_bytes: 0,
+        answered: false,
         error: Some(e),
     };
     let twiml = match webhook(lb, &sid) {
         Ok(t) => t,
         Err(e) => return fail(format!("webhook: {e}")),
     };
-    let (path, params) = match stream_of(&twiml) {
+    let (url, path, params) = match stream_of(&twiml) {
         Ok(x) => x,
         Err(e) => return fail(e),
     };
@@ -197,6 +227,10 @@ fn one_call(lb: SocketAddr, n: usize, reply_ms: u32, t0: Instant) -> Outcome {
         ],
     );
     cfg.path = path;
+    cfg.headers.push((
+        "X-Twilio-Signature".into(),
+        signature::compute(AUTH, &url, &[]),
+    ));
     cfg.call_sid = Some(sid);
     cfg.custom_parameters = params;
     cfg.keep_audio = false;
@@ -207,11 +241,14 @@ fn one_call(lb: SocketAddr, n: usize, reply_ms: u32, t0: Instant) -> Outcome {
             instance,
             played_ms: r.played_ms(),
             closed_by_bridge: r.closed_by_bridge,
+            caller_bytes: r.frames_sent * 160,
+            answered: true,
             error: (r.played_ms() != u64::from(reply_ms))
                 .then(|| format!("heard {} of {reply_ms} ms", r.played_ms())),
         },
         Err(e) => Outcome {
             instance,
+            answered: true,
             ..fail(format!("stream: {e}"))
         },
     }
@@ -224,12 +261,15 @@ fn main() {
             "Thank you for calling; this is the agent speaking.",
             a.reply_ms,
         ),
+        // Counters only: the run would keep every append otherwise.
+        keep_events: false,
         ..Default::default()
     })
     .expect("fake model");
     let dir = std::env::temp_dir().join(format!("scaleout-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("work dir");
     let ports: Vec<u16> = (1..=a.instances as u16).map(|i| a.port + i).collect();
+    let lb = SocketAddr::from(([127, 0, 0, 1], a.port));
     let mut bridges = Kids(
         ports
             .iter()
@@ -243,6 +283,8 @@ fn main() {
                     .env("OPENAI_API_KEY", "sk-test")
                     .env("OPENAI_REALTIME_URL", model.url())
                     .env("INSTANCE_ID", format!("b{i}"))
+                    .env("TWILIO_AUTH_TOKEN", AUTH)
+                    .env("PUBLIC_URL", public_url(lb))
                     .env("RUST_LOG", "info")
                     .stdout(Stdio::null())
                     .stderr(log)
@@ -265,7 +307,6 @@ fn main() {
         .spawn()
         .expect("start haproxy (apt-get install -y haproxy)");
     let mut haproxy = Kids(vec![haproxy]);
-    let lb = SocketAddr::from(([127, 0, 0, 1], a.port));
     wait_port(lb);
     thread::sleep(Duration::from_millis(1000)); // the first health checks pass (rise 2)
     eprintln!(
@@ -340,8 +381,37 @@ fn main() {
     for d in &dropped {
         println!("  {:?}", d);
     }
+    // Caller audio: every byte the callers sent should have reached the model (the bridge
+    // adds silence only for timestamp gaps or a caller gone quiet, neither of which the
+    // simulated callers do, so more received than sent would be padding, less is loss).
+    let caller_sent: u64 = outcomes.iter().map(|o| o.caller_bytes).sum();
+    let rec = model.recording();
+    let caller_received = rec
+        .appended_by_format
+        .get("audio/pcmu")
+        .copied()
+        .unwrap_or(0);
+    let caller_lost_ms = caller_sent.saturating_sub(caller_received) / 8;
+    let not_pcmu: u64 = rec
+        .appended_by_format
+        .iter()
+        .filter(|(f, _)| f.as_str() != "audio/pcmu")
+        .map(|(_, b)| b)
+        .sum();
+    // One model connection per answered webhook: each opened warm at the webhook and claimed
+    // by the stream the balancer routed back to that instance (a stream that reached another
+    // instance would open a second, cold one).
+    let answered = outcomes.iter().filter(|o| o.answered).count() as u64;
     println!("cut by a bridge: {cut}");
     println!("agent audio lost: {lost_ms} ms");
+    println!(
+        "caller audio: {caller_sent} bytes sent, {caller_received} reached the model as µ-law \
+         ({not_pcmu} in another format); lost: {caller_lost_ms} ms"
+    );
+    println!(
+        "model connections: {} for {answered} answered webhooks (opened warm at the webhook)",
+        rec.connections
+    );
     println!("calls by instance before the SIGTERM: {before:?}");
     println!("calls by instance after the SIGTERM: {after:?}");
     println!("calls on b0 around the SIGTERM (probably live): {on_b0_live}");
@@ -363,7 +433,13 @@ fn main() {
     for b in bridges.0.iter_mut() {
         let _ = b.wait();
     }
-    if !dropped.is_empty() || cut > 0 || exited.is_none() {
+    if !dropped.is_empty()
+        || cut > 0
+        || exited.is_none()
+        || caller_lost_ms > 0
+        || not_pcmu > 0
+        || rec.connections != answered
+    {
         std::process::exit(1);
     }
 }
