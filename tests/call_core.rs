@@ -375,10 +375,9 @@ fn refused_later_update_keeps_the_call_on_the_confirmed_configuration() {
 }
 
 fn greeting_opts(g: Greeting) -> CallOptions {
-    CallOptions {
-        greeting: Some(g),
-        ..CallOptions::default()
-    }
+    let mut o = CallOptions::default();
+    o.greeting = Some(g);
+    o
 }
 
 #[test]
@@ -1061,9 +1060,10 @@ fn server_vad_without_interrupt_response_gets_a_cancel() {
         interrupt_response: Some(false),
         idle_timeout_ms: None,
     });
-    let opts = CallOptions {
-        session,
-        ..CallOptions::default()
+    let opts = {
+        let mut o = CallOptions::default();
+        o.session = session;
+        o
     };
     let mut h = H::with(Agent::new("A", "x"), opts);
     h.configured();
@@ -1398,18 +1398,19 @@ fn interleaved_multibyte_transcripts_are_kept_per_item() {
 /// do not overflow an `Instant` or a counter.
 #[test]
 fn extreme_options_never_panic() {
-    let opts = CallOptions {
-        default_rtt: Duration::MAX,
-        rtt_probe_interval: Duration::MAX,
-        guardrail_debounce_chars: usize::MAX,
-        drain_timeout: Duration::MAX,
-        tool_timeout: Duration::MAX,
-        start_timeout: Duration::MAX,
-        twilio_silence_timeout: Duration::MAX,
-        model_ping_interval: Duration::MAX,
-        model_pong_timeout: Duration::MAX,
-        approval_timeout: Duration::MAX,
-        ..CallOptions::default()
+    let opts = {
+        let mut o = CallOptions::default();
+        o.default_rtt = Duration::MAX;
+        o.rtt_probe_interval = Duration::MAX;
+        o.guardrail_debounce_chars = usize::MAX;
+        o.drain_timeout = Duration::MAX;
+        o.tool_timeout = Duration::MAX;
+        o.start_timeout = Duration::MAX;
+        o.twilio_silence_timeout = Duration::MAX;
+        o.model_ping_interval = Duration::MAX;
+        o.model_pong_timeout = Duration::MAX;
+        o.approval_timeout = Duration::MAX;
+        o
     };
     let agent = Agent::new("A", "x")
         .tool(weather_tool())
@@ -1597,9 +1598,10 @@ fn dtmf_is_an_event_and_optionally_a_message() {
     let out = h.drain();
     assert_eq!(events(&out), [SessionEvent::Dtmf { digit: "7".into() }]);
     assert!(model_events(&out).is_empty());
-    let opts = CallOptions {
-        forward_dtmf: true,
-        ..CallOptions::default()
+    let opts = {
+        let mut o = CallOptions::default();
+        o.forward_dtmf = true;
+        o
     };
     let mut h = H::with(Agent::new("A", "x"), opts);
     h.configured();
@@ -1651,9 +1653,10 @@ fn every_model_event_the_core_sends_is_a_known_client_event() {
 #[test]
 fn approval_that_never_comes_is_rejected_at_the_deadline() {
     let t = weather_tool().needs_approval(true);
-    let opts = CallOptions {
-        approval_timeout: Duration::from_secs(60),
-        ..Default::default()
+    let opts = {
+        let mut o = CallOptions::default();
+        o.approval_timeout = Duration::from_secs(60);
+        o
     };
     let mut h = H::with(Agent::new("A", "x").tool(t), opts);
     h.configured();
@@ -1694,9 +1697,10 @@ fn approval_that_never_comes_is_rejected_at_the_deadline() {
 
 #[test]
 fn a_twilio_stream_that_goes_silent_ends_the_call_and_closes_the_model() {
-    let opts = CallOptions {
-        twilio_silence_timeout: Duration::from_secs(10),
-        ..Default::default()
+    let opts = {
+        let mut o = CallOptions::default();
+        o.twilio_silence_timeout = Duration::from_secs(10);
+        o
     };
     let mut h = H::with(Agent::new("A", "x"), opts);
     h.configured();
@@ -1741,11 +1745,12 @@ fn a_twilio_stream_that_goes_silent_ends_the_call_and_closes_the_model() {
 
 #[test]
 fn a_quiet_model_is_pinged_and_lost_when_nothing_answers() {
-    let opts = CallOptions {
-        model_ping_interval: Duration::from_secs(20),
-        model_pong_timeout: Duration::from_secs(10),
-        twilio_silence_timeout: Duration::MAX,
-        ..Default::default()
+    let opts = {
+        let mut o = CallOptions::default();
+        o.model_ping_interval = Duration::from_secs(20);
+        o.model_pong_timeout = Duration::from_secs(10);
+        o.twilio_silence_timeout = Duration::MAX;
+        o
     };
     let mut h = H::with(Agent::new("A", "x"), opts);
     h.core.handle_input(h.now, Input::ModelConnected);
@@ -1793,12 +1798,13 @@ fn a_quiet_model_is_pinged_and_lost_when_nothing_answers() {
 
 #[test]
 fn liveness_options_at_duration_max_never_fire() {
-    let opts = CallOptions {
-        model_ping_interval: Duration::MAX,
-        model_pong_timeout: Duration::MAX,
-        twilio_silence_timeout: Duration::MAX,
-        approval_timeout: Duration::MAX,
-        ..Default::default()
+    let opts = {
+        let mut o = CallOptions::default();
+        o.model_ping_interval = Duration::MAX;
+        o.model_pong_timeout = Duration::MAX;
+        o.twilio_silence_timeout = Duration::MAX;
+        o.approval_timeout = Duration::MAX;
+        o
     };
     let t = weather_tool().needs_approval(true);
     let mut h = H::with(Agent::new("A", "x").tool(t), opts);
@@ -2108,9 +2114,10 @@ fn end_call_with_nothing_playing_ends_when_its_response_is_done() {
 
 #[test]
 fn hang_up_is_bounded_by_the_timeout_when_marks_never_echo() {
-    let opts = CallOptions {
-        hang_up_timeout: Duration::from_secs(3),
-        ..Default::default()
+    let opts = {
+        let mut o = CallOptions::default();
+        o.hang_up_timeout = Duration::from_secs(3);
+        o
     };
     let mut h = H::with(Agent::new("A", "x").can_hang_up(), opts);
     h.configured();

@@ -650,9 +650,10 @@ fn push_to_talk_commits_and_asks_for_responses_through_the_handle() {
         ..Default::default()
     })
     .unwrap();
-    let call_opts = twilio_realtime::call::CallOptions {
-        session: SessionConfig::new().turn_detection(TurnDetection::Disabled),
-        ..Default::default()
+    let call_opts = {
+        let mut o = twilio_realtime::CallOptions::default();
+        o.session = SessionConfig::new().turn_detection(TurnDetection::Disabled);
+        o
     };
     let (addr, handle) = session_call(&model, Agent::new("A", "x"), call_opts);
     let caller = std::thread::spawn(move || {

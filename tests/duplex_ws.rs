@@ -42,9 +42,10 @@ fn pair(tls: bool) -> Pair {
     let req = ClientRequest::new(format!("{scheme}://{host}:{port}/media-stream?x=1"))
         .bearer("test-key")
         .header("X-Twilio-Signature", "c2lnbmF0dXJl");
-    let cfg = WsConfig {
-        tls_connector: connector,
-        ..WsConfig::default()
+    let cfg = {
+        let mut o = WsConfig::default();
+        o.tls_connector = connector;
+        o
     };
     let client = WsConn::connect(&req, &cfg).unwrap();
     server.join().unwrap();

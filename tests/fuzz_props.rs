@@ -727,10 +727,11 @@ proptest! {
         let mut w = World {
             core: CallCore::new(agent(), CallOptions::default(), now),
             // A small early buffer, so that dropping the oldest is exercised too.
-            lane: InboundAudio::new(InboundConfig {
-                max_buffered_bytes: 4000,
-                ..InboundConfig::default()
-            }),
+            lane: InboundAudio::new({
+let mut o = InboundConfig::default();
+o.max_buffered_bytes = 4000;
+o
+}),
             ready: false,
             now,
             first_media_at: None,

@@ -57,20 +57,19 @@ fn start(tweak: impl FnOnce(&mut FakeTwilioConfig)) -> Rig {
     cfg.public_url = Some(PUBLIC.into());
     cfg.twilio_auth_token = Some(auth_token);
     cfg.stream_token_ttl = Some(Duration::from_secs(30));
-    cfg.outbound = Some(OutboundConfig {
-        rest: TwilioRest::with_options(
-            twilio.base_url(),
-            twilio.account_sid(),
-            Credentials::ApiKey {
-                sid: KEY_SID.into(),
-                secret: KEY_SECRET.into(),
-            },
-            Duration::from_secs(5),
-        ),
-        from: OUR_NUMBER.into(),
-        secret: Some(SECRET.into()),
-        machine_detection: Some(MachineDetection::Enable),
-    });
+    let rest = TwilioRest::with_options(
+        twilio.base_url(),
+        twilio.account_sid(),
+        Credentials::ApiKey {
+            sid: KEY_SID.into(),
+            secret: KEY_SECRET.into(),
+        },
+        Duration::from_secs(5),
+    );
+    let mut outbound = OutboundConfig::new(rest, OUR_NUMBER);
+    outbound.secret = Some(SECRET.into());
+    outbound.machine_detection = Some(MachineDetection::Enable);
+    cfg.outbound = Some(outbound);
     let calls: Arc<Mutex<Vec<CallInfo>>> = Arc::default();
     let statuses: Arc<Mutex<Vec<StatusCallback>>> = Arc::default();
     let (c, s) = (calls.clone(), statuses.clone());

@@ -184,12 +184,13 @@ fn events_the_call_engine_emits_are_schema_valid() {
     let now = std::time::Instant::now();
     let mut core = CallCore::new(
         agent,
-        CallOptions {
-            forward_dtmf: true,
-            greeting: Some(twilio_realtime::call::Greeting::Instructions(
+        {
+            let mut o = CallOptions::default();
+            o.forward_dtmf = true;
+            o.greeting = Some(twilio_realtime::call::Greeting::Instructions(
                 "Greet the caller.".into(),
-            )),
-            ..Default::default()
+            ));
+            o
         },
         now,
     );

@@ -41,10 +41,11 @@ fn agent() -> Agent {
 
 impl H {
     fn new(greeting: Option<Greeting>) -> H {
-        let opts = CallOptions {
-            sideband: true,
-            greeting,
-            ..CallOptions::default()
+        let opts = {
+            let mut o = CallOptions::default();
+            o.sideband = true;
+            o.greeting = greeting;
+            o
         };
         let now = Instant::now();
         H {

@@ -37,6 +37,7 @@ pub const MAX_PADDING: Duration = Duration::from_secs(60);
 
 /// Settings of the caller-audio lane.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct InboundConfig {
     /// Most audio kept while the model is not ready (bytes of µ-law; 8 per ms). Default 10 s.
     pub max_buffered_bytes: usize,

@@ -85,6 +85,7 @@ pub const RTT_SAMPLES_TO_SETTLE: u64 = 8;
 
 /// Options of a call (and of the session built on it).
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct CallOptions {
     /// Base model session settings (turn detection, transcription, …). Instructions, voice and
     /// tools come from the current agent; the audio format is always `audio/pcmu` both ways.

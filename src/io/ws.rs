@@ -112,6 +112,7 @@ impl Write for Sock {
 
 /// Settings of one duplex WebSocket.
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct WsConfig {
     /// tungstenite's read buffer (allocated up front per socket). Default 4 KiB — Twilio's
     /// frames are ~400 bytes and larger model events simply take several reads; tungstenite's

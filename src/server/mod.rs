@@ -172,6 +172,7 @@ pub type StatusHook = Arc<dyn Fn(&StatusCallback) + Send + Sync>;
 
 /// Outbound calls through Twilio's REST API (the `POST /outbound` route).
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct OutboundConfig {
     /// The REST client (account, credentials, API base, timeout).
     pub rest: TwilioRest,
@@ -181,6 +182,19 @@ pub struct OutboundConfig {
     pub secret: Option<String>,
     /// Answering-machine detection for every call placed. Default off.
     pub machine_detection: Option<MachineDetection>,
+}
+
+impl OutboundConfig {
+    /// Calls placed through `rest` from the number `from`; no `/outbound` secret (the route
+    /// answers 404) and no machine detection until set.
+    pub fn new(rest: TwilioRest, from: impl Into<String>) -> OutboundConfig {
+        OutboundConfig {
+            rest,
+            from: from.into(),
+            secret: None,
+            machine_detection: None,
+        }
+    }
 }
 
 impl std::fmt::Debug for OutboundConfig {
@@ -228,6 +242,7 @@ const MAX_PENDING_TRANSFERS: usize = 10_000;
 
 /// Settings of the bridge server.
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct ServerConfig {
     /// Address to listen on. Default `127.0.0.1:5050`.
     pub bind: SocketAddr,

@@ -247,6 +247,7 @@ pub type SipCheck = Arc<dyn Fn(&IncomingCall) -> Result<(), u16> + Send + Sync>;
 
 /// Settings of the SIP path (`ServerConfig::sip`).
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct SipConfig {
     /// The webhook endpoint's signing secret (`whsec_…`).
     pub secret: WebhookSecret,

@@ -246,6 +246,7 @@ pub type EndingHook = Arc<dyn Fn(Option<&str>, &CloseReason) + Send + Sync>;
 
 /// Everything a session needs besides the Twilio socket and the agent.
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct SessionOptions {
     /// The model endpoint and key.
     pub model: ModelOptions,
