@@ -1,11 +1,12 @@
 //! A whole call on this machine, with no phone and no API key.
 //!
 //! ```text
-//! cargo run --example demo
+//! cargo run --example demo                  # OpenAI Realtime (the fake)
+//! cargo run --example demo -- --model live  # OpenAI GPT-Live (the fake)
 //! ```
 //!
-//! Starts the bridge server, a fake OpenAI Realtime model and a simulated Twilio caller, all
-//! on 127.0.0.1. The webhook's `From` chooses the agent: the caller is looked up in the demo's
+//! Starts the bridge server, a fake OpenAI model (Realtime, or GPT-Live with `--model live`)
+//! and a simulated Twilio caller, all on 127.0.0.1. The webhook's `From` chooses the agent: the caller is looked up in the demo's
 //! customer records and greeted by name. The caller asks about the weather (the agent calls
 //! `get_weather`), interrupts the answer to ask for their next appointment (the agent calls
 //! `next_appointment`, a tool that finds the caller by the call's `From`), hears the goodbye
@@ -14,7 +15,10 @@
 //!
 //! The demo prints a timeline, the barge-in's truncation against what the caller really
 //! heard, writes the two sides of the call as WAV files under `out/demo/`, the bridge's
-//! recording of the call (`out/demo/call.jsonl`) and a picture of it (`out/demo/call.svg`).
+//! recording of the call (`out/demo/call.jsonl`), a picture of it (`out/demo/call.svg`) and
+//! every client event the bridge sent the model (`out/demo/model-events.jsonl`, audio
+//! elided). With GPT-Live there is no truncation: the model stops by itself, and the demo
+//! prints how far Twilio's playout ran ahead of what the caller heard instead.
 //!
 //! The fake model's words are scripted (it cannot understand speech); the instructions, tool
 //! outputs and the call's ending are the bridge's own, and the demo prints them.
@@ -32,12 +36,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
 use twilio_realtime::agent::{Agent, FunctionTool};
+use twilio_realtime::call::live::LiveOptions;
 use twilio_realtime::call::playback::MarkName;
-use twilio_realtime::call::Greeting;
+use twilio_realtime::call::{Greeting, ModelApi};
 use twilio_realtime::events::SessionEvent;
 use twilio_realtime::server::{CallEvents, Server, ServerConfig};
+use twilio_realtime::session::model_log::ModelEventLog;
 use twilio_realtime::session::recording::{self, Record, RecordTo};
 use twilio_realtime::session::CallControl;
+use twilio_realtime::sim::fake_live::{FakeLive, FakeLiveConfig, LiveReply};
 use twilio_realtime::sim::fake_model::{FakeModel, FakeModelConfig, Reply};
 use twilio_realtime::sim::twilio_call::{Segment, TwilioCall, TwilioCallConfig};
 use twilio_realtime::telephony::call_info::CallInfo;
@@ -121,11 +128,62 @@ fn main() {
     }
 }
 
+/// The fake model of the chosen API.
+enum Fake {
+    Realtime(FakeModel),
+    Live(FakeLive),
+}
+
+/// The GPT-Live fake's script: the same conversation. The model speaks on its own (after the
+/// greeting commentary, when the caller's turn ends, when a tool's result comes back) and
+/// stops by itself when talked over; tools run through its Responses backend.
+fn live_model() -> std::io::Result<FakeLive> {
+    FakeLive::start(FakeLiveConfig {
+        script: vec![
+            LiveReply::say("Hello Ada, welcome back! How can I help you today?", 2600),
+            LiveReply::say("Let me look.", 700).then_call("get_weather", r#"{"location":"Paris"}"#),
+            LiveReply::say(
+                "In Paris it is 18 degrees and sunny today, and the rest of the week looks just as \
+                 pleasant, with light winds from the west and",
+                6000,
+            ),
+            // The caller cut in: "When is my next appointment?"
+            LiveReply::call("next_appointment", "{}"),
+            LiveReply::say(
+                "Your next appointment is on Tuesday at ten with Dr. Babbage. Thanks for calling, \
+                 Ada. Goodbye!",
+                GOODBYE_MS as u32,
+            )
+            .then_call("end_call", "{}"),
+        ],
+        caller_transcripts: vec![
+            "What's the weather in Paris?".into(),
+            "When is my next appointment?".into(),
+        ],
+        ..Default::default()
+    })
+}
+
 fn run() -> Result<(), Box<dyn std::error::Error>> {
     let t0 = Instant::now();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let live = match args
+        .iter()
+        .position(|a| a == "--model")
+        .map(|i| args.get(i + 1))
+    {
+        None => false,
+        Some(Some(m)) if m == "live" => true,
+        Some(Some(m)) if m == "realtime" => false,
+        Some(other) => return Err(format!("--model takes live or realtime, not {other:?}").into()),
+    };
     println!(
-        "twilio-realtime demo: bridge + fake Realtime model + simulated caller, all on 127.0.0.1\n"
+        "twilio-realtime demo: bridge + fake {} model + simulated caller, all on 127.0.0.1\n",
+        if live { "GPT-Live" } else { "Realtime" }
     );
+    if live {
+        return call(t0, Fake::Live(live_model()?));
+    }
 
     let model = FakeModel::start(FakeModelConfig {
         script: vec![
@@ -148,13 +206,22 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         ],
         ..Default::default()
     })?;
+    call(t0, Fake::Realtime(model))
+}
 
+fn call(t0: Instant, model: Fake) -> Result<(), Box<dyn std::error::Error>> {
     let mut cfg = ServerConfig::from_env();
     cfg.bind = "127.0.0.1:0".parse()?;
     cfg.public_url = Some("https://demo.example".into());
     cfg.twilio_auth_token = None;
     cfg.stream_token_ttl = None;
-    cfg.session.model.url = model.url();
+    let live = matches!(model, Fake::Live(_));
+    let (api, url) = match &model {
+        Fake::Realtime(m) => (ModelApi::Realtime, m.url()),
+        Fake::Live(m) => (ModelApi::Live(LiveOptions::default()), m.url()),
+    };
+    cfg.session = cfg.session.model_api(api);
+    cfg.session.model.url = url;
     cfg.session.model.api_key = Some("demo-key-not-used".into());
     // What AGENT_GREETING sets for the example server: the Realtime API never speaks first.
     cfg.session.call.greeting = Some(Greeting::Instructions(
@@ -163,13 +230,22 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(OUT)?;
     let recording = Path::new(OUT).join("call.jsonl");
     cfg.session.recording = Some(RecordTo::File(recording.clone()));
+    let model_events = Path::new(OUT).join("model-events.jsonl");
+    cfg.session.model_events = Some(ModelEventLog::new(std::io::BufWriter::new(
+        std::fs::File::create(&model_events)?,
+    )));
     let events: Arc<Mutex<Vec<(Duration, SessionEvent)>>> = Arc::default();
-    let server = Server::bind(cfg, |call: &CallInfo| agent_for(call))?
-        .on_event(collect_events(t0, &events))
-        // The goodbye follows next_appointment's answer.
-        .on_call(goodbye_then_next_response(
+    let server =
+        Server::bind(cfg, |call: &CallInfo| agent_for(call))?.on_event(collect_events(t0, &events));
+    // The goodbye follows next_appointment's answer (GPT-Live needs no help: its model says
+    // the goodbye and delegates end_call in one turn).
+    let server = if live {
+        server
+    } else {
+        server.on_call(goodbye_then_next_response(
             |e| matches!(e, SessionEvent::ToolEnd { tool, .. } if tool == "next_appointment"),
-        ));
+        ))
+    };
     let addr = server.local_addr();
     let stopper = server.stopper();
     let server = std::thread::spawn(move || server.run());
@@ -224,12 +300,11 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     stopper.stop();
     let _ = server.join();
-    let rec = model.recording();
-    if let Some(instructions) = rec
-        .session_updates
-        .first()
-        .and_then(|s| s["instructions"].as_str())
-    {
+    let configured = match &model {
+        Fake::Realtime(m) => m.recording().session_updates.first().cloned(),
+        Fake::Live(m) => m.recording().starts.first().cloned(),
+    };
+    if let Some(instructions) = configured.as_ref().and_then(|s| s["instructions"].as_str()) {
         println!("\nThe agent chosen for From={CALLER} was configured with:\n  \"{instructions}\"");
     }
 
@@ -256,25 +331,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         println!("  {:>6.2}  {l}", t.as_secs_f64());
     }
 
-    println!("\nBarge-in accuracy (what the bridge told the model vs what the caller heard):");
-    let heard = report.heard_ms_by_item();
-    if rec.truncations.is_empty() {
-        println!("  no truncation happened");
-    }
-    for t in &rec.truncations {
-        let truth = heard.get(&t.item_id).copied().unwrap_or(0);
-        println!(
-            "  item {}: audio_end_ms {} ms, caller heard {} ms, error {:+} ms (model {})",
-            t.item_id,
-            t.audio_end_ms,
-            truth,
-            t.audio_end_ms as i64 - truth as i64,
-            if t.accepted {
-                "accepted it"
-            } else {
-                "refused it"
-            }
-        );
+    match &model {
+        Fake::Realtime(m) => truncations(&report, &m.recording().truncations),
+        Fake::Live(m) => lead(&report, m.recording().stopped_for_caller),
     }
     // The goodbye: the last item the caller heard, and when the bridge closed the stream.
     let last_item =
@@ -288,8 +347,22 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                 }
                 _ => None,
             });
-    if let Some(last) = last_item {
-        let heard = report.heard_ms_by_item().get(&last).copied().unwrap_or(0);
+    // With GPT-Live the ledger's items are 1 s segments: the goodbye is the last run of
+    // audible audio.
+    let goodbye = if live {
+        let heard: u64 = report
+            .chunks
+            .iter()
+            .rev()
+            .skip_while(|c| !c.audible)
+            .take_while(|c| c.audible)
+            .map(|c| c.played)
+            .sum();
+        Some(heard / 8)
+    } else {
+        last_item.map(|last| report.heard_ms_by_item().get(&last).copied().unwrap_or(0))
+    };
+    if let Some(heard) = goodbye {
         let ended = report
             .chunks
             .iter()
@@ -313,17 +386,37 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     println!("POST /call-ended answered with TwiML (what Twilio does next):\n{after}");
+    let appended = match &model {
+        Fake::Realtime(m) => m.recording().appended_bytes,
+        Fake::Live(m) => m.recording().appended_bytes,
+    };
     println!(
         "\nCaller audio: {} ms sent, {} ms reached the model. Agent audio: {} ms played, {} clear(s), {} marks echoed.",
         report.caller_audio.len() / 8,
-        rec.appended_bytes / 8,
+        appended / 8,
         report.played_ms(),
         report.clears.len(),
         report.marks_echoed
     );
+    match &model {
+        Fake::Realtime(m) => {
+            let rec = m.recording();
+            println!(
+                "Audio formats at the model (bytes): caller audio received as {:?}, agent audio sent as {:?} (the session starts as 24 kHz audio/pcm; nothing flows before it is confirmed as audio/pcmu).",
+                rec.appended_by_format, rec.sent_by_format
+            );
+        }
+        Fake::Live(m) => {
+            let rec = m.recording();
+            println!(
+                "GPT-Live: {} ms of audio streamed ({} ms speech, the rest silence), {} ms of caller audio before session.started (none may be sent).",
+                rec.audio_sent_ms, rec.speech_sent_ms, rec.appended_before_start / 8
+            );
+        }
+    }
     println!(
-        "Audio formats at the model (bytes): caller audio received as {:?}, agent audio sent as {:?} (the session starts as 24 kHz audio/pcm; nothing flows before it is confirmed as audio/pcmu).",
-        rec.appended_by_format, rec.sent_by_format
+        "Model events: {} (every client event sent to the model, audio elided)",
+        model_events.display()
     );
     let (agent_wav, caller_wav) = report.write_wavs(Path::new(OUT))?;
     println!(
@@ -368,6 +461,56 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     Ok(())
+}
+
+/// Realtime: each truncation the bridge told the model against what the caller heard.
+fn truncations(
+    report: &twilio_realtime::sim::twilio_call::CallReport,
+    truncations: &[twilio_realtime::sim::fake_model::TruncationRecord],
+) {
+    println!("\nBarge-in accuracy (what the bridge told the model vs what the caller heard):");
+    let heard = report.heard_ms_by_item();
+    if truncations.is_empty() {
+        println!("  no truncation happened");
+    }
+    for t in truncations {
+        let truth = heard.get(&t.item_id).copied().unwrap_or(0);
+        println!(
+            "  item {}: audio_end_ms {} ms, caller heard {} ms, error {:+} ms (model {})",
+            t.item_id,
+            t.audio_end_ms,
+            truth,
+            t.audio_end_ms as i64 - truth as i64,
+            if t.accepted {
+                "accepted it"
+            } else {
+                "refused it"
+            }
+        );
+    }
+}
+
+/// GPT-Live: no truncation exists; how far Twilio's playout ran ahead of what the caller
+/// heard (ground truth: audio buffered at Twilio as each chunk arrived).
+fn lead(report: &twilio_realtime::sim::twilio_call::CallReport, stopped: u64) {
+    let mut buffered: Vec<u128> = report
+        .chunks
+        .iter()
+        .map(|c| c.start.saturating_sub(c.arrival).as_millis())
+        .collect();
+    buffered.sort_unstable();
+    let q = |p: f64| {
+        buffered
+            .get(((buffered.len() as f64 * p) as usize).min(buffered.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
+    println!(
+        "\nBarge-in: the model stopped by itself {stopped} time(s) (GPT-Live has no truncation and the bridge sends no clear). Twilio's buffer ahead of the caller: p50 {} ms, p99 {} ms, max {} ms.",
+        q(0.5),
+        q(0.99),
+        buffered.last().copied().unwrap_or(0)
+    );
 }
 
 /// An event hook that keeps every event with its time since `t0`.

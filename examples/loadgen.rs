@@ -11,7 +11,8 @@
 //!
 //! Options: `--calls N` (50), `--seconds S` (30, measured after ramp-up and warm-up), `--ramp S`
 //! (5), `--bridge CMD` (our example server), `--json FILE` (also write the figures as JSON),
-//! `--label NAME`.
+//! `--label NAME`, `--model realtime|live` (the fake model's API; `live` starts the bridge
+//! with `MODEL_API=live` and `OPENAI_LIVE_URL`).
 //!
 //! Any bridge works that takes `PORT`, `OPENAI_API_KEY` and `OPENAI_REALTIME_URL` and serves
 //! the Media Streams WebSocket at `/media-stream`.
@@ -21,6 +22,12 @@
 //! it out at 8 bytes/ms and echoes marks when playback reaches them; every 4th reply is cut by
 //! a barge-in (`speech_started`), which the bridge turns into a Twilio `clear` and a
 //! `conversation.item.truncate`.
+//!
+//! With `--model live` the fake speaks GPT-Live as production does (`spec/gpt-live.md` §4,
+//! §5.2): after `session.started` it streams 100 ms deltas at real time without a pause,
+//! silence included; every ~3 s 2 s of them are a reply with transcript deltas, and every 4th
+//! reply stops halfway (the model stopping for the caller: no event, and the bridge sends no
+//! `clear`).
 //!
 //! Progress (phase, calls connected / running / done, the bridge's CPU and RSS) goes to stderr:
 //! a bar on a terminal, a line every 5 s otherwise.
@@ -119,6 +126,8 @@ struct Shared {
     truncates: AtomicU64,
     errors: AtomicU64,
     model_conns: Mutex<Vec<Arc<ModelConn>>>,
+    /// The fake speaks GPT-Live instead of Realtime.
+    live: bool,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -136,6 +145,8 @@ struct ModelState {
     reply: Option<Reply>,
     replies: u64,
     next_chunk_at: Instant,
+    /// GPT-Live: `session.started` was sent (audio streams from then on).
+    started: bool,
 }
 
 struct ModelConn {
@@ -176,14 +187,17 @@ fn serve_model(listener: TcpListener, sh: Arc<Shared>) {
                     reply: None,
                     replies: 0,
                     next_chunk_at: now,
+                    started: false,
                 }),
                 id,
             });
             let _ = slot.set(mc.clone());
-            model_event(
-                &out,
-                json!({"type":"session.created","event_id":"ev_c","session":{"type":"realtime","id":format!("sess_{id}")}}),
-            );
+            if !sh.live {
+                model_event(
+                    &out,
+                    json!({"type":"session.created","event_id":"ev_c","session":{"type":"realtime","id":format!("sess_{id}")}}),
+                );
+            }
             if let Ok(mut v) = sh.model_conns.lock() {
                 v.push(mc);
             }
@@ -196,8 +210,10 @@ fn on_client(sh: &Shared, slot: &OnceLock<Arc<ModelConn>>, inc: Incoming) {
     let Incoming::Text(t) = inc else { return };
     let text: &str = t.as_ref();
     let Some(conn) = slot.get() else { return };
-    if text.starts_with(r#"{"type":"input_audio_buffer.append""#) {
-        // {"type":"input_audio_buffer.append","audio":"…"}
+    if text.starts_with(r#"{"type":"input_audio_buffer.append""#)
+        || text.starts_with(r#"{"type":"session.input_audio.append""#)
+    {
+        // {"type":"input_audio_buffer.append","audio":"…"} (or GPT-Live's)
         if let Some(audio) = text.split(r#""audio":""#).nth(1) {
             if let Some(ts) = tag_of(audio) {
                 sh.frames_in_recv.fetch_add(1, Ordering::Relaxed);
@@ -212,6 +228,17 @@ fn on_client(sh: &Shared, slot: &OnceLock<Arc<ModelConn>>, inc: Incoming) {
         return;
     };
     match v["type"].as_str().unwrap_or("") {
+        "session.start" => {
+            let mut st = conn.state.lock().unwrap_or_else(|p| p.into_inner());
+            st.started = true;
+            st.next_chunk_at = Instant::now();
+            model_event(
+                &conn.out,
+                json!({"type":"session.started","event_id":"ev_s","client_event_id":v["event_id"],
+                    "session":{"id":format!("live_{}", conn.id),"status":"active",
+                        "audio":{"format":{"type":"audio/pcmu","rate":8000}}}}),
+            );
+        }
         "session.update" => model_event(
             &conn.out,
             json!({"type":"session.updated","event_id":"ev_u","session":v["session"].clone()}),
@@ -249,6 +276,51 @@ fn end_reply(out: &WsSender, r: &Reply, status: &str) {
     );
 }
 
+/// GPT-Live: one 100 ms delta when due, at real time, silence or a reply's speech with its
+/// transcript; a new reply every ~3 s, every 4th one stopped halfway by the model itself.
+fn live_tick(sh: &Shared, c: &ModelConn, st: &mut ModelState, now: Instant, quiesce: bool) {
+    const CHUNK: usize = 800; // 100 ms
+    if !st.started || now < st.next_chunk_at {
+        return;
+    }
+    st.next_chunk_at += Duration::from_millis(100);
+    if st.reply.is_none() && !quiesce && now >= st.next_reply_at {
+        st.replies += 1;
+        let n = st.replies;
+        st.reply = Some(Reply {
+            response: String::new(),
+            item: String::new(),
+            chunks_left: 20,
+            cut_at: (n % 4 == 0).then_some(10),
+        });
+    }
+    model_event(
+        &c.out,
+        json!({"type":"session.output_audio.delta","delta":tagged_b64(CHUNK)}),
+    );
+    sh.deltas_sent.fetch_add(1, Ordering::Relaxed);
+    let Some(mut r) = st.reply.take() else {
+        return;
+    };
+    if quiesce || r.cut_at == Some(r.chunks_left) {
+        if !quiesce {
+            sh.barge_ins.fetch_add(1, Ordering::Relaxed);
+        }
+        st.next_reply_at = now + Duration::from_millis(2000);
+        return;
+    }
+    model_event(
+        &c.out,
+        json!({"type":"session.output_transcript.delta","event_id":"ev","delta":" word","start_ms":0,"end_ms":100}),
+    );
+    r.chunks_left -= 1;
+    if r.chunks_left == 0 {
+        st.next_reply_at = now + Duration::from_millis(1000);
+    } else {
+        st.reply = Some(r);
+    }
+}
+
 /// Drives every model connection's replies (one thread for all).
 fn model_ticker(sh: Arc<Shared>, stop: Arc<AtomicBool>) {
     const CHUNK: usize = 800; // 100 ms
@@ -263,6 +335,10 @@ fn model_ticker(sh: Arc<Shared>, stop: Arc<AtomicBool>) {
                 continue;
             }
             let mut st = c.state.lock().unwrap_or_else(|p| p.into_inner());
+            if sh.live {
+                live_tick(&sh, &c, &mut st, now, quiesce);
+                continue;
+            }
             if st.reply.is_none() {
                 if !quiesce && now >= st.next_reply_at {
                     st.replies += 1;
@@ -557,7 +633,7 @@ fn free_port() -> u16 {
         .unwrap_or(5050)
 }
 
-fn spawn_bridge(cmd: &str, port: u16, model_url: &str) -> std::io::Result<Bridge> {
+fn spawn_bridge(cmd: &str, port: u16, model_url: &str, live: bool) -> std::io::Result<Bridge> {
     let parts: Vec<&str> = cmd.split_whitespace().collect();
     let (prog, args) = parts
         .split_first()
@@ -568,6 +644,8 @@ fn spawn_bridge(cmd: &str, port: u16, model_url: &str) -> std::io::Result<Bridge
         .env("BIND_ADDR", "127.0.0.1")
         .env("OPENAI_API_KEY", "sk-loadgen")
         .env("OPENAI_REALTIME_URL", model_url)
+        .env("OPENAI_LIVE_URL", model_url)
+        .env("MODEL_API", if live { "live" } else { "realtime" })
         .env("RUST_LOG", "warn")
         .env_remove("TWILIO_AUTH_TOKEN")
         .stdout(Stdio::piped())
@@ -606,6 +684,7 @@ struct Args {
     bridge: String,
     json: Option<String>,
     label: String,
+    live: bool,
 }
 
 fn args() -> Args {
@@ -616,6 +695,7 @@ fn args() -> Args {
         bridge: "target/release/examples/twilio_server".into(),
         json: None,
         label: String::new(),
+        live: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -627,6 +707,16 @@ fn args() -> Args {
             "--bridge" => a.bridge = v,
             "--json" => a.json = Some(v),
             "--label" => a.label = v,
+            "--model" => {
+                a.live = match v.as_str() {
+                    "live" => true,
+                    "realtime" => false,
+                    other => {
+                        eprintln!("--model takes realtime or live, not {other:?}");
+                        std::process::exit(2);
+                    }
+                }
+            }
             other => {
                 eprintln!("unknown option {other}; see the file's docs");
                 std::process::exit(2);
@@ -656,18 +746,24 @@ fn main() {
         truncates: AtomicU64::new(0),
         errors: AtomicU64::new(0),
         model_conns: Mutex::new(Vec::new()),
+        live: a.live,
     });
     let listener = TcpListener::bind("127.0.0.1:0").expect("model listener");
     let model_url = format!(
-        "ws://{}/v1/realtime?model=gpt-realtime",
-        listener.local_addr().expect("addr")
+        "ws://{}{}",
+        listener.local_addr().expect("addr"),
+        if a.live {
+            "/v1/live/sessions"
+        } else {
+            "/v1/realtime?model=gpt-realtime"
+        }
     );
     {
         let sh = sh.clone();
         thread::spawn(move || serve_model(listener, sh));
     }
     let port = free_port();
-    let bridge = match spawn_bridge(&a.bridge, port, &model_url) {
+    let bridge = match spawn_bridge(&a.bridge, port, &model_url, a.live) {
         Ok(b) => b,
         Err(e) => {
             eprintln!("cannot start the bridge `{}`: {e}", a.bridge);

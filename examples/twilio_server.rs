@@ -6,7 +6,9 @@
 //! ```
 //!
 //! Environment: `PORT` (5050), `BIND_ADDR` (127.0.0.1), `OPENAI_API_KEY`,
+//! `MODEL_API` (`realtime`, the default, or `live` for GPT-Live),
 //! `OPENAI_REALTIME_URL` (default wss://api.openai.com/v1/realtime?model=gpt-realtime),
+//! `OPENAI_LIVE_URL` (with `MODEL_API=live`; default wss://api.openai.com/v1/live/sessions),
 //! `PUBLIC_URL` (the https origin Twilio reaches, e.g. your tunnel), `TWILIO_AUTH_TOKEN`
 //! (verify X-Twilio-Signature), `GREETING` (said before the stream connects),
 //! `CALL_RECORDING_DIR` (record every call's timeline there, see `recording`),

@@ -91,6 +91,10 @@ pub enum CloseReason {
     /// minutes): its session is the call's and cannot be renewed from the sideband, so the
     /// call was hung up.
     SessionExpired,
+    /// A GPT-Live model closed its session (`session.closed` the bridge did not ask for, e.g.
+    /// `expired` at `expires_at`, or `content` from the safety filter); the audio already
+    /// sent played first.
+    ModelSessionClosed(crate::proto::live::SessionCloseReason),
     /// An error ended the call (the model refused or vanished, Twilio vanished or never
     /// started, the stream was refused, a thread panicked, …); match the [`CallError`].
     Error(CallError),
@@ -125,6 +129,7 @@ impl fmt::Display for CloseReason {
                 if *by_agent { "agent" } else { "application" }
             ),
             CloseReason::SessionExpired => f.write_str("the SIP call's model session expired"),
+            CloseReason::ModelSessionClosed(r) => write!(f, "model closed the session: {r:?}"),
             CloseReason::Error(e) => fmt::Display::fmt(e, f),
         }
     }

@@ -1,7 +1,10 @@
 //! The call core's rules, one test each, driven with an injected clock (no sockets).
 
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::{audio_b64 as audio, session_events as events};
 use serde_json::{json, Value};
 use twilio_realtime::agent::ToolFailure;
 use twilio_realtime::agent::{Agent, FunctionTool, OutputGuardrail, Verdict};
@@ -169,12 +172,6 @@ impl H {
     }
 }
 
-/// base64 of `n` µ-law bytes (all 0x55).
-fn audio(n: usize) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(vec![0x55u8; n])
-}
-
 fn model_events(out: &[Output]) -> Vec<Value> {
     out.iter()
         .filter_map(|o| match o {
@@ -205,15 +202,6 @@ fn marks(out: &[Output]) -> Vec<String> {
         .into_iter()
         .filter_map(|c| match c {
             TwilioCommand::Mark { name, .. } => Some(name),
-            _ => None,
-        })
-        .collect()
-}
-
-fn events(out: &[Output]) -> Vec<SessionEvent> {
-    out.iter()
-        .filter_map(|o| match o {
-            Output::Event(e) => Some(e.clone()),
             _ => None,
         })
         .collect()

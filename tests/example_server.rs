@@ -91,28 +91,41 @@ fn build_example(name: &str) -> PathBuf {
         .unwrap_or_else(|| panic!("cargo reported no {name} executable"))
 }
 
+/// Runs the demo with `args` in a fresh directory: its exit status, stdout, and the
+/// model-event log it wrote.
+fn run_demo(args: &[&str]) -> (std::process::ExitStatus, String, String, String) {
+    let demo = build_example("demo");
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "twilio-realtime-demo-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = Command::new(demo)
+        .args(args)
+        .current_dir(&dir)
+        .env_remove("TWILIO_AUTH_TOKEN")
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("MODEL_API")
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let events =
+        std::fs::read_to_string(dir.join("out/demo/model-events.jsonl")).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&dir);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status, text, err, events)
+}
+
 /// `cargo run --example demo`, the README's first command: the caller is greeted by the name
 /// found for their `From`, a tool answers from the caller context, the goodbye is heard in
 /// full before the agent's hang-up closes the stream, and `/call-ended`'s TwiML is printed.
 #[test]
 fn the_demo_greets_by_name_uses_the_caller_context_and_hangs_up_after_the_goodbye() {
-    let demo = build_example("demo");
-    let dir = std::env::temp_dir().join(format!("twilio-realtime-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let out = Command::new(demo)
-        .current_dir(&dir)
-        .env_remove("TWILIO_AUTH_TOKEN")
-        .env_remove("OPENAI_API_KEY")
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (status, text, err, events) = run_demo(&[]);
+    assert!(status.success(), "{text}{err}");
     for expected in [
         // the agent chosen from From: the customer record's name in its instructions
         "The caller is Ada, a customer: greet them by name.",
@@ -129,6 +142,84 @@ fn the_demo_greets_by_name_uses_the_caller_context_and_hangs_up_after_the_goodby
     ] {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }
+    assert!(events
+        .lines()
+        .next()
+        .unwrap_or("")
+        .contains("\"session.update\""));
+}
+
+/// `cargo run --example demo -- --model live`: the same call against the fake GPT-Live: the
+/// greeting, both tools, the model stopping by itself at the barge-in (no clear), the goodbye
+/// heard in full, and every client event written to `out/demo/model-events.jsonl`.
+#[test]
+fn the_demo_runs_the_same_call_on_gpt_live() {
+    let (status, text, err, events) = run_demo(&["--model", "live"]);
+    assert!(status.success(), "{text}{err}");
+    for expected in [
+        "fake GPT-Live model",
+        "said: \"Hello Ada, welcome back!",
+        "tool get_weather -> ",
+        "tool next_appointment -> \"Ada (+15550100): next appointment",
+        "the model stopped by itself 1 time(s)",
+        "0 clear(s)",
+        "Goodbye: the caller heard 2500 of 2500 ms; the bridge closed the stream",
+        "closed: hung up by the agent",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+    let types: Vec<String> = events
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["type"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(types.first().map(String::as_str), Some("session.start"));
+    assert_eq!(types.last().map(String::as_str), Some("session.close"));
+    assert!(types.iter().any(|t| t == "session.input_audio.append"));
+    assert!(
+        !events.contains("\"audio\":\"/"),
+        "audio payloads are elided"
+    );
+}
+
+/// `MODEL_API=live` and `OPENAI_LIVE_URL`: the example server bridges Twilio calls to GPT-Live.
+#[test]
+fn model_api_live_selects_gpt_live() {
+    use twilio_realtime::sim::fake_live::{FakeLive, FakeLiveConfig, LiveReply};
+    let live = FakeLive::start(FakeLiveConfig {
+        script: vec![LiveReply::say("Hello from GPT-Live.", 600)],
+        require_key: Some("test-key".into()),
+        ..Default::default()
+    })
+    .unwrap();
+    let p = start_with(
+        "ws://127.0.0.1:9/unused-realtime",
+        None,
+        "info",
+        &[("MODEL_API", "live"), ("OPENAI_LIVE_URL", &live.url())],
+    );
+    let report = TwilioCall::run(TwilioCallConfig::new(
+        p.addr,
+        vec![
+            Segment::WaitForAgent {
+                quiet_ms: 600,
+                timeout_ms: 10_000,
+            },
+            Segment::HangUp,
+        ],
+    ))
+    .unwrap();
+    let rec = live.recording();
+    assert_eq!(rec.connections, 1);
+    assert_eq!(rec.starts.len(), 1);
+    assert!(rec.violations.is_empty(), "{:?}", rec.violations);
+    // AGENT_GREETING became commentary worded as an instruction.
+    assert!(rec.commentary[0].starts_with("Greet the caller."));
+    assert!(report.chunks.iter().any(|c| c.audible));
 }
 
 fn start(model_url: &str, token: Option<&str>) -> Proc {

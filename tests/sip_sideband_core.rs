@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::session_events as events;
+
 use std::time::Instant;
 
 use serde_json::{json, Value};
@@ -123,15 +125,6 @@ fn model_events(out: &[Output]) -> Vec<Value> {
     out.iter()
         .filter_map(|o| match o {
             Output::Model(ev) => Some(serde_json::from_str(&ev.to_json()).unwrap()),
-            _ => None,
-        })
-        .collect()
-}
-
-fn events(out: &[Output]) -> Vec<SessionEvent> {
-    out.iter()
-        .filter_map(|o| match o {
-            Output::Event(e) => Some(e.clone()),
             _ => None,
         })
         .collect()

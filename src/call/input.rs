@@ -71,6 +71,8 @@ pub enum Input {
     },
     /// An event from the model.
     Model(ServerEvent),
+    /// An event from the model, on a GPT-Live call ([`crate::call::ModelApi::Live`]).
+    LiveModel(crate::proto::live::ServerEvent),
     /// The model connection sent something (any frame, a pong included) at the `now` given
     /// with this input: answers an outstanding ping and postpones the next.
     ModelActivity,
@@ -123,6 +125,7 @@ impl CallCore {
             Input::ModelConnectedConfigured(pre) => self.handle_model_preconfigured(now, pre),
             Input::ModelConnectFailed { error } => self.handle_model_connect_failed(now, error),
             Input::Model(ev) => self.handle_model(now, ev),
+            Input::LiveModel(ev) => self.handle_live_model(now, ev),
             Input::ModelActivity => self.handle_model_activity(now),
             Input::ModelClosed { error } => self.handle_model_closed(now, error),
             Input::ToolResult { call_id, result } => self.handle_tool_result(now, &call_id, result),

@@ -47,6 +47,7 @@
 
 pub mod inbound;
 mod input;
+pub mod live;
 pub mod pacer;
 pub mod playback;
 
@@ -71,6 +72,7 @@ use crate::proto::twilio::{TwilioCommand, TwilioMessage};
 use crate::telephony::transfer::TransferTarget;
 
 pub use input::Input;
+pub use live::ModelApi;
 
 const LOG: &str = "twilio_realtime::session";
 const TOOLS_LOG: &str = "twilio_realtime::tools";
@@ -165,6 +167,9 @@ pub struct CallOptions {
     /// `session_expired` ends it with [`CloseReason::SessionExpired`] (the session cannot be
     /// renewed). Default false.
     pub sideband: bool,
+    /// Which model API the call speaks: [`ModelApi::Realtime`] (the default) or
+    /// [`ModelApi::Live`] (GPT-Live; see [`crate::call::live`] for what differs).
+    pub model_api: ModelApi,
 }
 
 /// How the agent greets the caller (see [`CallOptions::greeting`]).
@@ -222,6 +227,7 @@ impl Default for CallOptions {
             }),
             hang_up_timeout: Duration::from_secs(10),
             sideband: false,
+            model_api: ModelApi::Realtime,
         }
     }
 }
@@ -324,6 +330,8 @@ pub enum Output {
     Twilio(TwilioCommand),
     /// Send this to the model.
     Model(ClientEvent),
+    /// Send this to the model, on a GPT-Live call ([`ModelApi::Live`]).
+    LiveModel(crate::proto::live::ClientEvent),
     /// Tell the application.
     Event(SessionEvent),
     /// The model session is configured: start sending caller audio (flush what was kept).
@@ -496,6 +504,8 @@ pub struct CallCore {
     /// Sideband calls: the server is playing the agent's audio to the caller
     /// (`output_audio_buffer.started` seen, `.stopped`/`.cleared` not yet).
     sip_playing: bool,
+    /// A GPT-Live call's state (`None`: Realtime).
+    live: Option<Box<live::LiveState>>,
 }
 
 impl CallCore {
@@ -511,6 +521,10 @@ impl CallCore {
         };
         let agents = agent.reachable();
         let greeting = opts.greeting.clone();
+        let live = match &opts.model_api {
+            ModelApi::Live(l) => Some(Box::new(live::LiveState::new(l.clone()))),
+            ModelApi::Realtime => None,
+        };
         CallCore {
             opts,
             agent,
@@ -552,6 +566,7 @@ impl CallCore {
             ended: None,
             outputs: VecDeque::new(),
             sip_playing: false,
+            live,
         }
     }
 
@@ -623,6 +638,7 @@ impl CallCore {
             .chain(self.start_deadline)
             .chain(self.twilio_silence_deadline())
             .chain(self.model_liveness_deadline())
+            .chain(self.live.as_ref().and_then(|l| l.deadline()))
             .min()
     }
 
@@ -663,6 +679,9 @@ impl CallCore {
     }
 
     fn out(&mut self, o: Output) {
+        if matches!(o, Output::CloseModel) {
+            self.live_before_close();
+        }
         self.outputs.push_back(o);
     }
 
@@ -689,6 +708,9 @@ impl CallCore {
 
     /// Writes a model event now; a `session.update` is remembered until the server answers it.
     fn emit_model(&mut self, ev: ClientEvent) {
+        if self.live.is_some() {
+            return self.live_emit(ev);
+        }
         if let Some(id) = session_update_id(&ev) {
             self.config_pending.push_back(id);
         }
@@ -795,6 +817,7 @@ impl CallCore {
                         } => self.send_audio_done(&item_id, content_index),
                     }
                 }
+                self.live_pump(now);
             }
             TwilioMessage::Dtmf(d) => self.on_dtmf(d.dtmf.digit),
             TwilioMessage::Mark(m) => self.on_mark(now, &m.mark.name),
@@ -866,7 +889,9 @@ impl CallCore {
     }
 
     fn on_mark(&mut self, now: Instant, name: &str) {
-        match self.ledger.on_mark(now, name) {
+        let outcome = self.ledger.on_mark(now, name);
+        self.live_on_mark(now);
+        match outcome {
             MarkOutcome::Played => {}
             MarkOutcome::ItemFinished { item_id, .. } => {
                 log::trace!(target: LOG, "item {item_id} played out");
@@ -985,6 +1010,7 @@ impl CallCore {
             self.model_seen = Some(now);
             self.ping_sent = None;
         }
+        self.live_connected();
         if self.opts.sideband
             && matches!(
                 self.model,
@@ -1139,6 +1165,7 @@ impl CallCore {
             return;
         }
         self.model = ModelState::Gone;
+        self.live_end_turns();
         self.ended = Some(reason.clone());
         self.event(SessionEvent::Closed { reason });
     }
@@ -1451,6 +1478,9 @@ impl CallCore {
         let Some(greeting) = self.greeting.take() else {
             return;
         };
+        if self.live.is_some() {
+            return self.live_greet(greeting);
+        }
         if self.active_response.is_some() || self.response_requested.is_some() {
             log::info!(target: LOG, "greeting skipped: the agent is already answering");
             return;
@@ -1591,6 +1621,9 @@ impl CallCore {
     // Barge-in
 
     fn barge_in(&mut self, now: Instant, cause: InterruptCause) {
+        if self.live.is_some() {
+            return self.live_hard_stop(cause);
+        }
         if self.opts.sideband {
             return self.sideband_interrupt(cause);
         }
@@ -1911,6 +1944,8 @@ impl CallCore {
         }
         let heard = if self.opts.sideband {
             !self.sip_playing
+        } else if self.live.is_some() {
+            self.live_heard()
         } else {
             self.stream_sid.is_none()
                 || (!self.ledger.is_playing() && self.pending_twilio.is_empty())
@@ -2228,6 +2263,13 @@ impl CallCore {
         if self.ended.is_some() {
             return;
         }
+        let Some(cmd) = (if self.live.is_some() {
+            self.live_command(cmd)
+        } else {
+            Some(cmd)
+        }) else {
+            return;
+        };
         match cmd {
             Command::SendMessage(text) => {
                 self.send_model(ClientEvent::ConversationItemCreate {
@@ -2450,6 +2492,7 @@ impl CallCore {
                 self.twilio_mark(name);
             }
         }
+        self.live_on_timeout(now);
     }
 }
 

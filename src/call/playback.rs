@@ -357,6 +357,12 @@ impl PlaybackLedger {
         &self.entries
     }
 
+    /// Bytes of this generation's stream Twilio has confirmed playing (the latest echoed
+    /// chunk or done mark); with no `clear`, every byte ever sent in the call.
+    pub fn heard_bytes(&self) -> u64 {
+        self.last_ack.map_or(0, |(g, _)| g)
+    }
+
     /// True when audio was sent that Twilio has not confirmed playing.
     pub fn is_playing(&self) -> bool {
         !self.entries.is_empty()

@@ -414,8 +414,10 @@ impl ServerConfig {
     }
 
     /// [`ServerConfig::new`] overridden from the environment: `PORT` (5050), `BIND_ADDR`
-    /// (127.0.0.1), `OPENAI_API_KEY`, `OPENAI_REALTIME_URL` (default
-    /// [`DEFAULT_REALTIME_URL`](crate::session::DEFAULT_REALTIME_URL)), `PUBLIC_URL`,
+    /// (127.0.0.1), `OPENAI_API_KEY`, `MODEL_API` (`realtime`, the default, or `live` for
+    /// GPT-Live on Twilio calls), `OPENAI_REALTIME_URL` (default
+    /// [`DEFAULT_REALTIME_URL`](crate::session::DEFAULT_REALTIME_URL)), `OPENAI_LIVE_URL`
+    /// (with `MODEL_API=live`; default [`crate::proto::live::DEFAULT_URL`]), `PUBLIC_URL`,
     /// `TWILIO_AUTH_TOKEN` (also turns one-time stream tokens on, 30 s), `GREETING`,
     /// `STREAM_TOKENS` (`off` disables one-time stream tokens), `MAX_CONNECTIONS` (2000),
     /// `WARM_MODEL_POOL` (100; `0` turns the warm model off),
@@ -484,8 +486,25 @@ impl ServerConfig {
             _ => None,
         };
         let mut session = SessionOptions::new(env("OPENAI_API_KEY"));
-        if let Some(url) = env("OPENAI_REALTIME_URL") {
-            session.model.url = url;
+        match env("MODEL_API").map(|v| v.to_ascii_lowercase()).as_deref() {
+            Some("live") => {
+                use crate::call::{live::LiveOptions, ModelApi};
+                if let Some(url) = env("OPENAI_REALTIME_URL") {
+                    session.model.url = url; // kept for SIP calls' sidebands
+                }
+                session = session.model_api(ModelApi::Live(LiveOptions::default()));
+                if let Some(url) = env("OPENAI_LIVE_URL") {
+                    session.model.url = url;
+                }
+            }
+            other => {
+                if let Some(v) = other.filter(|v| *v != "realtime") {
+                    log::error!(target: LOG, "MODEL_API={v:?} is neither realtime nor live: using realtime");
+                }
+                if let Some(url) = env("OPENAI_REALTIME_URL") {
+                    session.model.url = url;
+                }
+            }
         }
         session.call.greeting = env("AGENT_GREETING").map(crate::call::Greeting::Instructions);
         let sip = env("OPENAI_WEBHOOK_SECRET").and_then(|secret| {
@@ -1333,6 +1352,11 @@ impl ConnCtx {
         form: WebhookForm,
         params: &[(&str, String)],
     ) -> Option<SessionConfig> {
+        if self.cfg.session.call.model_api.is_live() {
+            // GPT-Live starts with the call's own `session.start`, sent on connect: a warm
+            // connection is only opened, never configured with Realtime's update.
+            return None;
+        }
         let custom = params
             .iter()
             .filter(|(k, _)| *k != TOKEN_PARAMETER)

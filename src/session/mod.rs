@@ -30,6 +30,7 @@
 
 pub(crate) mod event_queue;
 pub(crate) mod inbox;
+pub mod model_log;
 pub mod recording;
 #[cfg(feature = "server")]
 #[cfg_attr(docsrs, doc(cfg(feature = "server")))]
@@ -54,12 +55,13 @@ use crate::io::ws::{
     panic_text, ClientRequest, Duplex, Incoming, WsConfig, WsConn, WsError, WsSender,
 };
 use crate::limits::{BadInput, BadMessageBudget, BadVerdict, LogLimiter};
-use crate::proto::realtime::{write_append_json, ServerEvent};
+use crate::proto::realtime::ServerEvent;
 use crate::proto::twilio::{
     write_mark_json, write_media_json, MediaFrame, TwilioCommand, TwilioMessage,
 };
 use crate::session::event_queue::{event_queue, EventReceiver, EventSender};
 use crate::session::inbox::{inbox, InboxReceiver, InboxSender};
+use crate::session::model_log::ModelEventLog;
 use crate::session::recording::{CallerMeter, Record, RecordTo, Recorder, RecorderThread};
 use crate::telephony::call_info::{CallInfo, WebhookForm};
 
@@ -110,8 +112,13 @@ pub enum TransportEvents {
 #[derive(Clone)]
 #[non_exhaustive]
 pub struct ModelOptions {
-    /// `ws://` or `wss://` URL of the Realtime endpoint (the model is in its query).
+    /// `ws://` or `wss://` URL of the Realtime endpoint (the model is in its query), or of
+    /// GPT-Live's when the session speaks it ([`SessionOptions::model_api`]).
     pub url: String,
+    /// The Realtime endpoint while `url` is GPT-Live's: SIP calls' sidebands speak Realtime
+    /// whatever the session's model API ([`Session::start_sideband`]). `None`:
+    /// [`DEFAULT_REALTIME_URL`].
+    pub realtime_url: Option<String>,
     /// Sent as `Authorization: Bearer …` when set.
     pub api_key: Option<String>,
     /// Extra headers sent with the WebSocket upgrade, in order (e.g. `OpenAI-Project`,
@@ -272,6 +279,9 @@ pub struct SessionOptions {
     /// Record the call's timeline (no audio, no keys) to a JSON-lines file; see
     /// [`crate::session::recording`]. Default: off, which costs nothing.
     pub recording: Option<RecordTo>,
+    /// Write every client event sent to the model to this log, as JSON lines with audio
+    /// elided (see [`model_log`]). Default: off (one `Option` check per frame).
+    pub model_events: Option<ModelEventLog>,
     /// Twilio messages longer than this (in bytes) are reported and skipped unread; the call
     /// goes on. Default 64 KiB (Twilio's largest, a `start` with custom parameters, is a few
     /// KiB). The hard cap that ends the call with close code 1009 is the socket's
@@ -312,6 +322,7 @@ impl std::fmt::Debug for SessionOptions {
             .field("warm_models", &self.warm_models.is_some())
             .field("webhook_fields", &self.webhook_fields.is_some())
             .field("recording", &self.recording)
+            .field("model_events", &self.model_events.is_some())
             .field("max_twilio_message", &self.max_twilio_message)
             .field("bad_message_budget", &self.bad_message_budget)
             .field("event_capacity", &self.event_capacity)
@@ -330,6 +341,7 @@ impl SessionOptions {
         SessionOptions {
             model: ModelOptions {
                 url: DEFAULT_REALTIME_URL.to_owned(),
+                realtime_url: None,
                 api_key,
                 headers: Vec::new(),
                 query: Vec::new(),
@@ -348,6 +360,7 @@ impl SessionOptions {
             warm_models: None,
             webhook_fields: None,
             recording: None,
+            model_events: None,
             max_twilio_message: 64 * 1024,
             bad_message_budget: BadMessageBudget::default(),
             event_capacity: 1024,
@@ -379,6 +392,43 @@ impl SessionOptions {
         value: impl Into<String>,
     ) -> SessionOptions {
         self.model.query.push((name.into(), value.into()));
+        self
+    }
+
+    /// Speak this model API ([`CallOptions::model_api`]). Choosing GPT-Live keeps the Realtime
+    /// URL in [`ModelOptions::realtime_url`] (for SIP sidebands) and sets the URL to
+    /// [`crate::proto::live::DEFAULT_URL`] (change it with [`SessionOptions::url`] after);
+    /// choosing Realtime again puts the Realtime URL back.
+    ///
+    /// ```
+    /// use twilio_realtime::call::{live::LiveOptions, ModelApi};
+    /// use twilio_realtime::session::{SessionOptions, DEFAULT_REALTIME_URL};
+    ///
+    /// let live = SessionOptions::new(None).model_api(ModelApi::Live(LiveOptions::default()));
+    /// assert_eq!(live.model.url, "wss://api.openai.com/v1/live/sessions");
+    /// assert_eq!(live.model.realtime_url.as_deref(), Some(DEFAULT_REALTIME_URL));
+    /// let back = live.model_api(ModelApi::Realtime);
+    /// assert_eq!(back.model.url, DEFAULT_REALTIME_URL);
+    /// ```
+    pub fn model_api(mut self, api: crate::call::ModelApi) -> SessionOptions {
+        match (api.is_live(), self.call.model_api.is_live()) {
+            (true, false) => {
+                let realtime = std::mem::replace(
+                    &mut self.model.url,
+                    crate::proto::live::DEFAULT_URL.to_owned(),
+                );
+                self.model.realtime_url = Some(realtime);
+            }
+            (false, true) => {
+                self.model.url = self
+                    .model
+                    .realtime_url
+                    .take()
+                    .unwrap_or_else(|| DEFAULT_REALTIME_URL.to_owned());
+            }
+            _ => {}
+        }
+        self.call.model_api = api;
         self
     }
 }
@@ -422,6 +472,7 @@ enum ShellMsg {
     ModelConnected(u64, WsConn, Option<Box<Preconfigured>>),
     ModelConnectFailed(u64, CallError),
     Model(u64, ServerEvent),
+    LiveModel(u64, crate::proto::live::ServerEvent),
     ModelBad(u64, String),
     ModelClosed(u64, CallError),
     ToolDone(String, Result<String, ToolFailure>),
@@ -449,6 +500,34 @@ struct Lane {
     marks_wake_queued: bool,
     /// Marks dropped because [`MAX_LANE_MARKS`] were waiting.
     marks_dropped: u64,
+    /// The caller-audio append of the call's model API.
+    append: Append,
+}
+
+/// How the lane writes a caller-audio append: the model API's event, and the optional log.
+#[derive(Clone)]
+struct Append {
+    write: fn(&mut String, &str),
+    event_type: &'static str,
+    log: Option<ModelEventLog>,
+}
+
+impl Append {
+    fn new(live: bool, log: Option<ModelEventLog>) -> Append {
+        if live {
+            Append {
+                write: crate::proto::live::write_append_json,
+                event_type: "session.input_audio.append",
+                log,
+            }
+        } else {
+            Append {
+                write: crate::proto::realtime::write_append_json,
+                event_type: "input_audio_buffer.append",
+                log,
+            }
+        }
+    }
 }
 
 /// Most echoed marks waiting in the lane. A real Twilio echoes a mark per chunk as it plays
@@ -462,12 +541,19 @@ const MAX_LANE_MARKS: usize = 1024;
 const MAX_DEFERRED_MARKS: usize = 64;
 
 impl Lane {
-    fn sink<'a>(model: &Option<WsSender>, buf: &'a mut String) -> impl FnMut(&str) + 'a {
+    fn sink<'a>(
+        model: &Option<WsSender>,
+        buf: &'a mut String,
+        append: &'a Append,
+    ) -> impl FnMut(&str) + 'a {
         let model = model.clone();
         move |b64: &str| {
             let Some(m) = &model else { return };
             buf.clear();
-            write_append_json(buf, b64);
+            (append.write)(buf, b64);
+            if let Some(log) = &append.log {
+                log.write_append(append.event_type, b64.len());
+            }
             if let Err(e) = m.send_now(Message::text(buf.as_str())) {
                 log::debug!(target: MODEL_LOG, "append not sent: {e}");
             }
@@ -482,9 +568,10 @@ impl Lane {
             inbound,
             model,
             buf,
+            append,
             ..
         } = self;
-        inbound.on_media(now, payload, ts, &mut Lane::sink(model, buf));
+        inbound.on_media(now, payload, ts, &mut Lane::sink(model, buf, append));
     }
 
     fn set_ready(&mut self, ready: bool) {
@@ -492,9 +579,10 @@ impl Lane {
             inbound,
             model,
             buf,
+            append,
             ..
         } = self;
-        inbound.set_ready(ready, &mut Lane::sink(model, buf));
+        inbound.set_ready(ready, &mut Lane::sink(model, buf, append));
     }
 
     fn on_timeout(&mut self, now: Instant) {
@@ -502,9 +590,10 @@ impl Lane {
             inbound,
             model,
             buf,
+            append,
             ..
         } = self;
-        inbound.on_timeout(now, &mut Lane::sink(model, buf));
+        inbound.on_timeout(now, &mut Lane::sink(model, buf, append));
     }
 }
 
@@ -615,6 +704,7 @@ impl Session {
             meter: recorder.clone().map(CallerMeter::new),
             marks_wake_queued: false,
             marks_dropped: 0,
+            append: Append::new(opts.call.model_api.is_live(), opts.model_events.clone()),
         }));
 
         // Model connection first: it is the slow part. With a start check it waits for a
@@ -681,6 +771,7 @@ impl Session {
             max_tool_workers: opts.max_tool_workers,
             counters: counters.clone(),
             twilio_started: None,
+            model_events: opts.model_events.clone(),
         };
         let thread = thread::Builder::new()
             .name("session".into())
@@ -976,6 +1067,7 @@ struct Shell {
     counters: Arc<Counters>,
     /// When Twilio's `start` arrived.
     twilio_started: Option<Instant>,
+    model_events: Option<ModelEventLog>,
 }
 
 /// Counts a running tool worker; dropped when the worker ends (or never started).
@@ -1173,6 +1265,11 @@ impl Shell {
                     self.core.handle_input(now, Input::Model(ev));
                 }
             }
+            ShellMsg::LiveModel(gen, ev) => {
+                if gen == self.model_gen {
+                    self.core.handle_input(now, Input::LiveModel(ev));
+                }
+            }
             ShellMsg::ModelBad(gen, e) => {
                 if gen == self.model_gen {
                     self.emit(SessionEvent::Error(CallError::BadModelEvent { message: e }));
@@ -1287,8 +1384,17 @@ impl Shell {
         let mut log = LogLimiter::new(BAD_INPUT_LOG_INTERVAL);
         let cancel = Arc::new(AtomicBool::new(false));
         self.model_cancel = cancel.clone();
+        let live = self.core.is_live();
         let spawned = conn.spawn("model", move |inc| {
-            model_incoming(gen, inc, &tx, &events, transport, &mut log, &cancel)
+            let model = ModelReader {
+                gen,
+                live,
+                tx: &tx,
+                events: &events,
+                transport,
+                cancel: &cancel,
+            };
+            model.incoming(inc, &mut log)
         });
         match spawned {
             Ok(d) => {
@@ -1322,14 +1428,9 @@ impl Shell {
             }
             match o {
                 Output::Twilio(cmd) => self.send_twilio(&cmd),
-                Output::Model(ev) => {
-                    // Written from this thread, in order with the caller-audio flush below.
-                    if let Some(m) = &self.model {
-                        if let Err(e) = m.sender().send_now(Message::text(ev.to_json())) {
-                            log::debug!(target: MODEL_LOG, "{} not sent: {e}", ev.event_type());
-                        }
-                    }
-                }
+                // Written from this thread, in order with the caller-audio flush below.
+                Output::Model(ev) => self.send_model(ev.to_json(), ev.event_type()),
+                Output::LiveModel(ev) => self.send_model(ev.to_json(), ev.event_type()),
                 Output::Event(e) => {
                     if let (SessionEvent::Ending { reason }, Some(hook)) = (&e, &self.on_ending) {
                         // Before the stream closes (a later output): what Twilio asks next
@@ -1424,6 +1525,16 @@ impl Shell {
             }
         }
         ended
+    }
+
+    fn send_model(&mut self, json: String, event_type: &str) {
+        let Some(m) = &self.model else { return };
+        if let Some(log) = &self.model_events {
+            log.write_event(&json);
+        }
+        if let Err(e) = m.sender().send_now(Message::text(json)) {
+            log::debug!(target: MODEL_LOG, "{event_type} not sent: {e}");
+        }
     }
 
     /// Runs a tool on a worker thread, unless `max_tool_workers` are running: then the model
@@ -1544,6 +1655,9 @@ impl Shell {
             m.join();
         }
         lock(&self.lane).model = None;
+        if let Some(log) = &self.model_events {
+            log.flush();
+        }
         if let Some(t) = self.twilio.take() {
             t.close();
             t.join();
@@ -1577,6 +1691,7 @@ fn record_shell_msg(r: &mut Recorder, msg: &ShellMsg, gen: u64) {
             why: why.to_string(),
         }),
         ShellMsg::Model(g, ev) if *g == gen => r.model_in(ev),
+        ShellMsg::LiveModel(g, ev) if *g == gen => r.model_type_in(ev.event_type()),
         ShellMsg::ModelBad(g, _) if *g == gen => r.now(Record::ModelBad),
         ShellMsg::ModelClosed(g, why) if *g == gen => r.now(Record::ModelClosed {
             why: why.to_string(),
@@ -1585,65 +1700,87 @@ fn record_shell_msg(r: &mut Recorder, msg: &ShellMsg, gen: u64) {
     }
 }
 
-/// Runs on the model reader thread for every message.
-fn model_incoming(
+/// What the model reader thread needs to route each message.
+struct ModelReader<'a> {
     gen: u64,
-    inc: Incoming,
-    tx: &InboxSender<ShellMsg>,
-    events: &EventSender,
+    /// The call speaks GPT-Live (else Realtime).
+    live: bool,
+    tx: &'a InboxSender<ShellMsg>,
+    events: &'a EventSender,
     transport: TransportEvents,
-    log: &mut LogLimiter,
-    cancel: &AtomicBool,
-) {
-    match inc {
-        Incoming::Text(text) => {
-            let text: &str = text.as_ref();
-            #[cfg(test)]
-            if text.contains(TEST_PANIC_MARKER) {
-                panic!("injected panic in the model reader");
-            }
-            match ServerEvent::parse(text) {
-                Ok(ev) => {
-                    let audio = matches!(ev, ServerEvent::OutputAudioDelta(_));
-                    if transport == TransportEvents::All
-                        || (transport == TransportEvents::Control && !audio)
-                    {
-                        events.send(SessionEvent::Transport(TransportEvent::ModelEvent(
-                            text.to_owned(),
-                        )));
-                    }
-                    // Waits while the inbox is full: the model's socket is not read meanwhile.
-                    let _ = tx.send_wait(ShellMsg::Model(gen, ev), Some(cancel));
+    cancel: &'a AtomicBool,
+}
+
+impl ModelReader<'_> {
+    /// Parses one text frame as the call's model API's event.
+    fn parse(&self, text: &str) -> Result<(ShellMsg, bool), crate::proto::realtime::ModelError> {
+        if self.live {
+            use crate::proto::live::ServerEvent as Live;
+            let ev = Live::parse(text)?;
+            let audio = matches!(ev, Live::OutputAudioDelta(_));
+            Ok((ShellMsg::LiveModel(self.gen, ev), audio))
+        } else {
+            let ev = ServerEvent::parse(text)?;
+            let audio = matches!(ev, ServerEvent::OutputAudioDelta(_));
+            Ok((ShellMsg::Model(self.gen, ev), audio))
+        }
+    }
+
+    /// Runs on the model reader thread for every message.
+    fn incoming(&self, inc: Incoming, log: &mut LogLimiter) {
+        let (gen, tx, cancel) = (self.gen, self.tx, self.cancel);
+        match inc {
+            Incoming::Text(text) => {
+                let text: &str = text.as_ref();
+                #[cfg(test)]
+                if text.contains(TEST_PANIC_MARKER) {
+                    panic!("injected panic in the model reader");
                 }
-                Err(e) => {
-                    match log.check(Instant::now()) {
-                        Some(0) => log::warn!(target: MODEL_LOG, "bad event from the model: {e}"),
-                        Some(n) => log::warn!(
-                            target: MODEL_LOG,
-                            "bad event from the model: {e} ({n} more since the last line)"
-                        ),
-                        None => {}
+                match self.parse(text) {
+                    Ok((msg, audio)) => {
+                        if self.transport == TransportEvents::All
+                            || (self.transport == TransportEvents::Control && !audio)
+                        {
+                            self.events
+                                .send(SessionEvent::Transport(TransportEvent::ModelEvent(
+                                    text.to_owned(),
+                                )));
+                        }
+                        // Waits while the inbox is full: the model's socket is not read meanwhile.
+                        let _ = tx.send_wait(msg, Some(cancel));
                     }
-                    let _ = tx.send_wait(ShellMsg::ModelBad(gen, e.to_string()), Some(cancel));
+                    Err(e) => {
+                        match log.check(Instant::now()) {
+                            Some(0) => {
+                                log::warn!(target: MODEL_LOG, "bad event from the model: {e}")
+                            }
+                            Some(n) => log::warn!(
+                                target: MODEL_LOG,
+                                "bad event from the model: {e} ({n} more since the last line)"
+                            ),
+                            None => {}
+                        }
+                        let _ = tx.send_wait(ShellMsg::ModelBad(gen, e.to_string()), Some(cancel));
+                    }
                 }
             }
-        }
-        Incoming::Binary(_) => {
-            if log.check(Instant::now()).is_some() {
-                log::warn!(target: MODEL_LOG, "binary frame from the model ignored");
+            Incoming::Binary(_) => {
+                if log.check(Instant::now()).is_some() {
+                    log::warn!(target: MODEL_LOG, "binary frame from the model ignored");
+                }
             }
-        }
-        Incoming::Closed(c) => {
-            let _ = tx.send(ShellMsg::ModelClosed(gen, CallError::model_closed(c, None)));
-        }
-        Incoming::Error(WsError::HandlerPanicked(why)) => {
-            let _ = tx.send(ShellMsg::Panicked(format!("model reader: {why}")));
-        }
-        Incoming::Error(e) => {
-            let _ = tx.send(ShellMsg::ModelClosed(
-                gen,
-                CallError::model_closed(None, Some(e)),
-            ));
+            Incoming::Closed(c) => {
+                let _ = tx.send(ShellMsg::ModelClosed(gen, CallError::model_closed(c, None)));
+            }
+            Incoming::Error(WsError::HandlerPanicked(why)) => {
+                let _ = tx.send(ShellMsg::Panicked(format!("model reader: {why}")));
+            }
+            Incoming::Error(e) => {
+                let _ = tx.send(ShellMsg::ModelClosed(
+                    gen,
+                    CallError::model_closed(None, Some(e)),
+                ));
+            }
         }
     }
 }

@@ -568,7 +568,11 @@ impl Recorder {
 
     /// An event from the model (deltas skipped).
     pub(crate) fn model_in(&mut self, ev: &ServerEvent) {
-        let ty = ev.event_type();
+        self.model_type_in(ev.event_type());
+    }
+
+    /// An event from the model, by type (deltas skipped; GPT-Live's too).
+    pub(crate) fn model_type_in(&mut self, ty: &str) {
         if ty.ends_with(".delta") {
             return;
         }
@@ -600,6 +604,9 @@ impl Recorder {
             },
             Output::Model(ClientEvent::InputAudioBufferAppend { .. }) => return,
             Output::Model(ev) => Record::ModelSent {
+                event: ev.event_type().to_owned(),
+            },
+            Output::LiveModel(ev) => Record::ModelSent {
                 event: ev.event_type().to_owned(),
             },
             Output::Event(e) => match session_record(e) {

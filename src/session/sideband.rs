@@ -136,6 +136,8 @@ impl Session {
         opts.start_check = None;
         opts.warm_models = None;
         opts.webhook_fields = None;
+        // SIP sidebands speak Realtime, whatever the server's Twilio calls speak.
+        opts = opts.model_api(crate::call::ModelApi::Realtime);
         opts.model.url = sideband_url(&opts.model.url, &call.call_id);
         let info = crate::server::sip::call_info(call);
         let end = end_call(call.call_id.clone(), rest);

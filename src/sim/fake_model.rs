@@ -1274,6 +1274,7 @@ pub fn voice(ms: u32, seed: u32) -> Vec<u8> {
         .collect()
 }
 
+/// Merges `from` into `into`, objects key by key (a `session.update` onto a session).
 pub(crate) fn merge(into: &mut Value, from: Value) {
     match (into, from) {
         (Value::Object(a), Value::Object(b)) => {

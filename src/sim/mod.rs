@@ -24,6 +24,7 @@
 //! ```
 
 pub mod chaos;
+pub mod fake_live;
 pub mod fake_model;
 pub mod sip;
 pub mod soak;

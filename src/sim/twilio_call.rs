@@ -165,6 +165,9 @@ pub struct ChunkRecord {
     pub played: u64,
     /// The first mark the bridge sent after it (names the item, for this crate's bridge).
     pub mark: Option<String>,
+    /// Not digital silence: the caller hears a voice (a model that streams silence between
+    /// its words, like GPT-Live, sends chunks that are all µ-law zero).
+    pub audible: bool,
 }
 
 /// A `clear` as Twilio applied it.
@@ -344,6 +347,10 @@ struct Playout {
     pending_marks: VecDeque<(Instant, String)>,
     agent_run_started: Option<Instant>,
     payloads: Vec<(Instant, Vec<u8>)>,
+    /// When the last audible chunk finishes playing, and when its run of audible audio
+    /// started (what `WaitForAgent` and `BargeIn` listen for: silence is not the agent).
+    voice_end: Instant,
+    voice_run_started: Option<Instant>,
 }
 
 impl TwilioCall {
@@ -416,6 +423,8 @@ impl TwilioCall {
             pending_marks: VecDeque::new(),
             agent_run_started: None,
             payloads: Vec::new(),
+            voice_end: t0,
+            voice_run_started: None,
         };
         let mut script: VecDeque<Segment> = cfg.script.iter().cloned().collect();
         let mut current: VecDeque<u8> = VecDeque::new(); // audio of the current segment
@@ -498,11 +507,18 @@ impl TwilioCall {
                                 quiet_ms,
                                 timeout_ms,
                             } => {
-                                let heard_some =
-                                    play.chunks.iter().any(|c| c.arrival >= at(seg_started));
-                                let quiet = play.end + Duration::from_millis(*quiet_ms as u64)
-                                    <= now
-                                    && play.pending_marks.is_empty();
+                                let heard_some = play
+                                    .chunks
+                                    .iter()
+                                    .any(|c| c.audible && c.arrival >= at(seg_started));
+                                // Quiet: no voice for `quiet_ms`, and every mark sent with
+                                // the voice echoed.
+                                let quiet =
+                                    play.voice_end + Duration::from_millis(*quiet_ms as u64) <= now
+                                        && play
+                                            .pending_marks
+                                            .front()
+                                            .is_none_or(|(t, _)| *t > play.voice_end);
                                 if (heard_some && quiet)
                                     || now
                                         >= seg_started + Duration::from_millis(*timeout_ms as u64)
@@ -517,8 +533,8 @@ impl TwilioCall {
                                 timeout_ms,
                             } => {
                                 let playing_for = play
-                                    .agent_run_started
-                                    .filter(|s| *s >= seg_started || play.end > now)
+                                    .voice_run_started
+                                    .filter(|s| *s >= seg_started || play.voice_end > now)
                                     .map(|s| now.saturating_duration_since(s));
                                 let timed_out =
                                     now >= seg_started + Duration::from_millis(*timeout_ms as u64);
@@ -805,6 +821,13 @@ impl TwilioCall {
                     play.agent_run_started = Some(start);
                 }
                 play.end = end;
+                let audible = bytes.iter().any(|&b| b != 0xFF && b != 0x7F);
+                if audible {
+                    if play.voice_run_started.is_none() || play.voice_end < start {
+                        play.voice_run_started = Some(start);
+                    }
+                    play.voice_end = end;
+                }
                 play.chunks.push(ChunkRecord {
                     bytes: n,
                     arrival: at(t),
@@ -812,6 +835,7 @@ impl TwilioCall {
                     end: at(end),
                     played: u64::MAX,
                     mark: None,
+                    audible,
                 });
                 if cfg.keep_audio {
                     play.payloads.push((start, bytes));
@@ -848,6 +872,7 @@ impl TwilioCall {
                     }
                 }
                 play.end = t;
+                play.voice_end = play.voice_end.min(t);
                 let flushed = play.pending_marks.len();
                 for (_, name) in std::mem::take(&mut play.pending_marks) {
                     report.marks_echoed += 1;

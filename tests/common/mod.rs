@@ -425,3 +425,21 @@ pub fn short_call() -> Vec<twilio_realtime::sim::twilio_call::Segment> {
         Segment::HangUp,
     ]
 }
+
+/// The call core's outputs that are session events, in order.
+pub fn session_events(
+    out: &[twilio_realtime::call::Output],
+) -> Vec<twilio_realtime::events::SessionEvent> {
+    out.iter()
+        .filter_map(|o| match o {
+            twilio_realtime::call::Output::Event(e) => Some(e.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// base64 of `n` µ-law bytes (all 0x55, loud enough to be speech).
+pub fn audio_b64(n: usize) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(vec![0x55u8; n])
+}
