@@ -12,7 +12,7 @@
 //!   instructions and voice, µ-law 8 kHz, Responses delegation with the agent's tools) and
 //!   nothing else; the call is ready — caller audio flows — only when `session.started`
 //!   shows `audio/pcmu` at 8000 Hz. An `error` before it, or another format, ends the call
-//!   with [`CloseReason::ModelConfigRejected`].
+//!   with [`CallError::ModelConfigRejected`].
 //! * **Immutable settings (§2.4).** Instructions, voice and audio are fixed at start. A handoff
 //!   (or [`Command::UpdateAgent`]) sends `session.update` with the new agent's tools (the
 //!   delegation stays `responses`) and appends the new agent's instructions with
