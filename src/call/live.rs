@@ -795,6 +795,8 @@ impl CallCore {
         if l.session_id.is_none() || std::mem::replace(&mut l.close_sent, true) {
             return;
         }
+        // Caller audio stops first: `session.close` is the last event the server gets.
+        self.outputs.push_back(Output::ModelNotReady);
         self.outputs
             .push_back(Output::LiveModel(live::ClientEvent::SessionClose {
                 event_id: None,
