@@ -817,9 +817,12 @@ impl CallCore {
         for t in self.tools.values_mut() {
             t.interrupted = true;
         }
+        // What was held back and dropped (the rest of the turn is never received whole).
+        let item = turn.unwrap_or_default();
         self.event(SessionEvent::AudioInterrupted {
             cause,
             heard: Vec::new(),
+            cut: vec![(item, dropped)],
         });
     }
 
