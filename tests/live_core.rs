@@ -32,10 +32,8 @@ struct H {
 impl H {
     fn with(agent: Agent, opts: CallOptions) -> H {
         let now = Instant::now();
-        let opts = CallOptions {
-            model_api: ModelApi::Live(LiveOptions::default()),
-            ..opts
-        };
+        let mut opts = opts;
+        opts.model_api = ModelApi::Live(LiveOptions::default());
         H {
             core: CallCore::new(agent, opts, now),
             now,
@@ -345,10 +343,8 @@ fn interrupt_drops_what_is_held_back_and_the_rest_of_the_turn_without_clear() {
 
 #[test]
 fn greeting_is_commentary_worded_as_an_instruction() {
-    let opts = CallOptions {
-        greeting: Some(Greeting::Say("Hi, this is Ada.".into())),
-        ..Default::default()
-    };
+    let mut opts = CallOptions::default();
+    opts.greeting = Some(Greeting::Say("Hi, this is Ada.".into()));
     let mut h = H::with(Agent::new("A", "x"), opts);
     h.input(Input::ModelConnected);
     h.started(json!({"type":"audio/pcmu","rate":8000}));
@@ -460,10 +456,8 @@ fn guardrail_trip_is_a_hard_stop_and_an_apology_commentary() {
                 Verdict::Pass
             }
         }));
-    let opts = CallOptions {
-        guardrail_debounce_chars: 1,
-        ..Default::default()
-    };
+    let mut opts = CallOptions::default();
+    opts.guardrail_debounce_chars = 1;
     let mut h = H::ready(agent, opts);
     h.said(" the secret is");
     let run = h

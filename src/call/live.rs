@@ -56,7 +56,8 @@
 //! use twilio_realtime::proto::live::{ClientEvent, ServerEvent};
 //!
 //! let now = Instant::now();
-//! let opts = CallOptions { model_api: ModelApi::Live(LiveOptions::default()), ..Default::default() };
+//! let mut opts = CallOptions::default();
+//! opts.model_api = ModelApi::Live(LiveOptions::default());
 //! let mut core = CallCore::new(Agent::new("Assistant", "Be brief."), opts, now);
 //! core.handle_input(now, Input::ModelConnected);
 //! let start = core.poll_output();
