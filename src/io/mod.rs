@@ -4,6 +4,12 @@
 //! a private `sys` module.
 //!
 //! Unix only: the socket layer waits with `poll(2)`.
+//!
+//! This is plumbing, public for embedding ([`ws::WsConn::accept_upgrade`]), the simulators
+//! and tests; it evolves faster than the crate root. [`ws`] re-exports, deliberately, the
+//! dependency types its signatures carry (tungstenite's `Message`, `Bytes`, `Utf8Bytes`,
+//! native-tls's `TlsConnector` / `TlsAcceptor`, crossbeam-channel's `Receiver`); its errors
+//! wrap theirs ([`ws::ProtocolError`]).
 
 pub mod http;
 pub(crate) mod rest;

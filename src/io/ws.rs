@@ -48,15 +48,23 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, select, unbounded, Receiver, Sender, TrySendError};
+use crossbeam_channel::{bounded, select, unbounded, Sender, TrySendError};
 use tungstenite::client::IntoClientRequest;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tungstenite::stream::MaybeTlsStream;
-use tungstenite::{Message, WebSocket};
+use tungstenite::WebSocket;
 
 use crate::io::http::{self, HttpLimits, RequestHead};
+
+// Re-exported deliberately: messages pass between the sockets and the call without a copy, as
+// tungstenite 0.30's own types; TLS settings are native-tls 0.2's; channel consumers get
+// crossbeam-channel 0.5's receiver. `io::ws` follows those crates' breaking releases (the
+// crate root and `session` do not name them).
 use crate::io::sys;
+pub use crossbeam_channel::Receiver;
+pub use native_tls::{TlsAcceptor, TlsConnector};
+pub use tungstenite::{Bytes, Message, Utf8Bytes};
 
 const LOG: &str = "twilio_realtime::ws";
 
@@ -229,7 +237,7 @@ pub enum WsError {
     /// The HTTP request could not be read.
     Http(http::HttpError),
     /// A WebSocket protocol error (bad frame, message too big, …).
-    Protocol(tungstenite::Error),
+    Protocol(ProtocolError),
     /// A socket error.
     Io(io::Error),
     /// The peer did not read for longer than the write timeout.
@@ -270,9 +278,27 @@ impl std::error::Error for WsError {
         match self {
             WsError::Connect(e) | WsError::Io(e) => Some(e),
             WsError::Http(e) => Some(e),
-            WsError::Protocol(e) => Some(e),
+            WsError::Protocol(e) => Some(&e.0),
             _ => None,
         }
+    }
+}
+
+/// A WebSocket protocol error (a bad frame, a message over the size limit, a full write
+/// buffer, …): its text, and tungstenite's error as its [`source`](std::error::Error::source).
+/// Wrapped so that this crate's API does not name tungstenite's error type.
+#[derive(Debug)]
+pub struct ProtocolError(tungstenite::Error);
+
+impl fmt::Display for ProtocolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for ProtocolError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
     }
 }
 
@@ -815,7 +841,7 @@ fn closed_or(e: tungstenite::Error) -> WsError {
     match e {
         tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => WsError::Closed,
         tungstenite::Error::Io(io) => WsError::Io(io),
-        other => WsError::Protocol(other),
+        other => WsError::Protocol(ProtocolError(other)),
     }
 }
 
@@ -991,7 +1017,7 @@ fn map_err(e: tungstenite::Error) -> WsError {
             WsError::Closed
         }
         tungstenite::Error::Io(io) => WsError::Io(io),
-        other => WsError::Protocol(other),
+        other => WsError::Protocol(ProtocolError(other)),
     }
 }
 

@@ -117,6 +117,52 @@ pub fn base64_decoded_len(b64: &str) -> usize {
         }
 }
 
+/// Why a payload is not valid, padded standard base64 ([`validate_base64`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Base64Error {
+    /// The length is not a multiple of 4 (unpadded or cut short).
+    Length(usize),
+    /// More than two `=` at the end, or bits left over in the last symbol.
+    Padding,
+    /// A byte outside the alphabet (or `=` inside the payload).
+    InvalidByte {
+        /// Its offset in the payload.
+        offset: usize,
+        /// The byte.
+        byte: u8,
+    },
+}
+
+impl std::fmt::Display for Base64Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Base64Error::Length(n) => write!(f, "base64 of length {n}, not a multiple of 4"),
+            Base64Error::Padding => f.write_str("bad base64 padding"),
+            Base64Error::InvalidByte { offset, byte } => {
+                write!(f, "invalid base64 byte {byte:#04x} at offset {offset}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for Base64Error {}
+
+impl Base64Error {
+    fn of(e: base64::DecodeError, shift: usize) -> Base64Error {
+        match e {
+            base64::DecodeError::InvalidByte(i, byte) => Base64Error::InvalidByte {
+                offset: i.saturating_add(shift),
+                byte,
+            },
+            base64::DecodeError::InvalidLength(n) => Base64Error::Length(n),
+            base64::DecodeError::InvalidLastSymbol(..) | base64::DecodeError::InvalidPadding => {
+                Base64Error::Padding
+            }
+        }
+    }
+}
+
 /// Checks that `b64` is valid, padded standard base64 and returns the number of bytes
 /// it decodes to. It decodes piecewise into a stack buffer with the `base64` crate, so it
 /// allocates nothing: the audio path uses it to refuse a bad payload before forwarding it.
@@ -127,7 +173,7 @@ pub fn base64_decoded_len(b64: &str) -> usize {
 /// assert!(mulaw::validate_base64("not base64!").is_err());
 /// assert!(mulaw::validate_base64("//8").is_err()); // unpadded
 /// ```
-pub fn validate_base64(b64: &str) -> Result<usize, base64::DecodeError> {
+pub fn validate_base64(b64: &str) -> Result<usize, Base64Error> {
     const CHUNK: usize = 1024; // a multiple of 4: only the last piece may carry padding
     let mut out = [0u8; CHUNK / 4 * 3];
     let engine = &base64::engine::general_purpose::STANDARD_NO_PAD;
@@ -139,28 +185,18 @@ pub fn validate_base64(b64: &str) -> Result<usize, base64::DecodeError> {
     // Twilio and OpenAI always pad; an unpadded payload is refused rather than passed on to a
     // peer that may not accept it.
     if bytes.len() % 4 != 0 {
-        return Err(base64::DecodeError::InvalidLength(bytes.len()));
+        return Err(Base64Error::Length(bytes.len()));
     }
     if bytes.len() - end > 2 {
-        return Err(base64::DecodeError::InvalidPadding);
+        return Err(Base64Error::Padding);
     }
     let mut total = 0;
     for piece in bytes[..end].chunks(CHUNK) {
-        total += engine
-            .decode_slice(piece, &mut out)
-            .map_err(|e| match e {
-                base64::DecodeSliceError::DecodeError(e) => e,
-                // Cannot happen: a 1024-character piece decodes to at most 768 bytes.
-                base64::DecodeSliceError::OutputSliceTooSmall => {
-                    base64::DecodeError::InvalidLength(piece.len())
-                }
-            })
-            .map_err(|e| match e {
-                base64::DecodeError::InvalidByte(i, b) => {
-                    base64::DecodeError::InvalidByte(i + total / 3 * 4, b)
-                }
-                e => e,
-            })?;
+        total += engine.decode_slice(piece, &mut out).map_err(|e| match e {
+            base64::DecodeSliceError::DecodeError(e) => Base64Error::of(e, total / 3 * 4),
+            // Cannot happen: a 1024-character piece decodes to at most 768 bytes.
+            base64::DecodeSliceError::OutputSliceTooSmall => Base64Error::Length(piece.len()),
+        })?;
     }
     Ok(total)
 }
@@ -215,7 +251,10 @@ mod tests {
         let long = String::from_utf8(long).unwrap();
         assert_eq!(
             validate_base64(&long),
-            Err(base64::DecodeError::InvalidByte(2000, b'*'))
+            Err(Base64Error::InvalidByte {
+                offset: 2000,
+                byte: b'*'
+            })
         );
         assert!(validate_base64("AAA=A===").is_err());
         assert!(validate_base64("A===").is_err());

@@ -51,7 +51,7 @@ pub enum ModelError {
     /// A `response.output_audio.delta` whose audio is not valid base64.
     InvalidAudio {
         /// What the base64 decoder found.
-        source: base64::DecodeError,
+        source: crate::proto::mulaw::Base64Error,
     },
 }
 

@@ -47,7 +47,7 @@ pub enum TwilioError {
     /// A `media` message whose payload is not valid base64.
     InvalidPayload {
         /// What the base64 decoder found.
-        source: base64::DecodeError,
+        source: crate::proto::mulaw::Base64Error,
     },
 }
 
