@@ -9,7 +9,11 @@
 //! target/release/examples/loadgen --calls 100 --seconds 60 --bridge target/release/examples/floor
 //! ```
 //!
-//! Environment: `PORT` (5050), `OPENAI_API_KEY`, `OPENAI_REALTIME_URL` (a `ws://` URL).
+//! Environment: `PORT` (5050), `OPENAI_API_KEY`, `OPENAI_REALTIME_URL` (a `ws://` URL);
+//! `MODEL_API=live` speaks GPT-Live instead, at `OPENAI_LIVE_URL`: `session.start` (µ-law
+//! 8 kHz) first, caller audio as `session.input_audio.append`, and every
+//! `session.output_audio.delta` forwarded as it comes (no pacing, nothing else), so that
+//! `loadgen --model live` has the same floor to measure the engine against.
 
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, OnceLock};
@@ -37,10 +41,15 @@ struct MediaIn<'a> {
 struct ModelIn<'a> {
     #[serde(rename = "type")]
     kind: &'a str,
-    #[serde(default)]
+    /// Absent on GPT-Live's deltas (marks are then named `live:N`).
+    #[serde(default = "live_item")]
     item_id: &'a str,
     #[serde(default)]
     delta: &'a str,
+}
+
+fn live_item() -> &'static str {
+    "live"
 }
 
 fn main() {
@@ -48,15 +57,20 @@ fn main() {
         .ok()
         .and_then(|p| p.parse().ok())
         .unwrap_or(5050);
-    let model_url = std::env::var("OPENAI_REALTIME_URL")
-        .unwrap_or_else(|_| "ws://127.0.0.1:9/v1/realtime".into());
+    let live = std::env::var("MODEL_API").is_ok_and(|m| m == "live");
+    let model_url = if live {
+        std::env::var("OPENAI_LIVE_URL")
+    } else {
+        std::env::var("OPENAI_REALTIME_URL")
+    }
+    .unwrap_or_else(|_| "ws://127.0.0.1:9/v1/realtime".into());
     let key = std::env::var("OPENAI_API_KEY").unwrap_or_default();
     let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind");
     println!("floor listening on http://127.0.0.1:{port}");
     for tcp in listener.incoming().flatten() {
         let (url, key) = (model_url.clone(), key.clone());
         thread::spawn(move || {
-            if let Err(e) = call(tcp, &url, &key) {
+            if let Err(e) = call(tcp, &url, &key, live) {
                 eprintln!("call failed: {e}");
             }
         });
@@ -67,6 +81,7 @@ fn call(
     twilio_tcp: TcpStream,
     model_url: &str,
     key: &str,
+    live: bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
     twilio_tcp.set_nodelay(true)?;
     let twilio_write_tcp = twilio_tcp.try_clone()?;
@@ -86,9 +101,22 @@ fn call(
         .insert("Authorization", format!("Bearer {key}").parse()?);
     let (mut model_read, _) = tungstenite::client(req, model_tcp)?;
     let mut model_write = WebSocket::from_raw_socket(model_write_tcp, Role::Client, None);
-    model_write.send(Message::text(
-        r#"{"type":"session.update","session":{"type":"realtime","audio":{"input":{"format":{"type":"audio/pcmu"}},"output":{"format":{"type":"audio/pcmu"}}}}}"#,
-    ))?;
+    model_write.send(Message::text(if live {
+        r#"{"type":"session.start","session":{"model":"gpt-live-1","audio":{"format":{"type":"audio/pcmu","rate":8000}}}}"#
+    } else {
+        r#"{"type":"session.update","session":{"type":"realtime","audio":{"input":{"format":{"type":"audio/pcmu"}},"output":{"format":{"type":"audio/pcmu"}}}}}"#
+    }))?;
+    let (delta_kind, append_head) = if live {
+        (
+            "session.output_audio.delta",
+            r#"{"type":"session.input_audio.append","audio":""#,
+        )
+    } else {
+        (
+            "response.output_audio.delta",
+            r#"{"type":"input_audio_buffer.append","audio":""#,
+        )
+    };
 
     let sid: Arc<OnceLock<String>> = Arc::new(OnceLock::new());
     let sid2 = sid.clone();
@@ -101,7 +129,7 @@ fn call(
             let Ok(ev) = serde_json::from_str::<ModelIn>(t.as_str()) else {
                 continue;
             };
-            if ev.kind != "response.output_audio.delta" {
+            if ev.kind != delta_kind {
                 continue;
             }
             let Some(sid) = sid2.get() else { continue };
@@ -140,7 +168,7 @@ fn call(
             "media" => {
                 if let Some(media) = m.media {
                     out.clear();
-                    out.push_str(r#"{"type":"input_audio_buffer.append","audio":""#);
+                    out.push_str(append_head);
                     out.push_str(media.payload);
                     out.push_str(r#""}"#);
                     model_write.send(Message::text(out.as_str()))?;
