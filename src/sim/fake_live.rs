@@ -497,6 +497,20 @@ impl Engine {
         self.event("error", client_event_id, json!({"error": err}));
     }
 
+    /// A client event production refuses that a correct bridge never sends: recorded as a
+    /// violation, and answered with production's error.
+    fn refuse(
+        &self,
+        what: String,
+        code: &str,
+        message: String,
+        param: Option<&str>,
+        client_event_id: Option<&str>,
+    ) {
+        self.violation(what);
+        self.error(code, message, param, client_event_id);
+    }
+
     fn violation(&self, what: String) {
         log::warn!(target: LOG, "fake live: {what}");
         self.sh.rec().violations.push(what);
@@ -526,8 +540,8 @@ impl Engine {
         let v: Value = match serde_json::from_str(text) {
             Ok(v @ Value::Object(_)) => v,
             _ => {
-                self.violation("a client event that is not a JSON object".into());
-                return self.error(
+                return self.refuse(
+                    "a client event that is not a JSON object".into(),
                     "invalid_json",
                     "The event is not a JSON object.".into(),
                     None,
@@ -543,8 +557,8 @@ impl Engine {
                 let n = v["audio"].as_str().map_or(0, mulaw::base64_decoded_len);
                 self.sh.rec().appended_before_start += n as u64;
             }
-            self.violation(format!("{ty} before session.started (§2)"));
-            return self.error(
+            return self.refuse(
+                format!("{ty} before session.started (§2)"),
                 "session_not_started",
                 "Send session.start and wait for session.started first.".into(),
                 None,
@@ -582,8 +596,8 @@ impl Engine {
 
     fn on_start(&mut self, v: &Value, id: Option<&str>) {
         if self.started.is_some() {
-            self.violation("a second session.start".into());
-            return self.error(
+            return self.refuse(
+                "a second session.start".into(),
                 "session_already_started",
                 "The session has started already.".into(),
                 None,
