@@ -168,7 +168,7 @@ impl FunctionTool {
         }
     }
 
-    /// Require the application's approval ([`crate::session::SessionHandle::approve`]) before
+    /// Require the application's approval ([`crate::session::Session::approve`]) before
     /// each call runs.
     pub fn needs_approval(mut self, yes: bool) -> FunctionTool {
         self.needs_approval = yes;

@@ -73,7 +73,7 @@ pub enum CloseReason {
     /// [`crate::agent::Agent::can_hang_up`]) and the caller heard its last words (or the
     /// hang-up timeout passed).
     AgentHungUp,
-    /// The application hung up ([`crate::session::SessionHandle::hang_up`]) and the caller
+    /// The application hung up ([`crate::session::Session::hang_up`]) and the caller
     /// heard the agent's last words (or the hang-up timeout passed).
     HungUp,
     /// The call was transferred to a person (the model called `transfer_call`, or the
@@ -244,7 +244,7 @@ pub enum SessionEvent {
     /// An item of the history changed (its text, status, truncation or kind): the item as it
     /// now is; match it to the one from [`SessionEvent::HistoryAdded`] by `item_id`. Only the
     /// changed item is sent, so a long call does not copy its whole history on every change;
-    /// `SessionHandle::history()` returns all of it.
+    /// `Session::history()` returns all of it.
     HistoryUpdated(HistoryItem),
     /// An item left the history (the model deleted it).
     HistoryRemoved {

@@ -46,7 +46,7 @@
 //! Unix only: the socket layer waits with `poll(2)`.
 //!
 //! What an application uses is re-exported at the crate root: [`Agent`], [`FunctionTool`],
-//! [`Session`], [`SessionOptions`], [`SessionHandle`], [`SessionEvent`], [`CloseReason`],
+//! [`Session`], [`SessionOptions`], [`SessionEvent`], [`CloseReason`],
 //! [`CallError`], [`CallOptions`], [`WsConn`], [`WsConfig`], [`CallInfo`], and with the
 //! `server` feature [`Server`] and [`ServerConfig`]. The modules hold the rest; `proto`, `call`
 //! and `io` are the layers underneath, public for tests, simulators and the curious, and
@@ -91,6 +91,7 @@ pub use events::{
 pub use io::ws::{WsConfig, WsConn};
 #[cfg(feature = "server")]
 pub use server::{Server, ServerConfig};
+#[allow(deprecated)]
 pub use session::{AgentSource, CallControl, ModelOptions, Session, SessionHandle, SessionOptions};
 pub use telephony::call_info::CallInfo;
 

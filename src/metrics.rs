@@ -3,7 +3,7 @@
 //!
 //! * [`CallStats`] is one call's summary: fed the call's [`SessionEvent`]s
 //!   ([`CallStats::observe`]) and, at the end, the session's own counters
-//!   ([`CallStats::finish`] with [`SessionHandle::call_stats`](crate::session::SessionHandle::call_stats)). Its
+//!   ([`CallStats::finish`] with [`Session::call_stats`](crate::session::Session::call_stats)). Its
 //!   [`summary_json`](CallStats::summary_json) is the one line per call the server logs at
 //!   target [`CALLS_LOG`].
 //! * [`Metrics`] holds the process's metrics in a `prometheus-client` [`Registry`]: live
@@ -240,7 +240,7 @@ impl CallStats {
     }
 
     /// Ends the summary at `now` with the session's counters
-    /// ([`SessionHandle::call_stats`](crate::session::SessionHandle::call_stats)).
+    /// ([`Session::call_stats`](crate::session::Session::call_stats)).
     pub fn finish(&mut self, now: Instant, session: &SessionStats) {
         self.duration = now.saturating_duration_since(self.started);
         self.session = session.clone();

@@ -11,7 +11,7 @@ use std::time::Duration;
 use twilio_realtime::agent::Agent;
 use twilio_realtime::events::{CloseReason, SessionEvent};
 use twilio_realtime::io::ws::{WsConfig, WsConn};
-use twilio_realtime::session::{Session, SessionHandle, SessionOptions};
+use twilio_realtime::session::{Session, SessionOptions};
 use twilio_realtime::sim::fake_model::{FakeModel, FakeModelConfig, ModelRecording, Reply};
 use twilio_realtime::sim::twilio_call::{CallReport, Segment, TwilioCall, TwilioCallConfig};
 
@@ -19,7 +19,7 @@ use twilio_realtime::sim::twilio_call::{CallReport, Segment, TwilioCall, TwilioC
 fn session_call(
     model: FakeModelConfig,
     agent: Agent,
-    on_event: impl FnMut(&SessionHandle, &SessionEvent) + Send + 'static,
+    on_event: impl FnMut(&Session, &SessionEvent) + Send + 'static,
 ) -> (CallReport, Vec<SessionEvent>, ModelRecording) {
     let fake = FakeModel::start(model).expect("fake model");
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();

@@ -616,14 +616,14 @@ fn a_model_that_speaks_unasked_before_confirming_is_never_heard() {
     rig.stop();
 }
 
-/// One session on its own socket (no server), so the test holds the `SessionHandle`.
+/// One session on its own socket (no server), so the test holds the `Session`.
 fn session_call(
     model: &twilio_realtime::sim::fake_model::FakeModel,
     agent: Agent,
     call_opts: twilio_realtime::call::CallOptions,
 ) -> (
     std::net::SocketAddr,
-    std::sync::mpsc::Receiver<twilio_realtime::session::SessionHandle>,
+    std::sync::mpsc::Receiver<twilio_realtime::session::Session>,
 ) {
     use twilio_realtime::io::ws::{WsConfig, WsConn};
     use twilio_realtime::session::{Session, SessionOptions};

@@ -15,7 +15,7 @@ use twilio_realtime::agent::{Agent, OutputGuardrail, Verdict};
 use twilio_realtime::call::Greeting;
 use twilio_realtime::events::{CloseReason, InterruptCause, SessionEvent};
 use twilio_realtime::server::sip::OpenAiCalls;
-use twilio_realtime::session::{Session, SessionHandle, SessionOptions};
+use twilio_realtime::session::{Session, SessionOptions};
 use twilio_realtime::sim::fake_model::Reply;
 use twilio_realtime::sim::sip::{CallState, CallerStep, FakeSip, FakeSipConfig};
 use twilio_realtime::CallError;
@@ -25,7 +25,7 @@ fn call(
     fake: &FakeSip,
     agent: Agent,
     greeting: Option<Greeting>,
-    on_event: impl FnMut(&SessionHandle, &SessionEvent),
+    on_event: impl FnMut(&Session, &SessionEvent),
 ) -> (String, Vec<SessionEvent>) {
     call_with(fake, agent, |o| o.call.greeting = greeting, on_event)
 }
@@ -35,7 +35,7 @@ fn call_with(
     fake: &FakeSip,
     agent: Agent,
     tweak: impl FnOnce(&mut SessionOptions),
-    on_event: impl FnMut(&SessionHandle, &SessionEvent),
+    on_event: impl FnMut(&Session, &SessionEvent),
 ) -> (String, Vec<SessionEvent>) {
     let rest = OpenAiCalls::new(fake.base_url(), "sk-test", Duration::from_secs(5));
     let call = fake.new_call("+14155550100", "+18005550199");

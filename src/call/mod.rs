@@ -2246,7 +2246,7 @@ impl CallCore {
     }
 
     /// Reports the item that changed, not the whole history: a copy of the whole history on
-    /// every change would cost O(n²) over a long call. `SessionHandle::history()` gives the
+    /// every change would cost O(n²) over a long call. `Session::history()` gives the
     /// whole of it on demand.
     fn history_updated(&mut self, item_id: &str) {
         if let Some(h) = self.history.iter().find(|h| h.item_id == item_id) {

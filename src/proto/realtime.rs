@@ -880,7 +880,7 @@ pub enum ClientEvent {
         event_id: Option<String>,
     },
     /// Any client event, as JSON text written exactly as given (the application's escape
-    /// hatch, see `SessionHandle::send_raw`). Never produced by [`ClientEvent::parse`].
+    /// hatch, see `Session::send_raw`). Never produced by [`ClientEvent::parse`].
     #[serde(skip)]
     Raw {
         /// The event's JSON object.

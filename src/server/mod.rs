@@ -81,8 +81,7 @@ use crate::proto::realtime::SessionConfig;
 use crate::proto::twilio::Start;
 use crate::session::warm::WarmModels;
 use crate::session::{
-    AgentForCall, AgentSource, CallControl, Session, SessionCloser, SessionHandle, SessionOptions,
-    TransportEvents,
+    AgentForCall, AgentSource, CallControl, Session, SessionCloser, SessionOptions, TransportEvents,
 };
 use crate::telephony::call_info::{CallInfo, WebhookCalls, WebhookForm};
 use crate::telephony::outbound::{
@@ -1653,7 +1652,7 @@ impl ConnCtx {
 
     /// Runs a started call to its end on this thread: the application's handler and event
     /// hook, metrics, the summary line (Media Streams and SIP calls alike).
-    fn run_call(&self, call_no: u64, handle: SessionHandle, began: Instant, model: Option<String>) {
+    fn run_call(&self, call_no: u64, handle: Session, began: Instant, model: Option<String>) {
         let metrics = self.shared.metrics.clone();
         metrics.call_started();
         let mut stats = CallStats::new(began);
@@ -1689,7 +1688,7 @@ impl ConnCtx {
     fn pump(
         &self,
         call_no: u64,
-        handle: &SessionHandle,
+        handle: &Session,
         mut on_events: Option<CallEvents>,
         stats: &mut CallStats,
     ) {

@@ -96,7 +96,7 @@ impl Shared {
 /// The sending side (the call's threads).
 pub(crate) struct EventSender(Arc<Shared>);
 
-/// A session's events, in order (see [`crate::session::SessionHandle::events`]). Bounded: when
+/// A session's events, in order (see [`crate::session::Session::events`]). Bounded: when
 /// the application does not keep up, a full queue never blocks the call; it drops the oldest
 /// audio and transport events first, then the oldest event of any other kind (never
 /// [`SessionEvent::Closed`]), and the reader learns of drops from a

@@ -8,7 +8,7 @@
 //! `input_audio_buffer.append` straight to the model socket. Echoed chunk marks wait in the
 //! lane with their arrival time until the session thread next wakes (an item's last mark and
 //! round-trip probes wake it at once). When the call ends every socket thread exits and
-//! [`SessionHandle::join`] returns.
+//! [`Session::join`] returns.
 //!
 //! ```no_run
 //! use std::net::TcpListener;
@@ -291,7 +291,7 @@ pub struct SessionOptions {
     /// call takes before it ends with [`CallError::TooManyBadMessages`]. Default: bursts of
     /// 100, 10 a second forgiven.
     pub bad_message_budget: BadMessageBudget,
-    /// Most events waiting for the application in [`SessionHandle::events`]. When it is full
+    /// Most events waiting for the application in [`Session::events`]. When it is full
     /// the oldest audio and transport event is dropped (else the oldest event), never
     /// blocking the call; [`SessionEvent::EventsDropped`] says how many. Default 1,024.
     pub event_capacity: usize,
@@ -603,67 +603,15 @@ fn lock(lane: &Mutex<Lane>) -> MutexGuard<'_, Lane> {
     lane.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Starts sessions: [`Session::start`] runs one call on a Twilio WebSocket the application
-/// accepted itself and returns its [`SessionHandle`].
-///
-/// A whole call, embedded in the application's own listener; the fake model stands in for
-/// OpenAI and the simulator for Twilio, so this runs with no key and no phone:
-///
-/// ```
-/// use std::net::TcpListener;
-/// use twilio_realtime::agent::Agent;
-/// use twilio_realtime::events::SessionEvent;
-/// use twilio_realtime::session::{Session, SessionOptions};
-/// use twilio_realtime::sim::fake_model::{FakeModel, FakeModelConfig, Reply};
-/// use twilio_realtime::sim::twilio_call::{Segment, TwilioCall, TwilioCallConfig};
-/// use twilio_realtime::io::ws::{WsConfig, WsConn};
-///
-/// let model = FakeModel::start(FakeModelConfig {
-///     script: vec![Reply::say("It is sunny.", 400)],
-///     ..Default::default()
-/// })?;
-/// let listener = TcpListener::bind("127.0.0.1:0")?;
-/// let addr = listener.local_addr()?;
-/// // "Twilio" dials in from another thread: the caller speaks, listens, hangs up.
-/// let caller = std::thread::spawn(move || {
-///     TwilioCall::run(TwilioCallConfig::new(addr, vec![
-///         Segment::Speech(600),
-///         Segment::WaitForAgent { quiet_ms: 300, timeout_ms: 10_000 },
-///         Segment::HangUp,
-///     ]))
-/// });
-///
-/// let (tcp, _) = listener.accept()?;
-/// let (twilio, _request) = WsConn::accept(tcp, None, &WsConfig::default())?;
-/// let agent = Agent::new("Assistant", "You are a friendly phone assistant.");
-/// // A real deployment passes its key: SessionOptions::new(Some(key)).
-/// let opts = SessionOptions::new(None).url(model.url());
-/// let session = Session::start(twilio, agent, opts)?;
-/// let mut said = Vec::new();
-/// for event in session.events().iter() {
-///     match event {
-///         SessionEvent::AgentEnd { text, .. } => said.push(text),
-///         SessionEvent::Closed { .. } => break,
-///         _ => {}
-///     }
-/// }
-/// session.join();
-/// assert_eq!(said, ["It is sunny."]);
-/// assert_eq!(caller.join().unwrap()?.played_ms(), 400);
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
-#[derive(Debug)]
-pub struct Session;
-
 impl Session {
     /// Runs a call on an accepted Twilio WebSocket (see [`WsConn::accept`]): opens the model
-    /// connection at once, starts the call's threads and returns a handle. `agent` is an
-    /// [`Agent`] or an [`AgentSource`] (e.g. [`AgentSource::per_call`]).
+    /// connection at once, starts the call's threads and returns the running session. `agent`
+    /// is an [`Agent`] or an [`AgentSource`] (e.g. [`AgentSource::per_call`]).
     pub fn start(
         twilio: WsConn,
         agent: impl Into<AgentSource>,
         opts: SessionOptions,
-    ) -> Result<SessionHandle, SessionError> {
+    ) -> Result<Session, SessionError> {
         Session::launch(Some(twilio), agent.into(), opts, None, None)
     }
 
@@ -675,7 +623,7 @@ impl Session {
         opts: SessionOptions,
         end_call: Option<EndCall>,
         info: Option<CallInfo>,
-    ) -> Result<SessionHandle, SessionError> {
+    ) -> Result<Session, SessionError> {
         let start = Instant::now();
         let (agent, agent_for) = match agent {
             AgentSource::Ready(a) => (a, None),
@@ -778,7 +726,7 @@ impl Session {
             .stack_size(256 * 1024)
             .spawn(move || shell.run(shell_rx))
             .map_err(SessionError::Spawn)?;
-        Ok(SessionHandle {
+        Ok(Session {
             events: event_rx,
             tx: shell_tx,
             thread: Some(thread),
@@ -1108,7 +1056,7 @@ fn load_once(slot: &AtomicU64) -> Option<Duration> {
     }
 }
 
-/// A call's traffic and latencies so far; see [`SessionHandle::call_stats`]. Read at any
+/// A call's traffic and latencies so far; see [`Session::call_stats`]. Read at any
 /// time from any thread (atomics the call's threads update; nothing is added per frame but
 /// a relaxed counter increment).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -1133,7 +1081,7 @@ pub struct SessionStats {
 }
 
 /// How full a session's bounded queues got, and what their bounds turned away; see
-/// [`SessionHandle::queue_stats`].
+/// [`Session::queue_stats`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct QueueStats {
@@ -1785,11 +1733,61 @@ impl ModelReader<'_> {
     }
 }
 
-/// The application's handle on a running call: its [`events`](SessionHandle::events), and
-/// commands (`send_message`, `interrupt`, `approve` / `reject`, `update_agent`, `history`,
-/// `close`). [`Session`] shows one in use.
+/// One running call, and the application's handle on it: [`Session::start`] runs a call on a
+/// Twilio WebSocket the application accepted itself (or [`Session::start_sideband`] a SIP
+/// call); the session gives its [`events`](Session::events), takes commands
+/// (`send_message`, `interrupt`, `approve` / `reject`, `update_agent`, `hang_up`,
+/// `transfer`, `close`), and reports `history`, `call_info`, `call_stats` and `queue_stats`.
+/// [`join`](Session::join) waits until every thread of the call has exited.
+///
+/// A whole call, embedded in the application's own listener; the fake model stands in for
+/// OpenAI and the simulator for Twilio, so this runs with no key and no phone:
+///
+/// ```
+/// use std::net::TcpListener;
+/// use twilio_realtime::agent::Agent;
+/// use twilio_realtime::events::SessionEvent;
+/// use twilio_realtime::session::{Session, SessionOptions};
+/// use twilio_realtime::sim::fake_model::{FakeModel, FakeModelConfig, Reply};
+/// use twilio_realtime::sim::twilio_call::{Segment, TwilioCall, TwilioCallConfig};
+/// use twilio_realtime::io::ws::{WsConfig, WsConn};
+///
+/// let model = FakeModel::start(FakeModelConfig {
+///     script: vec![Reply::say("It is sunny.", 400)],
+///     ..Default::default()
+/// })?;
+/// let listener = TcpListener::bind("127.0.0.1:0")?;
+/// let addr = listener.local_addr()?;
+/// // "Twilio" dials in from another thread: the caller speaks, listens, hangs up.
+/// let caller = std::thread::spawn(move || {
+///     TwilioCall::run(TwilioCallConfig::new(addr, vec![
+///         Segment::Speech(600),
+///         Segment::WaitForAgent { quiet_ms: 300, timeout_ms: 10_000 },
+///         Segment::HangUp,
+///     ]))
+/// });
+///
+/// let (tcp, _) = listener.accept()?;
+/// let (twilio, _request) = WsConn::accept(tcp, None, &WsConfig::default())?;
+/// let agent = Agent::new("Assistant", "You are a friendly phone assistant.");
+/// // A real deployment passes its key: SessionOptions::new(Some(key)).
+/// let opts = SessionOptions::new(None).url(model.url());
+/// let session = Session::start(twilio, agent, opts)?;
+/// let mut said = Vec::new();
+/// for event in session.events().iter() {
+///     match event {
+///         SessionEvent::AgentEnd { text, .. } => said.push(text),
+///         SessionEvent::Closed { .. } => break,
+///         _ => {}
+///     }
+/// }
+/// session.join();
+/// assert_eq!(said, ["It is sunny."]);
+/// assert_eq!(caller.join().unwrap()?.played_ms(), 400);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
-pub struct SessionHandle {
+pub struct Session {
     events: EventReceiver,
     tx: InboxSender<ShellMsg>,
     thread: Option<JoinHandle<()>>,
@@ -1798,7 +1796,19 @@ pub struct SessionHandle {
     counters: Arc<Counters>,
 }
 
-/// Closes a session from any thread (see [`SessionHandle::closer`]).
+/// The former name of [`Session`]: the handle is the session now. Code that names it still
+/// compiles (with a deprecation warning):
+///
+/// ```
+/// #[allow(deprecated)]
+/// fn old_name(handle: twilio_realtime::SessionHandle) -> twilio_realtime::Session {
+///     handle
+/// }
+/// ```
+#[deprecated(since = "0.1.0", note = "the handle is the session: use `Session`")]
+pub type SessionHandle = Session;
+
+/// Closes a session from any thread (see [`Session::closer`]).
 #[derive(Clone)]
 pub struct SessionCloser(InboxSender<ShellMsg>);
 
@@ -1809,7 +1819,7 @@ impl std::fmt::Debug for SessionCloser {
 }
 
 impl SessionCloser {
-    /// Ends the call, like [`SessionHandle::close`].
+    /// Ends the call, like [`Session::close`].
     pub fn close(&self) {
         let _ = self.0.send(ShellMsg::Command(Command::Close));
     }
@@ -1831,7 +1841,7 @@ impl std::fmt::Debug for Lane {
 
 /// Acts on a running call from any thread: cheap to clone, `Send` and `Sync`, and harmless
 /// once the call has ended (commands then go nowhere). Get one from
-/// [`SessionHandle::control`], or from the bundled server's per-call handler
+/// [`Session::control`], or from the bundled server's per-call handler
 /// ([`crate::server::Server::on_call`]).
 #[derive(Clone)]
 pub struct CallControl {
@@ -1851,27 +1861,27 @@ impl CallControl {
     }
 
     /// Who is on the line, once Twilio's `start` has arrived (as
-    /// [`SessionHandle::call_info`]).
+    /// [`Session::call_info`]).
     pub fn call_info(&self) -> Option<Arc<CallInfo>> {
         self.call_info.get().cloned()
     }
 
-    /// As [`SessionHandle::send_message`].
+    /// As [`Session::send_message`].
     pub fn send_message(&self, text: impl Into<String>) {
         self.command(Command::SendMessage(text.into()));
     }
 
-    /// As [`SessionHandle::interrupt`].
+    /// As [`Session::interrupt`].
     pub fn interrupt(&self) {
         self.command(Command::Interrupt);
     }
 
-    /// As [`SessionHandle::approve`].
+    /// As [`Session::approve`].
     pub fn approve(&self, call_id: impl Into<String>) {
         self.command(Command::Approve(call_id.into()));
     }
 
-    /// As [`SessionHandle::reject`].
+    /// As [`Session::reject`].
     pub fn reject(&self, call_id: impl Into<String>, message: Option<String>) {
         self.command(Command::Reject {
             call_id: call_id.into(),
@@ -1879,12 +1889,12 @@ impl CallControl {
         });
     }
 
-    /// As [`SessionHandle::update_agent`].
+    /// As [`Session::update_agent`].
     pub fn update_agent(&self, agent: Agent) {
         self.command(Command::UpdateAgent(agent));
     }
 
-    /// As [`SessionHandle::create_response`].
+    /// As [`Session::create_response`].
     pub fn create_response(&self, instructions: Option<String>) {
         self.create_response_with(crate::proto::realtime::ResponseConfig {
             instructions,
@@ -1892,32 +1902,32 @@ impl CallControl {
         });
     }
 
-    /// As [`SessionHandle::create_response_with`].
+    /// As [`Session::create_response_with`].
     pub fn create_response_with(&self, response: crate::proto::realtime::ResponseConfig) {
         self.command(Command::CreateResponse(response));
     }
 
-    /// As [`SessionHandle::commit_audio`].
+    /// As [`Session::commit_audio`].
     pub fn commit_audio(&self) {
         self.command(Command::CommitAudio);
     }
 
-    /// As [`SessionHandle::send_raw`].
+    /// As [`Session::send_raw`].
     pub fn send_raw(&self, json: impl Into<String>) {
         self.command(Command::SendRaw(json.into()));
     }
 
-    /// As [`SessionHandle::hang_up`].
+    /// As [`Session::hang_up`].
     pub fn hang_up(&self) {
         self.command(Command::HangUp);
     }
 
-    /// As [`SessionHandle::transfer`].
+    /// As [`Session::transfer`].
     pub fn transfer(&self, target: crate::telephony::transfer::TransferTarget) {
         self.command(Command::Transfer(target));
     }
 
-    /// As [`SessionHandle::history`].
+    /// As [`Session::history`].
     pub fn history(&self) -> Vec<HistoryItem> {
         let (tx, rx) = crossbeam_channel::bounded(1);
         if self.tx.send(ShellMsg::History(tx)).is_err() {
@@ -1926,13 +1936,13 @@ impl CallControl {
         rx.recv_timeout(Duration::from_secs(5)).unwrap_or_default()
     }
 
-    /// As [`SessionHandle::close`].
+    /// As [`Session::close`].
     pub fn close(&self) {
         self.command(Command::Close);
     }
 }
 
-impl SessionHandle {
+impl Session {
     /// A [`CallControl`] for this call, to act on it from other threads.
     pub fn control(&self) -> CallControl {
         CallControl {
@@ -1994,14 +2004,14 @@ impl SessionHandle {
         });
     }
 
-    /// Like [`SessionHandle::create_response`], with every per-response option.
+    /// Like [`Session::create_response`], with every per-response option.
     pub fn create_response_with(&self, response: crate::proto::realtime::ResponseConfig) {
         self.command(Command::CreateResponse(response));
     }
 
     /// Commits the caller audio sent so far as a user turn (`input_audio_buffer.commit`): for
     /// sessions with turn detection off (push to talk). Follow with
-    /// [`SessionHandle::create_response`].
+    /// [`Session::create_response`].
     pub fn commit_audio(&self) {
         self.command(Command::CommitAudio);
     }
@@ -2042,7 +2052,7 @@ impl SessionHandle {
     }
 
     /// Transfers the caller to `target` once they have heard the agent's last words (as
-    /// [`SessionHandle::hang_up`]), with [`CloseReason::Transferred`]. Under the bundled
+    /// [`Session::hang_up`]), with [`CloseReason::Transferred`]. Under the bundled
     /// server, Twilio then dials the destination (see [`crate::telephony::transfer`]).
     pub fn transfer(&self, target: crate::telephony::transfer::TransferTarget) {
         self.command(Command::Transfer(target));

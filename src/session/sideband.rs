@@ -72,7 +72,7 @@ use crate::agent::Agent;
 use crate::events::{CloseReason, SessionEvent};
 use crate::proto::sip::IncomingCall;
 use crate::server::sip::{CallsError, OpenAiCalls};
-use crate::session::{AgentSource, EndCall, Session, SessionError, SessionHandle, SessionOptions};
+use crate::session::{AgentSource, EndCall, Session, SessionError, SessionOptions};
 use crate::telephony::transfer::Destination;
 
 const LOG: &str = "twilio_realtime::sip";
@@ -128,7 +128,7 @@ impl Session {
         rest: OpenAiCalls,
         agent: Agent,
         opts: SessionOptions,
-    ) -> Result<SessionHandle, SessionError> {
+    ) -> Result<Session, SessionError> {
         let mut opts = opts;
         opts.call.sideband = true;
         opts.call.connect_model_on_start = false;

@@ -396,9 +396,9 @@ pub fn weather_tool() -> twilio_realtime::agent::FunctionTool {
 /// Reads a session's events until `Closed` (or `timeout` without one), showing each to
 /// `on_event` with the handle first, then waits for the call's threads.
 pub fn run_session(
-    handle: twilio_realtime::session::SessionHandle,
+    handle: twilio_realtime::session::Session,
     timeout: std::time::Duration,
-    mut on_event: impl FnMut(&twilio_realtime::session::SessionHandle, &SessionEvent),
+    mut on_event: impl FnMut(&twilio_realtime::session::Session, &SessionEvent),
 ) -> Vec<SessionEvent> {
     let mut seen = Vec::new();
     while let Ok(ev) = handle.events().recv_timeout(timeout) {
