@@ -29,6 +29,12 @@
 //! reply stops halfway (the model stopping for the caller: no event, and the bridge sends no
 //! `clear`).
 //!
+//! Counting: after the measured window the callers stop sending and the fake stops replying
+//! (GPT-Live's stream too), and the run waits up to 10 s for what is still in flight; a frame
+//! or delta that has not arrived by then is lost. With `--model live` a session the bridge
+//! never started (no `session.start` answered) is reported and fails the run: all of that
+//! call's caller audio would be missing.
+//!
 //! Progress (phase, calls connected / running / done, the bridge's CPU and RSS) goes to stderr:
 //! a bar on a terminal, a line every 5 s otherwise.
 //!
@@ -131,6 +137,66 @@ struct Shared {
 }
 
 // ---------------------------------------------------------------------------------------------
+// One connection's state, as its reader thread finds it
+
+/// A connection's state for its reader thread. The reader starts before the thread that
+/// accepted or opened the connection has built the state (the state holds the connection's
+/// sender, which only exists once the reader runs), and the peer may already have written: a
+/// GPT-Live bridge sends `session.start` as soon as it reads the 101. Messages that come first
+/// wait here, in order, and are handled once the state is registered. (Dropping them cost a
+/// whole call: a `session.start` never answered, so not one caller frame reached the fake.)
+struct Registration<T> {
+    slot: Mutex<Slot<T>>,
+}
+
+enum Slot<T> {
+    Waiting(Vec<Incoming>),
+    Ready(Arc<T>),
+}
+
+/// Most messages kept before registration (a bridge sends one or two; more is an error).
+const MAX_WAITING: usize = 64;
+
+impl<T> Registration<T> {
+    fn new() -> Arc<Registration<T>> {
+        Arc::new(Registration {
+            slot: Mutex::new(Slot::Waiting(Vec::new())),
+        })
+    }
+
+    /// The reader's side: `inc` is handled now, or kept until [`Registration::register`].
+    /// False when it had to be dropped (too many waiting).
+    fn deliver(&self, inc: Incoming, handle: impl Fn(&Arc<T>, Incoming)) -> bool {
+        let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
+        match &mut *slot {
+            Slot::Ready(t) => {
+                let t = t.clone();
+                drop(slot);
+                handle(&t, inc);
+                true
+            }
+            Slot::Waiting(v) if v.len() < MAX_WAITING => {
+                v.push(inc);
+                true
+            }
+            Slot::Waiting(_) => false,
+        }
+    }
+
+    /// The state is built: what waited is handled first, in order (under the lock, so a
+    /// message the reader gets meanwhile waits for them).
+    fn register(&self, t: Arc<T>, handle: impl Fn(&Arc<T>, Incoming)) {
+        let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
+        let Slot::Waiting(waiting) = std::mem::replace(&mut *slot, Slot::Ready(t.clone())) else {
+            return;
+        };
+        for inc in waiting {
+            handle(&t, inc);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // The light fake model
 
 struct Reply {
@@ -171,9 +237,13 @@ fn serve_model(listener: TcpListener, sh: Arc<Shared>) {
                 sh.errors.fetch_add(1, Ordering::Relaxed);
                 return;
             };
-            let slot: Arc<OnceLock<Arc<ModelConn>>> = Arc::new(OnceLock::new());
-            let (sh2, slot2) = (sh.clone(), slot.clone());
-            let duplex = match conn.spawn("lg-model", move |inc| on_client(&sh2, &slot2, inc)) {
+            let reg = Registration::new();
+            let (sh2, reg2) = (sh.clone(), reg.clone());
+            let duplex = match conn.spawn("lg-model", move |inc| {
+                if !reg2.deliver(inc, |c, inc| on_client(&sh2, c, inc)) {
+                    sh2.errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }) {
                 Ok(d) => d,
                 Err(_) => return,
             };
@@ -191,7 +261,7 @@ fn serve_model(listener: TcpListener, sh: Arc<Shared>) {
                 }),
                 id,
             });
-            let _ = slot.set(mc.clone());
+            reg.register(mc.clone(), |c, inc| on_client(&sh, c, inc));
             if !sh.live {
                 model_event(
                     &out,
@@ -206,10 +276,9 @@ fn serve_model(listener: TcpListener, sh: Arc<Shared>) {
     }
 }
 
-fn on_client(sh: &Shared, slot: &OnceLock<Arc<ModelConn>>, inc: Incoming) {
+fn on_client(sh: &Shared, conn: &ModelConn, inc: Incoming) {
     let Incoming::Text(t) = inc else { return };
     let text: &str = t.as_ref();
-    let Some(conn) = slot.get() else { return };
     if text.starts_with(r#"{"type":"input_audio_buffer.append""#)
         || text.starts_with(r#"{"type":"session.input_audio.append""#)
     {
@@ -283,6 +352,12 @@ fn live_tick(sh: &Shared, c: &ModelConn, st: &mut ModelState, now: Instant, quie
     if !st.started || now < st.next_chunk_at {
         return;
     }
+    if quiesce {
+        // The measurement is over: the stream stops, so that every delta sent can be
+        // counted as arrived or lost (a real session would stream until `session.close`).
+        st.reply = None;
+        return;
+    }
     st.next_chunk_at += Duration::from_millis(100);
     if st.reply.is_none() && !quiesce && now >= st.next_reply_at {
         st.replies += 1;
@@ -302,10 +377,8 @@ fn live_tick(sh: &Shared, c: &ModelConn, st: &mut ModelState, now: Instant, quie
     let Some(mut r) = st.reply.take() else {
         return;
     };
-    if quiesce || r.cut_at == Some(r.chunks_left) {
-        if !quiesce {
-            sh.barge_ins.fetch_add(1, Ordering::Relaxed);
-        }
+    if r.cut_at == Some(r.chunks_left) {
+        sh.barge_ins.fetch_add(1, Ordering::Relaxed);
         st.next_reply_at = now + Duration::from_millis(2000);
         return;
     }
@@ -542,12 +615,12 @@ fn start_call(sh: &Arc<Shared>, addr: SocketAddr, i: usize) -> Option<(Arc<Calle
         }
     };
     let sid = format!("MZ{i:032x}");
-    let slot: Arc<OnceLock<Arc<Caller>>> = Arc::new(OnceLock::new());
-    let (sh2, slot2) = (sh.clone(), slot.clone());
+    let reg = Registration::new();
+    let (sh2, reg2) = (sh.clone(), reg.clone());
     let duplex = conn
         .spawn("lg-twilio", move |inc| {
-            if let Some(c) = slot2.get() {
-                on_bridge(&sh2, c, inc);
+            if !reg2.deliver(inc, |c, inc| on_bridge(&sh2, c, inc)) {
+                sh2.errors.fetch_add(1, Ordering::Relaxed);
             }
         })
         .ok()?;
@@ -561,7 +634,7 @@ fn start_call(sh: &Arc<Shared>, addr: SocketAddr, i: usize) -> Option<(Arc<Calle
         }),
         closed: AtomicBool::new(false),
     });
-    let _ = slot.set(caller.clone());
+    reg.register(caller.clone(), |c, inc| on_bridge(sh, c, inc));
     let out = duplex.sender();
     let _ = out.send(Message::text(
         r#"{"event":"connected","protocol":"Call","version":"1.0.0"}"#,
@@ -632,6 +705,10 @@ fn free_port() -> u16 {
         .map(|a| a.port())
         .unwrap_or(5050)
 }
+
+/// After the measurement, how long frames and deltas in flight may take to arrive before
+/// they count as lost (a loaded machine can stall the bridge for a second or more).
+const QUIESCE_LIMIT: Duration = Duration::from_secs(10);
 
 fn spawn_bridge(cmd: &str, port: u16, model_url: &str, live: bool) -> std::io::Result<Bridge> {
     let parts: Vec<&str> = cmd.split_whitespace().collect();
@@ -855,10 +932,31 @@ fn main() {
     let gen_cpu = self_cpu_s() - gen_cpu0;
     sh.window_start_ns.store(u64::MAX, Ordering::Relaxed);
 
-    // Quiesce: no new frames or deltas; let what is in flight arrive, then hang up.
+    // Quiesce: no new frames or deltas; let what is in flight arrive (what has not after
+    // QUIESCE_LIMIT is lost), then hang up.
     sh.quiesce.store(true, Ordering::Relaxed);
     phase.store(3, Ordering::Relaxed);
-    thread::sleep(Duration::from_millis(1500));
+    let quiesced = Instant::now();
+    thread::sleep(Duration::from_millis(200));
+    while quiesced.elapsed() < QUIESCE_LIMIT
+        && (sh.frames_in_recv.load(Ordering::Relaxed) < sh.frames_in_sent.load(Ordering::Relaxed)
+            || sh.deltas_recv.load(Ordering::Relaxed) < sh.deltas_sent.load(Ordering::Relaxed))
+    {
+        thread::sleep(Duration::from_millis(50));
+    }
+    let drained_ms = quiesced.elapsed().as_millis() as u64;
+    let not_started = if a.live {
+        sh.model_conns
+            .lock()
+            .map(|v| {
+                v.iter()
+                    .filter(|c| !c.state.lock().map(|s| s.started).unwrap_or(true))
+                    .count()
+            })
+            .unwrap_or(0)
+    } else {
+        0
+    };
     let alive = callers
         .lock()
         .map(|v| {
@@ -925,6 +1023,8 @@ fn main() {
         "inbound_latency_us": {"samples": n_in, "p50": p_in[0], "p99": p_in[1], "p999": p_in[2], "max": p_in[3]},
         "outbound_latency_us": {"samples": n_out, "p50": p_out[0], "p99": p_out[1], "p999": p_out[2], "max": p_out[3]},
         "frames_in": {"sent": fi_sent, "received": fi_recv, "lost": lost_in},
+        "quiesce_ms": drained_ms,
+        "live_sessions_not_started": not_started,
         "deltas_out": {"sent": d_sent, "received": d_recv, "lost": lost_out},
         "barge_ins": sh.barge_ins.load(Ordering::Relaxed),
         "clears_seen": sh.clears.load(Ordering::Relaxed),
@@ -965,8 +1065,11 @@ fn main() {
         p_out[0], p_out[1], p_out[2], p_out[3]
     );
     println!(
-        "  frames          caller {fi_sent} sent / {fi_recv} arrived (lost {lost_in}); agent {d_sent} / {d_recv} (lost {lost_out})"
+        "  frames          caller {fi_sent} sent / {fi_recv} arrived (lost {lost_in}); agent {d_sent} / {d_recv} (lost {lost_out}); in flight at the end arrived within {drained_ms} ms"
     );
+    if a.live {
+        println!("  GPT-Live        sessions the bridge never started: {not_started}");
+    }
     println!(
         "  barge-ins       {} (clears {}, truncates {}); calls alive at the end {alive}/{}; errors {errors}",
         r["barge_ins"], r["clears_seen"], r["truncates_seen"], a.calls
@@ -985,7 +1088,7 @@ fn main() {
             eprintln!("cannot write {path}: {e}");
         }
     }
-    if lost_in > 0 || lost_out > 0 || errors > 0 || alive < a.calls {
+    if lost_in > 0 || lost_out > 0 || errors > 0 || alive < a.calls || not_started > 0 {
         std::process::exit(1);
     }
 }
