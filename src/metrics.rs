@@ -9,7 +9,9 @@
 //! * [`Metrics`] holds the process's metrics in a `prometheus-client` [`Registry`]: live
 //!   events as they happen ([`Metrics::observe`]: barge-ins, tool calls, dropped events, bad
 //!   input), a call's traffic and latencies once it ends ([`Metrics::call_ended`]), and gauges
-//!   of live calls. [`Metrics::encode`] writes the Prometheus text format (what `GET /metrics`
+//!   of live calls (among them the bytes they hold queued toward their peers,
+//!   [`Metrics::set_queued_bytes`], summed from each call's
+//!   [`QueueGauge`](crate::session::QueueGauge) when scraped). [`Metrics::encode`] writes the Prometheus text format (what `GET /metrics`
 //!   answers); [`Metrics::register_into`] mounts the same metrics in an application's own
 //!   registry.
 //!
@@ -345,6 +347,7 @@ struct Families {
     events_dropped: Counter,
     bad_input: Family<Labels, Counter>,
     ready: Gauge,
+    queued_bytes: Family<Labels, Gauge>,
 }
 
 impl Families {
@@ -368,6 +371,7 @@ impl Families {
             events_dropped: Counter::default(),
             bad_input: Family::default(),
             ready: Gauge::default(),
+            queued_bytes: Family::default(),
         }
     }
 
@@ -447,6 +451,11 @@ impl Families {
             "ready",
             "1 while the server takes new calls (what /readyz says)",
             f.ready,
+        );
+        r.register(
+            "queued_bytes",
+            "Bytes live calls hold queued toward a peer (twilio, model) that its socket has not taken yet",
+            f.queued_bytes,
         );
     }
 }
@@ -583,6 +592,18 @@ impl Metrics {
         self.families
             .pending_webhooks
             .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Sets the gauges of bytes live calls hold queued toward Twilio and toward the model
+    /// (sums of [`QueueGauge`](crate::session::QueueGauge)s, taken when the metrics are
+    /// scraped).
+    pub fn set_queued_bytes(&self, twilio: u64, model: u64) {
+        for (peer, bytes) in [("twilio", twilio), ("model", model)] {
+            self.families
+                .queued_bytes
+                .get_or_create(&label("peer", peer))
+                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        }
     }
 
     /// Sets the readiness gauge.

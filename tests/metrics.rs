@@ -5,12 +5,12 @@
 mod common;
 
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{http_request, Rig};
 use serde_json::{json, Value};
 use twilio_realtime::agent::Agent;
-use twilio_realtime::sim::fake_model::{FakeModelConfig, Reply};
+use twilio_realtime::sim::fake_model::{FakeModelConfig, Faults, Reply};
 use twilio_realtime::sim::twilio_call::{CallReport, Segment, TwilioCall, TwilioCallConfig};
 
 static LINES: Mutex<Vec<String>> = Mutex::new(Vec::new());
@@ -176,6 +176,9 @@ fn metrics_and_the_summary_line_count_a_call_with_a_tool_and_a_barge_in() {
         ),
         ("twilio_realtime_events_dropped_total", 0.0),
         ("twilio_realtime_ready", 1.0),
+        // No live call holds anything.
+        ("twilio_realtime_queued_bytes{peer=\"twilio\"}", 0.0),
+        ("twilio_realtime_queued_bytes{peer=\"model\"}", 0.0),
     ];
     for (name, value) in want {
         assert_eq!(sample(&text, name), Some(value), "{name} in\n{text}");
@@ -237,5 +240,70 @@ fn the_summary_line_carries_the_caller_number_only_when_the_operator_opts_in() {
     let lines = summaries(&report.call_sid);
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert_eq!(lines[0]["caller"], "+15550100");
+    rig.stop();
+}
+
+#[test]
+fn the_queued_bytes_gauge_shows_caller_audio_piling_up_behind_a_model_that_stopped_reading() {
+    // The model stops reading 500 ms into its connection (its TCP window closes once the
+    // kernel buffers are full: a 16 KiB send buffer on the bridge's side, ~3 s of caller
+    // audio); the caller keeps talking, so the appends pile up in the bridge.
+    let rig = Rig::start_with(
+        FakeModelConfig {
+            faults: Faults {
+                stall_reads: Some((Duration::from_millis(500), Duration::from_secs(60))),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        || Agent::new("Assistant", "Be brief."),
+        |cfg| {
+            cfg.session.model.ws.send_buffer_size = Some(16 * 1024);
+            // The model socket is given up 4 s after it filled, which ends the call.
+            cfg.session.model.ws.write_timeout = Duration::from_secs(4);
+        },
+    );
+    let addr = rig.addr;
+    let call = std::thread::spawn(move || {
+        let mut cfg = TwilioCallConfig::new(
+            addr,
+            vec![
+                Segment::Speech(600),
+                Segment::Silence(20_000),
+                Segment::HangUp,
+            ],
+        );
+        cfg.call_sid = Some("CA0000000000000000000000000000a003".into());
+        cfg.max_duration = Duration::from_secs(30);
+        TwilioCall::run(cfg).expect("call runs")
+    });
+    let model = "twilio_realtime_queued_bytes{peer=\"model\"}";
+    let twilio = "twilio_realtime_queued_bytes{peer=\"twilio\"}";
+    let deadline = Instant::now() + Duration::from_secs(7);
+    let first = loop {
+        let text = metrics(addr);
+        let queued = sample(&text, model).unwrap_or(0.0);
+        if queued > 0.0 {
+            // Nothing piles up toward Twilio, which reads.
+            assert_eq!(sample(&text, twilio), Some(0.0), "{text}");
+            break queued;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no queued bytes toward the stalled model:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // The caller still talks (about 13 KB of appends a second): it keeps growing.
+    std::thread::sleep(Duration::from_millis(1000));
+    let later = sample(&metrics(addr), model).unwrap_or(0.0);
+    eprintln!("queued toward the stalled model: {first} bytes, 1 s later {later}");
+    assert!(later >= first + 5_000.0, "{first} -> {later}");
+    let report = call.join().unwrap();
+    assert!(report.closed_by_bridge, "{:?}", report.timeline);
+    rig.wait_idle();
+    let text = metrics(addr);
+    assert_eq!(sample(&text, model), Some(0.0), "{text}");
+    assert_eq!(sample(&text, twilio), Some(0.0), "{text}");
     rig.stop();
 }

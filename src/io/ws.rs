@@ -76,12 +76,16 @@ type Ws = WebSocket<Sock>;
 /// reader goes straight to `poll`. `poll` is level-triggered, so anything that arrived since is
 /// seen at once: this saves one `recv` that would return `EAGAIN` per message, nothing else
 /// changes. (Not armed for TLS: a short TLS read says nothing about the kernel's queue.)
+///
+/// It also keeps [`Backlog::unflushed`] current: tungstenite hands its whole write buffer to
+/// every `write`, so what the socket did not take is exactly what stays buffered.
 struct Sock {
     inner: MaybeTlsStream<TcpStream>,
     /// Set once the socket is non-blocking and plain.
     armed: bool,
     /// The last read was short: the kernel had nothing more.
     drained: bool,
+    backlog: Arc<Backlog>,
 }
 
 impl Sock {
@@ -90,7 +94,60 @@ impl Sock {
             inner,
             armed: false,
             drained: false,
+            backlog: Arc::new(Backlog::default()),
         }
+    }
+}
+
+impl Drop for Sock {
+    fn drop(&mut self) {
+        // tungstenite's buffer goes with the socket.
+        self.backlog.unflushed.store(0, Ordering::Relaxed);
+    }
+}
+
+/// Bytes one connection holds toward its peer that the kernel has not taken yet (see
+/// [`WsSender::queued_bytes`]). Shared by the socket, the writer's queue and whoever watches
+/// it (a call's stats); updated with relaxed atomics only, never under a lock of its own.
+#[derive(Debug, Default)]
+pub(crate) struct Backlog {
+    /// Payload bytes of the messages waiting in the writer thread's queue.
+    queued: AtomicU64,
+    /// Bytes of encoded frames left in tungstenite's write buffer by the last write attempt
+    /// (the socket was full).
+    unflushed: AtomicU64,
+}
+
+impl Backlog {
+    /// Both parts, now.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.queued
+            .load(Ordering::Relaxed)
+            .saturating_add(self.unflushed.load(Ordering::Relaxed))
+    }
+}
+
+/// A queued message's share of [`Backlog::queued`], given back when the writer takes the
+/// message, or when it is dropped unsent (a full or closed queue, a queue dropped with it).
+struct Charge {
+    backlog: Arc<Backlog>,
+    bytes: u64,
+}
+
+impl Charge {
+    fn new(backlog: &Arc<Backlog>, msg: &Message) -> Charge {
+        let bytes = u64::try_from(msg.len()).unwrap_or(u64::MAX);
+        backlog.queued.fetch_add(bytes, Ordering::Relaxed);
+        Charge {
+            backlog: backlog.clone(),
+            bytes,
+        }
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.backlog.queued.fetch_sub(self.bytes, Ordering::Relaxed);
     }
 }
 
@@ -111,7 +168,15 @@ impl Read for Sock {
 
 impl Write for Sock {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.inner.write(buf)
+        let r = self.inner.write(buf);
+        let left = match &r {
+            Ok(n) => buf.len().saturating_sub(*n),
+            Err(_) => buf.len(),
+        };
+        self.backlog
+            .unflushed
+            .store(u64::try_from(left).unwrap_or(u64::MAX), Ordering::Relaxed);
+        r
     }
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
@@ -723,6 +788,7 @@ impl WsConn {
         self.tcp.set_nonblocking(true).map_err(WsError::Io)?;
         let sock = self.ws.get_mut();
         sock.armed = matches!(sock.inner, MaybeTlsStream::Plain(_));
+        let backlog = sock.backlog.clone();
         let fd = self.tcp.as_raw_fd();
         let (flush_tx, flush_rx) = bounded(1);
         Ok((
@@ -736,6 +802,7 @@ impl WsConn {
                 last_rx_us: AtomicU64::new(0),
                 flush_tx,
                 failure: Mutex::new(None),
+                backlog,
             }),
             flush_rx,
             self.cfg,
@@ -901,6 +968,8 @@ struct Shared {
     flush_tx: Sender<()>,
     /// Why the writer gave the connection up (the reader reports it as its last message).
     failure: Mutex<Option<WsError>>,
+    /// What this connection holds toward the peer (the same one its [`Sock`] updates).
+    backlog: Arc<Backlog>,
 }
 
 impl Shared {
@@ -1022,7 +1091,7 @@ fn map_err(e: tungstenite::Error) -> WsError {
 }
 
 enum Out {
-    Msg(Message),
+    Msg(Message, Charge),
     Close(Option<CloseFrame>),
 }
 
@@ -1036,7 +1105,9 @@ fn writer_loop(
     loop {
         select! {
             recv(rx) -> m => match m {
-                Ok(Out::Msg(msg)) => {
+                Ok(Out::Msg(msg, charge)) => {
+                    // From here on tungstenite's buffer counts it, if the socket is full.
+                    drop(charge);
                     if let Err(e) = shared.write(msg) {
                         shared.fail(e);
                         return;
@@ -1272,7 +1343,10 @@ impl WsSender {
         if self.is_closed() {
             return Err(WsError::Closed);
         }
-        self.tx.send(Out::Msg(msg)).map_err(|_| WsError::Closed)
+        let charge = Charge::new(&self.shared.backlog, &msg);
+        self.tx
+            .send(Out::Msg(msg, charge))
+            .map_err(|_| WsError::Closed)
     }
 
     /// Queues a message for the writer thread; fails at once when the queue is full.
@@ -1280,10 +1354,13 @@ impl WsSender {
         if self.is_closed() {
             return Err(WsError::Closed);
         }
-        self.tx.try_send(Out::Msg(msg)).map_err(|e| match e {
-            TrySendError::Full(_) => WsError::QueueFull,
-            TrySendError::Disconnected(_) => WsError::Closed,
-        })
+        let charge = Charge::new(&self.shared.backlog, &msg);
+        self.tx
+            .try_send(Out::Msg(msg, charge))
+            .map_err(|e| match e {
+                TrySendError::Full(_) => WsError::QueueFull,
+                TrySendError::Disconnected(_) => WsError::Closed,
+            })
     }
 
     /// Queues a text message.
@@ -1345,6 +1422,32 @@ impl WsSender {
     pub fn last_received(&self) -> Instant {
         self.shared.last_received()
     }
+
+    /// Bytes handed to this connection that the kernel has not taken yet: the payloads of
+    /// messages waiting for the writer thread ([`WsSender::send`]) plus the encoded frames
+    /// tungstenite keeps because the socket was full ([`WsSender::send_now`], or the writer
+    /// mid-flush; at most [`WsConfig::max_write_buffer_size`]). About 0 while the peer keeps
+    /// up; it grows while the peer does not read, so it shows memory building up behind a
+    /// slow peer. The kernel's own send buffer is not counted. Two relaxed atomic loads.
+    ///
+    /// ```no_run
+    /// use twilio_realtime::io::ws::{ClientRequest, WsConfig, WsConn};
+    ///
+    /// let conn = WsConn::connect(&ClientRequest::new("ws://127.0.0.1:9000/"), &WsConfig::default())?;
+    /// let (duplex, _incoming) = conn.spawn_channel("peer")?;
+    /// let sender = duplex.sender();
+    /// sender.send_now("hello".into())?;
+    /// println!("{} bytes still on their way", sender.queued_bytes());
+    /// # Ok::<(), twilio_realtime::io::ws::WsError>(())
+    /// ```
+    pub fn queued_bytes(&self) -> u64 {
+        self.shared.backlog.bytes()
+    }
+
+    /// The counters behind [`WsSender::queued_bytes`], to read after this sender is gone.
+    pub(crate) fn backlog(&self) -> Arc<Backlog> {
+        self.shared.backlog.clone()
+    }
 }
 
 #[cfg(test)]
@@ -1379,6 +1482,71 @@ mod tests {
             resolve("127.0.0.1", 9, Some(Instant::now())).unwrap(),
             vec![addr]
         );
+    }
+
+    #[test]
+    fn queued_bytes_grow_while_the_peer_does_not_read_and_drain_back_to_zero() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        // Small kernel buffers both sides: the window closes after KiB, not megabytes.
+        sys::set_recv_buffer(listener.as_raw_fd(), 8 * 1024).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = thread::spawn(move || {
+            let (tcp, _) = listener.accept().unwrap();
+            // One message in the channel: the peer's reader stops reading once it is full.
+            let cfg = WsConfig {
+                inbound_capacity: 1,
+                ..WsConfig::default()
+            };
+            let (c, _) = WsConn::accept(tcp, None, &cfg).unwrap();
+            c.spawn_channel("peer").unwrap()
+        });
+        let cfg = WsConfig {
+            send_buffer_size: Some(4 * 1024),
+            write_timeout: Duration::from_secs(60),
+            ..WsConfig::default()
+        };
+        let client = WsConn::connect(&ClientRequest::new(format!("ws://{addr}/")), &cfg).unwrap();
+        let (client, _crx) = client.spawn_channel("cl").unwrap();
+        let (peer, prx) = server.join().unwrap();
+        let tx = client.sender();
+        assert_eq!(tx.queued_bytes(), 0);
+
+        // 400 KB while nobody takes the peer's messages: far past every buffer on the way.
+        let msg = "x".repeat(1000);
+        let sent_now = 400;
+        for _ in 0..sent_now {
+            tx.send_now(Message::text(msg.as_str())).unwrap();
+        }
+        let stuck = tx.queued_bytes();
+        assert!(stuck > 300_000, "only {stuck} bytes counted as queued");
+        // The writer thread is busy flushing: what is queued for it counts as well.
+        let queued = 5;
+        for _ in 0..queued {
+            tx.try_send(Message::text(msg.as_str())).unwrap();
+        }
+        let more = tx.queued_bytes();
+        assert!(more >= stuck + 4_000, "{stuck} -> {more}");
+
+        // The peer reads everything: back to 0.
+        let mut got = 0;
+        while got < sent_now + queued {
+            match prx.recv_timeout(Duration::from_secs(10)).unwrap() {
+                Incoming::Text(t) => {
+                    assert_eq!(t.len(), msg.len());
+                    got += 1;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tx.queued_bytes() > 0 && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(tx.queued_bytes(), 0);
+        client.close();
+        peer.close();
+        client.join();
+        peer.join();
     }
 
     #[test]

@@ -81,7 +81,8 @@ use crate::proto::realtime::SessionConfig;
 use crate::proto::twilio::Start;
 use crate::session::warm::WarmModels;
 use crate::session::{
-    AgentForCall, AgentSource, CallControl, Session, SessionCloser, SessionOptions, TransportEvents,
+    AgentForCall, AgentSource, CallControl, QueueGauge, Session, SessionCloser, SessionOptions,
+    TransportEvents,
 };
 use crate::telephony::call_info::{CallInfo, WebhookCalls, WebhookForm};
 use crate::telephony::outbound::{
@@ -600,7 +601,8 @@ struct Shared {
     busy: AtomicU64,
     accept_errors: AtomicU64,
     open_connections: AtomicUsize,
-    sessions: Mutex<Vec<(u64, SessionCloser)>>,
+    /// Live calls: their number, a closer, and their queued bytes (for `/metrics`).
+    sessions: Mutex<Vec<(u64, SessionCloser, QueueGauge)>>,
     /// Signal iterators to close when the server stops (see [`stop_on_signals`]).
     signals: Mutex<Vec<signal_hook::iterator::Handle>>,
     /// Draining: not ready, stops once no call is live or pending.
@@ -622,6 +624,21 @@ impl Shared {
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         p.retain(|_, t| now.saturating_duration_since(*t) < PENDING_STREAM_TTL);
         p.len()
+    }
+
+    /// Bytes the live calls hold queued toward Twilio and toward the model, summed.
+    fn queued_bytes(&self) -> (u64, u64) {
+        // Copied out first: no call's lane is locked while the list is.
+        let gauges: Vec<QueueGauge> = match self.sessions.lock() {
+            Ok(s) => s.iter().map(|(_, _, g)| g.clone()).collect(),
+            Err(_) => Vec::new(),
+        };
+        gauges.iter().fold((0, 0), |(twilio, model), g| {
+            (
+                twilio.saturating_add(g.to_twilio()),
+                model.saturating_add(g.to_model()),
+            )
+        })
     }
 
     fn stream_arrived(&self, call_sid: &str) {
@@ -1024,7 +1041,7 @@ impl Server {
         if self.shared.live_calls.load(Ordering::SeqCst) > 0 {
             log::warn!(target: LOG, "grace period over; closing live calls");
             if let Ok(s) = self.shared.sessions.lock() {
-                for (_, closer) in s.iter() {
+                for (_, closer, _) in s.iter() {
                     closer.close();
                 }
             }
@@ -1658,7 +1675,7 @@ impl ConnCtx {
         let mut stats = CallStats::new(began);
         stats.model = model;
         if let Ok(mut s) = self.shared.sessions.lock() {
-            s.push((call_no, handle.closer()));
+            s.push((call_no, handle.closer(), handle.queue_gauge()));
         }
         let mut on_events = None;
         if let Some(h) = &self.call_handler {
@@ -1738,7 +1755,7 @@ struct LiveGuard(Arc<Shared>, u64);
 impl Drop for LiveGuard {
     fn drop(&mut self) {
         if let Ok(mut s) = self.0.sessions.lock() {
-            s.retain(|(n, _)| *n != self.1);
+            s.retain(|(n, _, _)| *n != self.1);
         }
         if self.0.live_calls.fetch_sub(1, Ordering::SeqCst) == 1 {
             // The last call just ended: hand the heap pages the calls freed back to the OS,
@@ -1797,6 +1814,8 @@ fn ops_route(shared: &Shared, cfg: &ServerConfig, stream: &mut TcpStream, head: 
             let m = &shared.metrics;
             m.set_pending_webhooks(shared.pending_calls(Instant::now()));
             m.set_ready(shared.not_ready(cfg.max_calls).is_none());
+            let (twilio, model) = shared.queued_bytes();
+            m.set_queued_bytes(twilio, model);
             respond(stream, 200, crate::metrics::CONTENT_TYPE, &m.encode());
         }
         _ => respond(stream, 404, "text/plain", "not found\n"),

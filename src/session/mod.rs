@@ -52,7 +52,7 @@ use crate::call::{
 };
 use crate::events::{CallError, CloseReason, HistoryItem, SessionEvent, TransportEvent};
 use crate::io::ws::{
-    panic_text, ClientRequest, Duplex, Incoming, WsConfig, WsConn, WsError, WsSender,
+    panic_text, Backlog, ClientRequest, Duplex, Incoming, WsConfig, WsConn, WsError, WsSender,
 };
 use crate::limits::{BadInput, BadMessageBudget, BadVerdict, LogLimiter};
 use crate::proto::realtime::ServerEvent;
@@ -688,6 +688,7 @@ impl Session {
             }),
         };
 
+        let twilio_backlog = twilio_duplex.as_ref().map(|d| d.sender().backlog());
         let core = CallCore::new(agent, call_opts, start);
         let shell = Shell {
             core,
@@ -733,6 +734,7 @@ impl Session {
             lane,
             call_info,
             counters,
+            twilio_backlog,
         })
     }
 }
@@ -1078,6 +1080,60 @@ pub struct SessionStats {
     pub first_audio: Option<Duration>,
     /// Events dropped because the application did not read them in time.
     pub events_dropped: u64,
+    /// Bytes the call holds queued toward Twilio now, not yet taken by the kernel (see
+    /// [`WsSender::queued_bytes`]); also [`QueueGauge::to_twilio`].
+    pub queued_to_twilio: u64,
+    /// Bytes queued toward the model on its current connection now; also
+    /// [`QueueGauge::to_model`].
+    pub queued_to_model: u64,
+}
+
+/// Reads how many bytes a call holds queued toward its peers (bytes handed to a socket that
+/// the kernel has not taken: they grow behind a peer that stops reading), from any thread,
+/// without the [`Session`]; see [`Session::queue_gauge`]. Both are 0 once the
+/// call's sockets are gone. Summing them over live calls gives the server's
+/// `twilio_realtime_queued_bytes` gauge ([`crate::metrics::Metrics::set_queued_bytes`]).
+///
+/// ```
+/// use twilio_realtime::session::QueueGauge;
+///
+/// /// Bytes all live calls hold toward Twilio and toward the model.
+/// fn queued(calls: &[QueueGauge]) -> (u64, u64) {
+///     calls.iter().fold((0, 0), |(twilio, model), g| {
+///         (twilio.saturating_add(g.to_twilio()), model.saturating_add(g.to_model()))
+///     })
+/// }
+/// assert_eq!(queued(&[]), (0, 0));
+/// ```
+#[derive(Clone)]
+pub struct QueueGauge {
+    lane: Arc<Mutex<Lane>>,
+    twilio: Option<Arc<Backlog>>,
+}
+
+impl std::fmt::Debug for QueueGauge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueGauge")
+            .field("to_twilio", &self.to_twilio())
+            .field("to_model", &self.to_model())
+            .finish()
+    }
+}
+
+impl QueueGauge {
+    /// Bytes queued toward Twilio now (see [`WsSender::queued_bytes`]).
+    pub fn to_twilio(&self) -> u64 {
+        self.twilio.as_ref().map_or(0, |b| b.bytes())
+    }
+
+    /// Bytes queued toward the model on its current connection now (a reconnect starts a
+    /// new connection, and its count).
+    pub fn to_model(&self) -> u64 {
+        lock(&self.lane)
+            .model
+            .as_ref()
+            .map_or(0, WsSender::queued_bytes)
+    }
 }
 
 /// How full a session's bounded queues got, and what their bounds turned away; see
@@ -1794,6 +1850,8 @@ pub struct Session {
     lane: Arc<Mutex<Lane>>,
     call_info: Arc<OnceLock<Arc<CallInfo>>>,
     counters: Arc<Counters>,
+    /// The Twilio socket's queued bytes ([`QueueGauge`]).
+    twilio_backlog: Option<Arc<Backlog>>,
 }
 
 /// The former name of [`Session`]: the handle is the session now. Code that names it still
@@ -2068,6 +2126,14 @@ impl Session {
         SessionCloser(self.tx.clone())
     }
 
+    /// Reads the call's queued bytes from any thread (see [`QueueGauge`]); cheap to clone.
+    pub fn queue_gauge(&self) -> QueueGauge {
+        QueueGauge {
+            lane: self.lane.clone(),
+            twilio: self.twilio_backlog.clone(),
+        }
+    }
+
     /// How full the call's bounded queues are and got (events, inbox, marks, tool workers).
     pub fn queue_stats(&self) -> QueueStats {
         let (inbox_peak, inbox_waits) = self.tx.stats();
@@ -2088,6 +2154,7 @@ impl Session {
     /// counters.
     pub fn call_stats(&self) -> SessionStats {
         let inbound = lock(&self.lane).inbound.stats().clone();
+        let queues = self.queue_gauge();
         let c = &self.counters;
         SessionStats {
             frames_from_caller: inbound.frames_in,
@@ -2097,6 +2164,8 @@ impl Session {
             model_connect: load_once(&c.model_connect_us),
             first_audio: load_once(&c.first_audio_us),
             events_dropped: self.events.dropped(),
+            queued_to_twilio: queues.to_twilio(),
+            queued_to_model: queues.to_model(),
         }
     }
 
