@@ -1067,6 +1067,112 @@ fn server_vad_without_interrupt_response_gets_a_cancel() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The agent-audio lane (`call::audio_lane`)
+
+fn lane_of(out: &[Output]) -> Option<twilio_realtime::call::audio_lane::AudioLane> {
+    out.iter().rev().find_map(|o| match o {
+        Output::AudioLane(l) => Some(l.clone()),
+        _ => None,
+    })
+}
+
+/// An answer's deltas sent by the core (`a`) and, after the first, on the lane (`b`): the same
+/// marks, the same ledger, the same truncation at a barge-in.
+#[test]
+fn audio_sent_on_the_lane_keeps_the_ledger_as_the_core_would() {
+    let sizes = [1600usize, 800, 1200, 400, 1600, 800];
+    let mut a = H::ready(Agent::new("A", "x"));
+    let mut b = H::ready(Agent::new("A", "x"));
+    for h in [&mut a, &mut b] {
+        h.response_created("r1");
+        h.delta("r1", "i1", 0, &audio(sizes[0]));
+    }
+    let mut lane = lane_of(&b.drain()).expect("a lane after the first delta");
+    assert!(lane.matches("r1", "i1", 0) && !lane.matches("r1", "i2", 0));
+    assert_eq!(lane.stream_sid(), SID);
+    let first = marks(&a.drain());
+    let mut marks_a = first.clone();
+    let mut marks_b = first;
+    for n in &sizes[1..] {
+        a.ms(40);
+        b.ms(40);
+        a.delta("r1", "i1", 0, &audio(*n));
+        let out = a.drain();
+        assert!(
+            lane_of(&out).is_some(),
+            "each delta the core sends offers the lane"
+        );
+        marks_a.extend(marks(&out));
+        marks_b.push(lane.chunk(*n as u64));
+        b.core
+            .handle_input(b.now, Input::AudioLaneSent { bytes: *n as u64 });
+        assert!(b.drain().is_empty(), "a lane chunk needs no output");
+    }
+    assert_eq!(
+        marks_a, marks_b,
+        "the lane names each chunk as the core does"
+    );
+    assert_eq!(a.core.ledger().entries(), b.core.ledger().entries());
+    // The first two chunks are echoed; the caller speaks 300 ms later.
+    for h in [&mut a, &mut b] {
+        h.ms(200);
+        h.mark(&marks_a[0]);
+        h.mark(&marks_a[1]);
+        h.ms(300);
+        speech_started(h);
+    }
+    let (out_a, out_b) = (a.drain(), b.drain());
+    assert_eq!(model_events(&out_a), model_events(&out_b));
+    assert_eq!(events(&out_a), events(&out_b));
+    assert!(types(&out_b).contains(&"conversation.item.truncate".to_owned()));
+}
+
+#[test]
+fn the_lane_holds_until_the_next_other_input() {
+    let mut h = H::ready(Agent::new("A", "x"));
+    h.response_created("r1");
+    h.delta("r1", "i1", 0, &audio(800));
+    assert!(lane_of(&h.drain()).is_some());
+    // Anything else the core handles withdraws the grant: a chunk reported after it is not
+    // recorded.
+    h.ms(10);
+    h.tick();
+    let before = h.core.ledger().entries().to_vec();
+    h.core
+        .handle_input(h.now, Input::AudioLaneSent { bytes: 800 });
+    assert_eq!(h.core.ledger().entries(), &before[..]);
+}
+
+#[test]
+fn no_lane_where_each_delta_needs_the_core() {
+    // Audio events for the application: every delta must pass the core.
+    let mut opts = CallOptions::default();
+    opts.audio_events = true;
+    let mut h = H::with(Agent::new("A", "x"), opts);
+    h.configured();
+    h.start();
+    h.drain();
+    h.response_created("r1");
+    h.delta("r1", "i1", 0, &audio(800));
+    assert!(lane_of(&h.drain()).is_none(), "audio events");
+    // Before Twilio's `start`: the audio waits in the core.
+    let mut h = H::new(Agent::new("A", "x"));
+    h.configured();
+    h.drain();
+    h.response_created("r1");
+    h.delta("r1", "i1", 0, &audio(800));
+    assert!(lane_of(&h.drain()).is_none(), "no stream yet");
+    // A response cut by a barge-in: its late audio is dropped by the core.
+    let mut h = H::ready(Agent::new("A", "x"));
+    h.response_created("r1");
+    h.delta("r1", "i1", 0, &audio(800));
+    speech_started(&mut h);
+    h.drain();
+    h.delta("r1", "i1", 0, &audio(800));
+    assert!(lane_of(&h.drain()).is_none(), "a cut response");
+}
+
+// ---------------------------------------------------------------------------------------------
 // 7. Tools; 8. handoffs
 
 #[test]

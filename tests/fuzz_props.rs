@@ -30,7 +30,7 @@ use twilio_realtime::call::playback::MarkName;
 use twilio_realtime::call::{CallCore, CallOptions, Command, Input, Output};
 use twilio_realtime::events::SessionEvent;
 use twilio_realtime::proto::mulaw;
-use twilio_realtime::proto::realtime::{ClientEvent, ServerEvent};
+use twilio_realtime::proto::realtime::{AudioDeltaFrame, ClientEvent, ServerEvent};
 use twilio_realtime::proto::twilio::{MediaFrame, TwilioCommand, TwilioMessage};
 use twilio_realtime::CallError;
 
@@ -177,6 +177,74 @@ fn mediaish() -> impl Strategy<Value = String> {
                 }
             },
         )
+}
+
+/// `response.output_audio.delta` events whose fields take random types and values, some left
+/// out, some of another event type.
+fn deltaish() -> impl Strategy<Value = String> {
+    let value = prop_oneof![
+        Just(json!(null)),
+        any::<i64>().prop_map(|n| json!(n)),
+        any::<u64>().prop_map(|n| json!(n)),
+        any::<f64>().prop_map(|n| json!(n)),
+        "[a-zA-Z0-9+/=_]{0,16}".prop_map(|s| json!(s)),
+        Just(json!("//8=")),
+        Just(json!("/w==")),
+        Just(json!({})),
+        Just(json!(["//8="])),
+    ];
+    let maybe = prop::option::weighted(0.8, value);
+    (
+        prop_oneof![
+            Just(json!("response.output_audio.delta")),
+            Just(json!("response.output_audio.done")),
+            Just(json!(7)),
+        ],
+        [maybe.clone(), maybe.clone(), maybe.clone()],
+        [maybe.clone(), maybe.clone(), maybe],
+        any::<bool>(),
+    )
+        .prop_map(|(ty, [eid, rid, iid], [oi, ci, delta], escaped)| {
+            let mut o = serde_json::Map::new();
+            o.insert("type".into(), ty);
+            for (k, v) in [
+                ("event_id", eid),
+                ("response_id", rid),
+                ("item_id", iid),
+                ("output_index", oi),
+                ("content_index", ci),
+                ("delta", delta),
+            ] {
+                if let Some(v) = v {
+                    o.insert(k.into(), v);
+                }
+            }
+            let text = serde_json::Value::Object(o).to_string();
+            if escaped {
+                text.replace('/', "\\/")
+            } else {
+                text
+            }
+        })
+}
+
+proptest! {
+    /// The borrowed one-pass parse the agent-audio lane uses accepts exactly the frames the
+    /// full parse reads as `response.output_audio.delta`, with the same fields.
+    #[test]
+    fn delta_fast_path_agrees_with_the_full_parse(text in prop_oneof![deltaish(), objectish(), jsonish()]) {
+        let fast = AudioDeltaFrame::parse(&text);
+        match ServerEvent::parse(&text) {
+            Ok(ServerEvent::OutputAudioDelta(d)) => {
+                let fast = fast.expect("the fast path refused a delta the full parse took");
+                prop_assert_eq!(fast.response_id(), d.response_id.as_str());
+                prop_assert_eq!(fast.item_id(), d.item_id.as_str());
+                prop_assert_eq!(fast.content_index(), d.content_index);
+                prop_assert_eq!(fast.delta(), d.delta.as_str());
+            }
+            _ => prop_assert!(fast.is_none(), "the fast path took what the full parse refused"),
+        }
+    }
 }
 
 proptest! {

@@ -106,6 +106,13 @@ pub enum Input {
         /// Where and why.
         what: String,
     },
+    /// The shell sent a chunk of `bytes` of µ-law audio (and its chunk mark) to Twilio on the
+    /// agent-audio lane the core granted ([`crate::call::Output::AudioLane`]), at the `now`
+    /// given with this input. Fed in order, before any other input.
+    AudioLaneSent {
+        /// The chunk's µ-law bytes (decoded size).
+        bytes: u64,
+    },
     /// Time passed (the shell woke at [`CallCore::next_deadline`]): tool and approval
     /// timeouts, the end of a drain, round-trip probes, silence and ping rules.
     Timeout,
@@ -115,6 +122,11 @@ impl CallCore {
     /// Feeds one input at `now`; then drain [`CallCore::poll_output`] and sleep until
     /// [`CallCore::next_deadline`] or the next input, whichever comes first.
     pub fn handle_input(&mut self, now: Instant, input: Input) {
+        if let Input::AudioLaneSent { bytes } = input {
+            return self.handle_audio_lane_sent(now, bytes);
+        }
+        // A lane holds only until the next input of another kind (see `call::audio_lane`).
+        self.audio_lane = None;
         match input {
             Input::Twilio(m) => self.handle_twilio(now, m),
             Input::TwilioActivity => self.handle_twilio_activity(now),
@@ -133,6 +145,7 @@ impl CallCore {
             Input::Command(c) => self.handle_command(now, c),
             Input::Panicked { what } => self.handle_panic(now, what),
             Input::Timeout => self.handle_timeout(now),
+            Input::AudioLaneSent { .. } => {}
         }
     }
 }

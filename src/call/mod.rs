@@ -45,6 +45,7 @@
 //! assert!(matches!(outputs.last(), Some(Output::ModelReady)));
 //! ```
 
+pub mod audio_lane;
 pub mod inbound;
 mod input;
 pub mod live;
@@ -353,6 +354,10 @@ pub enum Output {
     CloseModel,
     /// Close the Twilio stream (ends `<Connect><Stream>`).
     CloseTwilio,
+    /// The next audio deltas of one item may go to Twilio without the core, until the core's
+    /// next input of another kind: see [`audio_lane`]. Report each chunk sent that way with
+    /// [`Input::AudioLaneSent`]. A shell that does not use the lane ignores this.
+    AudioLane(audio_lane::AudioLane),
     /// Send a WebSocket ping on the model connection (it has been quiet for
     /// [`CallOptions::model_ping_interval`]); whatever it sends next counts as the answer
     /// (report it with [`Input::ModelActivity`]).
@@ -473,6 +478,8 @@ pub struct CallCore {
     cut_responses: HashSet<String>,
     needs_response: bool,
     speaking_items: HashSet<String>,
+    /// The agent-audio lane granted by the last input (see [`audio_lane`]).
+    audio_lane: Option<audio_lane::AudioLane>,
     audio_reported: bool,
     assistant_audio_seen: bool,
     tools: HashMap<String, PendingTool>,
@@ -546,6 +553,7 @@ impl CallCore {
             cut_responses: HashSet::new(),
             needs_response: false,
             speaking_items: HashSet::new(),
+            audio_lane: None,
             audio_reported: false,
             assistant_audio_seen: false,
             tools: HashMap::new(),
@@ -987,6 +995,55 @@ impl CallCore {
         self.next_probe_at = None;
     }
 
+    /// After forwarding a delta of this item: lets the shell forward the item's next deltas
+    /// itself when nothing the core does per delta is needed for them (no audio events, a
+    /// Realtime session, the stream known, the call not ending).
+    fn offer_audio_lane(&mut self, response_id: &str, item_id: &str, content_index: u32) {
+        if self.opts.audio_events || self.is_live() || self.ending.is_some() {
+            return;
+        }
+        let (Some(sid), None) = (&self.stream_sid, &self.ended) else {
+            return;
+        };
+        let Some(sent) = self
+            .ledger
+            .entries()
+            .iter()
+            .find(|e| e.item_id == item_id && e.content_index == content_index)
+            .map(|e| e.sent)
+        else {
+            return;
+        };
+        let lane = audio_lane::AudioLane::new(
+            sid.as_str(),
+            response_id,
+            item_id,
+            content_index,
+            self.ledger.generation(),
+            sent,
+        );
+        self.audio_lane = Some(lane.clone());
+        self.out(Output::AudioLane(lane));
+    }
+
+    /// A chunk the shell sent on the agent-audio lane: the ledger records it as
+    /// [`CallCore::send_audio`] would have.
+    fn handle_audio_lane_sent(&mut self, now: Instant, bytes: u64) {
+        let Some(lane) = &self.audio_lane else {
+            log::warn!(target: LOG, "audio reported sent on a lane that was not granted");
+            return;
+        };
+        self.ledger.record_chunk(
+            now,
+            lane.response_id(),
+            lane.item_id(),
+            lane.content_index(),
+            bytes,
+        );
+        self.audio_reported = true;
+        self.next_probe_at = None;
+    }
+
     fn send_audio_done(&mut self, item_id: &str, content_index: u32) {
         if self.stream_sid.is_none() {
             self.pending_twilio.push(PendingTwilio::Done {
@@ -1250,6 +1307,7 @@ impl CallCore {
                     return;
                 }
                 self.send_audio(now, &d.response_id, &d.item_id, d.content_index, d.delta);
+                self.offer_audio_lane(&d.response_id, &d.item_id, d.content_index);
             }
             ServerEvent::OutputAudioDone(d) if !self.cut_responses.contains(&d.response_id) => {
                 self.send_audio_done(&d.item_id, d.content_index);

@@ -955,6 +955,87 @@ pub fn write_append_json(out: &mut String, audio_b64: &str) {
     out.push('}');
 }
 
+/// A `response.output_audio.delta` read in one pass with every string borrowed from the frame
+/// (the agent-audio fast path: no `type` peek, no owned copy of the audio). The fields and
+/// their types are [`AudioDelta`]'s, so exactly the frames [`ServerEvent::parse`] reads as
+/// [`ServerEvent::OutputAudioDelta`] parse here, with the same base64 check; anything else is
+/// `None` (and goes the general way).
+///
+/// ```
+/// use twilio_realtime::proto::realtime::AudioDeltaFrame;
+///
+/// let text = r#"{"type":"response.output_audio.delta","event_id":"e1","response_id":"r1",
+///   "item_id":"i1","output_index":0,"content_index":0,"delta":"//8="}"#;
+/// let d = AudioDeltaFrame::parse(text).expect("an audio delta");
+/// assert_eq!((d.response_id(), d.item_id(), d.content_index(), d.delta()), ("r1", "i1", 0, "//8="));
+/// assert!(AudioDeltaFrame::parse(r#"{"type":"response.done","response":{}}"#).is_none());
+/// ```
+#[derive(Debug)]
+pub struct AudioDeltaFrame<'a> {
+    response_id: std::borrow::Cow<'a, str>,
+    item_id: std::borrow::Cow<'a, str>,
+    content_index: u32,
+    delta: std::borrow::Cow<'a, str>,
+}
+
+impl<'a> AudioDeltaFrame<'a> {
+    /// The frame, if `text` is a valid `response.output_audio.delta`.
+    pub fn parse(text: &'a str) -> Option<AudioDeltaFrame<'a>> {
+        let w: AudioDeltaWire<'a> = serde_json::from_str(text).ok()?;
+        if w.ty != "response.output_audio.delta" {
+            return None;
+        }
+        crate::proto::mulaw::validate_base64(&w.delta).ok()?;
+        Some(AudioDeltaFrame {
+            response_id: w.response_id,
+            item_id: w.item_id,
+            content_index: w.content_index,
+            delta: w.delta,
+        })
+    }
+
+    /// The response the audio belongs to.
+    pub fn response_id(&self) -> &str {
+        &self.response_id
+    }
+
+    /// The assistant item the audio belongs to.
+    pub fn item_id(&self) -> &str {
+        &self.item_id
+    }
+
+    /// The content part inside the item.
+    pub fn content_index(&self) -> u32 {
+        self.content_index
+    }
+
+    /// The base64 audio.
+    pub fn delta(&self) -> &str {
+        &self.delta
+    }
+}
+
+/// [`AudioDelta`] with every string borrowed: the same names, types and defaults.
+#[derive(Deserialize)]
+struct AudioDeltaWire<'a> {
+    #[serde(rename = "type", borrow)]
+    ty: std::borrow::Cow<'a, str>,
+    #[serde(default, borrow)]
+    #[allow(dead_code)] // checked for its type, like `AudioDelta::event_id`
+    event_id: std::borrow::Cow<'a, str>,
+    #[serde(default, borrow)]
+    response_id: std::borrow::Cow<'a, str>,
+    #[serde(default, borrow)]
+    item_id: std::borrow::Cow<'a, str>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    output_index: u32,
+    #[serde(default)]
+    content_index: u32,
+    #[serde(default, borrow)]
+    delta: std::borrow::Cow<'a, str>,
+}
+
 // -------------------------------------------------------------------------------------------
 // Server events
 

@@ -597,6 +597,89 @@ impl Lane {
     }
 }
 
+/// The agent-audio lane of one model connection (see [`crate::call::audio_lane`]), shared by
+/// its reader thread (each delta) and the session thread (grants, revocations, and the chunks
+/// to record). A grant is good only while the reader has sent the session thread nothing since
+/// the message it was granted after: then no model event the core has not seen can stand
+/// between the delta and the caller, and the session thread revokes it before it handles
+/// anything, so a lane write never follows a `clear` or a frame the session thread writes.
+struct AgentLane {
+    /// Messages the reader sent the session thread on this connection.
+    sent: u64,
+    /// The lane, with the `sent` count it was granted at.
+    grant: Option<(u64, crate::call::audio_lane::AudioLane)>,
+    twilio: WsSender,
+    /// Chunks sent on the lane, each with when it went out, for the session thread to record
+    /// (at most [`MAX_LANE_CHUNKS`]: then deltas take the ordinary way, which records them).
+    chunks: Vec<(Instant, u64)>,
+    buf: String,
+    counters: Arc<Counters>,
+}
+
+/// Most lane chunks waiting for the session thread (a long answer and no other wake-up: about
+/// 6 s of 100 ms deltas). The next delta then goes the ordinary way.
+const MAX_LANE_CHUNKS: usize = 64;
+
+impl AgentLane {
+    /// Writes `text` to Twilio if it is a delta the lane may take; otherwise counts it as sent
+    /// to the session thread (which it must then be) and returns false.
+    fn forward(&mut self, text: &str) -> bool {
+        if self.try_forward(text) {
+            return true;
+        }
+        self.sent = self.sent.wrapping_add(1);
+        self.grant = None;
+        false
+    }
+
+    fn try_forward(&mut self, text: &str) -> bool {
+        let AgentLane {
+            sent,
+            grant,
+            twilio,
+            chunks,
+            buf,
+            counters,
+        } = self;
+        let Some((at, lane)) = grant else {
+            return false;
+        };
+        if *at != *sent || chunks.len() >= MAX_LANE_CHUNKS {
+            return false;
+        }
+        let Some(d) = crate::proto::realtime::AudioDeltaFrame::parse(text) else {
+            return false;
+        };
+        if d.delta().is_empty() || !lane.matches(d.response_id(), d.item_id(), d.content_index()) {
+            return false;
+        }
+        buf.clear();
+        write_media_json(buf, lane.stream_sid(), d.delta());
+        if let Err(e) = twilio.send_now(Message::text(buf.as_str())) {
+            // Nothing went out: the session thread sends it (and learns of the failure).
+            log::debug!(target: TWILIO_LOG, "lane frame not written: {e}");
+            return false;
+        }
+        let bytes = crate::proto::mulaw::base64_decoded_len(d.delta()) as u64;
+        chunks.push((Instant::now(), bytes));
+        counters.frames_to_caller.fetch_add(1, Ordering::Relaxed);
+        counters.bytes_to_caller.fetch_add(bytes, Ordering::Relaxed);
+        let mark = lane.chunk(bytes);
+        buf.clear();
+        write_mark_json(buf, lane.stream_sid(), &mark);
+        if let Err(e) = twilio.send_now(Message::text(buf.as_str())) {
+            // The socket failed: its reader reports it; no more lane writes.
+            log::debug!(target: TWILIO_LOG, "lane mark not written: {e}");
+            *grant = None;
+        }
+        true
+    }
+}
+
+fn lock_agent(lane: &Mutex<AgentLane>) -> MutexGuard<'_, AgentLane> {
+    lane.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn lock(lane: &Mutex<Lane>) -> MutexGuard<'_, Lane> {
     // A panic while holding the lane cannot leave it inconsistent in a way that matters more
     // than losing the call; keep going with the inner value.
@@ -721,6 +804,10 @@ impl Session {
             counters: counters.clone(),
             twilio_started: None,
             model_events: opts.model_events.clone(),
+            agent_lane: None,
+            model_msgs: 0,
+            lane_chunks: Vec::new(),
+            granted: None,
         };
         let thread = thread::Builder::new()
             .name("session".into())
@@ -1018,6 +1105,15 @@ struct Shell {
     /// When Twilio's `start` arrived.
     twilio_started: Option<Instant>,
     model_events: Option<ModelEventLog>,
+    /// The current model connection's agent-audio lane.
+    agent_lane: Option<Arc<Mutex<AgentLane>>>,
+    /// Messages of the current model connection's reader handled so far (a lane grant is
+    /// good while the reader has sent no more).
+    model_msgs: u64,
+    /// Chunks taken from the agent-audio lane (capacity kept between turns).
+    lane_chunks: Vec<(Instant, u64)>,
+    /// A lane the core granted while its outputs are performed (published after them).
+    granted: Option<crate::call::audio_lane::AudioLane>,
 }
 
 /// Counts a running tool worker; dropped when the worker ends (or never started).
@@ -1221,6 +1317,17 @@ impl Shell {
             std::mem::swap(&mut l.marks, &mut self.marks);
             l.marks_wake_queued = false;
         }
+        // The agent-audio lane closes before this thread handles anything (and so before it
+        // writes to Twilio); its chunks are taken after the marks (a mark taken was echoed,
+        // so its chunk is in the lane by now) and recorded before them.
+        if let Some(a) = &self.agent_lane {
+            let mut a = lock_agent(a);
+            a.grant = None;
+            std::mem::swap(&mut a.chunks, &mut self.lane_chunks);
+        }
+        for (at, bytes) in self.lane_chunks.drain(..) {
+            self.core.handle_input(at, Input::AudioLaneSent { bytes });
+        }
         for (at, mark) in self.marks.drain(..) {
             if let Some(r) = &mut self.recorder {
                 r.mark_echoed(at, &mark);
@@ -1231,6 +1338,13 @@ impl Shell {
 
     fn handle(&mut self, msg: ShellMsg) {
         let now = Instant::now();
+        if let ShellMsg::Model(gen, _) | ShellMsg::LiveModel(gen, _) | ShellMsg::ModelBad(gen, _) =
+            &msg
+        {
+            if *gen == self.model_gen {
+                self.model_msgs = self.model_msgs.wrapping_add(1);
+            }
+        }
         if let Some(r) = &mut self.recorder {
             record_shell_msg(r, &msg, self.model_gen);
         }
@@ -1389,6 +1503,21 @@ impl Shell {
         let cancel = Arc::new(AtomicBool::new(false));
         self.model_cancel = cancel.clone();
         let live = self.core.is_live();
+        // The agent-audio lane skips the session thread, so nothing that must see every delta
+        // there (a recording, GPT-Live's pacer) may be in use.
+        self.agent_lane = match (&self.twilio, &self.recorder, live) {
+            (Some(t), None, false) => Some(Arc::new(Mutex::new(AgentLane {
+                sent: 0,
+                grant: None,
+                twilio: t.sender(),
+                chunks: Vec::new(),
+                buf: String::new(),
+                counters: self.counters.clone(),
+            }))),
+            _ => None,
+        };
+        self.model_msgs = 0;
+        let agent = self.agent_lane.clone();
         let spawned = conn.spawn("model", move |inc| {
             let model = ModelReader {
                 gen,
@@ -1397,6 +1526,7 @@ impl Shell {
                 events: &events,
                 transport,
                 cancel: &cancel,
+                agent: agent.as_deref(),
             };
             model.incoming(inc, &mut log)
         });
@@ -1518,6 +1648,8 @@ impl Shell {
                     Some(t) => t.close(),
                     None => self.end_call(),
                 },
+                // Opened once this wake-up's outputs are written (they come first).
+                Output::AudioLane(lane) => self.granted = Some(lane),
                 Output::PingModel => {
                     if let Some(m) = &self.model {
                         log::debug!(target: MODEL_LOG, "model quiet; pinging");
@@ -1526,6 +1658,11 @@ impl Shell {
                         }
                     }
                 }
+            }
+        }
+        if let Some(lane) = self.granted.take() {
+            if let (Some(a), false) = (&self.agent_lane, ended) {
+                lock_agent(a).grant = Some((self.model_msgs, lane));
             }
         }
         ended
@@ -1713,6 +1850,9 @@ struct ModelReader<'a> {
     events: &'a EventSender,
     transport: TransportEvents,
     cancel: &'a AtomicBool,
+    /// The connection's agent-audio lane (none on a GPT-Live call, a recorded call, or a call
+    /// without a Twilio stream).
+    agent: Option<&'a Mutex<AgentLane>>,
 }
 
 impl ModelReader<'_> {
@@ -1739,6 +1879,17 @@ impl ModelReader<'_> {
                 #[cfg(test)]
                 if text.contains(TEST_PANIC_MARKER) {
                     panic!("injected panic in the model reader");
+                }
+                if let Some(a) = self.agent {
+                    if lock_agent(a).forward(text) {
+                        if self.transport == TransportEvents::All {
+                            self.events
+                                .send(SessionEvent::Transport(TransportEvent::ModelEvent(
+                                    text.to_owned(),
+                                )));
+                        }
+                        return;
+                    }
                 }
                 match self.parse(text) {
                     Ok((msg, audio)) => {
