@@ -18,7 +18,8 @@
 //! Nothing here is touched per audio frame: traffic is counted by the session (a relaxed
 //! atomic add per frame, which it does anyway) and published when the call ends. Labels never
 //! carry phone numbers, CallSids or other caller data: only close reasons, tool names (at most
-//! [`MAX_TOOL_LABELS`] distinct ones, then `other`), outcomes, directions and peers.
+//! [`MAX_TOOL_LABELS`] distinct ones, then `other`), outcomes, directions, peers and fixed
+//! kinds of bad input.
 //!
 //! Without the server, an application publishes its own calls:
 //!
@@ -97,18 +98,19 @@ pub fn close_reason_label(reason: &CloseReason) -> &'static str {
     }
 }
 
-/// The peer whose bad input an error reports (`twilio`, `model`), for `bad_input_total`: a
-/// message skipped or refused, not a socket that failed.
-fn bad_input_peer(e: &CallError) -> Option<&'static str> {
-    match e {
-        CallError::BadTwilioMessage { .. }
-        | CallError::TooManyBadMessages { .. }
-        | CallError::UnsupportedMediaFormat { .. } => Some("twilio"),
-        CallError::ModelError { .. }
-        | CallError::BadModelEvent { .. }
-        | CallError::ModelConfigRejected { .. } => Some("model"),
-        _ => None,
-    }
+/// The peer whose bad input an error reports (`twilio`, `model`) and its kind, for
+/// `bad_input_total`: a message skipped or refused, not a socket that failed. Kinds are fixed
+/// names of the error's variant, never text from the peer.
+fn bad_input_kind(e: &CallError) -> Option<(&'static str, &'static str)> {
+    Some(match e {
+        CallError::BadTwilioMessage { .. } => ("twilio", "bad_message"),
+        CallError::TooManyBadMessages { .. } => ("twilio", "too_many_bad_messages"),
+        CallError::UnsupportedMediaFormat { .. } => ("twilio", "unsupported_media_format"),
+        CallError::ModelError { .. } => ("model", "error_event"),
+        CallError::BadModelEvent { .. } => ("model", "bad_event"),
+        CallError::ModelConfigRejected { .. } => ("model", "config_rejected"),
+        _ => return None,
+    })
 }
 
 /// One tool call of a call.
@@ -223,7 +225,7 @@ impl CallStats {
                 }
             }
             SessionEvent::Handoff { .. } => self.handoffs = self.handoffs.saturating_add(1),
-            SessionEvent::Error(e) => match bad_input_peer(e) {
+            SessionEvent::Error(e) => match bad_input_kind(e).map(|(peer, _)| peer) {
                 Some("twilio") => self.bad_twilio = self.bad_twilio.saturating_add(1),
                 Some(_) => self.bad_model = self.bad_model.saturating_add(1),
                 None => {}
@@ -444,7 +446,7 @@ impl Families {
         );
         r.register(
             "bad_input",
-            "Bad messages by peer (twilio, model)",
+            "Bad input by peer (twilio, model) and kind (bad_message, too_many_bad_messages, unsupported_media_format, error_event, bad_event, config_rejected)",
             f.bad_input,
         );
         r.register(
@@ -533,8 +535,10 @@ impl Metrics {
                 f.handoffs.inc();
             }
             SessionEvent::Error(e) => {
-                if let Some(peer) = bad_input_peer(e) {
-                    f.bad_input.get_or_create(&label("peer", peer)).inc();
+                if let Some((peer, kind)) = bad_input_kind(e) {
+                    f.bad_input
+                        .get_or_create(&vec![("peer", peer.into()), ("kind", kind.into())])
+                        .inc();
                 }
             }
             SessionEvent::EventsDropped { count } => {

@@ -307,3 +307,61 @@ fn the_queued_bytes_gauge_shows_caller_audio_piling_up_behind_a_model_that_stopp
     assert_eq!(sample(&text, twilio), Some(0.0), "{text}");
     rig.stop();
 }
+
+#[test]
+fn bad_input_is_counted_by_peer_and_kind_without_the_peers_text() {
+    capture_summaries();
+    // 150 ms into the model connection: a frame that is not JSON, and an `error` event in the
+    // shape the API sends (spec: RealtimeServerEventError); the call goes on.
+    let at = Duration::from_millis(150);
+    let error = r#"{"type":"error","event_id":"ev_1","error":{"type":"invalid_request_error","code":"invalid_value","message":"Something +15550100 was wrong.","param":null,"event_id":null}}"#;
+    let rig = Rig::start(
+        FakeModelConfig {
+            script: vec![Reply::say("Hello.", 300)],
+            faults: Faults {
+                raw: vec![(at, "not json at all".into()), (at, error.into())],
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        || Agent::new("Assistant", "Be brief."),
+    );
+    let report = run(
+        &rig,
+        "CA0000000000000000000000000000a004",
+        common::short_call(),
+    );
+    assert_eq!(report.played_ms(), 300, "the call went on");
+    let text = metrics(rig.addr);
+    for (name, value) in [
+        (
+            "twilio_realtime_bad_input_total{peer=\"model\",kind=\"bad_event\"}",
+            1.0,
+        ),
+        (
+            "twilio_realtime_bad_input_total{peer=\"model\",kind=\"error_event\"}",
+            1.0,
+        ),
+        (
+            "twilio_realtime_calls_total{reason=\"twilio_stopped\"}",
+            1.0,
+        ),
+    ] {
+        assert_eq!(sample(&text, name), Some(value), "{name} in\n{text}");
+    }
+    assert!(!text.contains("peer=\"twilio\",kind"), "{text}");
+    assert!(
+        !text.contains("invalid_value") && !text.contains("+1555"),
+        "the peer's text in a label:\n{text}"
+    );
+    let lines = summaries(&report.call_sid);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(
+        (
+            lines[0]["bad_model"].as_u64(),
+            lines[0]["bad_twilio"].as_u64()
+        ),
+        (Some(2), Some(0))
+    );
+    rig.stop();
+}
