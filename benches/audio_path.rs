@@ -11,7 +11,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use std::hint::black_box;
 use twilio_realtime::agent::Agent;
 use twilio_realtime::call::inbound::{InboundAudio, InboundConfig};
-use twilio_realtime::call::{CallCore, CallOptions, Command, Input, Output};
+use twilio_realtime::call::{CallConfig, CallCore, Command, Input, Output};
 use twilio_realtime::proto::mulaw;
 use twilio_realtime::proto::realtime::{write_append_json, ServerEvent};
 use twilio_realtime::proto::twilio::{
@@ -42,7 +42,7 @@ fn delta(resp: &str, item: &str, bytes: usize) -> String {
 
 fn ready_core() -> (CallCore, Instant) {
     let now = Instant::now();
-    let mut core = CallCore::new(Agent::new("A", "x"), CallOptions::default(), now);
+    let mut core = CallCore::new(Agent::new("A", "x"), CallConfig::default(), now);
     core.handle_input(
         now,
         Input::Model(

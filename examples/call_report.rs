@@ -4,7 +4,7 @@
 //! cargo run --example call_report -- FILE.jsonl [OUT.svg]
 //! ```
 //!
-//! `FILE.jsonl` is a recording made with `SessionOptions::recording` (the example server
+//! `FILE.jsonl` is a recording made with `SessionConfig::recording` (the example server
 //! writes one per call into `CALL_RECORDING_DIR`; the demo writes `out/demo/call.jsonl`).
 //! The picture goes to `OUT.svg`, by default beside the recording with the extension `.svg`.
 

@@ -36,7 +36,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
 use twilio_realtime::agent::{Agent, FunctionTool};
-use twilio_realtime::call::live::LiveOptions;
+use twilio_realtime::call::live::LiveConfig;
 use twilio_realtime::call::playback::MarkName;
 use twilio_realtime::call::{Greeting, ModelApi};
 use twilio_realtime::events::SessionEvent;
@@ -218,7 +218,7 @@ fn call(t0: Instant, model: Fake) -> Result<(), Box<dyn std::error::Error>> {
     let live = matches!(model, Fake::Live(_));
     let (api, url) = match &model {
         Fake::Realtime(m) => (ModelApi::Realtime, m.url()),
-        Fake::Live(m) => (ModelApi::Live(LiveOptions::default()), m.url()),
+        Fake::Live(m) => (ModelApi::Live(LiveConfig::default()), m.url()),
     };
     cfg.session = cfg.session.model_api(api);
     cfg.session.model.url = url;

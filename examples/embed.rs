@@ -26,7 +26,7 @@ use std::sync::Arc;
 use touche::{header, upgrade::Upgrade, Body, Connection, Method, Request, Response, StatusCode};
 use twilio_realtime::io::http::RequestHead;
 use twilio_realtime::io::ws::check_upgrade;
-use twilio_realtime::{Agent, Session, SessionEvent, SessionOptions, WsConfig, WsConn};
+use twilio_realtime::{Agent, Session, SessionConfig, SessionEvent, WsConfig, WsConn};
 
 /// What the application does with each call's events (it sees them on the call's thread).
 pub type OnEvent = Arc<dyn Fn(&SessionEvent) + Send + Sync>;
@@ -61,7 +61,7 @@ fn text(status: StatusCode, ctype: &str, body: String) -> Response<Body> {
 }
 
 /// Runs one call on the socket touche handed over after it wrote the `101`.
-fn run_call(conn: Connection, opts: &SessionOptions, on_event: &OnEvent) {
+fn run_call(conn: Connection, opts: &SessionConfig, on_event: &OnEvent) {
     let Ok(tcp) = conn.downcast::<TcpStream>() else {
         eprintln!("embed: the upgraded connection is not plain TCP");
         return;
@@ -87,11 +87,7 @@ fn run_call(conn: Connection, opts: &SessionOptions, on_event: &OnEvent) {
 
 /// Serves the application's routes and the Media Streams upgrade on `listener` until the
 /// process ends.
-pub fn serve(
-    listener: TcpListener,
-    opts: SessionOptions,
-    on_event: OnEvent,
-) -> std::io::Result<()> {
+pub fn serve(listener: TcpListener, opts: SessionConfig, on_event: OnEvent) -> std::io::Result<()> {
     touche::Server::from(listener).serve(move |req: Request<Body>| {
         let head = head_of(&req);
         let res = match (req.method(), head.path()) {
@@ -128,7 +124,7 @@ fn main() -> std::io::Result<()> {
     let addr = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:5050".into());
-    let mut opts = SessionOptions::new(std::env::var("OPENAI_API_KEY").ok());
+    let mut opts = SessionConfig::new(std::env::var("OPENAI_API_KEY").ok());
     if let Ok(url) = std::env::var("OPENAI_REALTIME_URL") {
         opts = opts.url(url);
     }

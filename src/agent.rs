@@ -241,7 +241,7 @@ impl Verdict {
 type GuardrailFn = dyn Fn(&str) -> Verdict + Send + Sync;
 
 /// A check run on the agent's spoken transcript while it speaks (every
-/// [`crate::call::CallOptions::guardrail_debounce_chars`] characters and on the final text),
+/// [`crate::call::CallConfig::guardrail_debounce_chars`] characters and on the final text),
 /// off the audio path. A trip interrupts the agent like a barge-in.
 #[derive(Clone)]
 pub struct OutputGuardrail {
@@ -391,7 +391,7 @@ impl Agent {
     /// When the model calls it (in the response that says goodbye, or in the next one) the
     /// bridge gives it its output but asks for no further response, and the call ends once the
     /// caller has heard everything the agent said (every chunk's mark echoed by Twilio), at
-    /// most [`crate::call::CallOptions::hang_up_timeout`] later, with
+    /// most [`crate::call::CallConfig::hang_up_timeout`] later, with
     /// [`crate::events::CloseReason::AgentHungUp`]. Closing the stream ends `<Connect>`:
     /// Twilio runs the next TwiML verb, and with none the call ends.
     pub fn can_hang_up(self) -> Agent {

@@ -162,7 +162,7 @@ pub enum CallError {
         cause: Option<Cause>,
     },
     /// The model answered no WebSocket ping (nor sent anything) within
-    /// `CallOptions::model_pong_timeout`: the connection counts as lost.
+    /// `CallConfig::model_pong_timeout`: the connection counts as lost.
     ModelUnresponsive {
         /// How long the bridge waited after its ping.
         waited: Duration,
@@ -188,13 +188,13 @@ pub enum CallError {
         /// The socket's error, if it failed rather than closed.
         cause: Option<Cause>,
     },
-    /// After `start`, Twilio sent nothing for `CallOptions::twilio_silence_timeout` (a live
+    /// After `start`, Twilio sent nothing for `CallConfig::twilio_silence_timeout` (a live
     /// stream sends `media` every 20 ms).
     TwilioSilent {
         /// How long nothing came.
         waited: Duration,
     },
-    /// Twilio opened the stream but sent no `start` within `CallOptions::start_timeout`.
+    /// Twilio opened the stream but sent no `start` within `CallConfig::start_timeout`.
     StreamNeverStarted {
         /// How long the bridge waited.
         waited: Duration,
@@ -221,13 +221,13 @@ pub enum CallError {
         /// What was wrong (never the message itself).
         message: String,
     },
-    /// Twilio kept sending bad messages beyond `SessionOptions::bad_message_budget`.
+    /// Twilio kept sending bad messages beyond `SessionConfig::bad_message_budget`.
     TooManyBadMessages {
         /// Bad messages seen in the call.
         messages: u64,
     },
     /// A tool did not return within its timeout (`FunctionTool::timeout` or
-    /// `CallOptions::tool_timeout`); the model was told so.
+    /// `CallConfig::tool_timeout`); the model was told so.
     ToolTimedOut {
         /// The tool's name.
         tool: String,
@@ -250,7 +250,7 @@ pub enum CallError {
         message: String,
     },
     /// A tool call waiting for approval was not approved within
-    /// `CallOptions::approval_timeout`; it was rejected.
+    /// `CallConfig::approval_timeout`; it was rejected.
     ToolApprovalTimedOut {
         /// The tool's name.
         tool: String,

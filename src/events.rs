@@ -289,7 +289,7 @@ pub enum SessionEvent {
     Transport(TransportEvent),
     /// The application did not keep up with the events: `count` were dropped from the full
     /// queue since the last event it read (the oldest audio and transport events first; see
-    /// `SessionOptions::event_capacity`). Delivered before the next event after the gap.
+    /// `SessionConfig::event_capacity`). Delivered before the next event after the gap.
     EventsDropped {
         /// Events dropped.
         count: u64,

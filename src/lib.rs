@@ -46,8 +46,8 @@
 //! Unix only: the socket layer waits with `poll(2)`.
 //!
 //! What an application uses is re-exported at the crate root: [`Agent`], [`FunctionTool`],
-//! [`Session`], [`SessionOptions`], [`SessionEvent`], [`CloseReason`],
-//! [`CallError`], [`CallOptions`], [`WsConn`], [`WsConfig`], [`CallInfo`], and with the
+//! [`Session`], [`SessionConfig`], [`SessionEvent`], [`CloseReason`],
+//! [`CallError`], [`CallConfig`], [`WsConn`], [`WsConfig`], [`CallInfo`], and with the
 //! `server` feature [`Server`] and [`ServerConfig`]. The modules hold the rest; `proto`, `call`
 //! and `io` are the layers underneath, public for tests, simulators and the curious, and
 //! evolve faster than the root.
@@ -82,7 +82,10 @@ pub mod telephony;
 // What an application touches, importable from the crate root (`use twilio_realtime::{Agent,
 // Session, SessionEvent, …}`); the modules keep the rest.
 pub use agent::{Agent, FunctionTool, OutputGuardrail, ToolCall, ToolError, ToolFailure, Verdict};
-pub use call::{CallOptions, Greeting};
+pub use call::{CallConfig, Greeting};
+// The former names, deprecated aliases so that code written against them still compiles.
+#[allow(deprecated)]
+pub use call::CallOptions;
 pub use error::{CallError, Cause, ErrorSource};
 pub use events::{
     CloseReason, EventReceiver, HistoryItem, HistoryKind, InterruptCause, SessionEvent,
@@ -92,7 +95,9 @@ pub use io::ws::{WsConfig, WsConn};
 #[cfg(feature = "server")]
 pub use server::{Server, ServerConfig};
 #[allow(deprecated)]
-pub use session::{AgentSource, CallControl, ModelOptions, Session, SessionHandle, SessionOptions};
+pub use session::{AgentSource, CallControl, ModelConfig, Session, SessionConfig, SessionHandle};
+#[allow(deprecated)]
+pub use session::{ModelOptions, SessionOptions};
 pub use telephony::call_info::CallInfo;
 
 /// The README's examples, compiled as doctests so they stay true.

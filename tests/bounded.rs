@@ -14,7 +14,7 @@ use tungstenite::Message;
 use twilio_realtime::agent::{Agent, FunctionTool};
 use twilio_realtime::events::SessionEvent;
 use twilio_realtime::io::ws::{ClientRequest, WsConfig, WsConn};
-use twilio_realtime::session::{Session, SessionOptions, TransportEvents};
+use twilio_realtime::session::{Session, SessionConfig, TransportEvents};
 use twilio_realtime::sim::fake_model::{FakeModel, FakeModelConfig, Faults, Reply};
 use twilio_realtime::sim::twilio_call::{Segment, TwilioCall, TwilioCallConfig};
 
@@ -44,7 +44,7 @@ fn an_application_that_never_reads_events_holds_at_most_their_capacity() {
     });
     let (tcp, _) = listener.accept().unwrap();
     let (twilio, _) = WsConn::accept(tcp, None, &WsConfig::default()).unwrap();
-    let mut opts = SessionOptions::new(Some("sk-test".into())).url(model.url());
+    let mut opts = SessionConfig::new(Some("sk-test".into())).url(model.url());
     // Every message and every audio chunk becomes an event: hundreds in a few seconds.
     opts.transport_events = TransportEvents::All;
     opts.call.audio_events = true;

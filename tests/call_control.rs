@@ -11,7 +11,7 @@ use std::time::Duration;
 use twilio_realtime::agent::Agent;
 use twilio_realtime::events::{CloseReason, SessionEvent};
 use twilio_realtime::io::ws::{WsConfig, WsConn};
-use twilio_realtime::session::{Session, SessionOptions};
+use twilio_realtime::session::{Session, SessionConfig};
 use twilio_realtime::sim::fake_model::{FakeModel, FakeModelConfig, ModelRecording, Reply};
 use twilio_realtime::sim::twilio_call::{CallReport, Segment, TwilioCall, TwilioCallConfig};
 
@@ -28,7 +28,7 @@ fn session_call(
     let bridge = thread::spawn(move || {
         let (tcp, _) = listener.accept().unwrap();
         let (conn, _) = WsConn::accept(tcp, None, &WsConfig::default()).unwrap();
-        let handle = Session::start(conn, agent, SessionOptions::new(None).url(url)).unwrap();
+        let handle = Session::start(conn, agent, SessionConfig::new(None).url(url)).unwrap();
         common::run_session(handle, Duration::from_secs(20), on_event)
     });
     let mut cfg = TwilioCallConfig::new(

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use twilio_realtime::agent::ToolFailure;
 use twilio_realtime::agent::{Agent, FunctionTool, OutputGuardrail, Verdict};
 use twilio_realtime::call::{
-    CallCore, CallOptions, Command, Greeting, Input, Output, Preconfigured,
+    CallConfig, CallCore, Command, Greeting, Input, Output, Preconfigured,
 };
 use twilio_realtime::events::{CloseReason, ErrorSource, InterruptCause, SessionEvent};
 use twilio_realtime::CallError;
@@ -45,10 +45,10 @@ fn weather_tool() -> FunctionTool {
 
 impl H {
     fn new(agent: Agent) -> H {
-        H::with(agent, CallOptions::default())
+        H::with(agent, CallConfig::default())
     }
 
-    fn with(agent: Agent, opts: CallOptions) -> H {
+    fn with(agent: Agent, opts: CallConfig) -> H {
         let now = Instant::now();
         H {
             core: CallCore::new(agent, opts, now),
@@ -362,8 +362,8 @@ fn refused_later_update_keeps_the_call_on_the_confirmed_configuration() {
     assert_eq!(types(&out), ["response.create"]);
 }
 
-fn greeting_opts(g: Greeting) -> CallOptions {
-    let mut o = CallOptions::default();
+fn greeting_opts(g: Greeting) -> CallConfig {
+    let mut o = CallConfig::default();
     o.greeting = Some(g);
     o
 }
@@ -840,7 +840,7 @@ fn round_trip_probes_slow_down_once_the_call_has_eight_samples() {
         h.mark(&format!("rtt:{n}"));
     }
     assert_eq!(h.core.ledger().rtt().samples(), 8);
-    // ... then every 5 s (CallOptions::rtt_probe_interval_settled).
+    // ... then every 5 s (CallConfig::rtt_probe_interval_settled).
     h.ms(500);
     h.tick();
     assert!(
@@ -1049,7 +1049,7 @@ fn server_vad_without_interrupt_response_gets_a_cancel() {
         idle_timeout_ms: None,
     });
     let opts = {
-        let mut o = CallOptions::default();
+        let mut o = CallConfig::default();
         o.session = session;
         o
     };
@@ -1146,7 +1146,7 @@ fn the_lane_holds_until_the_next_other_input() {
 #[test]
 fn no_lane_where_each_delta_needs_the_core() {
     // Audio events for the application: every delta must pass the core.
-    let mut opts = CallOptions::default();
+    let mut opts = CallConfig::default();
     opts.audio_events = true;
     let mut h = H::with(Agent::new("A", "x"), opts);
     h.configured();
@@ -1493,7 +1493,7 @@ fn interleaved_multibyte_transcripts_are_kept_per_item() {
 #[test]
 fn extreme_options_never_panic() {
     let opts = {
-        let mut o = CallOptions::default();
+        let mut o = CallConfig::default();
         o.default_rtt = Duration::MAX;
         o.rtt_probe_interval = Duration::MAX;
         o.guardrail_debounce_chars = usize::MAX;
@@ -1693,7 +1693,7 @@ fn dtmf_is_an_event_and_optionally_a_message() {
     assert_eq!(events(&out), [SessionEvent::Dtmf { digit: "7".into() }]);
     assert!(model_events(&out).is_empty());
     let opts = {
-        let mut o = CallOptions::default();
+        let mut o = CallConfig::default();
         o.forward_dtmf = true;
         o
     };
@@ -1748,7 +1748,7 @@ fn every_model_event_the_core_sends_is_a_known_client_event() {
 fn approval_that_never_comes_is_rejected_at_the_deadline() {
     let t = weather_tool().needs_approval(true);
     let opts = {
-        let mut o = CallOptions::default();
+        let mut o = CallConfig::default();
         o.approval_timeout = Duration::from_secs(60);
         o
     };
@@ -1792,7 +1792,7 @@ fn approval_that_never_comes_is_rejected_at_the_deadline() {
 #[test]
 fn a_twilio_stream_that_goes_silent_ends_the_call_and_closes_the_model() {
     let opts = {
-        let mut o = CallOptions::default();
+        let mut o = CallConfig::default();
         o.twilio_silence_timeout = Duration::from_secs(10);
         o
     };
@@ -1840,7 +1840,7 @@ fn a_twilio_stream_that_goes_silent_ends_the_call_and_closes_the_model() {
 #[test]
 fn a_quiet_model_is_pinged_and_lost_when_nothing_answers() {
     let opts = {
-        let mut o = CallOptions::default();
+        let mut o = CallConfig::default();
         o.model_ping_interval = Duration::from_secs(20);
         o.model_pong_timeout = Duration::from_secs(10);
         o.twilio_silence_timeout = Duration::MAX;
@@ -1893,7 +1893,7 @@ fn a_quiet_model_is_pinged_and_lost_when_nothing_answers() {
 #[test]
 fn liveness_options_at_duration_max_never_fire() {
     let opts = {
-        let mut o = CallOptions::default();
+        let mut o = CallConfig::default();
         o.model_ping_interval = Duration::MAX;
         o.model_pong_timeout = Duration::MAX;
         o.twilio_silence_timeout = Duration::MAX;
@@ -2209,7 +2209,7 @@ fn end_call_with_nothing_playing_ends_when_its_response_is_done() {
 #[test]
 fn hang_up_is_bounded_by_the_timeout_when_marks_never_echo() {
     let opts = {
-        let mut o = CallOptions::default();
+        let mut o = CallConfig::default();
         o.hang_up_timeout = Duration::from_secs(3);
         o
     };
@@ -2511,7 +2511,7 @@ fn a_session_configured_at_the_webhook_for_this_agent_is_ready_at_once_and_greet
 #[test]
 fn a_webhook_configuration_the_server_showed_without_pcmu_is_not_ready() {
     let agent = Agent::new("A", "x");
-    let sent = CallCore::first_session_config(&agent, &CallOptions::default());
+    let sent = CallCore::first_session_config(&agent, &CallConfig::default());
     let mut h = H::new(agent);
     h.start();
     h.preconfigured(Preconfigured::Confirmed {
@@ -2525,7 +2525,7 @@ fn a_webhook_configuration_the_server_showed_without_pcmu_is_not_ready() {
 #[test]
 fn a_webhook_configuration_the_server_refused_ends_the_call_at_claim() {
     let agent = Agent::new("A", "x").voice("robot");
-    let sent = CallCore::first_session_config(&agent, &CallOptions::default());
+    let sent = CallCore::first_session_config(&agent, &CallConfig::default());
     let mut h = H::new(agent);
     h.start();
     h.preconfigured(Preconfigured::Refused {
@@ -2571,7 +2571,7 @@ fn an_agent_that_differs_from_the_webhooks_sends_its_own_update_and_waits_for_it
 
     // The same after a refusal at the webhook: the call's own configuration is judged.
     let webhook_agent = Agent::new("A", "x").voice("robot");
-    let sent = CallCore::first_session_config(&webhook_agent, &CallOptions::default());
+    let sent = CallCore::first_session_config(&webhook_agent, &CallConfig::default());
     let mut h = H::new(Agent::new("A", "x").voice("marin"));
     h.start();
     h.preconfigured(Preconfigured::Refused {

@@ -620,16 +620,16 @@ fn a_model_that_speaks_unasked_before_confirming_is_never_heard() {
 fn session_call(
     model: &twilio_realtime::sim::fake_model::FakeModel,
     agent: Agent,
-    call_opts: twilio_realtime::call::CallOptions,
+    call_opts: twilio_realtime::call::CallConfig,
 ) -> (
     std::net::SocketAddr,
     std::sync::mpsc::Receiver<twilio_realtime::session::Session>,
 ) {
     use twilio_realtime::io::ws::{WsConfig, WsConn};
-    use twilio_realtime::session::{Session, SessionOptions};
+    use twilio_realtime::session::{Session, SessionConfig};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    let mut opts = SessionOptions::new(Some("test-key".into())).url(model.url());
+    let mut opts = SessionConfig::new(Some("test-key".into())).url(model.url());
     opts.call = call_opts;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -651,7 +651,7 @@ fn push_to_talk_commits_and_asks_for_responses_through_the_handle() {
     })
     .unwrap();
     let call_opts = {
-        let mut o = twilio_realtime::CallOptions::default();
+        let mut o = twilio_realtime::CallConfig::default();
         o.session = SessionConfig::new().turn_detection(TurnDetection::Disabled);
         o
     };

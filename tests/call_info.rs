@@ -313,10 +313,10 @@ fn a_panicking_factory_ends_only_its_call() {
 #[test]
 fn the_core_takes_a_starting_agent_only_before_the_session_is_configured() {
     use std::time::Instant;
-    use twilio_realtime::call::{CallCore, CallOptions, Input};
+    use twilio_realtime::call::{CallConfig, CallCore, Input};
     use twilio_realtime::proto::realtime::ServerEvent;
     let now = Instant::now();
-    let mut core = CallCore::new(Agent::new("pending", ""), CallOptions::default(), now);
+    let mut core = CallCore::new(Agent::new("pending", ""), CallConfig::default(), now);
     assert!(core.set_starting_agent(Agent::new("Chosen", "Greet Ada.")));
     assert_eq!(core.agent().name(), "Chosen");
     let created =

@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::{http_request, wait_until};
 use twilio_realtime::sim::fake_model::{FakeModel, FakeModelConfig, Reply};
 use twilio_realtime::sim::twilio_call::{Segment, TwilioCall, TwilioCallConfig};
-use twilio_realtime::{CloseReason, SessionEvent, SessionOptions};
+use twilio_realtime::{CloseReason, SessionConfig, SessionEvent};
 
 #[allow(dead_code)] // its `main`
 #[path = "../examples/embed.rs"]
@@ -28,7 +28,7 @@ fn a_call_runs_through_someone_elses_http_server_on_its_port() {
     // The application's event hook keeps each call's close reason.
     let closed: Arc<Mutex<Vec<CloseReason>>> = Arc::default();
     let seen = closed.clone();
-    let opts = SessionOptions::new(None).url(model.url());
+    let opts = SessionConfig::new(None).url(model.url());
     std::thread::spawn(move || {
         embed::serve(
             listener,

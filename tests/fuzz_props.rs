@@ -27,7 +27,7 @@ use serde_json::json;
 use twilio_realtime::agent::{Agent, FunctionTool, OutputGuardrail, ToolFailure, Verdict};
 use twilio_realtime::call::inbound::{InboundAudio, InboundConfig};
 use twilio_realtime::call::playback::MarkName;
-use twilio_realtime::call::{CallCore, CallOptions, Command, Input, Output};
+use twilio_realtime::call::{CallConfig, CallCore, Command, Input, Output};
 use twilio_realtime::events::SessionEvent;
 use twilio_realtime::proto::mulaw;
 use twilio_realtime::proto::realtime::{AudioDeltaFrame, ClientEvent, ServerEvent};
@@ -793,7 +793,7 @@ proptest! {
     fn call_core_keeps_its_invariants(steps in prop::collection::vec(step(), 1..150)) {
         let now = Instant::now();
         let mut w = World {
-            core: CallCore::new(agent(), CallOptions::default(), now),
+            core: CallCore::new(agent(), CallConfig::default(), now),
             // A small early buffer, so that dropping the oldest is exercised too.
             lane: InboundAudio::new({
 let mut o = InboundConfig::default();

@@ -15,7 +15,7 @@ use tungstenite::Message;
 use twilio_realtime::agent::Agent;
 use twilio_realtime::events::{SessionEvent, TransportEvent};
 use twilio_realtime::io::ws::{ClientRequest, WsConfig, WsConn};
-use twilio_realtime::session::SessionOptions;
+use twilio_realtime::session::SessionConfig;
 use twilio_realtime::sim::fake_model::FakeModelConfig;
 
 const SID: &str = "MZ00000000000000000000000000000001";
@@ -186,7 +186,7 @@ fn debug_output_shows_no_keys() {
         shown.contains("deployment=d") && shown.contains("proj_visible"),
         "{shown}"
     );
-    let opts = SessionOptions::new(Some("sk-OPTS".into()))
+    let opts = SessionConfig::new(Some("sk-OPTS".into()))
         .url("wss://x.example/realtime?api-key=AZ-URL&deployment=d");
     let shown = format!("{opts:?}");
     for secret in ["sk-OPTS", "AZ-URL"] {

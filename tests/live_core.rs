@@ -10,8 +10,8 @@ use common::live::LiveSchemas;
 use common::{audio_b64, session_events};
 use serde_json::{json, Value};
 use twilio_realtime::agent::{Agent, FunctionTool, OutputGuardrail, Verdict};
-use twilio_realtime::call::live::LiveOptions;
-use twilio_realtime::call::{CallCore, CallOptions, Command, Greeting, Input, ModelApi, Output};
+use twilio_realtime::call::live::LiveConfig;
+use twilio_realtime::call::{CallConfig, CallCore, Command, Greeting, Input, ModelApi, Output};
 use twilio_realtime::events::{CloseReason, SessionEvent};
 use twilio_realtime::proto::live::{ServerEvent, SessionCloseReason};
 use twilio_realtime::proto::realtime::ResponseConfig;
@@ -30,10 +30,10 @@ struct H {
 }
 
 impl H {
-    fn with(agent: Agent, opts: CallOptions) -> H {
+    fn with(agent: Agent, opts: CallConfig) -> H {
         let now = Instant::now();
         let mut opts = opts;
-        opts.model_api = ModelApi::Live(LiveOptions::default());
+        opts.model_api = ModelApi::Live(LiveConfig::default());
         H {
             core: CallCore::new(agent, opts, now),
             now,
@@ -44,7 +44,7 @@ impl H {
     }
 
     /// Connected, `session.started` with µ-law 8 kHz, Twilio started; outputs drained.
-    fn ready(agent: Agent, opts: CallOptions) -> H {
+    fn ready(agent: Agent, opts: CallConfig) -> H {
         let mut h = H::with(agent, opts);
         h.core.handle_input(h.now, Input::ModelConnected);
         h.started(json!({"type":"audio/pcmu","rate":8000}));
@@ -198,7 +198,7 @@ fn weather() -> FunctionTool {
 #[test]
 fn session_start_first_and_ready_only_on_pcmu_8k() {
     let agent = Agent::new("A", "Be brief.").voice("cedar").tool(weather());
-    let mut h = H::with(agent, CallOptions::default());
+    let mut h = H::with(agent, CallConfig::default());
     h.input(Input::ModelConnected);
     let out = h.drain();
     assert_eq!(types(&out), ["session.start"]);
@@ -247,7 +247,7 @@ impl H {
 
 #[test]
 fn wrong_format_or_an_error_before_start_ends_the_call_without_audio() {
-    let mut h = H::with(Agent::new("A", "x"), CallOptions::default());
+    let mut h = H::with(Agent::new("A", "x"), CallConfig::default());
     h.input(Input::ModelConnected);
     h.drain();
     h.started(json!({"type":"audio/pcm","rate":24000}));
@@ -262,7 +262,7 @@ fn wrong_format_or_an_error_before_start_ends_the_call_without_audio() {
         "the session started: it is closed"
     );
 
-    let mut h = H::with(Agent::new("A", "x").voice("fable"), CallOptions::default());
+    let mut h = H::with(Agent::new("A", "x").voice("fable"), CallConfig::default());
     h.input(Input::ModelConnected);
     h.drain();
     h.model(json!({"type":"error","event_id":"e","client_event_id":"live_start_1","error":{
@@ -279,7 +279,7 @@ fn wrong_format_or_an_error_before_start_ends_the_call_without_audio() {
 
 #[test]
 fn the_pacer_keeps_twilio_shallow_and_never_clears() {
-    let mut h = H::ready(Agent::new("A", "x"), CallOptions::default());
+    let mut h = H::ready(Agent::new("A", "x"), CallConfig::default());
     // Two seconds of audio arrive at once (a model faster than real time).
     for _ in 0..20 {
         h.audio(100);
@@ -311,7 +311,7 @@ fn the_pacer_keeps_twilio_shallow_and_never_clears() {
 
 #[test]
 fn interrupt_drops_what_is_held_back_and_the_rest_of_the_turn_without_clear() {
-    let mut h = H::ready(Agent::new("A", "x"), CallOptions::default());
+    let mut h = H::ready(Agent::new("A", "x"), CallConfig::default());
     h.said(" Hello there");
     for _ in 0..10 {
         h.audio(100);
@@ -343,7 +343,7 @@ fn interrupt_drops_what_is_held_back_and_the_rest_of_the_turn_without_clear() {
 
 #[test]
 fn greeting_is_commentary_worded_as_an_instruction() {
-    let mut opts = CallOptions::default();
+    let mut opts = CallConfig::default();
     opts.greeting = Some(Greeting::Say("Hi, this is Ada.".into()));
     let mut h = H::with(Agent::new("A", "x"), opts);
     h.input(Input::ModelConnected);
@@ -366,7 +366,7 @@ fn greeting_is_commentary_worded_as_an_instruction() {
 #[test]
 fn parallel_tools_get_their_outputs_then_one_response_create() {
     let agent = Agent::new("A", "x").tool(weather());
-    let mut h = H::ready(agent, CallOptions::default());
+    let mut h = H::ready(agent, CallConfig::default());
     h.model(
         json!({"type":"session.delegation.created","event_id":"e","offset_ms":10,
         "delegation":{"id":"dlg_1","target":"responses","type":"delegation"}}),
@@ -405,7 +405,7 @@ fn parallel_tools_get_their_outputs_then_one_response_create() {
 
 #[test]
 fn calls_of_a_failed_backend_response_are_not_run() {
-    let mut h = H::ready(Agent::new("A", "x").tool(weather()), CallOptions::default());
+    let mut h = H::ready(Agent::new("A", "x").tool(weather()), CallConfig::default());
     h.call("dlg_1", "call_a", "get_weather", "{}");
     h.completed("dlg_1", "failed");
     let out = h.drain();
@@ -417,7 +417,7 @@ fn calls_of_a_failed_backend_response_are_not_run() {
 fn handoff_updates_tools_and_appends_instructions() {
     let billing = Agent::new("Billing", "You handle invoices.").tool(weather());
     let front = Agent::new("Front", "You greet.").handoff(&billing);
-    let mut h = H::ready(front, CallOptions::default());
+    let mut h = H::ready(front, CallConfig::default());
     h.call("dlg_1", "call_h", "transfer_to_billing", "{}");
     h.completed("dlg_1", "completed");
     let out = h.drain();
@@ -456,7 +456,7 @@ fn guardrail_trip_is_a_hard_stop_and_an_apology_commentary() {
                 Verdict::Pass
             }
         }));
-    let mut opts = CallOptions::default();
+    let mut opts = CallConfig::default();
     opts.guardrail_debounce_chars = 1;
     let mut h = H::ready(agent, opts);
     h.said(" the secret is");
@@ -484,7 +484,7 @@ fn guardrail_trip_is_a_hard_stop_and_an_apology_commentary() {
 
 #[test]
 fn create_response_and_commit_are_refused_with_an_error() {
-    let mut h = H::ready(Agent::new("A", "x"), CallOptions::default());
+    let mut h = H::ready(Agent::new("A", "x"), CallConfig::default());
     h.input(Input::Command(Command::CreateResponse(
         ResponseConfig::default(),
     )));
@@ -502,7 +502,7 @@ fn create_response_and_commit_are_refused_with_an_error() {
 
 #[test]
 fn an_expired_session_ends_the_call_after_the_audio_sent_played() {
-    let mut h = H::ready(Agent::new("A", "x"), CallOptions::default());
+    let mut h = H::ready(Agent::new("A", "x"), CallConfig::default());
     h.audio(100);
     h.drain();
     h.model(json!({"type":"session.closed","event_id":"e","reason":"expired","session":{"id":"live_abc"},"usage":{"seconds":7200.0}}));
@@ -522,14 +522,14 @@ fn an_expired_session_ends_the_call_after_the_audio_sent_played() {
 
 #[test]
 fn a_fatal_error_ends_the_call_with_its_code() {
-    let mut h = H::ready(Agent::new("A", "x"), CallOptions::default());
+    let mut h = H::ready(Agent::new("A", "x"), CallConfig::default());
     h.model(json!({"type":"error","event_id":"e","error":{"type":"insufficient_quota","code":"insufficient_quota","message":"quota"}}));
     let out = h.drain();
     assert!(
         matches!(closed(&out), Some(CloseReason::Error(CallError::ModelError { code: Some(code), .. })) if code == "insufficient_quota")
     );
     // A non-fatal error is only reported.
-    let mut h = H::ready(Agent::new("A", "x"), CallOptions::default());
+    let mut h = H::ready(Agent::new("A", "x"), CallConfig::default());
     h.model(json!({"type":"error","event_id":"e","error":{"type":"invalid_request_error","code":"invalid_value","message":"x"}}));
     let out = h.drain();
     assert!(closed(&out).is_none());
@@ -540,7 +540,7 @@ fn a_fatal_error_ends_the_call_with_its_code() {
 
 #[test]
 fn hang_up_waits_for_the_turn_to_end_and_the_audio_to_be_heard() {
-    let mut h = H::ready(Agent::new("A", "x"), CallOptions::default());
+    let mut h = H::ready(Agent::new("A", "x"), CallConfig::default());
     h.said(" Goodbye");
     h.audio(100);
     h.input(Input::Command(Command::HangUp));

@@ -14,12 +14,12 @@ use std::time::Duration;
 use common::live::LiveSchemas;
 use common::weather_tool;
 use twilio_realtime::agent::Agent;
-use twilio_realtime::call::live::LiveOptions;
+use twilio_realtime::call::live::LiveConfig;
 use twilio_realtime::call::{Greeting, ModelApi};
 use twilio_realtime::events::{CloseReason, SessionEvent};
 use twilio_realtime::io::ws::{WsConfig, WsConn};
 use twilio_realtime::session::model_log::ModelEventLog;
-use twilio_realtime::session::{Session, SessionOptions};
+use twilio_realtime::session::{Session, SessionConfig};
 use twilio_realtime::sim::fake_live::{FakeLive, FakeLiveConfig, LiveRecording, LiveReply};
 use twilio_realtime::sim::twilio_call::{CallReport, Segment, TwilioCall, TwilioCallConfig};
 use twilio_realtime::CallError;
@@ -61,8 +61,8 @@ fn run(
     let (tcp, _) = listener.accept().unwrap();
     let (twilio, _) = WsConn::accept(tcp, None, &WsConfig::default()).unwrap();
     let buf = Buf::default();
-    let mut opts = SessionOptions::new(Some("test-key".into()))
-        .model_api(ModelApi::Live(LiveOptions::default()))
+    let mut opts = SessionConfig::new(Some("test-key".into()))
+        .model_api(ModelApi::Live(LiveConfig::default()))
         .url(fake.url());
     opts.call.greeting = greeting;
     opts.model_events = Some(ModelEventLog::new(buf.clone()));

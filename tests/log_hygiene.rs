@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use twilio_realtime::agent::Agent;
 use twilio_realtime::call::inbound::{InboundAudio, InboundConfig};
-use twilio_realtime::call::{CallCore, CallOptions, Input};
+use twilio_realtime::call::{CallConfig, CallCore, Input};
 use twilio_realtime::proto::twilio::TwilioMessage;
 
 static LINES: Mutex<Vec<String>> = Mutex::new(Vec::new());
@@ -39,7 +39,7 @@ fn the_library_never_logs_peer_mark_names_tokens_or_payloads() {
     let token = "0123456789abcdef0123456789abcdef";
     let payload = base64::engine::general_purpose::STANDARD.encode([0x3Cu8; 160]);
     let now = Instant::now();
-    let mut core = CallCore::new(Agent::new("A", "x"), CallOptions::default(), now);
+    let mut core = CallCore::new(Agent::new("A", "x"), CallConfig::default(), now);
     let parse = |s: String| TwilioMessage::parse(&s).unwrap();
     core.handle_input(now, Input::Twilio(parse(format!(
         r#"{{"event":"start","streamSid":"MZ1","start":{{"accountSid":"AC1","streamSid":"MZ1","callSid":"CA1","tracks":["inbound"],"customParameters":{{"token":"{token}"}},"mediaFormat":{{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1}}}}}}"#

@@ -433,7 +433,7 @@ fn every_record_round_trips() {
 
 #[test]
 fn recording_is_off_by_default() {
-    let opts = twilio_realtime::session::SessionOptions::new(None);
+    let opts = twilio_realtime::session::SessionConfig::new(None);
     assert_eq!(opts.recording, None);
 }
 

@@ -6,7 +6,7 @@ mod common;
 
 use serde_json::{json, Value};
 use twilio_realtime::agent::{Agent, FunctionTool};
-use twilio_realtime::call::{CallCore, CallOptions, Command, Input, Output};
+use twilio_realtime::call::{CallConfig, CallCore, Command, Input, Output};
 use twilio_realtime::proto::realtime::{
     AudioFormat, ClientEvent, Item, NoiseReduction, ResponseConfig, ServerEvent, SessionConfig,
     ToolChoice, ToolDefinition, Transcription, TurnDetection,
@@ -185,7 +185,7 @@ fn events_the_call_engine_emits_are_schema_valid() {
     let mut core = CallCore::new(
         agent,
         {
-            let mut o = CallOptions::default();
+            let mut o = CallConfig::default();
             o.forward_dtmf = true;
             o.greeting = Some(twilio_realtime::call::Greeting::Instructions(
                 "Greet the caller.".into(),

@@ -15,7 +15,7 @@ use twilio_realtime::agent::{Agent, OutputGuardrail, Verdict};
 use twilio_realtime::call::Greeting;
 use twilio_realtime::events::{CloseReason, InterruptCause, SessionEvent};
 use twilio_realtime::server::sip::OpenAiCalls;
-use twilio_realtime::session::{Session, SessionOptions};
+use twilio_realtime::session::{Session, SessionConfig};
 use twilio_realtime::sim::fake_model::Reply;
 use twilio_realtime::sim::sip::{CallState, CallerStep, FakeSip, FakeSipConfig};
 use twilio_realtime::CallError;
@@ -34,7 +34,7 @@ fn call(
 fn call_with(
     fake: &FakeSip,
     agent: Agent,
-    tweak: impl FnOnce(&mut SessionOptions),
+    tweak: impl FnOnce(&mut SessionConfig),
     on_event: impl FnMut(&Session, &SessionEvent),
 ) -> (String, Vec<SessionEvent>) {
     let rest = OpenAiCalls::new(fake.base_url(), "sk-test", Duration::from_secs(5));
@@ -46,7 +46,7 @@ fn call_with(
     )
     .unwrap();
     rest.accept(&call.call_id, &body).unwrap();
-    let mut opts = SessionOptions::new(Some("sk-test".into())).url(fake.realtime_url());
+    let mut opts = SessionConfig::new(Some("sk-test".into())).url(fake.realtime_url());
     tweak(&mut opts);
     let handle = Session::start_sideband(&call, rest, agent, opts).unwrap();
     let events = common::run_session(handle, Duration::from_secs(15), on_event);
@@ -392,7 +392,7 @@ fn a_sideband_that_cannot_connect_hangs_the_call_up() {
     let fake = FakeSip::start(FakeSipConfig::default()).unwrap();
     let rest = OpenAiCalls::new(fake.base_url(), "sk-test", Duration::from_secs(5));
     let call = fake.new_call("+14155550100", "+18005550199");
-    let opts = SessionOptions::new(Some("sk-test".into())).url(fake.realtime_url());
+    let opts = SessionConfig::new(Some("sk-test".into())).url(fake.realtime_url());
     let handle = Session::start_sideband(&call, rest, Agent::new("A", "x"), opts).unwrap();
     let events = common::run_session(handle, Duration::from_secs(15), |_, _| {});
     assert!(

@@ -1,4 +1,4 @@
-//! The call core in sideband mode (`CallOptions::sideband`, a SIP call driven over OpenAI's
+//! The call core in sideband mode (`CallConfig::sideband`, a SIP call driven over OpenAI's
 //! sideband WebSocket, brief `spec/realtime-sip.md` §5): ready on connect, no audio lane,
 //! playing from `output_audio_buffer.*`, interrupt = `response.cancel` +
 //! `output_audio_buffer.clear`, DTMF from `input_audio_buffer.dtmf_event_received`, hang-up
@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 use twilio_realtime::agent::{Agent, FunctionTool};
-use twilio_realtime::call::{CallCore, CallOptions, Command, Greeting, Input, Output};
+use twilio_realtime::call::{CallConfig, CallCore, Command, Greeting, Input, Output};
 use twilio_realtime::events::{CloseReason, InterruptCause, SessionEvent};
 use twilio_realtime::proto::realtime::ServerEvent;
 
@@ -44,7 +44,7 @@ fn agent() -> Agent {
 impl H {
     fn new(greeting: Option<Greeting>) -> H {
         let opts = {
-            let mut o = CallOptions::default();
+            let mut o = CallConfig::default();
             o.sideband = true;
             o.greeting = greeting;
             o

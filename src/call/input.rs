@@ -19,11 +19,11 @@ use crate::proto::twilio::TwilioMessage;
 /// ```
 /// use std::time::Instant;
 /// use twilio_realtime::agent::Agent;
-/// use twilio_realtime::call::{CallCore, CallOptions, Input, Output};
+/// use twilio_realtime::call::{CallCore, CallConfig, Input, Output};
 /// use twilio_realtime::proto::realtime::ServerEvent;
 ///
 /// let now = Instant::now();
-/// let mut core = CallCore::new(Agent::new("Assistant", "Be brief."), CallOptions::default(), now);
+/// let mut core = CallCore::new(Agent::new("Assistant", "Be brief."), CallConfig::default(), now);
 /// core.handle_input(now, Input::ModelConnected);
 /// let created = ServerEvent::parse(r#"{"type":"session.created","event_id":"e1","session":{}}"#).unwrap();
 /// core.handle_input(now, Input::Model(created));
@@ -37,7 +37,7 @@ pub enum Input {
     Twilio(TwilioMessage),
     /// The latest frame on the Twilio socket (any frame, `media` included) arrived at the
     /// `now` given with this input: feeds the silence rule
-    /// ([`crate::call::CallOptions::twilio_silence_timeout`]).
+    /// ([`crate::call::CallConfig::twilio_silence_timeout`]).
     TwilioActivity,
     /// Twilio spent its bad-message budget (`messages` bad ones in the call): the call ends
     /// with [`CallError::TooManyBadMessages`].

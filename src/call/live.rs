@@ -1,6 +1,6 @@
 //! The GPT-Live side of the call core: the same [`CallCore`] (Twilio, playback ledger, tools,
 //! approvals, handoffs, guardrails, history, hang-ups, timers) speaking OpenAI GPT-Live
-//! (`/v1/live`) instead of Realtime, chosen per call with [`CallOptions::model_api`](crate::call::CallOptions::model_api).
+//! (`/v1/live`) instead of Realtime, chosen per call with [`CallConfig::model_api`](crate::call::CallConfig::model_api).
 //!
 //! The seam is a protocol adapter inside the core: what the core decides in Realtime terms
 //! (a function call's output, a response to ask for, an agent's new configuration, a
@@ -20,11 +20,11 @@
 //!   cannot change.
 //! * **Turns (§5.2).** The model decides when it speaks and stops; there is no cancel, no
 //!   truncate and no playback report. Agent and caller turns are the transcript fragments
-//!   grouped until [`LiveOptions::turn_gap`] passes without one (§5.1: 0.8 s, as pipecat and
+//!   grouped until [`LiveConfig::turn_gap`] passes without one (§5.1: 0.8 s, as pipecat and
 //!   LiveKit do): [`SessionEvent::AgentStart`] / [`SessionEvent::AgentEnd`] and history items.
 //! * **Audio out (§4, §5.3).** Every delta (silence included: the server streams continuously)
 //!   goes through the [`Pacer`], which keeps Twilio's buffer at most
-//!   [`LiveOptions::pacer`]`.max_lead` ahead of what the caller has heard (the ledger's
+//!   [`LiveConfig::pacer`]`.max_lead` ahead of what the caller has heard (the ledger's
 //!   echoed marks): the model assumes its audio is heard as it streams it. Twilio `clear` is
 //!   never sent. A hard stop ([`Command::Interrupt`], a guardrail trip) drops the audio held
 //!   back and the rest of the current agent turn; the lead already sent (at most `max_lead`)
@@ -36,7 +36,7 @@
 //!   `response.item.create` each, then **one** `response.create` once every call of the batch
 //!   has its output (LiveKit's and pipecat's rule; the brief §10.3 leaves it open).
 //! * **Messages.** A user message ([`Command::SendMessage`], DTMF with
-//!   [`CallOptions::forward_dtmf`](crate::call::CallOptions::forward_dtmf)) becomes `session.thinking.append` (silent context, §7.7);
+//!   [`CallConfig::forward_dtmf`](crate::call::CallConfig::forward_dtmf)) becomes `session.thinking.append` (silent context, §7.7);
 //!   a system message (a guardrail's "apologise and answer again") becomes
 //!   `session.commentary.append` (spoken).
 //! * **Close (§7.3).** Whenever the core closes the model connection it first sends
@@ -51,13 +51,13 @@
 //! ```
 //! use std::time::Instant;
 //! use twilio_realtime::agent::Agent;
-//! use twilio_realtime::call::{CallCore, CallOptions, Input, ModelApi, Output};
-//! use twilio_realtime::call::live::LiveOptions;
+//! use twilio_realtime::call::{CallCore, CallConfig, Input, ModelApi, Output};
+//! use twilio_realtime::call::live::LiveConfig;
 //! use twilio_realtime::proto::live::{ClientEvent, ServerEvent};
 //!
 //! let now = Instant::now();
-//! let mut opts = CallOptions::default();
-//! opts.model_api = ModelApi::Live(LiveOptions::default());
+//! let mut opts = CallConfig::default();
+//! opts.model_api = ModelApi::Live(LiveConfig::default());
 //! let mut core = CallCore::new(Agent::new("Assistant", "Be brief."), opts, now);
 //! core.handle_input(now, Input::ModelConnected);
 //! let start = core.poll_output();
@@ -88,7 +88,7 @@ pub const MAX_APPEND_CHARS: usize = 1_600;
 /// Settings of a GPT-Live call (see the module docs).
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
-pub struct LiveOptions {
+pub struct LiveConfig {
     /// The Live model, in `session.start` (§2.2). Default [`live::DEFAULT_MODEL`].
     pub model: String,
     /// The Responses model that runs the agent's tools (`delegation.responses.model`, §6.3).
@@ -105,9 +105,13 @@ pub struct LiveOptions {
     pub segment_ms: u32,
 }
 
-impl Default for LiveOptions {
+/// The former name of [`LiveConfig`] (one naming scheme: settings structs are `*Config`).
+#[deprecated(since = "0.1.0", note = "renamed to `LiveConfig`")]
+pub type LiveOptions = LiveConfig;
+
+impl Default for LiveConfig {
     fn default() -> Self {
-        LiveOptions {
+        LiveConfig {
             model: live::DEFAULT_MODEL.to_owned(),
             backend_model: live::DEFAULT_BACKEND_MODEL.to_owned(),
             pacer: PacerConfig::with_lead(Duration::from_millis(150)),
@@ -117,7 +121,7 @@ impl Default for LiveOptions {
     }
 }
 
-/// Which model API a call speaks (see [`CallOptions::model_api`](crate::call::CallOptions::model_api)).
+/// Which model API a call speaks (see [`CallConfig::model_api`](crate::call::CallConfig::model_api)).
 #[derive(Debug, Clone, PartialEq, Default)]
 #[non_exhaustive]
 pub enum ModelApi {
@@ -125,7 +129,7 @@ pub enum ModelApi {
     #[default]
     Realtime,
     /// OpenAI GPT-Live (`/v1/live/sessions`), see [`crate::call::live`].
-    Live(LiveOptions),
+    Live(LiveConfig),
 }
 
 impl ModelApi {
@@ -144,7 +148,7 @@ struct Turn {
 /// The GPT-Live state of a call.
 #[derive(Debug)]
 pub(crate) struct LiveState {
-    opts: LiveOptions,
+    opts: LiveConfig,
     pacer: Pacer,
     start_sent: bool,
     close_sent: bool,
@@ -163,7 +167,7 @@ pub(crate) struct LiveState {
 }
 
 impl LiveState {
-    pub(crate) fn new(opts: LiveOptions) -> LiveState {
+    pub(crate) fn new(opts: LiveConfig) -> LiveState {
         LiveState {
             pacer: Pacer::new(opts.pacer),
             opts,

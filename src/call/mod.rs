@@ -29,11 +29,11 @@
 //! ```
 //! use std::time::Instant;
 //! use twilio_realtime::agent::Agent;
-//! use twilio_realtime::call::{CallCore, CallOptions, Input, Output};
+//! use twilio_realtime::call::{CallCore, CallConfig, Input, Output};
 //! use twilio_realtime::proto::realtime::ServerEvent;
 //!
 //! let now = Instant::now();
-//! let mut core = CallCore::new(Agent::new("Assistant", "Be brief."), CallOptions::default(), now);
+//! let mut core = CallCore::new(Agent::new("Assistant", "Be brief."), CallConfig::default(), now);
 //! let created = ServerEvent::parse(r#"{"type":"session.created","event_id":"e1","session":{}}"#).unwrap();
 //! core.handle_input(now, Input::Model(created));
 //! let outputs: Vec<Output> = std::iter::from_fn(|| core.poll_output()).collect();
@@ -81,15 +81,15 @@ const TOOLS_LOG: &str = "twilio_realtime::tools";
 /// kept at once (bounds against a peer that never ends its responses).
 const MAX_CALLS_PER_RESPONSE: usize = 64;
 
-/// Round-trip samples after which probes slow down from [`CallOptions::rtt_probe_interval`]
-/// to [`CallOptions::rtt_probe_interval_settled`]: the estimator's trimmed mean and spread are
+/// Round-trip samples after which probes slow down from [`CallConfig::rtt_probe_interval`]
+/// to [`CallConfig::rtt_probe_interval_settled`]: the estimator's trimmed mean and spread are
 /// taken over a full quartile split from 8 samples on.
 pub const RTT_SAMPLES_TO_SETTLE: u64 = 8;
 
 /// Options of a call (and of the session built on it).
 #[derive(Debug, Clone)]
 #[non_exhaustive]
-pub struct CallOptions {
+pub struct CallConfig {
     /// Base model session settings (turn detection, transcription, …). Instructions, voice and
     /// tools come from the current agent; the audio format is always `audio/pcmu` both ways.
     pub session: SessionConfig,
@@ -146,7 +146,7 @@ pub struct CallOptions {
     /// speaks first).
     pub greeting: Option<Greeting>,
     /// Transcribe the caller's audio (`audio.input.transcription`) when
-    /// [`CallOptions::session`] sets no transcription of its own. The transcripts fill the
+    /// [`CallConfig::session`] sets no transcription of its own. The transcripts fill the
     /// history's user items, and after `session_expired` the new model session gets the
     /// caller's turns from them (it cannot be given the old session's audio). Default
     /// `gpt-4o-mini-transcribe`; `None` turns it off (the caller's turns are then missing from
@@ -173,7 +173,11 @@ pub struct CallOptions {
     pub model_api: ModelApi,
 }
 
-/// How the agent greets the caller (see [`CallOptions::greeting`]).
+/// The former name of [`CallConfig`] (one naming scheme: settings structs are `*Config`).
+#[deprecated(since = "0.1.0", note = "renamed to `CallConfig`")]
+pub type CallOptions = CallConfig;
+
+/// How the agent greets the caller (see [`CallConfig::greeting`]).
 ///
 /// The greeting is one `response.create` whose instructions are the agent's instructions
 /// followed by the greeting's (per-response instructions replace the session's for that
@@ -203,9 +207,9 @@ impl Greeting {
     }
 }
 
-impl Default for CallOptions {
+impl Default for CallConfig {
     fn default() -> Self {
-        CallOptions {
+        CallConfig {
             session: SessionConfig::new(),
             default_rtt: Duration::from_millis(100),
             rtt_probe_interval: Duration::from_millis(500),
@@ -234,7 +238,7 @@ impl Default for CallOptions {
 }
 
 /// What the model is told when a tool call waited for approval longer than
-/// [`CallOptions::approval_timeout`].
+/// [`CallConfig::approval_timeout`].
 pub const APPROVAL_TIMEOUT_OUTPUT: &str =
     "Error: this tool call needed the operator's approval and did not get it in time, so it was not run. Tell the caller you could not do it.";
 
@@ -274,7 +278,7 @@ pub enum Command {
     SendRaw(String),
     /// End the call once the caller has heard the agent's last words (the response under
     /// way, if any, finished and its audio played), at most
-    /// [`CallOptions::hang_up_timeout`] from now: [`CloseReason::HungUp`]. No new response is
+    /// [`CallConfig::hang_up_timeout`] from now: [`CloseReason::HungUp`]. No new response is
     /// asked for meanwhile.
     HangUp,
     /// Transfer the caller to `target` once they have heard the agent's last words (as
@@ -347,7 +351,7 @@ pub enum Output {
     /// Run output guardrails off the session thread.
     RunGuardrails(GuardrailRun),
     /// Open a new model connection (after `session_expired`, or on `start` with
-    /// [`CallOptions::connect_model_on_start`]); report with
+    /// [`CallConfig::connect_model_on_start`]); report with
     /// [`Input::ModelConnected`] / [`Input::ModelConnectFailed`].
     ConnectModel,
     /// Close the model connection.
@@ -359,7 +363,7 @@ pub enum Output {
     /// [`Input::AudioLaneSent`]. A shell that does not use the lane ignores this.
     AudioLane(audio_lane::AudioLane),
     /// Send a WebSocket ping on the model connection (it has been quiet for
-    /// [`CallOptions::model_ping_interval`]); whatever it sends next counts as the answer
+    /// [`CallConfig::model_ping_interval`]); whatever it sends next counts as the answer
     /// (report it with [`Input::ModelActivity`]).
     PingModel,
 }
@@ -453,7 +457,7 @@ fn after(now: Instant, d: Duration) -> Option<Instant> {
 /// The state machine of one call. See the module docs.
 #[derive(Debug)]
 pub struct CallCore {
-    opts: CallOptions,
+    opts: CallConfig,
     agent: Agent,
     agents: Vec<Agent>,
     stream_sid: Option<String>,
@@ -519,7 +523,7 @@ impl CallCore {
     /// A new call that will speak as `agent`. The model connection is assumed to be opening
     /// now; report it with [`Input::ModelConnected`] (optional) and feed the
     /// model's events.
-    pub fn new(agent: Agent, opts: CallOptions, now: Instant) -> CallCore {
+    pub fn new(agent: Agent, opts: CallConfig, now: Instant) -> CallCore {
         let ledger = PlaybackLedger::new(opts.default_rtt);
         let start_deadline = if opts.sideband {
             None
@@ -667,7 +671,7 @@ impl CallCore {
 
     /// Twilio sent something at `at` (the shell reports the arrival of the latest frame on the
     /// Twilio socket, `media` included, each time it wakes). Feeds the silence rule
-    /// ([`CallOptions::twilio_silence_timeout`]).
+    /// ([`CallConfig::twilio_silence_timeout`]).
     fn handle_twilio_activity(&mut self, at: Instant) {
         if let Some(seen) = &mut self.twilio_seen {
             *seen = (*seen).max(at);
@@ -763,7 +767,7 @@ impl CallCore {
     /// The configuration a call speaking as `agent` sends in its first `session.update`
     /// (what the core sends on `session.created`). [`crate::session::warm`] sends it ahead of
     /// the call, at the webhook; [`Input::ModelConnectedConfigured`] then tells the core.
-    pub fn first_session_config(agent: &Agent, opts: &CallOptions) -> SessionConfig {
+    pub fn first_session_config(agent: &Agent, opts: &CallConfig) -> SessionConfig {
         session_config_for(agent, opts, true)
     }
 
@@ -932,9 +936,9 @@ impl CallCore {
         }
     }
 
-    /// Probes come every [`CallOptions::rtt_probe_interval`] until the round trip has
+    /// Probes come every [`CallConfig::rtt_probe_interval`] until the round trip has
     /// [`RTT_SAMPLES_TO_SETTLE`] samples, then every
-    /// [`CallOptions::rtt_probe_interval_settled`].
+    /// [`CallConfig::rtt_probe_interval_settled`].
     fn probe_interval(&self) -> Duration {
         if self.ledger.rtt().samples() < RTT_SAMPLES_TO_SETTLE {
             self.opts.rtt_probe_interval
@@ -2587,7 +2591,7 @@ fn history_item(item: &Item) -> HistoryItem {
 }
 
 /// The `event_id` of a `session.update` (the bridge's own or a raw one), if it has one.
-fn session_config_for(agent: &Agent, opts: &CallOptions, with_voice: bool) -> SessionConfig {
+fn session_config_for(agent: &Agent, opts: &CallConfig, with_voice: bool) -> SessionConfig {
     let mut cfg = opts
         .session
         .clone()

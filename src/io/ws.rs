@@ -659,7 +659,7 @@ impl WsConn {
     /// ```no_run
     /// use std::net::TcpListener;
     /// use twilio_realtime::io::http::{read_head, HttpLimits};
-    /// use twilio_realtime::{Agent, Session, SessionOptions, WsConfig, WsConn};
+    /// use twilio_realtime::{Agent, Session, SessionConfig, WsConfig, WsConn};
     ///
     /// let listener = TcpListener::bind("127.0.0.1:5050")?;
     /// let (mut tcp, _) = listener.accept()?;
@@ -668,7 +668,7 @@ impl WsConn {
     /// if head.path() == "/media-stream" {
     ///     let twilio = WsConn::accept_upgrade(tcp, &head, leftover, &WsConfig::default())?;
     ///     let agent = Agent::new("Assistant", "Be brief.");
-    ///     Session::start(twilio, agent, SessionOptions::new(None))?.join();
+    ///     Session::start(twilio, agent, SessionConfig::new(None))?.join();
     /// }
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```

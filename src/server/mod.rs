@@ -77,11 +77,11 @@ use crate::events::{CloseReason, SessionEvent};
 use crate::io::http::{self, HttpError, HttpLimits, RequestHead};
 use crate::io::ws::{WsConfig, WsConn};
 use crate::metrics::{CallStats, Metrics, CALLS_LOG};
-use crate::proto::realtime::SessionConfig;
+use crate::proto::realtime;
 use crate::proto::twilio::Start;
 use crate::session::warm::WarmModels;
 use crate::session::{
-    AgentForCall, AgentSource, CallControl, QueueGauge, Session, SessionCloser, SessionOptions,
+    AgentForCall, AgentSource, CallControl, QueueGauge, Session, SessionCloser, SessionConfig,
     TransportEvents,
 };
 use crate::telephony::call_info::{CallInfo, WebhookCalls, WebhookForm};
@@ -254,7 +254,7 @@ pub struct ServerConfig {
     /// Said to the caller (`<Say>`) before the stream connects.
     pub greeting: Option<String>,
     /// Session settings for every call (model URL and key, call options).
-    pub session: SessionOptions,
+    pub session: SessionConfig,
     /// Socket settings for the Twilio side.
     pub twilio_ws: WsConfig,
     /// How long a client may take to send its request (head and webhook body), counted from
@@ -382,7 +382,7 @@ impl Default for ServerConfig {
 impl ServerConfig {
     /// Settings that read no environment variable: listen on `127.0.0.1:5050`, no public URL,
     /// no auth token (so no signature checks and no stream tokens), no greeting,
-    /// [`SessionOptions::new`] without an API key, Twilio messages over 64 KiB skipped
+    /// [`SessionConfig::new`] without an API key, Twilio messages over 64 KiB skipped
     /// (`session.max_twilio_message`) and over 1 MiB ending the call with close code 1009
     /// (`twilio_ws.max_message_size`), 10 s for a request head, 2000 open connections, 30 s shutdown grace, 64 KiB webhook
     /// bodies.
@@ -392,7 +392,7 @@ impl ServerConfig {
             public_url: None,
             twilio_auth_token: None,
             greeting: None,
-            session: SessionOptions::new(None),
+            session: SessionConfig::new(None),
             // The hard cap (1 MiB, WsConfig's default) ends a call with 1009; messages over
             // `session.max_twilio_message` (64 KiB) are skipped and the call goes on.
             twilio_ws: WsConfig::default(),
@@ -485,14 +485,14 @@ impl ServerConfig {
             }),
             _ => None,
         };
-        let mut session = SessionOptions::new(env("OPENAI_API_KEY"));
+        let mut session = SessionConfig::new(env("OPENAI_API_KEY"));
         match env("MODEL_API").map(|v| v.to_ascii_lowercase()).as_deref() {
             Some("live") => {
-                use crate::call::{live::LiveOptions, ModelApi};
+                use crate::call::{live::LiveConfig, ModelApi};
                 if let Some(url) = env("OPENAI_REALTIME_URL") {
                     session.model.url = url; // kept for SIP calls' sidebands
                 }
-                session = session.model_api(ModelApi::Live(LiveOptions::default()));
+                session = session.model_api(ModelApi::Live(LiveConfig::default()));
                 if let Some(url) = env("OPENAI_LIVE_URL") {
                     session.model.url = url;
                 }
@@ -1367,7 +1367,7 @@ impl ConnCtx {
         &self,
         form: WebhookForm,
         params: &[(&str, String)],
-    ) -> Option<SessionConfig> {
+    ) -> Option<realtime::SessionConfig> {
         if self.cfg.session.call.model_api.is_live() {
             // GPT-Live starts with the call's own `session.start`, sent on connect: a warm
             // connection is only opened, never configured with Realtime's update.
@@ -1658,7 +1658,7 @@ impl ConnCtx {
     }
 
     /// The session options of a call on this server.
-    fn call_options(&self) -> SessionOptions {
+    fn call_options(&self) -> SessionConfig {
         let mut opts = self.cfg.session.clone();
         if self.hook.is_none() && self.call_handler.is_none() {
             // Nobody looks at the raw messages: do not copy each one into an event.

@@ -6,7 +6,7 @@
 //! replayed; a token bound to the call and spent on first use cannot. The check runs on
 //! `start`, before a model connection is opened or, with a warm model (one opened at the
 //! signed webhook, see [`crate::session::warm`]), before one is claimed; see
-//! [`SessionOptions::start_check`](crate::session::SessionOptions::start_check).
+//! [`SessionConfig::start_check`](crate::session::SessionConfig::start_check).
 //!
 //! ```
 //! use std::time::{Duration, Instant};

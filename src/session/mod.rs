@@ -13,14 +13,14 @@
 //! ```no_run
 //! use std::net::TcpListener;
 //! use twilio_realtime::agent::Agent;
-//! use twilio_realtime::session::{Session, SessionOptions};
+//! use twilio_realtime::session::{Session, SessionConfig};
 //! use twilio_realtime::io::ws::{WsConfig, WsConn};
 //!
 //! let listener = TcpListener::bind("127.0.0.1:5050").unwrap();
 //! let (tcp, _) = listener.accept().unwrap();
 //! let (twilio, _head) = WsConn::accept(tcp, None, &WsConfig::default()).unwrap();
 //! let agent = Agent::new("Assistant", "You are a friendly phone assistant.");
-//! let opts = SessionOptions::new(std::env::var("OPENAI_API_KEY").ok());
+//! let opts = SessionConfig::new(std::env::var("OPENAI_API_KEY").ok());
 //! let session = Session::start(twilio, agent, opts).unwrap();
 //! for event in session.events().iter() {
 //!     println!("{event:?}");
@@ -48,7 +48,7 @@ use crate::agent::{Agent, ToolFailure};
 use crate::call::inbound::{InboundAudio, InboundConfig, InboundStats};
 use crate::call::playback::MarkName;
 use crate::call::{
-    CallCore, CallOptions, Command, GuardrailRun, Input, Output, Preconfigured, ToolRun,
+    CallConfig, CallCore, Command, GuardrailRun, Input, Output, Preconfigured, ToolRun,
 };
 use crate::events::{CallError, CloseReason, HistoryItem, SessionEvent, TransportEvent};
 use crate::io::ws::{
@@ -95,10 +95,10 @@ pub enum TransportEvents {
 /// `OpenAI-Organization`), and the socket settings.
 ///
 /// ```
-/// use twilio_realtime::SessionOptions;
+/// use twilio_realtime::SessionConfig;
 ///
 /// // Azure OpenAI: the key goes in an `api-key` header, the API version in the query.
-/// let opts = SessionOptions::new(None)
+/// let opts = SessionConfig::new(None)
 ///     .url("wss://my-resource.openai.azure.com/openai/realtime?deployment=gpt-realtime")
 ///     .model_query("api-version", "2025-04-01-preview")
 ///     .model_header("api-key", "azure-key");
@@ -111,9 +111,9 @@ pub enum TransportEvents {
 /// ```
 #[derive(Clone)]
 #[non_exhaustive]
-pub struct ModelOptions {
+pub struct ModelConfig {
     /// `ws://` or `wss://` URL of the Realtime endpoint (the model is in its query), or of
-    /// GPT-Live's when the session speaks it ([`SessionOptions::model_api`]).
+    /// GPT-Live's when the session speaks it ([`SessionConfig::model_api`]).
     pub url: String,
     /// The Realtime endpoint while `url` is GPT-Live's: SIP calls' sidebands speak Realtime
     /// whatever the session's model API ([`Session::start_sideband`]). `None`:
@@ -131,26 +131,30 @@ pub struct ModelOptions {
     pub ws: WsConfig,
 }
 
-impl std::fmt::Debug for ModelOptions {
+/// The former name of [`ModelConfig`] (one naming scheme: settings structs are `*Config`).
+#[deprecated(since = "0.1.0", note = "renamed to `ModelConfig`")]
+pub type ModelOptions = ModelConfig;
+
+impl std::fmt::Debug for ModelConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The key never reaches a log line, even through `{:?}`; the request's own `Debug`
         // redacts the bearer, credential headers and credential-like query parameters.
-        f.debug_struct("ModelOptions")
+        f.debug_struct("ModelConfig")
             .field("request", &self.request())
             .field("ws", &self.ws)
             .finish()
     }
 }
 
-impl ModelOptions {
+impl ModelConfig {
     /// Adds a header to the WebSocket upgrade.
-    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> ModelOptions {
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> ModelConfig {
         self.headers.push((name.into(), value.into()));
         self
     }
 
     /// Adds a query parameter to the URL.
-    pub fn query(mut self, name: impl Into<String>, value: impl Into<String>) -> ModelOptions {
+    pub fn query(mut self, name: impl Into<String>, value: impl Into<String>) -> ModelConfig {
         self.query.push((name.into(), value.into()));
         self
     }
@@ -254,11 +258,11 @@ pub type EndingHook = Arc<dyn Fn(Option<&str>, &CloseReason) + Send + Sync>;
 /// Everything a session needs besides the Twilio socket and the agent.
 #[derive(Clone)]
 #[non_exhaustive]
-pub struct SessionOptions {
+pub struct SessionConfig {
     /// The model endpoint and key.
-    pub model: ModelOptions,
+    pub model: ModelConfig,
     /// Call behaviour (barge-in, tools, guardrails, …).
-    pub call: CallOptions,
+    pub call: CallConfig,
     /// The caller-audio lane (early buffer, padding).
     pub inbound: InboundConfig,
     /// Which raw socket messages become events.
@@ -306,13 +310,17 @@ pub struct SessionOptions {
     pub max_tool_workers: usize,
 }
 
+/// The former name of [`SessionConfig`] (one naming scheme: settings structs are `*Config`).
+#[deprecated(since = "0.1.0", note = "renamed to `SessionConfig`")]
+pub type SessionOptions = SessionConfig;
+
 /// Bad-input log lines of one call and one peer: at most one per this interval, with the
 /// count of those held back (every bad message is still reported as an error event).
 pub const BAD_INPUT_LOG_INTERVAL: Duration = Duration::from_secs(5);
 
-impl std::fmt::Debug for SessionOptions {
+impl std::fmt::Debug for SessionConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SessionOptions")
+        f.debug_struct("SessionConfig")
             .field("model", &self.model)
             .field("call", &self.call)
             .field("inbound", &self.inbound)
@@ -332,14 +340,14 @@ impl std::fmt::Debug for SessionOptions {
     }
 }
 
-impl SessionOptions {
+impl SessionConfig {
     /// Defaults with the given API key and the model URL [`DEFAULT_REALTIME_URL`] (change it
-    /// with [`SessionOptions::url`]). Reads no environment variable: the library never does;
+    /// with [`SessionConfig::url`]). Reads no environment variable: the library never does;
     /// [`ServerConfig::from_env`](crate::server::ServerConfig::from_env) is the explicit
     /// constructor that takes `OPENAI_REALTIME_URL` and `OPENAI_API_KEY` from the environment.
-    pub fn new(api_key: Option<String>) -> SessionOptions {
-        SessionOptions {
-            model: ModelOptions {
+    pub fn new(api_key: Option<String>) -> SessionConfig {
+        SessionConfig {
+            model: ModelConfig {
                 url: DEFAULT_REALTIME_URL.to_owned(),
                 realtime_url: None,
                 api_key,
@@ -352,7 +360,7 @@ impl SessionOptions {
                     ..WsConfig::default()
                 },
             },
-            call: CallOptions::default(),
+            call: CallConfig::default(),
             inbound: InboundConfig::default(),
             transport_events: TransportEvents::default(),
             start_check: None,
@@ -370,47 +378,47 @@ impl SessionOptions {
     }
 
     /// Use this model URL.
-    pub fn url(mut self, url: impl Into<String>) -> SessionOptions {
+    pub fn url(mut self, url: impl Into<String>) -> SessionConfig {
         self.model.url = url.into();
         self
     }
 
-    /// Send this header with the model's WebSocket upgrade (see [`ModelOptions::headers`]).
+    /// Send this header with the model's WebSocket upgrade (see [`ModelConfig::headers`]).
     pub fn model_header(
         mut self,
         name: impl Into<String>,
         value: impl Into<String>,
-    ) -> SessionOptions {
+    ) -> SessionConfig {
         self.model.headers.push((name.into(), value.into()));
         self
     }
 
-    /// Append this query parameter to the model URL (see [`ModelOptions::query`]).
+    /// Append this query parameter to the model URL (see [`ModelConfig::query`]).
     pub fn model_query(
         mut self,
         name: impl Into<String>,
         value: impl Into<String>,
-    ) -> SessionOptions {
+    ) -> SessionConfig {
         self.model.query.push((name.into(), value.into()));
         self
     }
 
-    /// Speak this model API ([`CallOptions::model_api`]). Choosing GPT-Live keeps the Realtime
-    /// URL in [`ModelOptions::realtime_url`] (for SIP sidebands) and sets the URL to
-    /// [`crate::proto::live::DEFAULT_URL`] (change it with [`SessionOptions::url`] after);
+    /// Speak this model API ([`CallConfig::model_api`]). Choosing GPT-Live keeps the Realtime
+    /// URL in [`ModelConfig::realtime_url`] (for SIP sidebands) and sets the URL to
+    /// [`crate::proto::live::DEFAULT_URL`] (change it with [`SessionConfig::url`] after);
     /// choosing Realtime again puts the Realtime URL back.
     ///
     /// ```
-    /// use twilio_realtime::call::{live::LiveOptions, ModelApi};
-    /// use twilio_realtime::session::{SessionOptions, DEFAULT_REALTIME_URL};
+    /// use twilio_realtime::call::{live::LiveConfig, ModelApi};
+    /// use twilio_realtime::session::{SessionConfig, DEFAULT_REALTIME_URL};
     ///
-    /// let live = SessionOptions::new(None).model_api(ModelApi::Live(LiveOptions::default()));
+    /// let live = SessionConfig::new(None).model_api(ModelApi::Live(LiveConfig::default()));
     /// assert_eq!(live.model.url, "wss://api.openai.com/v1/live/sessions");
     /// assert_eq!(live.model.realtime_url.as_deref(), Some(DEFAULT_REALTIME_URL));
     /// let back = live.model_api(ModelApi::Realtime);
     /// assert_eq!(back.model.url, DEFAULT_REALTIME_URL);
     /// ```
-    pub fn model_api(mut self, api: crate::call::ModelApi) -> SessionOptions {
+    pub fn model_api(mut self, api: crate::call::ModelApi) -> SessionConfig {
         match (api.is_live(), self.call.model_api.is_live()) {
             (true, false) => {
                 let realtime = std::mem::replace(
@@ -693,7 +701,7 @@ impl Session {
     pub fn start(
         twilio: WsConn,
         agent: impl Into<AgentSource>,
-        opts: SessionOptions,
+        opts: SessionConfig,
     ) -> Result<Session, SessionError> {
         Session::launch(Some(twilio), agent.into(), opts, None, None)
     }
@@ -703,7 +711,7 @@ impl Session {
     pub(crate) fn launch(
         twilio: Option<WsConn>,
         agent: AgentSource,
-        opts: SessionOptions,
+        opts: SessionConfig,
         end_call: Option<EndCall>,
         info: Option<CallInfo>,
     ) -> Result<Session, SessionError> {
@@ -828,7 +836,7 @@ impl Session {
 
 fn spawn_model_connect(
     gen: u64,
-    opts: &ModelOptions,
+    opts: &ModelConfig,
     tx: InboxSender<ShellMsg>,
     counters: Arc<Counters>,
 ) {
@@ -1014,7 +1022,7 @@ impl TwilioReader {
                     lock(lane).inbound.on_start(&s.start.media_format);
                 }
                 let TwilioMessage::Mark(m) = msg else {
-                    // Waits while the inbox is full (see `SessionOptions::inbox_capacity`).
+                    // Waits while the inbox is full (see `SessionConfig::inbox_capacity`).
                     let _ = tx.send_wait(ShellMsg::Twilio(msg), None);
                     return;
                 };
@@ -1070,7 +1078,7 @@ struct Shell {
     end_call: Option<EndCall>,
     model: Option<Duplex>,
     model_gen: u64,
-    model_opts: ModelOptions,
+    model_opts: ModelConfig,
     shell_tx: InboxSender<ShellMsg>,
     events: EventSender,
     transport: TransportEvents,
@@ -1239,7 +1247,7 @@ impl QueueGauge {
 pub struct QueueStats {
     /// Events waiting for the application now.
     pub events_queued: usize,
-    /// The most events that waited at once (at most `SessionOptions::event_capacity`).
+    /// The most events that waited at once (at most `SessionConfig::event_capacity`).
     pub events_peak: usize,
     /// Events dropped because the application did not read them in time.
     pub events_dropped: u64,
@@ -1954,7 +1962,7 @@ impl ModelReader<'_> {
 /// use std::net::TcpListener;
 /// use twilio_realtime::agent::Agent;
 /// use twilio_realtime::events::SessionEvent;
-/// use twilio_realtime::session::{Session, SessionOptions};
+/// use twilio_realtime::session::{Session, SessionConfig};
 /// use twilio_realtime::sim::fake_model::{FakeModel, FakeModelConfig, Reply};
 /// use twilio_realtime::sim::twilio_call::{Segment, TwilioCall, TwilioCallConfig};
 /// use twilio_realtime::io::ws::{WsConfig, WsConn};
@@ -1977,8 +1985,8 @@ impl ModelReader<'_> {
 /// let (tcp, _) = listener.accept()?;
 /// let (twilio, _request) = WsConn::accept(tcp, None, &WsConfig::default())?;
 /// let agent = Agent::new("Assistant", "You are a friendly phone assistant.");
-/// // A real deployment passes its key: SessionOptions::new(Some(key)).
-/// let opts = SessionOptions::new(None).url(model.url());
+/// // A real deployment passes its key: SessionConfig::new(Some(key)).
+/// let opts = SessionConfig::new(None).url(model.url());
 /// let session = Session::start(twilio, agent, opts)?;
 /// let mut said = Vec::new();
 /// for event in session.events().iter() {
@@ -2161,7 +2169,7 @@ impl Session {
     }
 
     /// The session's events, in order. The last one is [`SessionEvent::Closed`]. At most
-    /// [`SessionOptions::event_capacity`] wait to be read: an application that reads late or
+    /// [`SessionConfig::event_capacity`] wait to be read: an application that reads late or
     /// never loses the oldest audio and transport events first (told by
     /// [`SessionEvent::EventsDropped`]), and the call is never slowed by it.
     pub fn events(&self) -> &EventReceiver {
@@ -2183,7 +2191,7 @@ impl Session {
     }
 
     /// Runs a tool call that waits for approval. A call not approved or rejected within
-    /// [`CallOptions::approval_timeout`] (default 60 s) is rejected, and the model told so.
+    /// [`CallConfig::approval_timeout`] (default 60 s) is rejected, and the model told so.
     pub fn approve(&self, call_id: impl Into<String>) {
         self.command(Command::Approve(call_id.into()));
     }
@@ -2254,7 +2262,7 @@ impl Session {
     /// Ends the call once the caller has heard the agent's last words: the response under
     /// way (if any) finishes, its audio plays out (Twilio echoed its last mark), then the
     /// stream and the model connection close with [`CloseReason::HungUp`]. No new response is
-    /// asked for meanwhile. Bounded by [`CallOptions::hang_up_timeout`] (default 10 s).
+    /// asked for meanwhile. Bounded by [`CallConfig::hang_up_timeout`] (default 10 s).
     /// Twilio then runs the TwiML after `<Connect>` (none: the call ends).
     pub fn hang_up(&self) {
         self.command(Command::HangUp);
@@ -2382,7 +2390,7 @@ mod tests {
         let bridge = thread::spawn(move || {
             let (tcp, _) = listener.accept().unwrap();
             let (conn, _) = WsConn::accept(tcp, None, &WsConfig::default()).unwrap();
-            let opts = SessionOptions::new(None).url(url);
+            let opts = SessionConfig::new(None).url(url);
             let handle = Session::start(conn, Agent::new("A", "x"), opts).unwrap();
             let reason = wait_closed(handle.events(), Duration::from_secs(10));
             // every thread of the call exits: join returns

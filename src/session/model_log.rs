@@ -1,5 +1,5 @@
 //! Every client event a call sends its model, as JSON lines with audio payloads elided
-//! ([`SessionOptions::model_events`](crate::session::SessionOptions::model_events)): the first
+//! ([`SessionConfig::model_events`](crate::session::SessionConfig::model_events)): the first
 //! thing to look at when a real call misbehaves.
 //!
 //! One line per event, in the order written to the socket: the session thread's events

@@ -1,7 +1,7 @@
 //! Call recordings: one call's timeline as a JSON-lines file, to look at afterwards (the
 //! `call_report` example turns one into a picture and a one-screen summary).
 //!
-//! Opt in per session with [`crate::session::SessionOptions::recording`] (the example server
+//! Opt in per session with [`crate::session::SessionConfig::recording`] (the example server
 //! does it for every call when `CALL_RECORDING_DIR` is set). A recording holds what the
 //! bridge saw and decided, each with the time since the session started:
 //!

@@ -20,7 +20,7 @@
 //! [`SessionEvent::Closed`]. A REFER that fails is followed by a hang-up (the caller is not
 //! left with nobody driving the call), and a `404` on `hangup` means the call had ended. If
 //! `output_audio_buffer.stopped` never comes, the call is ended after
-//! [`CallOptions::hang_up_timeout`](crate::call::CallOptions::hang_up_timeout) anyway. Every
+//! [`CallConfig::hang_up_timeout`](crate::call::CallConfig::hang_up_timeout) anyway. Every
 //! other end hangs up too, at once: `close()`, a sideband that cannot connect or is lost, a
 //! panic; a call the bridge no longer drives is not left running at OpenAI.
 //!
@@ -33,7 +33,7 @@
 //! use twilio_realtime::agent::Agent;
 //! use twilio_realtime::events::SessionEvent;
 //! use twilio_realtime::server::sip::OpenAiCalls;
-//! use twilio_realtime::session::{Session, SessionOptions};
+//! use twilio_realtime::session::{Session, SessionConfig};
 //! use twilio_realtime::sim::fake_model::Reply;
 //! use twilio_realtime::sim::sip::{CallerStep, FakeSip, FakeSipConfig};
 //!
@@ -53,7 +53,7 @@
 //! rest.accept(&call.call_id, &serde_json::json!({"type": "realtime", "model": "gpt-realtime"}))?;
 //!
 //! let agent = Agent::new("Assistant", "You are a friendly phone assistant.");
-//! let opts = SessionOptions::new(Some("sk-test".into())).url(fake.realtime_url());
+//! let opts = SessionConfig::new(Some("sk-test".into())).url(fake.realtime_url());
 //! let session = Session::start_sideband(&call, rest, agent, opts)?;
 //! let mut said = Vec::new();
 //! for event in session.events().iter() {
@@ -72,7 +72,7 @@ use crate::agent::Agent;
 use crate::events::{CloseReason, SessionEvent};
 use crate::proto::sip::IncomingCall;
 use crate::server::sip::{CallsError, OpenAiCalls};
-use crate::session::{AgentSource, EndCall, Session, SessionError, SessionOptions};
+use crate::session::{AgentSource, EndCall, Session, SessionConfig, SessionError};
 use crate::telephony::transfer::Destination;
 
 const LOG: &str = "twilio_realtime::sip";
@@ -127,7 +127,7 @@ impl Session {
         call: &IncomingCall,
         rest: OpenAiCalls,
         agent: Agent,
-        opts: SessionOptions,
+        opts: SessionConfig,
     ) -> Result<Session, SessionError> {
         let mut opts = opts;
         opts.call.sideband = true;

@@ -67,7 +67,7 @@ use crate::call::Preconfigured;
 use crate::error::CallError;
 use crate::io::ws::{WsConn, WsError};
 use crate::proto::realtime::{ClientEvent, ServerEvent, SessionConfig};
-use crate::session::ModelOptions;
+use crate::session::ModelConfig;
 
 const LOG: &str = "twilio_realtime::warm";
 
@@ -478,7 +478,7 @@ impl WarmModels {
     pub fn open(
         self: &Arc<Self>,
         call_sid: &str,
-        model: &ModelOptions,
+        model: &ModelConfig,
         config: Option<SessionConfig>,
     ) -> Open {
         let decided = self.lock().open_at(call_sid, Instant::now());

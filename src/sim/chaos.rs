@@ -41,7 +41,7 @@ pub enum CallerFault {
     StopReading,
     /// Starts and streams a little audio, then sends nothing more without closing (its host
     /// vanished, the TCP connection was never closed: a half-open peer). The bridge must end
-    /// the call by its silence rule (`CallOptions::twilio_silence_timeout`).
+    /// the call by its silence rule (`CallConfig::twilio_silence_timeout`).
     HalfOpen,
     /// Streams audio at the normal pace, but each frame's `timestamp` is 10 s past the last
     /// (a broken or hostile peer: a bridge that padded every gap would append 80 KB of

@@ -188,7 +188,7 @@ pub struct DeafStats {
     pub events_dropped: u64,
     /// The most events any one call held at once.
     pub events_peak: usize,
-    /// The bound (`SessionOptions::event_capacity`).
+    /// The bound (`SessionConfig::event_capacity`).
     pub capacity: usize,
 }
 
@@ -389,7 +389,7 @@ struct DeafApp {
 impl DeafApp {
     fn start(model: FakeModelConfig) -> io::Result<DeafApp> {
         use crate::io::ws::{WsConfig, WsConn};
-        use crate::session::{Session, SessionOptions, TransportEvents};
+        use crate::session::{Session, SessionConfig, TransportEvents};
         let model = FakeModel::start(FakeModelConfig {
             keep_events: false,
             ..model
@@ -398,7 +398,7 @@ impl DeafApp {
         let addr = listener.local_addr()?;
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let live = Arc::new(AtomicUsize::new(0));
-        let mut opts = SessionOptions::new(Some("sk-soak".into())).url(model.url());
+        let mut opts = SessionConfig::new(Some("sk-soak".into())).url(model.url());
         opts.transport_events = TransportEvents::All;
         opts.call.audio_events = true;
         // A bound a short soak call overflows (one holds ~160 events), so the drop policy
