@@ -13,7 +13,7 @@ use twilio_realtime::agent::Agent;
 use twilio_realtime::call::inbound::{InboundAudio, InboundConfig};
 use twilio_realtime::call::{CallConfig, CallCore, Command, Input, Output};
 use twilio_realtime::proto::mulaw;
-use twilio_realtime::proto::realtime::{write_append_json, ServerEvent};
+use twilio_realtime::proto::realtime::{write_append_json, AudioDeltaFrame, ServerEvent};
 use twilio_realtime::proto::twilio::{
     write_mark_json, write_media_json, TwilioCommand, TwilioMessage,
 };
@@ -136,6 +136,53 @@ fn outbound(c: &mut Criterion) {
     });
     g.bench_function("parse_delta_only", |b| {
         b.iter(|| ServerEvent::parse(black_box(&d)).unwrap())
+    });
+    // The same delta on the agent-audio lane: the model reader's borrowed parse, the media and
+    // mark JSON, and the core recording the chunk later (all of the lane's work but the
+    // session thread's wake-up it saves).
+    g.bench_function("delta_on_the_agent_lane", |b| {
+        let (mut core, now) = ready_core();
+        // A delta through the core, which grants the lane (and acknowledges what played, so
+        // the ledger stays as small as in a real call).
+        let grant = |core: &mut CallCore, mark: Option<&str>| {
+            if let Some(name) = mark {
+                let echo =
+                    format!(r#"{{"event":"mark","streamSid":"{SID}","mark":{{"name":"{name}"}}}}"#);
+                core.handle_input(now, Input::Twilio(TwilioMessage::parse(&echo).unwrap()));
+            }
+            core.handle_input(now, Input::Model(ServerEvent::parse(&d).unwrap()));
+            let mut lane = None;
+            while let Some(o) = core.poll_output() {
+                if let Output::AudioLane(l) = o {
+                    lane = Some(l);
+                }
+            }
+            lane.expect("a lane after a delta")
+        };
+        let mut lane = grant(&mut core, None);
+        let mut buf = String::with_capacity(2048);
+        let mut n = 0u64;
+        b.iter(|| {
+            n += 1;
+            if n % 50 == 0 {
+                let last = lane.chunk(0);
+                lane = grant(&mut core, Some(&last));
+            }
+            let f = AudioDeltaFrame::parse(black_box(&d)).unwrap();
+            assert!(lane.matches(f.response_id(), f.item_id(), f.content_index()));
+            buf.clear();
+            write_media_json(&mut buf, lane.stream_sid(), f.delta());
+            black_box(&buf);
+            let bytes = mulaw::base64_decoded_len(f.delta()) as u64;
+            let mark = lane.chunk(bytes);
+            buf.clear();
+            write_mark_json(&mut buf, lane.stream_sid(), &mark);
+            black_box(&buf);
+            core.handle_input(now, Input::AudioLaneSent { bytes });
+        })
+    });
+    g.bench_function("parse_delta_borrowed", |b| {
+        b.iter(|| AudioDeltaFrame::parse(black_box(&d)).unwrap())
     });
     g.finish();
 }
