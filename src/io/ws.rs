@@ -1385,6 +1385,22 @@ impl WsSender {
         r
     }
 
+    /// Like [`WsSender::send_now`] for a thread that writes on another's behalf and has
+    /// nobody to tell of a failure: a failed write gives the connection up with its cause kept
+    /// for the reader, whose last message is then [`Incoming::Error`] with it. True if the
+    /// message was written (or buffered to be flushed).
+    pub(crate) fn send_now_or_give_up(&self, msg: Message) -> bool {
+        match self.shared.write_now(msg) {
+            Ok(()) => true,
+            Err(WsError::Closed) => false,
+            Err(e) => {
+                self.shared.fail(e);
+                let _ = self.stop_tx.send(());
+                false
+            }
+        }
+    }
+
     /// Closes gracefully: queued messages go out, then a close frame; the socket is shut
     /// down when the peer answers or after the close timeout. Idempotent.
     pub fn close(&self) {

@@ -663,9 +663,10 @@ impl AgentLane {
         }
         buf.clear();
         write_media_json(buf, lane.stream_sid(), d.delta());
-        if let Err(e) = twilio.send_now(Message::text(buf.as_str())) {
-            // Nothing went out: the session thread sends it (and learns of the failure).
-            log::debug!(target: TWILIO_LOG, "lane frame not written: {e}");
+        // A failed write gives the Twilio socket up with its cause, which the Twilio reader
+        // reports to the session thread (as the session thread's own failed write would).
+        if !twilio.send_now_or_give_up(Message::text(buf.as_str())) {
+            *grant = None;
             return false;
         }
         let bytes = crate::proto::mulaw::base64_decoded_len(d.delta()) as u64;
@@ -675,9 +676,7 @@ impl AgentLane {
         let mark = lane.chunk(bytes);
         buf.clear();
         write_mark_json(buf, lane.stream_sid(), &mark);
-        if let Err(e) = twilio.send_now(Message::text(buf.as_str())) {
-            // The socket failed: its reader reports it; no more lane writes.
-            log::debug!(target: TWILIO_LOG, "lane mark not written: {e}");
+        if !twilio.send_now_or_give_up(Message::text(buf.as_str())) {
             *grant = None;
         }
         true
