@@ -55,7 +55,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::events::{CallError, CloseReason, InterruptCause, SessionEvent};
-use crate::session::SessionStats;
+use crate::session::{Session, SessionStats};
 
 /// The log target of the one summary line per call (`RUST_LOG=twilio_realtime::calls=info`).
 pub const CALLS_LOG: &str = "twilio_realtime::calls";
@@ -500,6 +500,19 @@ impl Metrics {
         self.families.calls_active.inc();
     }
 
+    /// A call began at `began`: raises the live calls gauge and returns the call's
+    /// [`CallMeter`], which counts its events and publishes it when it ends (or is dropped).
+    /// What the bundled server does for each call, for an application that runs sessions
+    /// itself.
+    pub fn start_call(&self, began: Instant) -> CallMeter<'_> {
+        self.call_started();
+        CallMeter {
+            metrics: self,
+            stats: CallStats::new(began),
+            ended: false,
+        }
+    }
+
     /// Counts one of a call's events as it happens and adds it to the call's `stats`.
     pub fn observe(&self, stats: &mut CallStats, now: Instant, event: &SessionEvent) {
         let f = &self.families;
@@ -627,6 +640,70 @@ impl Metrics {
             return tool.to_owned();
         }
         "other".to_owned()
+    }
+}
+
+/// One call's share of [`Metrics`] ([`Metrics::start_call`]): feed it the call's events
+/// ([`observe`](CallMeter::observe)), then [`finish`](CallMeter::finish) it with the
+/// session. A meter dropped unfinished (the application's loop panicked or returned early)
+/// still ends its call in the metrics, so the live calls gauge never drifts.
+///
+/// ```
+/// use std::time::Instant;
+/// use twilio_realtime::events::{CloseReason, SessionEvent};
+/// use twilio_realtime::metrics::Metrics;
+///
+/// let metrics = Metrics::new();
+/// let mut meter = metrics.start_call(Instant::now());
+/// assert!(metrics.encode().contains("twilio_realtime_calls_active 1"));
+/// // In a real loop: `for event in session.events().iter() { meter.observe(&event); … }`,
+/// // then `let stats = meter.finish(&session);`.
+/// meter.observe(&SessionEvent::Closed { reason: CloseReason::TwilioStopped });
+/// drop(meter);
+/// let text = metrics.encode();
+/// assert!(text.contains("twilio_realtime_calls_active 0"));
+/// assert!(text.contains("twilio_realtime_calls_total{reason=\"twilio_stopped\"} 1"));
+/// ```
+#[derive(Debug)]
+pub struct CallMeter<'a> {
+    metrics: &'a Metrics,
+    stats: CallStats,
+    ended: bool,
+}
+
+impl CallMeter<'_> {
+    /// Counts one of the call's events, as it happens.
+    pub fn observe(&mut self, event: &SessionEvent) {
+        self.metrics.observe(&mut self.stats, Instant::now(), event);
+    }
+
+    /// The call's summary so far (e.g. to set [`CallStats::model`]).
+    pub fn stats_mut(&mut self) -> &mut CallStats {
+        &mut self.stats
+    }
+
+    /// The call ended: completes its summary with the session's counters and caller details
+    /// ([`Session::call_stats`], [`Session::call_info`]), publishes it and returns it (for
+    /// [`CallStats::summary_json`]).
+    pub fn finish(mut self, session: &Session) -> CallStats {
+        self.stats.finish(Instant::now(), &session.call_stats());
+        if let Some(info) = session.call_info() {
+            self.stats.call_sid = Some(info.call_sid.clone());
+            self.stats.caller = info.from.clone();
+        }
+        self.ended = true;
+        self.metrics.call_ended(&self.stats);
+        let started = self.stats.started;
+        std::mem::replace(&mut self.stats, CallStats::new(started))
+    }
+}
+
+impl Drop for CallMeter<'_> {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.stats.duration = self.stats.started.elapsed();
+            self.metrics.call_ended(&self.stats);
+        }
     }
 }
 

@@ -415,11 +415,7 @@ fn signatures_are_required_when_a_token_is_set() {
 fn stream_token(addr: SocketAddr, sig: &str) -> String {
     let (status, body) = webhook(addr, Some(sig));
     assert_eq!(status, 200, "{body}");
-    let at = body
-        .find(r#"<Parameter name="token" value=""#)
-        .unwrap_or_else(|| panic!("no token parameter in {body}"));
-    let rest = &body[at + r#"<Parameter name="token" value=""#.len()..];
-    rest[..rest.find('"').unwrap()].to_owned()
+    common::twiml_token(&body).unwrap_or_else(|| panic!("no token parameter in {body}"))
 }
 
 #[test]

@@ -77,9 +77,7 @@ fn webhook(addr: SocketAddr, call_sid: &str, signed: bool) -> Option<String> {
         sig.as_deref(),
     );
     assert_eq!(status, 200, "{body}");
-    let key = r#"<Parameter name="token" value=""#;
-    let rest = &body[body.find(key)? + key.len()..];
-    Some(rest[..rest.find('"')?].to_owned())
+    common::twiml_token(&body)
 }
 
 fn stream_with(

@@ -76,9 +76,8 @@ use crate::call::CallCore;
 use crate::events::{CloseReason, SessionEvent};
 use crate::io::http::{self, HttpError, HttpLimits, RequestHead};
 use crate::io::ws::{WsConfig, WsConn};
-use crate::metrics::{CallStats, Metrics, CALLS_LOG};
+use crate::metrics::{CallMeter, Metrics, CALLS_LOG};
 use crate::proto::realtime;
-use crate::proto::twilio::Start;
 use crate::session::warm::WarmModels;
 use crate::session::{
     AgentForCall, AgentSource, CallControl, QueueGauge, Session, SessionCloser, SessionConfig,
@@ -811,13 +810,7 @@ impl Server {
             .map(|ttl| Arc::new(StreamTokens::new(ttl, 100_000)));
         let mut cfg = cfg;
         if let Some(tokens) = &tokens {
-            let tokens = tokens.clone();
-            cfg.session.start_check = Some(Arc::new(move |start: &Start, _: &CallInfo| {
-                let token = start.start.custom_parameters.get(TOKEN_PARAMETER);
-                tokens
-                    .redeem(token.map(String::as_str), &start.start.call_sid)
-                    .map_err(|e| e.to_string())
-            }));
+            cfg.session.start_check = Some(tokens.clone().start_check());
             if let (Some(ttl), true) = (cfg.stream_token_ttl, cfg.warm_model_pool > 0) {
                 // Only with tokens: the webhook is signed (strangers cannot open model
                 // sessions) and the stream proves which call it is before it claims one.
@@ -1226,10 +1219,7 @@ impl ConnCtx {
 
     /// The public origin (`https://host`) for URLs Twilio used.
     fn origin(&self, head: &RequestHead) -> Option<String> {
-        if let Some(u) = &self.cfg.public_url {
-            return Some(u.trim_end_matches('/').to_owned());
-        }
-        head.header("host").map(|h| format!("https://{h}"))
+        public_origin(self.cfg.public_url.as_deref(), head)
     }
 
     fn forbidden(&self, stream: &mut TcpStream, what: &str) {
@@ -1274,15 +1264,9 @@ impl ConnCtx {
         let Some(token) = &self.cfg.twilio_auth_token else {
             return true;
         };
-        let ok = match (self.origin(head), head.header("x-twilio-signature")) {
-            (Some(origin), Some(sig)) => {
-                let url = format!("{origin}{}", head.target);
-                let params: Vec<(&str, &str)> =
-                    form.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-                signature::validate_lenient(token, &url, &params, sig)
-            }
-            _ => false,
-        };
+        let ok = self
+            .origin(head)
+            .is_some_and(|origin| signature::verify_webhook(token, &origin, head, form).is_ok());
         if !ok {
             self.forbidden(stream, what);
         }
@@ -1606,17 +1590,9 @@ impl ConnCtx {
     fn media_stream(self, stream: TcpStream, head: &RequestHead, leftover: Vec<u8>) {
         let mut stream = stream;
         if let Some(token) = &self.cfg.twilio_auth_token {
-            let ok = match (self.origin(head), head.header("x-twilio-signature")) {
-                (Some(origin), Some(sig)) => {
-                    let url = format!(
-                        "{}{}",
-                        stream_url(&origin).trim_end_matches("/media-stream"),
-                        head.target
-                    );
-                    signature::validate_lenient(token, &url, &[], sig)
-                }
-                _ => false,
-            };
+            let ok = self
+                .origin(head)
+                .is_some_and(|origin| signature::verify_upgrade(token, &origin, head).is_ok());
             if !ok {
                 self.forbidden(&mut stream, "media stream upgrade");
                 return;
@@ -1671,9 +1647,8 @@ impl ConnCtx {
     /// hook, metrics, the summary line (Media Streams and SIP calls alike).
     fn run_call(&self, call_no: u64, handle: Session, began: Instant, model: Option<String>) {
         let metrics = self.shared.metrics.clone();
-        metrics.call_started();
-        let mut stats = CallStats::new(began);
-        stats.model = model;
+        let mut meter = metrics.start_call(began);
+        meter.stats_mut().model = model;
         if let Ok(mut s) = self.shared.sessions.lock() {
             s.push((call_no, handle.closer(), handle.queue_gauge()));
         }
@@ -1691,14 +1666,9 @@ impl ConnCtx {
                 }
             }
         }
-        self.pump(call_no, &handle, on_events, &mut stats);
-        stats.finish(Instant::now(), &handle.call_stats());
-        if let Some(info) = handle.call_info() {
-            stats.call_sid = Some(info.call_sid.clone());
-            stats.caller = info.from.clone();
-        }
+        self.pump(call_no, &handle, on_events, &mut meter);
+        let stats = meter.finish(&handle);
         log::info!(target: CALLS_LOG, "{}", stats.summary_json(self.cfg.log_caller_number));
-        metrics.call_ended(&stats);
         handle.join();
     }
 
@@ -1707,12 +1677,12 @@ impl ConnCtx {
         call_no: u64,
         handle: &Session,
         mut on_events: Option<CallEvents>,
-        stats: &mut CallStats,
+        meter: &mut CallMeter<'_>,
     ) {
         let mut hook_panicked = false;
         let mut handler_panicked = false;
         while let Some(ev) = handle.events().recv() {
-            self.shared.metrics.observe(stats, Instant::now(), &ev);
+            meter.observe(&ev);
             if let Some(h) = &self.hook {
                 // The hook is application code: a panic in it ends this call
                 // (`CallError::Panicked`), never the server; the hook still
@@ -1887,8 +1857,31 @@ fn secret_matches(expected: &str, presented: &str) -> bool {
     tag(presented).verify_slice(&want).is_ok()
 }
 
-/// The `wss://…/media-stream` URL for a public `https://` (or `http://`) origin.
-pub fn stream_url(origin: &str) -> String {
+/// The public origin (`https://host`) of the URLs Twilio requested: `public_url` (the
+/// configured public URL, e.g. `PUBLIC_URL`) when there is one, else `https://` and the
+/// request's `Host` header (which a proxy may rewrite: configure a public URL behind one).
+/// What the server signs and checks URLs against; for an application that serves Twilio's
+/// requests itself, the `origin` of [`signature::verify_webhook`] and
+/// [`signature::verify_upgrade`].
+///
+/// ```
+/// use twilio_realtime::io::http::RequestHead;
+/// use twilio_realtime::server::public_origin;
+///
+/// let head = RequestHead::new("POST", "/incoming-call", [("Host", "example.com")]);
+/// assert_eq!(public_origin(None, &head).as_deref(), Some("https://example.com"));
+/// let configured = public_origin(Some("https://calls.example.org/"), &head);
+/// assert_eq!(configured.as_deref(), Some("https://calls.example.org"));
+/// ```
+pub fn public_origin(public_url: Option<&str>, head: &RequestHead) -> Option<String> {
+    if let Some(u) = public_url {
+        return Some(u.trim_end_matches('/').to_owned());
+    }
+    head.header("host").map(|h| format!("https://{h}"))
+}
+
+/// `wss://host` for a public `https://` (or `http://`) origin.
+fn wss_origin(origin: &str) -> String {
     let origin = origin.trim_end_matches('/');
     let host = origin
         .strip_prefix("https://")
@@ -1896,7 +1889,12 @@ pub fn stream_url(origin: &str) -> String {
         .or_else(|| origin.strip_prefix("wss://"))
         .or_else(|| origin.strip_prefix("ws://"))
         .unwrap_or(origin);
-    format!("wss://{host}/media-stream")
+    format!("wss://{host}")
+}
+
+/// The `wss://…/media-stream` URL for a public `https://` (or `http://`) origin.
+pub fn stream_url(origin: &str) -> String {
+    format!("{}/media-stream", wss_origin(origin))
 }
 
 /// TwiML that connects the call to `stream_url`, after an optional greeting, passing

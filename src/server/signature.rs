@@ -24,6 +24,8 @@
 //! ```
 
 use base64::Engine;
+
+use crate::io::http::RequestHead;
 use hmac::{Hmac, KeyInit, Mac};
 use sha1::Sha1;
 
@@ -77,6 +79,102 @@ pub fn validate_lenient(token: &str, url: &str, params: &[(&str, &str)], signatu
         None => other,
     };
     validate(token, &other, params, signature)
+}
+
+/// The header Twilio puts its signature in.
+pub const SIGNATURE_HEADER: &str = "X-Twilio-Signature";
+
+/// Why a request's signature was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SignatureError {
+    /// The request has no `X-Twilio-Signature` header.
+    Missing,
+    /// The signature is not Twilio's signature of this URL and form with this auth token.
+    Invalid,
+}
+
+impl std::fmt::Display for SignatureError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SignatureError::Missing => "no X-Twilio-Signature",
+            SignatureError::Invalid => "invalid X-Twilio-Signature",
+        })
+    }
+}
+
+impl std::error::Error for SignatureError {}
+
+/// Checks a webhook request (e.g. `POST /incoming-call`, `/call-status`) as the bundled
+/// server does, for an application whose own HTTP server read it: the signature in `head`
+/// over `origin` (the public `https://host` Twilio reached, see
+/// [`public_origin`](super::public_origin)) followed by the request target, and the decoded
+/// form body (`form`, see [`parse_form`](crate::io::http::parse_form)). A trailing slash on
+/// the path is accepted either way.
+///
+/// ```
+/// use twilio_realtime::io::http::RequestHead;
+/// use twilio_realtime::server::signature::{compute, verify_webhook, SignatureError};
+///
+/// let form = vec![("CallSid".to_owned(), "CA123".to_owned())];
+/// let sig = compute("token", "https://example.com/incoming-call", &[("CallSid", "CA123")]);
+/// let head = |sig: &str| {
+///     RequestHead::new("POST", "/incoming-call", [("X-Twilio-Signature", sig)])
+/// };
+/// assert_eq!(verify_webhook("token", "https://example.com", &head(&sig), &form), Ok(()));
+/// assert_eq!(
+///     verify_webhook("other", "https://example.com", &head(&sig), &form),
+///     Err(SignatureError::Invalid)
+/// );
+/// ```
+pub fn verify_webhook(
+    auth_token: &str,
+    origin: &str,
+    head: &RequestHead,
+    form: &[(String, String)],
+) -> Result<(), SignatureError> {
+    let sig = head
+        .header(SIGNATURE_HEADER)
+        .ok_or(SignatureError::Missing)?;
+    let url = format!("{}{}", origin.trim_end_matches('/'), head.target);
+    let params: Vec<(&str, &str)> = form.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    match validate_lenient(auth_token, &url, &params, sig) {
+        true => Ok(()),
+        false => Err(SignatureError::Invalid),
+    }
+}
+
+/// Checks the Media Streams WebSocket upgrade as the bundled server does: Twilio signs the
+/// `wss://` URL as written in the TwiML, i.e. `origin` (the public `https://host`) with the
+/// `wss` scheme, followed by the request target; no form. A trailing slash on the path is
+/// accepted either way.
+///
+/// ```
+/// use twilio_realtime::io::http::RequestHead;
+/// use twilio_realtime::server::signature::{compute, verify_upgrade, SignatureError};
+///
+/// let sig = compute("token", "wss://example.com/media-stream", &[]);
+/// let head = RequestHead::new("GET", "/media-stream", [("X-Twilio-Signature", sig)]);
+/// assert_eq!(verify_upgrade("token", "https://example.com", &head), Ok(()));
+/// let unsigned = RequestHead::new("GET", "/media-stream", Vec::<(String, String)>::new());
+/// assert_eq!(
+///     verify_upgrade("token", "https://example.com", &unsigned),
+///     Err(SignatureError::Missing)
+/// );
+/// ```
+pub fn verify_upgrade(
+    auth_token: &str,
+    origin: &str,
+    head: &RequestHead,
+) -> Result<(), SignatureError> {
+    let sig = head
+        .header(SIGNATURE_HEADER)
+        .ok_or(SignatureError::Missing)?;
+    let url = format!("{}{}", super::wss_origin(origin), head.target);
+    match validate_lenient(auth_token, &url, &[], sig) {
+        true => Ok(()),
+        false => Err(SignatureError::Invalid),
+    }
 }
 
 #[cfg(test)]

@@ -23,7 +23,11 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+use crate::proto::twilio::Start;
+use crate::session::StartCheck;
+use crate::telephony::call_info::CallInfo;
 use std::time::{Duration, Instant};
 
 /// The `customParameters` key the token travels under.
@@ -147,6 +151,31 @@ impl StreamTokens {
             return Err(TokenError::WrongCall);
         }
         Ok(())
+    }
+
+    /// The [`StartCheck`] that spends the token a stream's `start` presents
+    /// (`customParameters["token"]`, see [`TOKEN_PARAMETER`]) for its CallSid: set it as
+    /// [`SessionConfig::start_check`](crate::session::SessionConfig::start_check) and a stream
+    /// without a valid token ends before the model is called. The bundled server does this
+    /// when tokens are on; an application that serves the webhook itself issues the token
+    /// there ([`issue`](Self::issue)) and passes it as a `<Parameter>` in the TwiML.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use twilio_realtime::server::token::StreamTokens;
+    /// use twilio_realtime::SessionConfig;
+    ///
+    /// let tokens = Arc::new(StreamTokens::new(Duration::from_secs(30), 10_000));
+    /// let mut session = SessionConfig::new(None);
+    /// session.start_check = Some(tokens.clone().start_check());
+    /// ```
+    pub fn start_check(self: Arc<Self>) -> StartCheck {
+        Arc::new(move |start: &Start, _: &CallInfo| {
+            let token = start.start.custom_parameters.get(TOKEN_PARAMETER);
+            self.redeem(token.map(String::as_str), &start.start.call_sid)
+                .map_err(|e| e.to_string())
+        })
     }
 
     /// Tokens outstanding.

@@ -368,6 +368,13 @@ pub fn post_form(
     )
 }
 
+/// The one-time stream token a webhook's TwiML passes as `<Parameter name="token">`.
+pub fn twiml_token(twiml: &str) -> Option<String> {
+    let key = r#"<Parameter name="token" value=""#;
+    let rest = &twiml[twiml.find(key)? + key.len()..];
+    Some(rest[..rest.find('"')?].to_owned())
+}
+
 /// `application/x-www-form-urlencoded` of the pairs, in order.
 pub fn form_encode(form: &[(&str, &str)]) -> String {
     form_urlencoded::Serializer::new(String::new())
