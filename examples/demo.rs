@@ -409,13 +409,16 @@ fn call(t0: Instant, model: Fake) -> Result<(), Box<dyn std::error::Error>> {
         Fake::Live(m) => {
             let rec = m.recording();
             println!(
-                "GPT-Live: {} ms of audio streamed ({} ms speech, the rest silence), {} ms of caller audio before session.started (none may be sent).",
-                rec.audio_sent_ms, rec.speech_sent_ms, rec.appended_before_start / 8
+                "GPT-Live session {}: {} ms of audio streamed ({} ms speech, the rest silence), {} ms of caller audio before session.started (none may be sent).",
+                rec.session_ids.join(", "),
+                rec.audio_sent_ms,
+                rec.speech_sent_ms,
+                rec.appended_before_start / 8
             );
         }
     }
     println!(
-        "Model events: {} (every client event sent to the model, audio elided)",
+        "Model events: {} (every client event sent to the model, audio elided; with GPT-Live also the session id as received)",
         model_events.display()
     );
     let (agent_wav, caller_wav) = report.write_wavs(Path::new(OUT))?;

@@ -139,7 +139,8 @@ pub struct CallStats {
     pub call_sid: Option<String>,
     /// The calling party, once known (logged only on request).
     pub caller: Option<String>,
-    /// The model the call used (the `model` of the endpoint's URL), if known.
+    /// The model the call used (the `model` of a Realtime endpoint's URL, GPT-Live's model from
+    /// `session.start`), if known.
     pub model: Option<String>,
     /// The session's counters (frames, bytes, latencies) as of [`CallStats::finish`].
     pub session: SessionStats,
@@ -255,7 +256,8 @@ impl CallStats {
     /// `bytes_to_caller`, `frames_from_caller`, `frames_to_caller`, `barge_ins`,
     /// `truncations`, `truncated_cut_ms`, `tools` (count), `tool_errors`, `tool_names`, `handoffs`, `transfers`,
     /// `model`, `model_connect_ms`, `first_audio_ms`, `events_dropped`, `bad_twilio`,
-    /// `bad_model`, `close_reason` (a [`close_reason_label`]); `caller` only when
+    /// `bad_model`, `close_reason` (a [`close_reason_label`]), `live_session_id` (GPT-Live's
+    /// session id, `null` with Realtime); `caller` only when
     /// `with_caller` (the operator opted in).
     pub fn summary_json(&self, with_caller: bool) -> String {
         let ms = |d: Option<Duration>| d.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
@@ -284,6 +286,7 @@ impl CallStats {
             "bad_twilio": self.bad_twilio,
             "bad_model": self.bad_model,
             "close_reason": self.close_reason.as_ref().map(close_reason_label),
+            "live_session_id": self.session.live_session_id,
         });
         if with_caller {
             v["caller"] = serde_json::json!(self.caller);

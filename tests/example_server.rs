@@ -220,6 +220,23 @@ fn model_api_live_selects_gpt_live() {
     // AGENT_GREETING became commentary worded as an instruction.
     assert!(rec.commentary[0].starts_with("Greet the caller."));
     assert!(report.chunks.iter().any(|c| c.audible));
+    // The per-call summary line names GPT-Live's model and the session id the server gave.
+    let summary = || {
+        p.log()
+            .lines()
+            .filter(|l| l.contains("twilio_realtime::calls"))
+            .find_map(|l| serde_json::from_str::<serde_json::Value>(&l[l.find('{')?..]).ok())
+    };
+    common::wait_until("the summary line", Duration::from_secs(10), || {
+        summary().is_some()
+    });
+    let line = summary().unwrap();
+    assert_eq!(line["model"], "gpt-live-1", "{line}");
+    assert_eq!(
+        line["live_session_id"],
+        rec.session_ids[0].as_str(),
+        "{line}"
+    );
 }
 
 fn start(model_url: &str, token: Option<&str>) -> Proc {

@@ -42,6 +42,9 @@ struct Call {
     report: CallReport,
     rec: LiveRecording,
     log: String,
+    /// `Session::live_session_id` and the session's stats' copy of it, after the call.
+    session_id: Option<String>,
+    stats_session_id: Option<String>,
 }
 
 fn run(
@@ -75,6 +78,8 @@ fn run(
             break;
         }
     }
+    let session_id = session.live_session_id().map(str::to_owned);
+    let stats_session_id = session.call_stats().live_session_id;
     session.join();
     let report = caller.join().unwrap().unwrap();
     let log = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
@@ -83,6 +88,8 @@ fn run(
         report,
         rec: fake.recording(),
         log,
+        session_id,
+        stats_session_id,
     }
 }
 
@@ -127,12 +134,24 @@ fn assert_clean(call: &Call) {
         max_buffered <= Duration::from_millis(170),
         "buffered {max_buffered:?}"
     );
-    // The model-event log has the same events, in order, audio elided.
-    let lines: Vec<serde_json::Value> = call
+    // The session id the server gave is on the handle, in the stats (the summary line's
+    // source) and in the model-event log, right after `session.start`.
+    let given = call.rec.session_ids.first().cloned();
+    assert!(given.is_some());
+    assert_eq!(call.session_id, given);
+    assert_eq!(call.stats_session_id, given);
+    let (received, lines): (Vec<serde_json::Value>, Vec<serde_json::Value>) = call
         .log
         .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .partition(|l| l["received"] == true);
+    assert_eq!(
+        received,
+        [serde_json::json!({"type":"session.started","received":true,"session":{"id":given}})]
+    );
+    let second: serde_json::Value = serde_json::from_str(call.log.lines().nth(1).unwrap()).unwrap();
+    assert_eq!(second, received[0]);
+    // The model-event log has the same events, in order, audio elided.
     // (The log can be a few lines longer: what was written as the fake closed its socket.)
     assert!(lines.len() >= call.rec.client_events.len());
     assert!(lines.len() <= call.rec.client_events.len() + 5);
@@ -378,4 +397,6 @@ fn a_voice_the_server_refuses_ends_the_call_before_any_audio() {
         "no caller audio flowed"
     );
     assert!(call.report.chunks.is_empty(), "no agent audio played");
+    assert_eq!(call.session_id, None, "a refused session.start gives no id");
+    assert!(!call.log.contains("\"received\""), "{}", call.log);
 }

@@ -1629,7 +1629,11 @@ impl ConnCtx {
                 return;
             }
         };
-        let model = crate::metrics::model_of_url(&self.cfg.session.model.url);
+        // GPT-Live's model is in `session.start`, not the URL.
+        let model = match &self.cfg.session.call.model_api {
+            crate::call::ModelApi::Live(live) => Some(live.model.clone()),
+            _ => crate::metrics::model_of_url(&self.cfg.session.model.url),
+        };
         self.run_call(call_no, handle, began, model);
     }
 

@@ -1132,9 +1132,11 @@ impl Drop for WorkerSlot {
     }
 }
 
-/// Counters the handle reads (see [`QueueStats`]).
+/// Counters the handle reads (see [`QueueStats`]), and the model session's id.
 #[derive(Debug, Default)]
 struct Counters {
+    /// GPT-Live's session id, once `session.started` gave it.
+    live_session_id: OnceLock<String>,
     tools_refused: AtomicU64,
     tool_workers_peak: AtomicUsize,
     /// Media frames and µ-law bytes written to Twilio (the agent's audio).
@@ -1189,6 +1191,9 @@ pub struct SessionStats {
     /// Bytes queued toward the model on its current connection now; also
     /// [`QueueGauge::to_model`].
     pub queued_to_model: u64,
+    /// GPT-Live's session id, once the model started the session (see
+    /// [`Session::live_session_id`]).
+    pub live_session_id: Option<String>,
 }
 
 /// Reads how many bytes a call holds queued toward its peers (bytes handed to a socket that
@@ -1597,6 +1602,13 @@ impl Shell {
                     self.emit(e);
                 }
                 Output::ModelReady => {
+                    if let Some(id) = self.core.live_session_id() {
+                        if self.counters.live_session_id.set(id.to_owned()).is_ok() {
+                            if let Some(log) = &self.model_events {
+                                log.write_session_started(id);
+                            }
+                        }
+                    }
                     if !self.model_ready_logged {
                         self.model_ready_logged = true;
                         log::info!(
@@ -2063,6 +2075,7 @@ impl std::fmt::Debug for Lane {
 pub struct CallControl {
     tx: InboxSender<ShellMsg>,
     call_info: Arc<OnceLock<Arc<CallInfo>>>,
+    counters: Arc<Counters>,
 }
 
 impl std::fmt::Debug for CallControl {
@@ -2080,6 +2093,12 @@ impl CallControl {
     /// [`Session::call_info`]).
     pub fn call_info(&self) -> Option<Arc<CallInfo>> {
         self.call_info.get().cloned()
+    }
+
+    /// GPT-Live's session id, once the model started the session (as
+    /// [`Session::live_session_id`]).
+    pub fn live_session_id(&self) -> Option<&str> {
+        self.counters.live_session_id.get().map(String::as_str)
     }
 
     /// As [`Session::send_message`].
@@ -2164,6 +2183,7 @@ impl Session {
         CallControl {
             tx: self.tx.clone(),
             call_info: self.call_info.clone(),
+            counters: self.counters.clone(),
         }
     }
 
@@ -2324,7 +2344,15 @@ impl Session {
             events_dropped: self.events.dropped(),
             queued_to_twilio: queues.to_twilio(),
             queued_to_model: queues.to_model(),
+            live_session_id: c.live_session_id.get().cloned(),
         }
+    }
+
+    /// GPT-Live's session id (`live_…`), once the model started the session; `None` with
+    /// Realtime. OpenAI's support asks for it; the per-call summary line and the model-event
+    /// log carry it too.
+    pub fn live_session_id(&self) -> Option<&str> {
+        self.counters.live_session_id.get().map(String::as_str)
     }
 
     /// Ends the call with [`CallError::Panicked`] (the server's event hook panicked).

@@ -7,6 +7,10 @@
 //! (`input_audio_buffer.append` / `session.input_audio.append`, with `"audio":"<elided N
 //! chars>"`). Write errors are logged once and the log stops; the call goes on.
 //!
+//! One line is not a client event: with GPT-Live, when the session starts, the server's
+//! `session.started` with only the session id (the one OpenAI's support asks for) and
+//! `"received":true`, e.g. `{"received":true,"session":{"id":"live_…"},"type":"session.started"}`.
+//!
 //! ```
 //! use std::sync::{Arc, Mutex};
 //! use twilio_realtime::session::model_log::ModelEventLog;
@@ -85,6 +89,17 @@ impl ModelEventLog {
         self.write_line(&format!(
             "{{\"audio\":\"<elided {n} chars>\",\"type\":\"{event_type}\"}}"
         ));
+    }
+
+    /// GPT-Live's `session.started` as received: a line with the session id only, marked
+    /// `"received":true` (see the module docs).
+    pub fn write_session_started(&self, session_id: &str) {
+        let line = serde_json::json!({
+            "type": "session.started",
+            "received": true,
+            "session": {"id": session_id},
+        });
+        self.write_line(&line.to_string());
     }
 
     fn write_line(&self, line: &str) {

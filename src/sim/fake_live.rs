@@ -197,6 +197,8 @@ pub struct LiveRecording {
     pub client_events: Vec<String>,
     /// The `session.start` configs.
     pub starts: Vec<Value>,
+    /// The session ids given in `session.started`, in order.
+    pub session_ids: Vec<String>,
     /// Things a client did that the protocol forbids.
     pub violations: Vec<String>,
     /// `error` events sent (code, param).
@@ -640,7 +642,9 @@ impl Engine {
             .map_or(0, |d| d.as_secs())
             + self.sh.cfg.max_session.as_secs();
         let mut session = Map::new();
-        session.insert("id".into(), json!(self.sh.id("live")));
+        let session_id = self.sh.id("live");
+        self.sh.rec().session_ids.push(session_id.clone());
+        session.insert("id".into(), json!(session_id));
         session.insert("expires_at".into(), json!(expires));
         session.insert("status".into(), json!("active"));
         session.insert(
