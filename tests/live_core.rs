@@ -556,3 +556,77 @@ fn hang_up_waits_for_the_turn_to_end_and_the_audio_to_be_heard() {
     let t = types(&out);
     assert_eq!(t, ["session.close"], "{t:?}");
 }
+
+#[test]
+fn approvals_timeouts_and_errors_answer_the_backend_then_one_response_create() {
+    let slow = FunctionTool::new("slow", "d", json!({"type":"object"}), |_| Ok("late".into()))
+        .timeout(Duration::from_secs(2));
+    let agent = Agent::new("A", "x")
+        .tool(weather().needs_approval(true))
+        .tool(slow);
+    let mut h = H::ready(agent, CallOptions::default());
+    h.call("dlg_1", "c1", "get_weather", r#"{"location":"X"}"#);
+    h.call("dlg_1", "c2", "slow", "{}");
+    h.call("dlg_1", "c3", "nope", "{}");
+    h.completed("dlg_1", "completed");
+    let out = h.drain();
+    let evs = session_events(&out);
+    assert!(evs.iter().any(
+        |e| matches!(e, SessionEvent::ToolApprovalRequested { call_id, .. } if call_id == "c1")
+    ));
+    let runs: Vec<String> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::RunTool(r) => Some(r.call.call_id.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(runs, ["c2"], "the approval holds c1; c3 names no tool");
+    // The unknown tool is answered at once with an error output; the batch waits.
+    assert_eq!(types(&out), ["response.item.create"]);
+    let unknown = &live_events(&out)[0]["item"];
+    assert_eq!(unknown["call_id"], "c3");
+    assert!(unknown["output"]
+        .as_str()
+        .unwrap()
+        .contains("no tool named nope"));
+    // The slow tool times out: an error output, still no response.create (c1 waits).
+    h.ms(2000);
+    h.tick();
+    let out = h.drain();
+    assert_eq!(types(&out), ["response.item.create"]);
+    assert_eq!(
+        live_events(&out)[0]["item"]["output"],
+        "Error: the tool timed out."
+    );
+    // The rejection is c1's output, and the batch is whole: one response.create.
+    h.input(Input::Command(Command::Reject {
+        call_id: "c1".into(),
+        message: Some("not allowed".into()),
+    }));
+    let out = h.drain();
+    assert_eq!(types(&out), ["response.item.create", "response.create"]);
+    assert_eq!(live_events(&out)[0]["item"]["call_id"], "c1");
+    assert_eq!(live_events(&out)[0]["item"]["output"], "not allowed");
+}
+
+#[test]
+fn forwarded_dtmf_is_silent_context() {
+    let mut opts = CallOptions::default();
+    opts.forward_dtmf = true;
+    let mut h = H::ready(Agent::new("A", "x"), opts);
+    let dtmf = TwilioMessage::parse(
+        &json!({"event":"dtmf","streamSid":SID,"sequenceNumber":"5","dtmf":{"track":"inbound_track","digit":"7"}})
+            .to_string(),
+    )
+    .unwrap();
+    h.input(Input::Twilio(dtmf));
+    let out = h.drain();
+    assert_eq!(types(&out), ["session.thinking.append"]);
+    let ev = &live_events(&out)[0];
+    assert!(ev["content"].as_str().unwrap().contains('7'), "{ev}");
+    assert_eq!(ev["delegation_id"], Value::Null);
+    assert!(session_events(&out)
+        .iter()
+        .any(|e| matches!(e, SessionEvent::Dtmf { digit } if digit == "7")));
+}
