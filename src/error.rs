@@ -194,6 +194,13 @@ pub enum CallError {
         /// How long nothing came.
         waited: Duration,
     },
+    /// The model connection opened but its session was not confirmed (Realtime's
+    /// `session.updated` with µ-law, GPT-Live's `session.started`) within
+    /// `CallConfig::model_setup_timeout`.
+    ModelSetupTimeout {
+        /// How long the bridge waited after the connection opened.
+        waited: Duration,
+    },
     /// Twilio opened the stream but sent no `start` within `CallConfig::start_timeout`.
     StreamNeverStarted {
         /// How long the bridge waited.
@@ -293,6 +300,7 @@ impl CallError {
             | ModelConfigRejected { .. }
             | ModelDisconnected { .. }
             | ModelUnresponsive { .. }
+            | ModelSetupTimeout { .. }
             | ModelError { .. }
             | BadModelEvent { .. } => ErrorSource::Model,
             TwilioGone { .. }
@@ -424,6 +432,9 @@ impl fmt::Display for CallError {
             }
             CallError::TwilioSilent { waited } => {
                 write!(f, "twilio stream went silent ({waited:?})")
+            }
+            CallError::ModelSetupTimeout { waited } => {
+                write!(f, "model session not confirmed within {waited:?}")
             }
             CallError::StreamNeverStarted { waited } => {
                 write!(f, "twilio sent no start event within {waited:?}")

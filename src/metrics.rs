@@ -90,6 +90,7 @@ pub fn close_reason_label(reason: &CloseReason) -> &'static str {
             CallError::TwilioSilent { .. } => "twilio_silent",
             CallError::Panicked { .. } => "panicked",
             CallError::ModelConfigRejected { .. } => "model_config_rejected",
+            CallError::ModelSetupTimeout { .. } => "model_setup_timeout",
             CallError::TooManyBadMessages { .. } => "too_many_bad_messages",
             _ => "failed",
         },

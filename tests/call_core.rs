@@ -1891,6 +1891,37 @@ fn a_quiet_model_is_pinged_and_lost_when_nothing_answers() {
 }
 
 #[test]
+fn a_session_never_confirmed_ends_the_call_at_the_setup_timeout() {
+    let opts = {
+        let mut o = CallConfig::default();
+        o.model_setup_timeout = Duration::from_secs(3);
+        o.twilio_silence_timeout = Duration::MAX;
+        o
+    };
+    let mut h = H::with(Agent::new("A", "x"), opts);
+    h.core.handle_input(h.now, Input::ModelConnected);
+    h.start();
+    h.ms(1_000);
+    h.model(json!({"type":"session.created","event_id":"e0","session":{"type":"realtime"}}));
+    assert_eq!(types(&h.drain()), ["session.update"]);
+    // The update is never answered: 3 s after the socket opened the call ends.
+    h.ms(1_999);
+    h.tick();
+    assert!(h.core.ended().is_none());
+    h.ms(1);
+    h.tick();
+    let out = h.drain();
+    assert!(out.iter().any(|o| matches!(o, Output::CloseModel)));
+    assert!(out.iter().any(|o| matches!(o, Output::CloseTwilio)));
+    assert_eq!(
+        closed_reason(&out),
+        Some(CloseReason::Error(CallError::ModelSetupTimeout {
+            waited: Duration::from_secs(3)
+        }))
+    );
+}
+
+#[test]
 fn liveness_options_at_duration_max_never_fire() {
     let opts = {
         let mut o = CallConfig::default();

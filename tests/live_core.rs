@@ -564,7 +564,7 @@ fn approvals_timeouts_and_errors_answer_the_backend_then_one_response_create() {
     let agent = Agent::new("A", "x")
         .tool(weather().needs_approval(true))
         .tool(slow);
-    let mut h = H::ready(agent, CallOptions::default());
+    let mut h = H::ready(agent, CallConfig::default());
     h.call("dlg_1", "c1", "get_weather", r#"{"location":"X"}"#);
     h.call("dlg_1", "c2", "slow", "{}");
     h.call("dlg_1", "c3", "nope", "{}");
@@ -612,7 +612,7 @@ fn approvals_timeouts_and_errors_answer_the_backend_then_one_response_create() {
 
 #[test]
 fn forwarded_dtmf_is_silent_context() {
-    let mut opts = CallOptions::default();
+    let mut opts = CallConfig::default();
     opts.forward_dtmf = true;
     let mut h = H::ready(Agent::new("A", "x"), opts);
     let dtmf = TwilioMessage::parse(
@@ -629,4 +629,44 @@ fn forwarded_dtmf_is_silent_context() {
     assert!(session_events(&out)
         .iter()
         .any(|e| matches!(e, SessionEvent::Dtmf { digit } if digit == "7")));
+}
+
+#[test]
+fn a_session_never_started_ends_the_call_at_the_setup_timeout() {
+    // A server that answers pings but never `session.started`: the caller is not kept in
+    // silence for ever (loadgen's fake once lost a `session.start` this way).
+    let mut opts = CallConfig::default();
+    opts.twilio_silence_timeout = Duration::MAX;
+    let mut h = H::with(Agent::new("A", "x"), opts);
+    h.input(Input::ModelConnected);
+    h.start();
+    assert_eq!(types(&h.drain()), ["session.start"]);
+    assert_eq!(
+        h.core.next_deadline(),
+        Some(h.now + Duration::from_secs(10))
+    );
+    h.ms(9_999);
+    h.tick();
+    assert!(closed(&h.drain()).is_none());
+    h.ms(1);
+    h.tick();
+    let out = h.drain();
+    assert_eq!(
+        closed(&out),
+        Some(CloseReason::Error(CallError::ModelSetupTimeout {
+            waited: Duration::from_secs(10)
+        }))
+    );
+    assert!(out.iter().any(|o| matches!(o, Output::CloseTwilio)));
+    assert!(out.iter().any(|o| matches!(o, Output::CloseModel)));
+    assert!(
+        live_events(&out).is_empty(),
+        "no session.close: no session started"
+    );
+    // Once started, the setup deadline is gone.
+    let mut h = H::ready(Agent::new("A", "x"), CallConfig::default());
+    h.ms(10_000);
+    h.mark("unrelated");
+    h.tick();
+    assert!(closed(&h.drain()).is_none());
 }

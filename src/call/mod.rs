@@ -133,6 +133,12 @@ pub struct CallConfig {
     pub twilio_silence_timeout: Duration,
     /// Send the model a WebSocket ping when it has sent nothing this long. Default 20 s.
     pub model_ping_interval: Duration,
+    /// The model connection is open but its session is not confirmed this long after (no
+    /// Realtime `session.created` + `session.updated` with µ-law, no GPT-Live
+    /// `session.started`): the call ends with [`CallError::ModelSetupTimeout`] instead of
+    /// keeping the caller in silence (a model that answers pings but never confirms would
+    /// otherwise hold the call for ever). Also bounds a renewed session's setup. Default 10 s.
+    pub model_setup_timeout: Duration,
     /// The model connection is lost when nothing (a pong or any other frame) arrives this long
     /// after a ping; then the model-loss rule runs ([`CallError::ModelDisconnected`] after
     /// the audio already sent played). Default 10 s.
@@ -224,6 +230,7 @@ impl Default for CallConfig {
             twilio_silence_timeout: Duration::from_secs(10),
             model_ping_interval: Duration::from_secs(20),
             model_pong_timeout: Duration::from_secs(10),
+            model_setup_timeout: Duration::from_secs(10),
             approval_timeout: Duration::from_secs(60),
             greeting: None,
             caller_transcription: Some(crate::proto::realtime::Transcription {
@@ -504,6 +511,8 @@ pub struct CallCore {
     next_probe_at: Option<Instant>,
     /// When a stream that has not started is given up.
     start_deadline: Option<Instant>,
+    /// When a model connection whose session is not confirmed is given up.
+    setup_deadline: Option<Instant>,
     /// The last time Twilio sent anything, once the stream started.
     twilio_seen: Option<Instant>,
     /// The last time the current model connection sent anything (`None` without one).
@@ -572,6 +581,7 @@ impl CallCore {
             ending: None,
             next_probe_at: None,
             start_deadline,
+            setup_deadline: None,
             twilio_seen: None,
             model_seen: None,
             ping_sent: None,
@@ -648,10 +658,21 @@ impl CallCore {
             .chain(ending)
             .chain(self.next_probe_at)
             .chain(self.start_deadline)
+            .chain(self.model_setup_deadline())
             .chain(self.twilio_silence_deadline())
             .chain(self.model_liveness_deadline())
             .chain(self.live.as_ref().and_then(|l| l.deadline()))
             .min()
+    }
+
+    /// The setup deadline while the session is not confirmed (it is void once ready or gone).
+    fn model_setup_deadline(&self) -> Option<Instant> {
+        match self.model {
+            ModelState::Connecting | ModelState::Configuring | ModelState::Reconnecting => {
+                self.setup_deadline
+            }
+            ModelState::Ready | ModelState::Gone => None,
+        }
     }
 
     fn twilio_silence_deadline(&self) -> Option<Instant> {
@@ -1070,6 +1091,7 @@ impl CallCore {
         if self.ended.is_none() {
             self.model_seen = Some(now);
             self.ping_sent = None;
+            self.setup_deadline = after(now, self.opts.model_setup_timeout);
         }
         self.live_connected();
         if self.opts.sideband
@@ -1482,6 +1504,7 @@ impl CallCore {
     /// The model confirmed µ-law both ways: the call is live.
     fn on_configured(&mut self) {
         self.model = ModelState::Ready;
+        self.setup_deadline = None;
         if std::mem::take(&mut self.resumed) {
             // A fresh model session after `session_expired`: carry the conversation over as
             // text so the agent remembers it.
@@ -2503,6 +2526,22 @@ impl CallCore {
                 self.opts.hang_up_timeout
             );
             self.finish_ending();
+            return;
+        }
+        if self.model_setup_deadline().is_some_and(|t| t <= now) {
+            self.setup_deadline = None;
+            log::warn!(
+                target: LOG,
+                "the model session was not confirmed within {:?}; ending the call",
+                self.opts.model_setup_timeout
+            );
+            self.model = ModelState::Gone;
+            self.out(Output::ModelNotReady);
+            self.out(Output::CloseModel);
+            self.out(Output::CloseTwilio);
+            self.fail(CallError::ModelSetupTimeout {
+                waited: self.opts.model_setup_timeout,
+            });
             return;
         }
         if self.start_deadline.is_some_and(|t| t <= now) {
