@@ -670,3 +670,45 @@ fn a_session_never_started_ends_the_call_at_the_setup_timeout() {
     h.tick();
     assert!(closed(&h.drain()).is_none());
 }
+
+#[test]
+fn a_new_agent_with_another_voice_is_told_the_voice_is_fixed() {
+    let front = Agent::new("Front", "You greet.").voice("marin");
+    let mut h = H::ready(front, CallOptions::default());
+    let sales = Agent::new("Sales", "You sell.")
+        .voice("cedar")
+        .tool(weather());
+    h.input(Input::Command(Command::UpdateAgent(sales)));
+    let out = h.drain();
+    // Tools and instructions are applied as GPT-Live allows; the voice is refused, said so.
+    assert_eq!(
+        types(&out),
+        ["session.update", "session.instructions.append"]
+    );
+    let refused = session_events(&out)
+        .into_iter()
+        .find_map(|e| match e {
+            SessionEvent::Error(CallError::CommandRefused { message }) => Some(message),
+            _ => None,
+        })
+        .expect("the voice change is refused with an error event");
+    assert!(
+        refused.contains("cedar") && refused.contains("marin"),
+        "{refused}"
+    );
+    // The same voice, or none, is no change.
+    for voice in [Some("marin"), None] {
+        let mut h = H::ready(
+            Agent::new("Front", "You greet.").voice("marin"),
+            CallOptions::default(),
+        );
+        let mut next = Agent::new("Next", "You help.");
+        if let Some(v) = voice {
+            next = next.voice(v);
+        }
+        h.input(Input::Command(Command::UpdateAgent(next)));
+        assert!(!session_events(&h.drain())
+            .iter()
+            .any(|e| matches!(e, SessionEvent::Error(_))));
+    }
+}

@@ -17,7 +17,8 @@
 //!   (or [`Command::UpdateAgent`]) sends `session.update` with the new agent's tools (the
 //!   delegation stays `responses`) and appends the new agent's instructions with
 //!   `session.instructions.append` (in pieces of at most [`MAX_APPEND_CHARS`]); the voice
-//!   cannot change.
+//!   cannot change: a new agent with another voice keeps the first one, reported as
+//!   [`CallError::CommandRefused`].
 //! * **Turns (§5.2).** The model decides when it speaks and stops; there is no cancel, no
 //!   truncate and no playback report. Agent and caller turns are the transcript fragments
 //!   grouped until [`LiveConfig::turn_gap`] passes without one (§5.1: 0.8 s, as pipecat and
@@ -151,6 +152,8 @@ pub(crate) struct LiveState {
     opts: LiveConfig,
     pacer: Pacer,
     start_sent: bool,
+    /// The voice `session.start` asked for (`None`: the server's default), fixed for the session.
+    voice: Option<String>,
     close_sent: bool,
     session_id: Option<String>,
     /// The ledger item the pacer's pieces go to now, and its bytes so far.
@@ -172,6 +175,7 @@ impl LiveState {
             pacer: Pacer::new(opts.pacer),
             opts,
             start_sent: false,
+            voice: None,
             close_sent: false,
             session_id: None,
             segment: None,
@@ -285,11 +289,13 @@ impl CallCore {
         let Some(session) = self.live_session_config() else {
             return;
         };
+        let voice = self.agent.voice_name().map(str::to_owned);
         let Some(l) = self.live_mut() else { return };
         if std::mem::replace(&mut l.start_sent, true) {
             return;
         }
         let event_id = l.next("start");
+        l.voice = voice;
         self.config_pending.clear();
         self.config_pending.push_back(event_id.clone());
         self.live_out(live::ClientEvent::SessionStart {
@@ -722,7 +728,20 @@ impl CallCore {
         match ev {
             RtEvent::SessionUpdate { .. } => {
                 // Instructions and voice are immutable (§2.4): new tools by update, the new
-                // agent's instructions appended.
+                // agent's instructions appended; a new voice is refused, said so.
+                let wanted = self.agent.voice_name().map(str::to_owned);
+                let fixed = self.live.as_deref().and_then(|l| l.voice.clone());
+                if wanted.is_some() && wanted != fixed {
+                    let (wanted, fixed) = (wanted.unwrap_or_default(), fixed.unwrap_or_default());
+                    log::warn!(target: LOG, "voice {wanted} not applied: GPT-Live fixes the voice at session.start");
+                    self.error(CallError::CommandRefused {
+                        message: format!(
+                            "agent {}'s voice {wanted} is not available with GPT-Live: the voice is fixed at session.start ({})",
+                            self.agent.name(),
+                            if fixed.is_empty() { "the server's default" } else { fixed.as_str() }
+                        ),
+                    });
+                }
                 let tools = self.live_tools();
                 let Some(l) = self.live_mut() else { return };
                 let event_id = l.next("update");

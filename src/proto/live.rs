@@ -409,8 +409,9 @@ impl SessionConfig {
         self
     }
 
-    /// Responses delegation with these function tools (§6.3). With no tools and no backend
-    /// instructions, client delegation is kept (§6.1: the default).
+    /// Responses delegation with these function tools (§6.3), also when there are none: the
+    /// delegation type cannot change after `session.start` (§2.4), and a later agent may
+    /// bring tools.
     pub fn tools(
         mut self,
         backend_model: impl Into<String>,
