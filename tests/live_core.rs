@@ -674,7 +674,7 @@ fn a_session_never_started_ends_the_call_at_the_setup_timeout() {
 #[test]
 fn a_new_agent_with_another_voice_is_told_the_voice_is_fixed() {
     let front = Agent::new("Front", "You greet.").voice("marin");
-    let mut h = H::ready(front, CallOptions::default());
+    let mut h = H::ready(front, CallConfig::default());
     let sales = Agent::new("Sales", "You sell.")
         .voice("cedar")
         .tool(weather());
@@ -700,7 +700,7 @@ fn a_new_agent_with_another_voice_is_told_the_voice_is_fixed() {
     for voice in [Some("marin"), None] {
         let mut h = H::ready(
             Agent::new("Front", "You greet.").voice("marin"),
-            CallOptions::default(),
+            CallConfig::default(),
         );
         let mut next = Agent::new("Next", "You help.");
         if let Some(v) = voice {
