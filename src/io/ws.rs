@@ -68,6 +68,10 @@ pub use tungstenite::{Bytes, Message, Utf8Bytes};
 
 const LOG: &str = "twilio_realtime::ws";
 
+/// How long a flush stuck behind a peer that does not read waits for writability at a time
+/// before it looks whether a close was asked for meanwhile (see `Shared::flush_within`).
+const CLOSE_CHECK: Duration = Duration::from_millis(100);
+
 type Ws = WebSocket<Sock>;
 
 /// The stream under a running WebSocket. On a plain (non-TLS) socket in non-blocking mode it
@@ -212,7 +216,8 @@ pub struct WsConfig {
     /// How long a write may wait for a peer that does not read before the connection is
     /// given up. Default 10 s.
     pub write_timeout: Duration,
-    /// How long a graceful close waits for the peer's close frame. Default 1 s.
+    /// How long a graceful close waits for the peer's close frame, and for writes still stuck
+    /// behind a peer that stopped reading. Default 1 s.
     pub close_timeout: Duration,
     /// Stack size of the reader and writer threads. Default 256 KiB.
     pub thread_stack_size: usize,
@@ -798,6 +803,8 @@ impl WsConn {
                 fd,
                 closed: AtomicBool::new(false),
                 write_timeout: self.cfg.write_timeout,
+                close_timeout: self.cfg.close_timeout,
+                close_asked_us: AtomicU64::new(0),
                 epoch: Instant::now(),
                 last_rx_us: AtomicU64::new(0),
                 flush_tx,
@@ -960,6 +967,10 @@ struct Shared {
     fd: std::os::fd::RawFd,
     closed: AtomicBool,
     write_timeout: Duration,
+    close_timeout: Duration,
+    /// When a graceful close was asked for: microseconds from `epoch`, plus one (0: not yet).
+    /// A flush stuck behind a peer that does not read gives up `close_timeout` after it.
+    close_asked_us: AtomicU64,
     /// When the threads started; `last_rx_us` counts from here.
     epoch: Instant,
     /// Microseconds from `epoch` to the last frame read (of any kind, pings and pongs too).
@@ -1027,7 +1038,10 @@ impl Shared {
     }
 
     /// Flushes tungstenite's buffer, waiting for writability outside the lock, for at most
-    /// the write timeout.
+    /// the write timeout, or the close timeout once a graceful close was asked for (a peer
+    /// that does not read takes no close frame either: the close must not wait for the write
+    /// timeout). It waits in slices of [`CLOSE_CHECK`] so that it sees such a request; only a
+    /// connection whose peer stopped reading waits here at all.
     fn flush_within(&self) -> Result<(), WsError> {
         let deadline = std::time::Instant::now()
             .checked_add(self.write_timeout)
@@ -1041,11 +1055,35 @@ impl Shared {
                 Err(e) if is_would_block(&e) => {}
                 Err(e) => return Err(map_err(e)),
             }
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let until = self
+                .close_deadline()
+                .map_or(deadline, |close| close.min(deadline));
+            let left = until.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
                 return Err(WsError::WriteTimeout);
             }
-            sys::wait_writable(self.fd, Some(left)).map_err(WsError::Io)?;
+            sys::wait_writable(self.fd, Some(left.min(CLOSE_CHECK))).map_err(WsError::Io)?;
+        }
+    }
+
+    /// Notes that a graceful close was asked for (the first time counts).
+    fn ask_close(&self) {
+        let us = u64::try_from(self.epoch.elapsed().as_micros())
+            .unwrap_or(u64::MAX - 1)
+            .saturating_add(1);
+        let _ = self
+            .close_asked_us
+            .compare_exchange(0, us, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// The close timeout's end, once a graceful close was asked for.
+    fn close_deadline(&self) -> Option<Instant> {
+        match self.close_asked_us.load(Ordering::Relaxed) {
+            0 => None,
+            us => self
+                .epoch
+                .checked_add(Duration::from_micros(us - 1))?
+                .checked_add(self.close_timeout),
         }
     }
 
@@ -1402,7 +1440,9 @@ impl WsSender {
     }
 
     /// Closes gracefully: queued messages go out, then a close frame; the socket is shut
-    /// down when the peer answers or after the close timeout. Idempotent.
+    /// down when the peer answers or after the close timeout. Idempotent. A peer that stopped
+    /// reading gets the close timeout too, not the write timeout: the writes still waiting for
+    /// it give up then, and the reader ends with [`WsError::WriteTimeout`].
     pub fn close(&self) {
         self.close_with(CloseCode::Normal.into(), "");
     }
@@ -1416,6 +1456,7 @@ impl WsSender {
             code: CloseCode::from(code),
             reason: reason.to_owned().into(),
         };
+        self.shared.ask_close();
         if self.tx.try_send(Out::Close(Some(frame))).is_err() {
             self.abort();
         }
@@ -1500,8 +1541,12 @@ mod tests {
         );
     }
 
-    #[test]
-    fn queued_bytes_grow_while_the_peer_does_not_read_and_drain_back_to_zero() {
+    /// A connected pair whose peer (the second) stops reading its socket once one message
+    /// waits in its channel (nobody reads `Receiver` until the test does); small kernel
+    /// buffers both sides, so the window closes after KiB, not megabytes.
+    fn pair_with_a_peer_that_stops_reading(
+        write_timeout: Duration,
+    ) -> (Duplex, Duplex, Receiver<Incoming>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         // Small kernel buffers both sides: the window closes after KiB, not megabytes.
         sys::set_recv_buffer(listener.as_raw_fd(), 8 * 1024).unwrap();
@@ -1518,21 +1563,31 @@ mod tests {
         });
         let cfg = WsConfig {
             send_buffer_size: Some(4 * 1024),
-            write_timeout: Duration::from_secs(60),
+            write_timeout,
             ..WsConfig::default()
         };
         let client = WsConn::connect(&ClientRequest::new(format!("ws://{addr}/")), &cfg).unwrap();
-        let (client, _crx) = client.spawn_channel("cl").unwrap();
+        let client = client.spawn("cl", |_| {}).unwrap();
         let (peer, prx) = server.join().unwrap();
-        let tx = client.sender();
-        assert_eq!(tx.queued_bytes(), 0);
+        (client, peer, prx)
+    }
 
-        // 400 KB while nobody takes the peer's messages: far past every buffer on the way.
+    /// 400 KB of 1000-byte messages with `send_now`: far past every buffer on the way.
+    fn fill(tx: &WsSender) -> (String, usize) {
         let msg = "x".repeat(1000);
-        let sent_now = 400;
-        for _ in 0..sent_now {
+        let n = 400;
+        for _ in 0..n {
             tx.send_now(Message::text(msg.as_str())).unwrap();
         }
+        (msg, n)
+    }
+
+    #[test]
+    fn queued_bytes_grow_while_the_peer_does_not_read_and_drain_back_to_zero() {
+        let (client, peer, prx) = pair_with_a_peer_that_stops_reading(Duration::from_secs(60));
+        let tx = client.sender();
+        assert_eq!(tx.queued_bytes(), 0);
+        let (msg, sent_now) = fill(&tx);
         let stuck = tx.queued_bytes();
         assert!(stuck > 300_000, "only {stuck} bytes counted as queued");
         // The writer thread is busy flushing: what is queued for it counts as well.
@@ -1562,6 +1617,29 @@ mod tests {
         client.close();
         peer.close();
         client.join();
+        peer.join();
+    }
+
+    #[test]
+    fn a_close_gives_a_peer_that_stopped_reading_the_close_timeout_not_the_write_timeout() {
+        let (client, peer, prx) = pair_with_a_peer_that_stops_reading(Duration::from_secs(60));
+        let tx = client.sender();
+        fill(&tx);
+        let backlog = tx.backlog();
+        drop(tx);
+        assert!(backlog.bytes() > 0);
+        // The writer thread is flushing into the full socket now (for up to 60 s).
+        thread::sleep(Duration::from_millis(200));
+        let asked = Instant::now();
+        client.close();
+        client.join();
+        let took = asked.elapsed();
+        // The close timeout (1 s) and one CLOSE_CHECK slice, with room for a slow machine.
+        assert!(took < Duration::from_secs(5), "the close took {took:?}");
+        assert_eq!(backlog.bytes(), 0, "the socket and its buffer are gone");
+        // The peer's reader waits for room in its channel: let it go.
+        drop(prx);
+        peer.close();
         peer.join();
     }
 
