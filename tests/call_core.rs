@@ -1187,23 +1187,35 @@ fn tool_round_trip_answers_after_the_response_is_done() {
         r#"{"location":"Paris"}"#,
     );
     assert!(
-        !h.drain().iter().any(|o| matches!(o, Output::RunTool(_))),
+        !h.drain()
+            .iter()
+            .any(|o| matches!(o, Output::RunTool { .. })),
         "a call runs once its response is done (a cut response's calls never run)"
     );
     h.response_done("r1", "completed");
     let out = h.drain();
-    let run = out
+    let call_id = out
         .iter()
         .find_map(|o| match o {
-            Output::RunTool(r) => Some(r.clone()),
+            Output::RunTool {
+                call_id,
+                name,
+                arguments,
+            } => {
+                assert_eq!(name, "get_weather");
+                assert_eq!(arguments, r#"{"location":"Paris"}"#);
+                Some(call_id.clone())
+            }
             _ => None,
         })
         .expect("tool runs");
-    assert_eq!(run.call.arguments["location"], "Paris");
+    // The output is data; the function is the agent's, resolved when the model called it.
+    let (call, tool) = h.core.tool_invocation(&call_id).expect("a running call");
+    assert_eq!(call.arguments["location"], "Paris");
     assert!(events(&out)
         .iter()
         .any(|e| matches!(e, SessionEvent::ToolStart { tool, .. } if tool == "get_weather")));
-    let result = run.tool.invoke(&run.call);
+    let result = tool.invoke(&call);
     h.core.handle_input(
         h.now,
         Input::ToolResult {
@@ -1211,6 +1223,7 @@ fn tool_round_trip_answers_after_the_response_is_done() {
             result,
         },
     );
+    assert!(h.core.tool_invocation(&call_id).is_none(), "done");
     let out = h.drain();
     let evs = model_events(&out);
     assert_eq!(types(&out), ["conversation.item.create", "response.create"]);
@@ -1227,7 +1240,7 @@ fn parallel_tools_then_one_response_create() {
     let runs = h
         .drain()
         .into_iter()
-        .filter(|o| matches!(o, Output::RunTool(_)))
+        .filter(|o| matches!(o, Output::RunTool { .. }))
         .count();
     assert_eq!(runs, 2, "both run at once");
     h.core.handle_input(
@@ -1297,7 +1310,7 @@ fn tool_timeout_and_errors_become_outputs() {
     let mut h = H::ready(Agent::new("A", "x").tool(weather_tool()));
     h.function_call_done("r1", "f1", "c1", "get_weather", "{not json");
     let out = h.drain();
-    assert!(!out.iter().any(|o| matches!(o, Output::RunTool(_))));
+    assert!(!out.iter().any(|o| matches!(o, Output::RunTool { .. })));
     assert!(model_events(&out)[0]["item"]["output"]
         .as_str()
         .unwrap()
@@ -1331,7 +1344,9 @@ fn approval_holds_the_call_until_approved_or_rejected() {
     assert!(events(&out).iter().any(
         |e| matches!(e, SessionEvent::ToolApprovalRequested { call_id, .. } if call_id == "c1")
     ));
-    assert!(model_events(&out).is_empty() && !out.iter().any(|o| matches!(o, Output::RunTool(_))));
+    assert!(
+        model_events(&out).is_empty() && !out.iter().any(|o| matches!(o, Output::RunTool { .. }))
+    );
     h.core.handle_input(
         h.now,
         Input::ToolResult {
@@ -1341,7 +1356,10 @@ fn approval_holds_the_call_until_approved_or_rejected() {
     );
     assert!(h.drain().is_empty(), "nothing before approval");
     h.cmd(Command::Approve("c1".into()));
-    assert!(h.drain().iter().any(|o| matches!(o, Output::RunTool(_))));
+    assert!(h
+        .drain()
+        .iter()
+        .any(|o| matches!(o, Output::RunTool { .. })));
 
     h.function_call_done("r1", "f2", "c2", "get_weather", r#"{"location":"Y"}"#);
     h.drain();
@@ -1782,10 +1800,13 @@ fn approval_that_never_comes_is_rejected_at_the_deadline() {
     assert!(events(&out).iter().any(
         |e| matches!(e, SessionEvent::ToolEnd { is_error: true, call_id, .. } if call_id == "c1")
     ));
-    assert!(!out.iter().any(|o| matches!(o, Output::RunTool(_))));
+    assert!(!out.iter().any(|o| matches!(o, Output::RunTool { .. })));
     // a late approval runs nothing
     h.cmd(Command::Approve("c1".into()));
-    assert!(!h.drain().iter().any(|o| matches!(o, Output::RunTool(_))));
+    assert!(!h
+        .drain()
+        .iter()
+        .any(|o| matches!(o, Output::RunTool { .. })));
     assert!(h.core.ended().is_none(), "the call goes on");
 }
 
@@ -1951,7 +1972,7 @@ fn liveness_options_at_duration_max_never_fire() {
 
 fn runs(out: &[Output]) -> usize {
     out.iter()
-        .filter(|o| matches!(o, Output::RunTool(_)))
+        .filter(|o| matches!(o, Output::RunTool { .. }))
         .count()
 }
 

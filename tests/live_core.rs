@@ -374,7 +374,7 @@ fn parallel_tools_get_their_outputs_then_one_response_create() {
     h.call("dlg_1", "call_a", "get_weather", r#"{"location":"Paris"}"#);
     h.call("dlg_1", "call_b", "get_weather", r#"{"location":"Oslo"}"#);
     assert!(
-        !h.out.iter().any(|o| matches!(o, Output::RunTool(_))),
+        !h.out.iter().any(|o| matches!(o, Output::RunTool { .. })),
         "run only when the backend response completes"
     );
     h.completed("dlg_1", "completed");
@@ -382,19 +382,21 @@ fn parallel_tools_get_their_outputs_then_one_response_create() {
         .drain()
         .into_iter()
         .filter_map(|o| match o {
-            Output::RunTool(r) => Some(r),
+            Output::RunTool { call_id, .. } => h.core.tool_invocation(&call_id),
             _ => None,
         })
         .collect();
     assert_eq!(runs.len(), 2);
+    let (call_b, tool_b) = &runs[1];
     h.input(Input::ToolResult {
         call_id: "call_b".into(),
-        result: runs[1].tool.invoke(&runs[1].call),
+        result: tool_b.invoke(call_b),
     });
     assert_eq!(types(&h.drain()), ["response.item.create"]);
+    let (call_a, tool_a) = &runs[0];
     h.input(Input::ToolResult {
         call_id: "call_a".into(),
-        result: runs[0].tool.invoke(&runs[0].call),
+        result: tool_a.invoke(call_a),
     });
     let out = h.drain();
     assert_eq!(types(&out), ["response.item.create", "response.create"]);
@@ -409,7 +411,7 @@ fn calls_of_a_failed_backend_response_are_not_run() {
     h.call("dlg_1", "call_a", "get_weather", "{}");
     h.completed("dlg_1", "failed");
     let out = h.drain();
-    assert!(!out.iter().any(|o| matches!(o, Output::RunTool(_))));
+    assert!(!out.iter().any(|o| matches!(o, Output::RunTool { .. })));
     assert!(live_events(&out).is_empty());
 }
 

@@ -191,15 +191,17 @@ fn tools_run_and_their_output_goes_back() {
         "name":"lookup_order","call_id":"call_1","arguments":"{\"order_id\":\"42\"}"}}));
     h.response_done("r1");
     let out = h.drain();
-    let run = out
+    let call_id = out
         .iter()
         .find_map(|o| match o {
-            Output::RunTool(r) => Some(r.clone()),
+            Output::RunTool { call_id, name, .. } if name == "lookup_order" => {
+                Some(call_id.clone())
+            }
             _ => None,
         })
         .expect("the tool runs");
-    assert_eq!(run.call.name, "lookup_order");
-    let result = run.tool.invoke(&run.call);
+    let (call, tool) = h.core.tool_invocation(&call_id).expect("a running call");
+    let result = tool.invoke(&call);
     assert_eq!(result.as_deref(), Ok("order 42 shipped"));
     h.core.handle_input(
         h.now,

@@ -300,15 +300,6 @@ pub enum Command {
 pub const END_CALL_OUTPUT: &str =
     "The call is ending once the caller has heard what you said. Say nothing more.";
 
-/// A tool call to run on a worker thread; report with [`Input::ToolResult`].
-#[derive(Debug, Clone)]
-pub struct ToolRun {
-    /// The call as the model made it.
-    pub call: ToolCall,
-    /// The tool to invoke.
-    pub tool: FunctionTool,
-}
-
 /// Guardrails to run on a text off the session thread; report with
 /// [`Input::GuardrailResult`].
 #[derive(Debug, Clone)]
@@ -353,8 +344,17 @@ pub enum Output {
     ModelNotReady,
     /// The server's VAD says the caller started (`true`) or stopped speaking.
     CallerSpeaking(bool),
-    /// Run a tool on a worker thread.
-    RunTool(ToolRun),
+    /// Run a tool, and report its outcome with [`Input::ToolResult`] for `call_id`. Plain
+    /// data: the shell finds the function to run (e.g. [`CallCore::tool_invocation`], the
+    /// current agent's tool resolved when the model called it) and runs it off the core.
+    RunTool {
+        /// The model's call id.
+        call_id: String,
+        /// The tool's name.
+        name: String,
+        /// The arguments exactly as the model sent them (JSON).
+        arguments: String,
+    },
     /// Run output guardrails off the session thread.
     RunGuardrails(GuardrailRun),
     /// Open a new model connection (after `session_expired`, or on `start` with
@@ -438,7 +438,7 @@ enum PendingTwilio {
 #[derive(Debug)]
 struct PendingTool {
     call: ToolCall,
-    tool: Option<FunctionTool>,
+    tool: FunctionTool,
     deadline: Option<Instant>,
     awaiting_approval: bool,
     /// The caller (or the application) interrupted the agent after this call was made: its
@@ -638,6 +638,17 @@ impl CallCore {
     /// The active response, if any.
     pub fn active_response(&self) -> Option<&str> {
         self.active_response.as_deref()
+    }
+
+    /// The call and the function of a tool call this core asked to run
+    /// ([`Output::RunTool`]) and whose result it still waits for: the tool of the agent that
+    /// was active when the model called it (a handoff in the same turn does not change it).
+    /// `None` for any other call id.
+    pub fn tool_invocation(&self, call_id: &str) -> Option<(ToolCall, FunctionTool)> {
+        self.tools
+            .get(call_id)
+            .filter(|p| !p.awaiting_approval)
+            .map(|p| (p.call.clone(), p.tool.clone()))
     }
 
     /// Why the call ended, once it has.
@@ -1919,7 +1930,7 @@ impl CallCore {
                 call_id.clone(),
                 PendingTool {
                     call,
-                    tool: Some(tool),
+                    tool,
                     deadline: now.checked_add(self.opts.approval_timeout),
                     awaiting_approval: true,
                     interrupted: false,
@@ -2057,15 +2068,16 @@ impl CallCore {
             call_id: call.call_id.clone(),
             arguments: call.raw_arguments.clone(),
         });
-        self.out(Output::RunTool(ToolRun {
-            call: call.clone(),
-            tool,
-        }));
+        self.out(Output::RunTool {
+            call_id: call.call_id.clone(),
+            name: call.name.clone(),
+            arguments: call.raw_arguments.clone(),
+        });
         self.tools.insert(
             call.call_id.clone(),
             PendingTool {
                 call,
-                tool: None,
+                tool,
                 deadline: after(now, timeout),
                 awaiting_approval: false,
                 interrupted: false,
@@ -2368,15 +2380,10 @@ impl CallCore {
             Command::Interrupt => self.barge_in(now, InterruptCause::Application),
             Command::Approve(call_id) => match self.tools.get(&call_id) {
                 Some(p) if p.awaiting_approval => {
-                    let Some(mut p) = self.tools.remove(&call_id) else {
+                    let Some(p) = self.tools.remove(&call_id) else {
                         return;
                     };
-                    match p.tool.take() {
-                        Some(tool) => self.start_tool(now, p.call, tool),
-                        None => {
-                            log::warn!(target: TOOLS_LOG, "approved call {call_id} has no tool")
-                        }
-                    }
+                    self.start_tool(now, p.call, p.tool);
                 }
                 _ => log::warn!(target: TOOLS_LOG, "approve: no call {call_id} waits for approval"),
             },

@@ -47,9 +47,7 @@ use tungstenite::Message;
 use crate::agent::{Agent, ToolFailure};
 use crate::call::inbound::{InboundAudio, InboundConfig, InboundStats};
 use crate::call::playback::MarkName;
-use crate::call::{
-    CallConfig, CallCore, Command, GuardrailRun, Input, Output, Preconfigured, ToolRun,
-};
+use crate::call::{CallConfig, CallCore, Command, GuardrailRun, Input, Output, Preconfigured};
 use crate::events::{CallError, CloseReason, HistoryItem, SessionEvent, TransportEvent};
 use crate::io::ws::{
     panic_text, Backlog, ClientRequest, Duplex, Incoming, WsConfig, WsConn, WsError, WsSender,
@@ -1625,10 +1623,7 @@ impl Shell {
                     l.model = None;
                 }
                 Output::CallerSpeaking(s) => lock(&self.lane).inbound.set_caller_speaking(s),
-                Output::RunTool(mut run) => {
-                    run.call.call_info = self.call_info.get().cloned();
-                    self.run_tool(run);
-                }
+                Output::RunTool { call_id, .. } => self.run_tool(call_id),
                 Output::RunGuardrails(run) => {
                     let tx = self.shell_tx.clone();
                     let res = thread::Builder::new()
@@ -1699,15 +1694,22 @@ impl Shell {
 
     /// Runs a tool on a worker thread, unless `max_tool_workers` are running: then the model
     /// gets an error output at once and no thread is started.
-    fn run_tool(&mut self, run: ToolRun) {
-        let call_id = run.call.call_id.clone();
+    /// Runs the tool call the core asked for on a worker thread (the function the core
+    /// resolved for it), with the call's details.
+    fn run_tool(&mut self, call_id: String) {
+        let Some((mut call, tool)) = self.core.tool_invocation(&call_id) else {
+            // The core asks only for calls it keeps until their result: nothing to run.
+            log::warn!(target: LOG, "no tool call {call_id} to run");
+            return;
+        };
+        call.call_info = self.call_info.get().cloned();
         let running = self.tool_workers.load(Ordering::SeqCst);
         if running >= self.max_tool_workers {
             self.counters.tools_refused.fetch_add(1, Ordering::Relaxed);
             log::warn!(
                 target: LOG,
                 "{running} tools running: {} ({call_id}) refused",
-                run.call.name
+                call.name
             );
             let result = Err(ToolFailure::NotStarted(format!(
                 "too many tools are running at once ({running}); try again when one has finished"
@@ -1725,8 +1727,8 @@ impl Shell {
         let res = thread::Builder::new().name("tool".into()).spawn(move || {
             let _slot = slot;
             // (A tool that panics is reported as failed by `invoke`.)
-            let result = run.tool.invoke(&run.call);
-            let _ = tx.send(ShellMsg::ToolDone(run.call.call_id, result));
+            let result = tool.invoke(&call);
+            let _ = tx.send(ShellMsg::ToolDone(call.call_id, result));
         });
         if let Err(e) = res {
             log::error!(target: LOG, "could not spawn a tool worker: {e}");
