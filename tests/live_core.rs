@@ -579,7 +579,7 @@ fn approvals_timeouts_and_errors_answer_the_backend_then_one_response_create() {
     let runs: Vec<String> = out
         .iter()
         .filter_map(|o| match o {
-            Output::RunTool(r) => Some(r.call.call_id.clone()),
+            Output::RunTool { call_id, .. } => Some(call_id.clone()),
             _ => None,
         })
         .collect();
