@@ -172,6 +172,171 @@ for route in ("/incoming-call", "/call-ended", "/call-status"):
     check(f"`POST {route}`" in readme or route in readme, f"README does not mention {route}")
 check("/metrics" not in paths, "the Ingress must not expose /metrics")
 
+# --- nginx routing, run for real ---------------------------------------------------------------
+# The ConfigMap's nginx.conf, run on 127.0.0.1 with a stand-in for the cluster DNS answering
+# the names Kubernetes would create for these manifests (namespace `default`): each pod's
+# name under the headless Service, and the Service twilio-realtime. Stand-ins for two pods and
+# the Service (on 127.0.0.70/71/80, at the ports the manifests give them) record what reaches
+# them. Changed from the ConfigMap: the resolver's and the listen address, the /tmp paths.
+def route_check(nginx, conf, d):
+    import socket
+    import struct
+    import threading
+    import time
+
+    ns = "default"
+    names = {f"{name}-{i}.{headless_name}.{ns}.svc.cluster.local": f"127.0.0.{70 + i}" for i in (0, 1)}
+    names[f"{name}.{ns}.svc.cluster.local"] = "127.0.0.80"
+    asked = []
+    seen = []  # (backend, request head, body)
+
+    dns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    dns.bind(("127.0.0.1", 0))
+
+    def serve_dns():
+        while True:
+            try:
+                q, peer = dns.recvfrom(512)
+            except OSError:
+                return
+            i, labels = 12, []
+            while q[i]:
+                labels.append(q[i + 1:i + 1 + q[i]].decode())
+                i += 1 + q[i]
+            qname, qtype = ".".join(labels).lower(), struct.unpack(">H", q[i + 1:i + 3])[0]
+            asked.append(qname)
+            ip = names.get(qname) if qtype == 1 else None
+            question = q[12:i + 5]
+            head = q[:2] + struct.pack(">HHHHH", 0x8180 if ip else 0x8183, 1, 1 if ip else 0, 0, 0)
+            answer = struct.pack(">HHHIH", 0xC00C, 1, 1, 5, 4) + socket.inet_aton(ip) if ip else b""
+            dns.sendto(head + question + answer, peer)
+
+    def backend(label, addr, port):
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((addr, port))
+        s.listen(16)
+
+        def one(c):
+            c.settimeout(5)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += c.recv(4096)
+            head, body = data.split(b"\r\n\r\n", 1)
+            head = head.decode()
+            n = int(re.search(r"(?im)^content-length: *(\d+)", head).group(1)) if "ontent-length" in head else 0
+            while len(body) < n:
+                body += c.recv(4096)
+            seen.append((label, head, body))
+            if re.search(r"(?im)^upgrade: *websocket", head):
+                c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+                c.sendall(label.encode() + b":" + c.recv(64))
+            else:
+                c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(label), label.encode()))
+            c.close()
+
+        def loop():
+            while True:
+                try:
+                    c, _ = s.accept()
+                except OSError:
+                    return
+                threading.Thread(target=one, args=(c,), daemon=True).start()
+
+        threading.Thread(target=loop, daemon=True).start()
+        return s
+
+    try:
+        socks = [backend("pod0", "127.0.0.70", ports["http"]), backend("pod1", "127.0.0.71", ports["http"]),
+                 backend("service", "127.0.0.80", web_port)]
+    except OSError as e:
+        check(False, f"routing check: cannot listen on 127.0.0.70/71/80 at ports {ports['http']}, {web_port}: {e} (run as root)")
+        return
+    threading.Thread(target=serve_dns, daemon=True).start()
+    free = socket.socket()
+    free.bind(("127.0.0.1", 0))
+    lb = free.getsockname()[1]
+    free.close()
+    t = re.sub(r"^(\s*resolver )\S+", rf"\g<1>127.0.0.1:{dns.getsockname()[1]}", conf, flags=re.M)
+    t = re.sub(r"^(\s*listen )\d+;", rf"\g<1>127.0.0.1:{lb};", t, flags=re.M).replace("/tmp/", d + "/")
+    path = os.path.join(d, "run.conf")
+    open(path, "w").write(t)
+    os.chmod(d, 0o755)
+    proc = subprocess.Popen([nginx, "-p", d, "-c", path, "-g", "daemon off;"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", lb), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+
+        def ask(raw, then=None):
+            c = socket.create_connection(("127.0.0.1", lb), timeout=5)
+            c.sendall(raw)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += c.recv(4096)
+            status = int(data.split(b" ")[1])
+            if status == 101 and then:
+                c.sendall(then)
+                want = then
+                while not data.endswith(want):
+                    more = c.recv(4096)
+                    if not more:
+                        break
+                    data += more
+            else:
+                head, rest = data.split(b"\r\n\r\n", 1)
+                n = re.search(rb"(?im)^content-length: *(\d+)", head)
+                while n and len(rest) < int(n.group(1)):
+                    rest += c.recv(4096)
+                data = head + b"\r\n\r\n" + rest
+            c.close()
+            return status, data.split(b"\r\n\r\n", 1)[1]
+
+        def upgrade(p):
+            return (f"GET {p} HTTP/1.1\r\nHost: {public_host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+                    "X-Twilio-Signature: sig\r\n\r\n").encode()
+
+        for i in (1, 0):
+            del seen[:]
+            st, body = ask(upgrade(f"/media-stream/{name}-{i}"), b"frame")
+            ok = st == 101 and body == f"pod{i}:frame".encode() and len(seen) == 1 and seen[0][0] == f"pod{i}"
+            if check(ok, f"routing: /media-stream/{name}-{i} did not reach pod {i} as a WebSocket ({st} {body!r} {[s[0] for s in seen]})"):
+                h = seen[0][1]
+                check(h.startswith(f"GET /media-stream/{name}-{i} HTTP/1.1"), f"routing: the pod got {h.splitlines()[0]!r}")
+                for hdr in (r"upgrade: *websocket", r"connection: *upgrade", rf"host: *{re.escape(public_host)}", r"x-twilio-signature: *sig", r"sec-websocket-key: "):
+                    check(re.search(rf"(?im)^{hdr}", h), f"routing: the pod's upgrade request lacks {hdr}")
+        del seen[:]
+        form = b"CallSid=CA1&From=%2B15550100"
+        st, body = ask(b"POST /incoming-call HTTP/1.1\r\nHost: %s\r\nX-Twilio-Signature: sig\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: %d\r\n\r\n%s"
+                       % (public_host.encode(), len(form), form))
+        check(st == 200 and body == b"service" and [s[0] for s in seen] == ["service"] and seen[0][2] == form
+              and seen[0][1].startswith("POST /incoming-call ") and re.search(rf"(?im)^host: *{re.escape(public_host)}", seen[0][1]),
+              f"routing: the webhook did not reach the Service intact ({st} {body!r} {seen})")
+        del seen[:]
+        st, body = ask(upgrade("/media-stream/evil.example.com"), b"frame")
+        check([s[0] for s in seen] == ["service"] and not any("evil" in a for a in asked),
+              f"routing: /media-stream/evil.example.com must go to the Service, not be looked up ({seen}, {asked})")
+        del seen[:]
+        st, _ = ask(upgrade(f"/media-stream/{name}-7"), b"frame")
+        check(st == 502 and not seen, f"routing: a pod that does not exist should be a 502, got {st}")
+        st, _ = ask(f"GET /metrics HTTP/1.1\r\nHost: {public_host}\r\n\r\n".encode())
+        check(st == 404 and not seen, "routing: /metrics must not pass the router")
+        st, body = ask(b"GET /router-healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        check(st == 200, "routing: /router-healthz")
+        print(f"nginx routing: checked ({len(asked)} DNS lookups: {sorted(set(asked))})")
+    finally:
+        proc.terminate()
+        err = proc.communicate(timeout=10)[1].decode()
+        for s in socks + [dns]:
+            s.close()
+        if failures:
+            print(err[-3000:])
+
+
 # --- nginx -t on the ConfigMap's nginx.conf ---------------------------------------------------
 nginx = shutil.which("nginx") or (os.path.exists("/usr/sbin/nginx") and "/usr/sbin/nginx")
 if nginx:
@@ -184,8 +349,10 @@ if nginx:
         r = subprocess.run([nginx, "-t", "-q", "-p", d, "-c", path], capture_output=True, text=True)
         check(r.returncode == 0, f"nginx -t failed: {r.stderr.strip()}")
         print(f"nginx -t: {'ok' if r.returncode == 0 else 'FAILED'} ({nginx})")
+        if r.returncode == 0:
+            route_check(nginx, conf, d)
 else:
-    print("nginx is not installed: nginx -t NOT run (apt-get install -y nginx)")
+    print("nginx is not installed: nginx -t and the routing check NOT run (apt-get install -y nginx)")
 
 if failures:
     for f in failures:
