@@ -132,8 +132,8 @@ check(rpod["spec"]["terminationGracePeriodSeconds"] >= pod["spec"]["terminationG
       "a router pod must wait for its streams as long as a bridge pod")
 check("nginx -s quit" in str(rc.get("lifecycle", {})), "the router must quit gracefully (preStop nginx -s quit)")
 
-loc = re.search(r'location ~ "\^/media-stream/\(\?<pod>([^)]*)\)\$" \{(.*?)\n\s*\}', conf, re.S)
-if check(loc is not None, "nginx.conf has no /media-stream/(?<pod>…) location"):
+loc = re.search(r'location ~ "\^/\(\?:media-stream\|call-ended\)/\(\?<pod>([^)]*)\)\$" \{(.*?)\n\s*\}', conf, re.S)
+if check(loc is not None, "nginx.conf has no /(?:media-stream|call-ended)/(?<pod>…) location"):
     pod_re, body = loc.group(1), loc.group(2)
     check(re.fullmatch(pod_re, f"{name}-0") and re.fullmatch(pod_re, f"{name}-19"),
           "the pod pattern does not match the StatefulSet's pod names")
@@ -166,7 +166,8 @@ rport_names = {p["name"] for p in rsvc["spec"]["ports"]}
 for p in paths.values():
     b = p["backend"]["service"]
     check(b["name"] == rsvc["metadata"]["name"] and b["port"]["name"] in rport_names, f"Ingress {p['path']} must go to the router")
-check(paths.get("/media-stream", {}).get("pathType") == "Prefix", "Ingress /media-stream must be a Prefix (it carries the pod name)")
+for route in ("/media-stream", "/call-ended"):
+    check(paths.get(route, {}).get("pathType") == "Prefix", f"Ingress {route} must be a Prefix (it carries the pod name)")
 for route in ("/incoming-call", "/call-ended", "/call-status"):
     check(route in paths, f"Ingress does not route {route}")
     check(f"`POST {route}`" in readme or route in readme, f"README does not mention {route}")
@@ -309,6 +310,13 @@ def route_check(nginx, conf, d):
                 check(h.startswith(f"GET /media-stream/{name}-{i} HTTP/1.1"), f"routing: the pod got {h.splitlines()[0]!r}")
                 for hdr in (r"upgrade: *websocket", r"connection: *upgrade", rf"host: *{re.escape(public_host)}", r"x-twilio-signature: *sig", r"sec-websocket-key: "):
                     check(re.search(rf"(?im)^{hdr}", h), f"routing: the pod's upgrade request lacks {hdr}")
+        del seen[:]
+        form = b"CallSid=CA1&CallStatus=in-progress"
+        st, body = ask(b"POST /call-ended/%s-1 HTTP/1.1\r\nHost: %s\r\nX-Twilio-Signature: sig\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: %d\r\n\r\n%s"
+                       % (name.encode(), public_host.encode(), len(form), form))
+        check(st == 200 and body == b"pod1" and [s[0] for s in seen] == ["pod1"] and seen[0][2] == form
+              and seen[0][1].startswith(f"POST /call-ended/{name}-1 "),
+              f"routing: /call-ended/{name}-1 did not reach pod 1 intact ({st} {body!r} {seen})")
         del seen[:]
         form = b"CallSid=CA1&From=%2B15550100"
         st, body = ask(b"POST /incoming-call HTTP/1.1\r\nHost: %s\r\nX-Twilio-Signature: sig\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: %d\r\n\r\n%s"

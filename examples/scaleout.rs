@@ -19,7 +19,7 @@
 //! (the balancer's port, 18080; instances take the next K ports).
 //!
 //! Routing: each instance runs with `INSTANCE_ID=bI`, so its webhook's TwiML points the stream
-//! at `/media-stream/bI`; HAProxy sends webhooks round-robin to the instances whose
+//! at `/media-stream/bI` (and `<Connect action>` at `/call-ended/bI`); HAProxy sends webhooks round-robin to the instances whose
 //! `GET /readyz` answers 200 (`option httpchk`), and each stream by its path to the instance
 //! that answered its webhook, ready or not (a draining instance still takes the streams of the
 //! calls it answered). The instances run with `TWILIO_AUTH_TOKEN` and `PUBLIC_URL` set, so
@@ -93,7 +93,7 @@ fn haproxy_cfg(lb: u16, ports: &[u16]) -> String {
     );
     for i in 0..ports.len() {
         c.push_str(&format!(
-            "  use_backend stream_b{i} if {{ path /media-stream/b{i} }}\n"
+            "  use_backend stream_b{i} if {{ path /media-stream/b{i} }} || {{ path /call-ended/b{i} }}\n"
         ));
     }
     c.push_str("  default_backend webhooks\n\nbackend webhooks\n  balance roundrobin\n  option httpchk GET /readyz\n  http-check expect status 200\n  default-server inter 250ms fall 1 rise 2\n");

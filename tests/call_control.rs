@@ -199,6 +199,10 @@ impl Bridge {
     }
 
     fn call(&self, call_sid: &str, silence_ms: u32) -> CallReport {
+        self.call_on("/media-stream", call_sid, silence_ms)
+    }
+
+    fn call_on(&self, path: &str, call_sid: &str, silence_ms: u32) -> CallReport {
         let mut cfg = TwilioCallConfig::new(
             self.addr,
             vec![
@@ -208,6 +212,7 @@ impl Bridge {
             ],
         );
         cfg.call_sid = Some(call_sid.into());
+        cfg.path = path.into();
         cfg.one_way_delay = Duration::from_millis(20);
         cfg.jitter = Duration::from_millis(3);
         let report = TwilioCall::run(cfg).expect("call runs");
@@ -256,6 +261,19 @@ fn one_more_response(_call_no: u64, control: CallControl) -> CallEvents {
 
 #[test]
 fn a_transfer_ends_the_stream_after_the_announcement_and_call_ended_dials_it() {
+    transfer_through_call_ended(None);
+}
+
+/// Behind a load balancer (`INSTANCE_ID`): the instance that ran the call holds its transfer,
+/// so `<Connect action>` names it (`/call-ended/NAME`) for the balancer to route it back.
+#[test]
+fn with_an_instance_name_the_action_names_it_and_call_ended_name_dials_the_transfer() {
+    transfer_through_call_ended(Some("twilio-realtime-1"));
+}
+
+fn transfer_through_call_ended(instance: Option<&str>) {
+    let suffix = instance.map(|n| format!("/{n}")).unwrap_or_default();
+    let name = instance.map(str::to_owned);
     let bridge = Bridge::start(
         FakeModelConfig {
             script: vec![
@@ -265,10 +283,10 @@ fn a_transfer_ends_the_stream_after_the_announcement_and_call_ended_dials_it() {
             ..Default::default()
         },
         desk_agent,
-        |_| {},
+        |cfg| cfg.instance = name,
         one_more_response,
     );
-    // the webhook's TwiML names /call-ended as <Connect>'s action
+    // the webhook's TwiML names /call-ended (/call-ended/NAME) as <Connect>'s action
     let (status, twiml) = post(
         bridge.addr,
         "/incoming-call",
@@ -278,12 +296,19 @@ fn a_transfer_ends_the_stream_after_the_announcement_and_call_ended_dials_it() {
     assert_eq!(status, 200);
     assert!(
         twiml.contains(&format!(
-            "<Connect action=\"https://{}/call-ended\">",
+            "<Connect action=\"https://{}/call-ended{suffix}\">",
             bridge.addr
         )),
         "{twiml}"
     );
-    let report = bridge.call("CA77", 12_000);
+    assert!(
+        twiml.contains(&format!(
+            "<Stream url=\"wss://{}/media-stream{suffix}\">",
+            bridge.addr
+        )),
+        "{twiml}"
+    );
+    let report = bridge.call_on(&format!("/media-stream{suffix}"), "CA77", 12_000);
     assert_heard_then_closed(&report, 1500);
     let reason = CloseReason::Transferred {
         name: "Desk".into(),
@@ -295,9 +320,10 @@ fn a_transfer_ends_the_stream_after_the_announcement_and_call_ended_dials_it() {
     };
     assert_eq!(closed(&bridge.events()), Some(reason));
     // Twilio requests the action once the stream is gone: it dials the destination (escaped)
+    let action = format!("/call-ended{suffix}");
     let (status, twiml) = post(
         bridge.addr,
-        "/call-ended",
+        &action,
         "CallSid=CA77&CallStatus=in-progress",
         None,
     );
@@ -309,7 +335,7 @@ fn a_transfer_ends_the_stream_after_the_announcement_and_call_ended_dials_it() {
     assert!(!twiml.contains("<Hangup/>"));
     // taken once; any other call hangs up
     for sid in ["CA77", "CA-unknown"] {
-        let (status, twiml) = post(bridge.addr, "/call-ended", &format!("CallSid={sid}"), None);
+        let (status, twiml) = post(bridge.addr, &action, &format!("CallSid={sid}"), None);
         assert_eq!(status, 200);
         assert!(twiml.contains("<Hangup/>"), "{twiml}");
         assert!(!twiml.contains("<Dial>"), "{twiml}");
@@ -343,6 +369,25 @@ fn call_ended_is_signed_like_the_webhook() {
     assert!(twiml.contains("<Hangup/>"), "{twiml}");
     assert_eq!(
         request(bridge.addr, "GET /call-ended HTTP/1.1\r\nHost: x\r\n\r\n").0,
+        405
+    );
+    // /call-ended/NAME (an instance's action) is signed over its own URL
+    let named = format!("{PUBLIC}/call-ended/b1");
+    let elsewhere = signature::compute(TOKEN, &format!("{PUBLIC}/call-ended"), &form);
+    assert_eq!(
+        post(bridge.addr, "/call-ended/b1", body, Some(&elsewhere)).0,
+        403
+    );
+    let right = signature::compute(TOKEN, &named, &form);
+    let (status, twiml) = post(bridge.addr, "/call-ended/b1", body, Some(&right));
+    assert_eq!(status, 200);
+    assert!(twiml.contains("<Hangup/>"), "{twiml}");
+    assert_eq!(
+        request(
+            bridge.addr,
+            "GET /call-ended/b1 HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        .0,
         405
     );
 }

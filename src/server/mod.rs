@@ -18,7 +18,8 @@
 //!   the stream has ended while the call is still up. It answers `<Dial><Number>` or
 //!   `<Dial><Sip>` for a transfer pending for that CallSid (the model's `transfer_call` or
 //!   [`CallControl::transfer`]), `<Hangup/>` otherwise; signed like the webhook. See
-//!   [`crate::telephony::transfer`].
+//!   [`crate::telephony::transfer`]. With [`ServerConfig::instance`] the action is
+//!   `/call-ended/NAME`, so a balancer can send it to the instance holding the transfer.
 //! * `POST /openai-webhook` (path configurable; with [`ServerConfig::sip`]) takes OpenAI's
 //!   signed `realtime.call.incoming` webhooks for SIP calls and accepts or rejects them over
 //!   OpenAI's REST API: see [`sip`].
@@ -305,8 +306,11 @@ pub struct ServerConfig {
     /// This instance's name behind a load balancer: the webhook's TwiML then points the
     /// stream at `wss://HOST/media-stream/NAME`, so the balancer can route each call's stream
     /// to the instance that answered its webhook (which holds its one-time stream token, its
-    /// webhook fields and its place under [`ServerConfig::max_calls`]). Streams are served on
-    /// `/media-stream/ANY` whatever the name. Default: none (`INSTANCE_ID`).
+    /// webhook fields and its place under [`ServerConfig::max_calls`]). The `<Connect
+    /// action>` names it too (`https://HOST/call-ended/NAME`): a transfer the call decides is
+    /// held by this instance until Twilio requests the action. Streams and the action are
+    /// served on `/media-stream/ANY` and `/call-ended/ANY` whatever the name. Default: none
+    /// (`INSTANCE_ID`).
     pub instance: Option<String>,
 }
 
@@ -1195,8 +1199,13 @@ impl ConnCtx {
             (_, "/call-status") => respond(&mut stream, 405, "text/plain", "method not allowed\n"),
             ("POST", "/outbound") => self.outbound(stream, &head, leftover, deadline),
             (_, "/outbound") => respond(&mut stream, 405, "text/plain", "method not allowed\n"),
-            ("POST", "/call-ended") => self.call_ended(stream, &head, leftover, deadline),
-            (_, "/call-ended") => respond(&mut stream, 405, "text/plain", "method not allowed\n"),
+            // `/call-ended/NAME` with an instance name, like the stream's path.
+            ("POST", p) if p == "/call-ended" || p.starts_with("/call-ended/") => {
+                self.call_ended(stream, &head, leftover, deadline)
+            }
+            (_, p) if p == "/call-ended" || p.starts_with("/call-ended/") => {
+                respond(&mut stream, 405, "text/plain", "method not allowed\n")
+            }
             (_, "/healthz" | "/readyz" | "/metrics") => {
                 ops_route(&self.shared, &self.cfg, &mut stream, &head)
             }
@@ -1330,15 +1339,14 @@ impl ConnCtx {
         }
         let params: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let mut url = stream_url(&origin);
+        let mut action = format!("{origin}/call-ended");
         if let Some(name) = &self.cfg.instance {
             url = format!("{url}/{name}");
+            // The transfer the call may decide is held here too: Twilio's request to the
+            // action must come back to this instance.
+            action = format!("{action}/{name}");
         }
-        let twiml = connect_twiml(
-            &url,
-            Some(&format!("{origin}/call-ended")),
-            self.cfg.greeting.as_deref(),
-            &params,
-        );
+        let twiml = connect_twiml(&url, Some(&action), self.cfg.greeting.as_deref(), &params);
         log::info!(target: LOG, "incoming call webhook answered");
         respond(&mut stream, 200, "text/xml", &twiml);
     }
