@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use twilio_realtime::agent::ToolFailure;
 use twilio_realtime::agent::{Agent, FunctionTool, OutputGuardrail, Verdict};
 use twilio_realtime::call::{
-    CallConfig, CallCore, Command, Greeting, Input, Output, Preconfigured,
+    CallConfig, CallCore, CallPhase, Command, Greeting, Input, Output, Preconfigured,
 };
 use twilio_realtime::events::{CloseReason, ErrorSource, InterruptCause, SessionEvent};
 use twilio_realtime::CallError;
@@ -2634,4 +2634,38 @@ fn an_agent_that_differs_from_the_webhooks_sends_its_own_update_and_waits_for_it
     assert_eq!(types(&h.drain()), ["session.update"]);
     h.updated("audio/pcmu");
     assert!(matches!(h.drain().first(), Some(Output::ModelReady)));
+}
+
+#[test]
+fn the_phase_moves_from_awaiting_start_through_live_and_draining_to_ended() {
+    let mut h = H::new(Agent::new("A", "x"));
+    h.configured();
+    assert_eq!(h.core.phase(), &CallPhase::AwaitingStart);
+    h.start();
+    assert_eq!(h.core.phase(), &CallPhase::Live);
+    h.response_created("r1");
+    h.delta("r1", "i1", 0, &audio(800));
+    h.cmd(Command::HangUp);
+    assert_eq!(
+        h.core.phase(),
+        &CallPhase::Draining,
+        "the goodbye is still heard"
+    );
+    // Nobody echoes the marks: the hang-up deadline ends it.
+    h.ms(60_000);
+    h.tick();
+    assert_eq!(h.core.phase(), &CallPhase::Ended(CloseReason::HungUp));
+    assert_eq!(h.core.ended(), Some(&CloseReason::HungUp));
+    // An ended call stays ended, whatever comes.
+    h.start();
+    h.response_created("r2");
+    assert_eq!(h.core.phase(), &CallPhase::Ended(CloseReason::HungUp));
+}
+
+#[test]
+fn a_sideband_call_has_no_stream_to_wait_for() {
+    let mut opts = CallConfig::default();
+    opts.sideband = true;
+    let h = H::with(Agent::new("A", "x"), opts);
+    assert_eq!(h.core.phase(), &CallPhase::Live);
 }

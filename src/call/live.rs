@@ -283,7 +283,7 @@ impl CallCore {
     /// The model socket is open: `session.start` goes first, and nothing else until
     /// `session.started` (§2).
     pub(crate) fn live_connected(&mut self) {
-        if self.ended.is_some() || self.model != ModelState::Connecting {
+        if self.is_ended() || self.model != ModelState::Connecting {
             return;
         }
         let Some(session) = self.live_session_config() else {
@@ -307,7 +307,7 @@ impl CallCore {
 
     /// An event from GPT-Live.
     pub(crate) fn handle_live_model(&mut self, now: Instant, ev: ServerEvent) {
-        if self.ended.is_some() || self.live.is_none() {
+        if self.is_ended() || self.live.is_none() {
             return;
         }
         self.handle_model_activity(now);
@@ -642,6 +642,7 @@ impl CallCore {
         self.live_pump(now);
         if self.ledger.is_playing() && self.stream_sid.is_some() {
             self.draining = Some((after(now, self.opts.drain_timeout), reason));
+            self.enter_draining();
         } else {
             self.out(Output::CloseTwilio);
             self.finish(reason);

@@ -375,6 +375,22 @@ pub enum Output {
     PingModel,
 }
 
+/// Where a call is in its life ([`CallCore::phase`]). One field instead of flags: every
+/// handler asks the phase, and the phase moves only forward.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum CallPhase {
+    /// Waiting for Twilio's `start` (a SIP sideband call has no stream and starts live).
+    AwaitingStart,
+    /// The stream started: the conversation runs.
+    Live,
+    /// Ending: the model is gone and the audio already sent plays out, or the agent's last
+    /// words are being heard (hang-up, transfer); at the latest by the deadline.
+    Draining,
+    /// Ended, for this reason: the core does nothing more.
+    Ended(CloseReason),
+}
+
 /// How a model session's first configuration, sent before the call had a core (at the call
 /// webhook: see [`crate::session::warm`]), was answered. Given to the core with
 /// [`Input::ModelConnectedConfigured`] in place of the `session.created` → `session.update` →
@@ -519,7 +535,7 @@ pub struct CallCore {
     model_seen: Option<Instant>,
     /// When the unanswered ping went out.
     ping_sent: Option<Instant>,
-    ended: Option<CloseReason>,
+    phase: CallPhase,
     outputs: VecDeque<Output>,
     /// Sideband calls: the server is playing the agent's audio to the caller
     /// (`output_audio_buffer.started` seen, `.stopped`/`.cleared` not yet).
@@ -541,6 +557,7 @@ impl CallCore {
         };
         let agents = agent.reachable();
         let greeting = opts.greeting.clone();
+        let sideband = opts.sideband;
         let live = match &opts.model_api {
             ModelApi::Live(l) => Some(Box::new(live::LiveState::new(l.clone()))),
             ModelApi::Realtime => None,
@@ -585,7 +602,11 @@ impl CallCore {
             twilio_seen: None,
             model_seen: None,
             ping_sent: None,
-            ended: None,
+            phase: if sideband {
+                CallPhase::Live
+            } else {
+                CallPhase::AwaitingStart
+            },
             outputs: VecDeque::new(),
             sip_playing: false,
             live,
@@ -597,7 +618,7 @@ impl CallCore {
     /// [`CallInfo`](crate::telephony::call_info::CallInfo)). Returns false, changing nothing, once
     /// `session.created` has been handled: use [`Command::UpdateAgent`] then.
     pub fn set_starting_agent(&mut self, agent: Agent) -> bool {
-        if self.model != ModelState::Connecting || self.ended.is_some() {
+        if self.model != ModelState::Connecting || self.is_ended() {
             return false;
         }
         self.agents = agent.reachable();
@@ -653,12 +674,31 @@ impl CallCore {
 
     /// Why the call ended, once it has.
     pub fn ended(&self) -> Option<&CloseReason> {
-        self.ended.as_ref()
+        match &self.phase {
+            CallPhase::Ended(reason) => Some(reason),
+            _ => None,
+        }
+    }
+
+    /// Where the call is in its life.
+    pub fn phase(&self) -> &CallPhase {
+        &self.phase
+    }
+
+    fn is_ended(&self) -> bool {
+        matches!(self.phase, CallPhase::Ended(_))
+    }
+
+    /// The call starts ending (a drain or a goodbye): from any phase but `Ended`.
+    fn enter_draining(&mut self) {
+        if !self.is_ended() {
+            self.phase = CallPhase::Draining;
+        }
     }
 
     /// When [`Input::Timeout`] should next be fed.
     pub fn next_deadline(&self) -> Option<Instant> {
-        if self.ended.is_some() {
+        if self.is_ended() {
             return None;
         }
         let tools = self.tools.values().filter_map(|t| t.deadline);
@@ -809,7 +849,7 @@ impl CallCore {
     /// A message from Twilio other than `media` (caller audio takes the
     /// [`crate::call::inbound::InboundAudio`] lane; a `media` given here is ignored).
     fn handle_twilio(&mut self, now: Instant, msg: TwilioMessage) {
-        if self.ended.is_some() {
+        if self.is_ended() {
             return;
         }
         self.handle_twilio_activity(now);
@@ -843,6 +883,9 @@ impl CallCore {
                 }
                 self.stream_sid = Some(start.stream_sid.clone());
                 self.call_sid = Some(start.start.call_sid.clone());
+                if self.phase == CallPhase::AwaitingStart {
+                    self.phase = CallPhase::Live;
+                }
                 self.maybe_greet();
                 if let Some(name) = self.ledger.start_probe(now) {
                     self.twilio_mark(name);
@@ -880,7 +923,7 @@ impl CallCore {
     /// The application refused the stream (e.g. a failed one-time token check on `start`):
     /// ends the call without opening or keeping a model connection.
     fn reject(&mut self, _now: Instant, why: String) {
-        if self.ended.is_some() {
+        if self.is_ended() {
             return;
         }
         log::warn!(target: LOG, "stream rejected: {why}");
@@ -894,7 +937,7 @@ impl CallCore {
     /// [`CallError::Panicked`]. (Tools and guardrails that panic are reported as their
     /// results instead and the call goes on.)
     fn handle_panic(&mut self, _now: Instant, what: String) {
-        if self.ended.is_some() {
+        if self.is_ended() {
             return;
         }
         log::error!(target: LOG, "ending the call after a panic: {what}");
@@ -906,7 +949,7 @@ impl CallCore {
     /// Twilio spent its bad-message budget (`messages` bad ones in the call): the call ends
     /// with [`CallError::TooManyBadMessages`] and both sockets are closed.
     fn handle_twilio_over_budget(&mut self, _now: Instant, messages: u64) {
-        if self.ended.is_some() {
+        if self.is_ended() {
             return;
         }
         log::warn!(target: LOG, "twilio sent {messages} bad messages: ending the call");
@@ -917,7 +960,7 @@ impl CallCore {
 
     /// The Twilio WebSocket closed or failed ([`CallError::TwilioGone`]).
     fn handle_twilio_closed(&mut self, _now: Instant, error: CallError) {
-        if self.ended.is_some() {
+        if self.is_ended() {
             return;
         }
         log::info!(target: LOG, "{error}");
@@ -1038,7 +1081,7 @@ impl CallCore {
         if self.opts.audio_events || self.is_live() || self.ending.is_some() {
             return;
         }
-        let (Some(sid), None) = (&self.stream_sid, &self.ended) else {
+        let (Some(sid), false) = (&self.stream_sid, self.is_ended()) else {
             return;
         };
         let Some(sent) = self
@@ -1099,7 +1142,7 @@ impl CallCore {
     /// The model WebSocket is open (its `session.created` is still to come).
     fn handle_model_connected(&mut self, now: Instant) {
         log::debug!(target: LOG, "model socket open");
-        if self.ended.is_none() {
+        if !self.is_ended() {
             self.model_seen = Some(now);
             self.ping_sent = None;
             self.setup_deadline = after(now, self.opts.model_setup_timeout);
@@ -1110,7 +1153,7 @@ impl CallCore {
                 self.model,
                 ModelState::Connecting | ModelState::Reconnecting
             )
-            && self.ended.is_none()
+            && !self.is_ended()
         {
             // The session was configured by `accept`; the sideband is live at once. One
             // update carries the current agent (as the Agents SDKs do on connect).
@@ -1131,7 +1174,7 @@ impl CallCore {
     /// `session.update` goes out and is awaited as usual.
     fn handle_model_preconfigured(&mut self, now: Instant, pre: Preconfigured) {
         self.handle_model_connected(now);
-        if self.ended.is_some() || self.model != ModelState::Connecting {
+        if self.is_ended() || self.model != ModelState::Connecting {
             return;
         }
         // As on `session.created`: the session exists, nothing but its configuration goes
@@ -1165,7 +1208,7 @@ impl CallCore {
 
     /// The model connection could not be opened.
     fn handle_model_connect_failed(&mut self, _now: Instant, error: CallError) {
-        if self.ended.is_some() {
+        if self.is_ended() {
             return;
         }
         log::warn!(target: LOG, "model connection failed: {error}");
@@ -1176,7 +1219,7 @@ impl CallCore {
 
     /// The model WebSocket closed or failed.
     fn handle_model_closed(&mut self, now: Instant, error: CallError) {
-        if self.ended.is_some() || self.model == ModelState::Gone {
+        if self.is_ended() || self.model == ModelState::Gone {
             return;
         }
         self.active_response = None;
@@ -1207,6 +1250,7 @@ impl CallCore {
         let reason = CloseReason::Error(error);
         if self.ledger.is_playing() && self.stream_sid.is_some() {
             self.draining = Some((after(now, self.opts.drain_timeout), reason));
+            self.enter_draining();
         } else {
             self.out(Output::CloseTwilio);
             self.finish(reason);
@@ -1255,18 +1299,18 @@ impl CallCore {
     }
 
     fn finish(&mut self, reason: CloseReason) {
-        if self.ended.is_some() {
+        if self.is_ended() {
             return;
         }
         self.model = ModelState::Gone;
         self.live_end_turns();
-        self.ended = Some(reason.clone());
+        self.phase = CallPhase::Ended(reason.clone());
         self.event(SessionEvent::Closed { reason });
     }
 
     /// An event from the model.
     fn handle_model(&mut self, now: Instant, ev: ServerEvent) {
-        if self.ended.is_some() {
+        if self.is_ended() {
             return;
         }
         self.handle_model_activity(now);
@@ -2018,7 +2062,7 @@ impl CallCore {
     /// The call will end once the agent's last words are heard (see [`CloseReason::HungUp`]).
     /// The first decision stands.
     fn begin_ending(&mut self, now: Instant, reason: CloseReason) {
-        if self.ending.is_some() || self.ended.is_some() {
+        if self.ending.is_some() || self.is_ended() {
             log::debug!(target: LOG, "the call is already ending; {reason} ignored");
             return;
         }
@@ -2029,13 +2073,14 @@ impl CallCore {
             reason: reason.clone(),
         });
         self.ending = Some((after(now, self.opts.hang_up_timeout), reason));
+        self.enter_draining();
         self.maybe_end();
     }
 
     /// Ends an ending call once no response is under way and the caller has heard all the
     /// audio sent (every mark echoed, or what was left cut by a barge-in).
     fn maybe_end(&mut self) {
-        if self.ending.is_none() || self.ended.is_some() {
+        if self.ending.is_none() || self.is_ended() {
             return;
         }
         let heard = if self.opts.sideband {
@@ -2134,7 +2179,7 @@ impl CallCore {
         call_id: &str,
         result: Result<String, ToolFailure>,
     ) {
-        if self.ended.is_some() {
+        if self.is_ended() {
             return;
         }
         let Some(p) = self.tools.get(call_id) else {
@@ -2290,7 +2335,7 @@ impl CallCore {
         let Some((guardrail, reason)) = trip else {
             return;
         };
-        if self.ended.is_some() || !self.tripped_responses.insert(response_id.clone()) {
+        if self.is_ended() || !self.tripped_responses.insert(response_id.clone()) {
             return;
         }
         log::info!(target: LOG, "output guardrail {guardrail} tripped");
@@ -2357,7 +2402,7 @@ impl CallCore {
 
     /// A command from the application.
     fn handle_command(&mut self, now: Instant, cmd: Command) {
-        if self.ended.is_some() {
+        if self.is_ended() {
             return;
         }
         let Some(cmd) = (if self.live.is_some() {
@@ -2468,7 +2513,7 @@ impl CallCore {
     /// Time passed: tool and approval timeouts, the end of a drain, round-trip probes, a
     /// silent Twilio stream, model pings and their answers.
     fn handle_timeout(&mut self, now: Instant) {
-        if self.ended.is_some() {
+        if self.is_ended() {
             return;
         }
         let expired: Vec<String> = self
@@ -2586,7 +2631,7 @@ impl CallCore {
                 // The socket may still be open (a half-open peer): close it ourselves.
                 self.out(Output::CloseModel);
                 self.handle_model_closed(now, error);
-                if self.ended.is_some() {
+                if self.is_ended() {
                     return;
                 }
             } else {
