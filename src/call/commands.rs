@@ -194,9 +194,7 @@ impl CallCore {
             );
             self.model = ModelState::Gone;
             self.out(Output::ModelNotReady);
-            self.out(Output::CloseModel);
-            self.out(Output::CloseTwilio);
-            self.fail(CallError::ModelSetupTimeout {
+            self.close_and_fail(CallError::ModelSetupTimeout {
                 waited: self.opts.model_setup_timeout,
             });
             return;
@@ -208,9 +206,7 @@ impl CallCore {
                 "no start from twilio within {:?}; ending the call",
                 self.opts.start_timeout
             );
-            self.out(Output::CloseModel);
-            self.out(Output::CloseTwilio);
-            self.fail(CallError::StreamNeverStarted {
+            self.close_and_fail(CallError::StreamNeverStarted {
                 waited: self.opts.start_timeout,
             });
             return;
@@ -221,9 +217,7 @@ impl CallCore {
                 "twilio sent nothing for {:?}; the stream is dead, ending the call",
                 self.opts.twilio_silence_timeout
             );
-            self.out(Output::CloseModel);
-            self.out(Output::CloseTwilio);
-            self.fail(CallError::TwilioSilent {
+            self.close_and_fail(CallError::TwilioSilent {
                 waited: self.opts.twilio_silence_timeout,
             });
             return;

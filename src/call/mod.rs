@@ -796,6 +796,13 @@ impl CallCore {
         self.finish(CloseReason::Error(error));
     }
 
+    /// Ends the call with `error`, closing both sockets.
+    fn close_and_fail(&mut self, error: CallError) {
+        self.out(Output::CloseModel);
+        self.out(Output::CloseTwilio);
+        self.fail(error);
+    }
+
     /// Writes a model event now; a `session.update` is remembered until the server answers it.
     fn emit_model(&mut self, ev: ClientEvent) {
         if self.live.is_some() {

@@ -466,9 +466,7 @@ impl CallCore {
     /// The model refused the configuration the call needs: end the call before any audio.
     pub(super) fn config_rejected(&mut self, param: Option<String>, message: String) {
         self.out(Output::ModelNotReady);
-        self.out(Output::CloseModel);
-        self.out(Output::CloseTwilio);
-        self.fail(CallError::ModelConfigRejected { param, message });
+        self.close_and_fail(CallError::ModelConfigRejected { param, message });
     }
 
     /// Sends the greeting once the session is confirmed and Twilio has started the stream.

@@ -29,9 +29,7 @@ impl CallCore {
                     };
                     log::warn!(target: LOG, "stream refused: {error}");
                     self.start_deadline = None;
-                    self.out(Output::CloseModel);
-                    self.out(Output::CloseTwilio);
-                    self.fail(error);
+                    self.close_and_fail(error);
                     return;
                 }
                 log::info!(target: LOG, "stream started call={}", start.start.call_sid);
@@ -86,9 +84,7 @@ impl CallCore {
             return;
         }
         log::warn!(target: LOG, "stream rejected: {why}");
-        self.out(Output::CloseModel);
-        self.out(Output::CloseTwilio);
-        self.fail(CallError::StreamRefused { reason: why });
+        self.close_and_fail(CallError::StreamRefused { reason: why });
     }
 
     /// Code on one of the call's threads panicked (`what` says where and why): the call
@@ -112,9 +108,7 @@ impl CallCore {
             return;
         }
         log::warn!(target: LOG, "twilio sent {messages} bad messages: ending the call");
-        self.out(Output::CloseModel);
-        self.out(Output::CloseTwilio);
-        self.fail(CallError::TooManyBadMessages { messages });
+        self.close_and_fail(CallError::TooManyBadMessages { messages });
     }
 
     /// The Twilio WebSocket closed or failed ([`CallError::TwilioGone`]).
