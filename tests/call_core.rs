@@ -1039,8 +1039,8 @@ fn several_items_and_content_indexes_each_get_a_truncate() {
 
 #[test]
 fn server_vad_without_interrupt_response_gets_a_cancel() {
-    use twilio_realtime::proto::realtime::{SessionConfig, TurnDetection};
-    let session = SessionConfig::new().turn_detection(TurnDetection::ServerVad {
+    use twilio_realtime::proto::realtime::{SessionSettings, TurnDetection};
+    let session = SessionSettings::new().turn_detection(TurnDetection::ServerVad {
         threshold: None,
         prefix_padding_ms: None,
         silence_duration_ms: None,

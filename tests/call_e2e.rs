@@ -643,7 +643,7 @@ fn session_call(
 
 #[test]
 fn push_to_talk_commits_and_asks_for_responses_through_the_handle() {
-    use twilio_realtime::proto::realtime::{SessionConfig, TurnDetection};
+    use twilio_realtime::proto::realtime::{SessionSettings, TurnDetection};
     let model = twilio_realtime::sim::fake_model::FakeModel::start(FakeModelConfig {
         script: vec![Reply::say("You said something.", 600)],
         caller_transcripts: vec!["Is it raining?".into()],
@@ -652,7 +652,7 @@ fn push_to_talk_commits_and_asks_for_responses_through_the_handle() {
     .unwrap();
     let call_opts = {
         let mut o = twilio_realtime::CallConfig::default();
-        o.session = SessionConfig::new().turn_detection(TurnDetection::Disabled);
+        o.session = SessionSettings::new().turn_detection(TurnDetection::Disabled);
         o
     };
     let (addr, handle) = session_call(&model, Agent::new("A", "x"), call_opts);

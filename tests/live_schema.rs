@@ -9,7 +9,7 @@ use common::live::{examples, LiveSchemas};
 use serde_json::{json, Value};
 use twilio_realtime::proto::live::{
     AudioFormat, ClientEvent, Delegation, DelegationUpdate, FunctionTool, InputMessage,
-    ResponseItem, ResponsesConfig, ResponsesUpdate, Role, ServerEvent, SessionConfig,
+    ResponseItem, ResponsesConfig, ResponsesUpdate, Role, ServerEvent, SessionSettings,
     SessionUpdate, ToolChoice, ToolMode,
 };
 
@@ -25,25 +25,25 @@ fn tool() -> FunctionTool {
     )
 }
 
-fn sessions() -> Vec<SessionConfig> {
+fn sessions() -> Vec<SessionSettings> {
     let mut strict = tool();
     strict.strict = Some(true);
     vec![
-        SessionConfig::new("gpt-live-1"),
-        SessionConfig::new("gpt-live-1.1")
+        SessionSettings::new("gpt-live-1"),
+        SessionSettings::new("gpt-live-1.1")
             .instructions("Be brief.")
             .voice("marin"),
-        SessionConfig::new("gpt-live-1").instructions("   "),
-        SessionConfig::new("gpt-live-1").tools("gpt-5.6-luna", None, vec![tool()]),
-        SessionConfig::new("gpt-live-1").tools(
+        SessionSettings::new("gpt-live-1").instructions("   "),
+        SessionSettings::new("gpt-live-1").tools("gpt-5.6-luna", None, vec![tool()]),
+        SessionSettings::new("gpt-live-1").tools(
             "gpt-5.6-luna",
             Some("Business rules.".into()),
             vec![tool(), strict],
         ),
-        SessionConfig::new("gpt-live-1").delegation(Delegation::Client {
+        SessionSettings::new("gpt-live-1").delegation(Delegation::Client {
             acknowledgement_delay_ms: Some(400),
         }),
-        SessionConfig::new("gpt-live-1").delegation(Delegation::Responses {
+        SessionSettings::new("gpt-live-1").delegation(Delegation::Responses {
             responses: ResponsesConfig {
                 model: "gpt-5.6-luna".into(),
                 instructions: Some("x".into()),
@@ -54,9 +54,9 @@ fn sessions() -> Vec<SessionConfig> {
             },
             acknowledgement_delay_ms: Some(0),
         }),
-        SessionConfig::new("gpt-live-1").format(AudioFormat::Pcm { rate: 24000 }),
-        SessionConfig::new("gpt-live-1").format(AudioFormat::Pcma { rate: 8000 }),
-        SessionConfig::new("gpt-live-1")
+        SessionSettings::new("gpt-live-1").format(AudioFormat::Pcm { rate: 24000 }),
+        SessionSettings::new("gpt-live-1").format(AudioFormat::Pcma { rate: 8000 }),
+        SessionSettings::new("gpt-live-1")
             .input(vec![
                 InputMessage::new(Role::Developer, "The caller is a customer."),
                 InputMessage::new(Role::User, "Hi"),
@@ -173,7 +173,7 @@ fn the_validator_bites() {
     let s = LiveSchemas::load();
     let start = v(&ClientEvent::SessionStart {
         event_id: None,
-        session: SessionConfig::new("gpt-live-1").voice("marin").tools(
+        session: SessionSettings::new("gpt-live-1").voice("marin").tools(
             "gpt-5.6-luna",
             None,
             vec![tool()],

@@ -293,11 +293,11 @@ fn fast_writers_match_serde() {
 }
 
 #[test]
-fn session_config_round_trips_and_defaults_to_pcmu_and_empty_tools() {
-    use twilio_realtime::proto::realtime::{SessionConfig, TurnDetection};
+fn session_settings_round_trips_and_defaults_to_pcmu_and_empty_tools() {
+    use twilio_realtime::proto::realtime::{SessionSettings, TurnDetection};
     let ev = ClientEvent::SessionUpdate {
         event_id: None,
-        session: SessionConfig::new()
+        session: SessionSettings::new()
             .instructions("x")
             .turn_detection(TurnDetection::Disabled),
     };
@@ -309,9 +309,9 @@ fn session_config_round_trips_and_defaults_to_pcmu_and_empty_tools() {
                      "output":{"format":{"type":"audio/pcmu"}}},"tools":[]}})
     );
     assert_eq!(ClientEvent::parse(&j.to_string()).unwrap(), ev);
-    let SessionConfig { .. } = SessionConfig::new();
-    assert!(!SessionConfig::new()
+    let SessionSettings { .. } = SessionSettings::new();
+    assert!(!SessionSettings::new()
         .turn_detection(TurnDetection::Disabled)
         .interrupt_response());
-    assert!(SessionConfig::new().interrupt_response());
+    assert!(SessionSettings::new().interrupt_response());
 }

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use twilio_realtime::agent::{Agent, FunctionTool};
 use twilio_realtime::call::{CallConfig, CallCore, Command, Input, Output};
 use twilio_realtime::proto::realtime::{
-    AudioFormat, ClientEvent, Item, NoiseReduction, ResponseConfig, ServerEvent, SessionConfig,
+    AudioFormat, ClientEvent, Item, NoiseReduction, ResponseConfig, ServerEvent, SessionSettings,
     ToolChoice, ToolDefinition, Transcription, TurnDetection,
 };
 
@@ -16,30 +16,30 @@ fn v(ev: &ClientEvent) -> Value {
     serde_json::from_str(&ev.to_json()).unwrap()
 }
 
-fn sessions() -> Vec<SessionConfig> {
+fn sessions() -> Vec<SessionSettings> {
     let tool = ToolDefinition {
         name: "get_weather".into(),
         description: "Weather".into(),
         parameters: json!({"type":"object","properties":{"location":{"type":"string"}},"required":["location"]}),
     };
     vec![
-        SessionConfig::new(),
-        SessionConfig::new()
+        SessionSettings::new(),
+        SessionSettings::new()
             .instructions("Be brief.")
             .voice("marin")
             .speed(1.1),
-        SessionConfig::new()
+        SessionSettings::new()
             .tools(vec![tool.clone()])
             .tool_choice(ToolChoice::Auto),
-        SessionConfig::new()
+        SessionSettings::new()
             .tools(vec![tool.clone()])
             .tool_choice(ToolChoice::Required),
-        SessionConfig::new().tool_choice(ToolChoice::None),
-        SessionConfig::new()
+        SessionSettings::new().tool_choice(ToolChoice::None),
+        SessionSettings::new()
             .tools(vec![tool])
             .tool_choice(ToolChoice::Function("get_weather".into())),
-        SessionConfig::new().turn_detection(TurnDetection::server_vad()),
-        SessionConfig::new().turn_detection(TurnDetection::ServerVad {
+        SessionSettings::new().turn_detection(TurnDetection::server_vad()),
+        SessionSettings::new().turn_detection(TurnDetection::ServerVad {
             threshold: Some(0.6),
             prefix_padding_ms: Some(300),
             silence_duration_ms: Some(500),
@@ -47,24 +47,24 @@ fn sessions() -> Vec<SessionConfig> {
             interrupt_response: Some(false),
             idle_timeout_ms: Some(6000),
         }),
-        SessionConfig::new().turn_detection(TurnDetection::semantic_vad()),
-        SessionConfig::new().turn_detection(TurnDetection::SemanticVad {
+        SessionSettings::new().turn_detection(TurnDetection::semantic_vad()),
+        SessionSettings::new().turn_detection(TurnDetection::SemanticVad {
             eagerness: Some("high".into()),
             create_response: Some(false),
             interrupt_response: Some(true),
         }),
-        SessionConfig::new().turn_detection(TurnDetection::Disabled),
-        SessionConfig::new()
+        SessionSettings::new().turn_detection(TurnDetection::Disabled),
+        SessionSettings::new()
             .input_format(AudioFormat::Pcma)
             .output_format(AudioFormat::Pcm { rate: 24000 }),
-        SessionConfig::new()
+        SessionSettings::new()
             .transcription(Transcription {
                 model: Some("gpt-4o-transcribe".into()),
                 language: Some("en".into()),
                 prompt: Some("names".into()),
             })
             .noise_reduction(NoiseReduction::FarField),
-        SessionConfig::new()
+        SessionSettings::new()
             .model("gpt-realtime")
             .output_modalities(vec!["audio".into()])
             .max_output_tokens(500),
@@ -292,7 +292,7 @@ fn the_validator_bites() {
     let s = common::Schemas::load();
     let upd = v(&ClientEvent::SessionUpdate {
         event_id: None,
-        session: SessionConfig::new()
+        session: SessionSettings::new()
             .voice("marin")
             .turn_detection(TurnDetection::server_vad()),
     });

@@ -8,7 +8,7 @@ use base64::Engine;
 use serde_json::Value;
 use twilio_realtime::agent::{Agent, FunctionTool};
 use twilio_realtime::proto::realtime::{
-    NoiseReduction, SessionConfig, Transcription, TurnDetection,
+    NoiseReduction, SessionSettings, Transcription, TurnDetection,
 };
 use twilio_realtime::proto::sip::{
     accept_body, refer_body, reject_body, sign, sip_session, verify, SipConfigError, WebhookError,
@@ -252,13 +252,13 @@ fn agent() -> Agent {
 fn accept_bodies_validate_against_the_official_schema() {
     let schemas = common::Schemas::load();
     let bases = [
-        SessionConfig::new(),
-        SessionConfig::new().turn_detection(TurnDetection::SemanticVad {
+        SessionSettings::new(),
+        SessionSettings::new().turn_detection(TurnDetection::SemanticVad {
             eagerness: Some("auto".into()),
             create_response: Some(true),
             interrupt_response: Some(true),
         }),
-        SessionConfig::new()
+        SessionSettings::new()
             .turn_detection(TurnDetection::ServerVad {
                 threshold: None,
                 prefix_padding_ms: None,
@@ -273,7 +273,7 @@ fn accept_bodies_validate_against_the_official_schema() {
             })
             .noise_reduction(NoiseReduction::FarField)
             .speed(1.1),
-        SessionConfig::new().turn_detection(TurnDetection::Disabled),
+        SessionSettings::new().turn_detection(TurnDetection::Disabled),
     ];
     for base in &bases {
         let body = accept_body(&agent(), base, "gpt-realtime").unwrap();
@@ -298,7 +298,7 @@ fn accept_bodies_validate_against_the_official_schema() {
     // And a sideband session.update carrying the same configuration.
     let update = serde_json::json!({
         "type": "session.update",
-        "session": sip_session(&SessionConfig::new().instructions("x")).unwrap(),
+        "session": sip_session(&SessionSettings::new().instructions("x")).unwrap(),
     });
     schemas.assert_client_event(&update);
 }
@@ -340,7 +340,7 @@ fn sip_refused_vad_fields_fail_fast() {
             },
         ),
     ] {
-        let got = accept_body(&agent(), &SessionConfig::new().turn_detection(td), "m");
+        let got = accept_body(&agent(), &SessionSettings::new().turn_detection(td), "m");
         assert_eq!(
             got,
             Err(SipConfigError::UnsupportedTurnDetectionField(field))

@@ -264,10 +264,10 @@ impl CallCore {
     }
 
     /// The `session.start` configuration from the current agent (§2.1).
-    pub(crate) fn live_session_config(&self) -> Option<live::SessionConfig> {
+    pub(crate) fn live_session_config(&self) -> Option<live::SessionSettings> {
         let l = self.live.as_deref()?;
         let tools = self.live_tools();
-        let mut cfg = live::SessionConfig::new(l.opts.model.clone())
+        let mut cfg = live::SessionSettings::new(l.opts.model.clone())
             .instructions(self.agent.instructions())
             .tools(
                 l.opts.backend_model.clone(),

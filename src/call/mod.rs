@@ -73,7 +73,7 @@ use crate::events::{
 };
 use crate::proto::mulaw;
 use crate::proto::realtime::{
-    AudioFormat, ClientEvent, Item, ResponseConfig, ServerEvent, SessionConfig,
+    AudioFormat, ClientEvent, Item, ResponseConfig, ServerEvent, SessionSettings,
 };
 use crate::proto::twilio::{TwilioCommand, TwilioMessage};
 use crate::telephony::transfer::TransferTarget;
@@ -98,7 +98,7 @@ pub const RTT_SAMPLES_TO_SETTLE: u64 = 8;
 pub struct CallConfig {
     /// Base model session settings (turn detection, transcription, …). Instructions, voice and
     /// tools come from the current agent; the audio format is always `audio/pcmu` both ways.
-    pub session: SessionConfig,
+    pub session: SessionSettings,
     /// Round trip to Twilio assumed until the call has measured it (at most 5 s). Default
     /// 100 ms.
     pub default_rtt: Duration,
@@ -222,7 +222,7 @@ impl Greeting {
 impl Default for CallConfig {
     fn default() -> Self {
         CallConfig {
-            session: SessionConfig::new(),
+            session: SessionSettings::new(),
             default_rtt: Duration::from_millis(100),
             rtt_probe_interval: Duration::from_millis(500),
             rtt_probe_interval_settled: Duration::from_secs(5),
@@ -407,7 +407,7 @@ pub enum Preconfigured {
     /// `session.updated` answered `sent`; `session` is the session it showed.
     Confirmed {
         /// The configuration that was sent.
-        sent: SessionConfig,
+        sent: SessionSettings,
         /// The `session` of the server's `session.updated`.
         session: Value,
     },
@@ -415,7 +415,7 @@ pub enum Preconfigured {
     /// server's defaults.
     Refused {
         /// The configuration that was sent.
-        sent: SessionConfig,
+        sent: SessionSettings,
         /// The refused parameter, as the error named it.
         param: Option<String>,
         /// The error's message.
@@ -425,7 +425,7 @@ pub enum Preconfigured {
 
 impl Preconfigured {
     /// The configuration that was sent.
-    pub fn sent(&self) -> &SessionConfig {
+    pub fn sent(&self) -> &SessionSettings {
         match self {
             Preconfigured::Confirmed { sent, .. } | Preconfigured::Refused { sent, .. } => sent,
         }
@@ -839,7 +839,7 @@ impl CallCore {
         }
     }
 
-    fn session_config(&mut self) -> SessionConfig {
+    fn session_config(&mut self) -> SessionSettings {
         if self.assistant_audio_seen && self.agent.voice_name().is_some() {
             log::info!(
                 target: LOG,
@@ -852,7 +852,7 @@ impl CallCore {
     /// The configuration a call speaking as `agent` sends in its first `session.update`
     /// (what the core sends on `session.created`). [`crate::session::warm`] sends it ahead of
     /// the call, at the webhook; [`Input::ModelConnectedConfigured`] then tells the core.
-    pub fn first_session_config(agent: &Agent, opts: &CallConfig) -> SessionConfig {
+    pub fn first_session_config(agent: &Agent, opts: &CallConfig) -> SessionSettings {
         session_config_for(agent, opts, true)
     }
 }
@@ -890,7 +890,7 @@ fn history_item(item: &Item) -> HistoryItem {
 }
 
 /// The `event_id` of a `session.update` (the bridge's own or a raw one), if it has one.
-fn session_config_for(agent: &Agent, opts: &CallConfig, with_voice: bool) -> SessionConfig {
+fn session_config_for(agent: &Agent, opts: &CallConfig, with_voice: bool) -> SessionSettings {
     let mut cfg = opts
         .session
         .clone()

@@ -1,5 +1,5 @@
 //! OpenAI GPT-Live (`/v1/live`) WebSocket events: what the bridge sends ([`ClientEvent`]), what
-//! the model sends ([`ServerEvent`]) and the startup [`SessionConfig`] builder.
+//! the model sends ([`ServerEvent`]) and the startup [`SessionSettings`] builder.
 //!
 //! The facts come from the protocol brief vendored in `spec/gpt-live.md` (section numbers
 //! below are the brief's) and the JSON Schemas beside it, generated from openai-python 3.57.0:
@@ -24,11 +24,11 @@
 //! never end a call (§9.2: "Unknown event types may appear. Parse leniently").
 //!
 //! ```
-//! use twilio_realtime::proto::live::{ClientEvent, ServerEvent, SessionConfig};
+//! use twilio_realtime::proto::live::{ClientEvent, ServerEvent, SessionSettings};
 //!
 //! let start = ClientEvent::SessionStart {
 //!     event_id: Some("start".into()),
-//!     session: SessionConfig::new("gpt-live-1").instructions("Be brief.").voice("marin"),
+//!     session: SessionSettings::new("gpt-live-1").instructions("Be brief.").voice("marin"),
 //! };
 //! let json: serde_json::Value = serde_json::from_str(&start.to_json()).unwrap();
 //! assert_eq!(json["session"]["audio"]["format"], serde_json::json!({"type":"audio/pcmu","rate":8000}));
@@ -336,9 +336,9 @@ impl InputMessage {
 ///
 /// ```
 /// use serde_json::json;
-/// use twilio_realtime::proto::live::{FunctionTool, SessionConfig};
+/// use twilio_realtime::proto::live::{FunctionTool, SessionSettings};
 ///
-/// let s = SessionConfig::new("gpt-live-1")
+/// let s = SessionSettings::new("gpt-live-1")
 ///     .instructions("You are a phone assistant.")
 ///     .voice("cedar")
 ///     .tools("gpt-5.6-luna", Some("Look orders up.".into()), vec![FunctionTool::new(
@@ -348,7 +348,7 @@ impl InputMessage {
 /// assert_eq!(v["delegation"]["responses"]["tools"][0]["name"], "lookup_order");
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SessionConfig {
+pub struct SessionSettings {
     /// The Live model (required).
     pub model: String,
     /// Frontend (voice) instructions; immutable after start.
@@ -371,10 +371,24 @@ pub struct SessionConfig {
     pub safety_identifier: Option<String>,
 }
 
-impl SessionConfig {
+/// The former name of [`SessionSettings`], renamed so that no two public types share a name
+/// with the crate root's [`SessionConfig`](crate::SessionConfig) (the per-call session options).
+/// Code that names it still compiles (with a deprecation warning):
+///
+/// ```
+/// use twilio_realtime::proto::live::SessionSettings;
+///
+/// #[allow(deprecated)]
+/// let old: twilio_realtime::proto::live::SessionConfig = SessionSettings::new("gpt-live-1");
+/// let _: SessionSettings = old;
+/// ```
+#[deprecated(since = "0.1.0", note = "renamed to `proto::live::SessionSettings`")]
+pub type SessionConfig = SessionSettings;
+
+impl SessionSettings {
     /// A config for `model` with µ-law 8 kHz audio.
-    pub fn new(model: impl Into<String>) -> SessionConfig {
-        SessionConfig {
+    pub fn new(model: impl Into<String>) -> SessionSettings {
+        SessionSettings {
             model: model.into(),
             instructions: None,
             audio: Some(Audio {
@@ -513,7 +527,7 @@ pub enum ClientEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         event_id: Option<String>,
         /// The configuration.
-        session: SessionConfig,
+        session: SessionSettings,
     },
     /// Change delegation or triggers (§2.4).
     #[serde(rename = "session.update")]

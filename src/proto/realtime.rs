@@ -1,5 +1,5 @@
 //! OpenAI Realtime API (GA) events: what the bridge sends ([`ClientEvent`]), what the model
-//! sends ([`ServerEvent`]), conversation [`Item`]s and the [`SessionConfig`] builder.
+//! sends ([`ServerEvent`]), conversation [`Item`]s and the [`SessionSettings`] builder.
 //!
 //! The wire is the GA interface: `session.type = "realtime"`, audio settings nested under
 //! `session.audio.input` / `session.audio.output`, µ-law as `{"type":"audio/pcmu"}`. Every
@@ -9,11 +9,11 @@
 //! [`ServerEvent::Unknown`]; they never end a call.
 //!
 //! ```
-//! use twilio_realtime::proto::realtime::{ClientEvent, ServerEvent, SessionConfig, TurnDetection};
+//! use twilio_realtime::proto::realtime::{ClientEvent, ServerEvent, SessionSettings, TurnDetection};
 //!
 //! let update = ClientEvent::SessionUpdate {
 //!     event_id: None,
-//!     session: SessionConfig::new().instructions("Be brief.").voice("marin")
+//!     session: SessionSettings::new().instructions("Be brief.").voice("marin")
 //!         .turn_detection(TurnDetection::server_vad()),
 //! };
 //! let json: serde_json::Value = serde_json::from_str(&update.to_json()).unwrap();
@@ -352,7 +352,7 @@ impl<'de> Deserialize<'de> for ToolChoice {
 /// Session settings sent with `session.update`, built fluently. Always written in the GA
 /// shape, with both audio formats and a `tools` array.
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct SessionConfig {
+pub struct SessionSettings {
     model: Option<String>,
     instructions: Option<String>,
     voice: Option<String>,
@@ -369,10 +369,27 @@ pub struct SessionConfig {
     without_formats: bool,
 }
 
-impl SessionConfig {
+/// The former name of [`SessionSettings`], renamed so that no two public types share a name
+/// with the crate root's [`SessionConfig`](crate::SessionConfig) (the per-call session options).
+/// Code that names it still compiles (with a deprecation warning):
+///
+/// ```
+/// use twilio_realtime::proto::realtime::SessionSettings;
+///
+/// #[allow(deprecated)]
+/// let old: twilio_realtime::proto::realtime::SessionConfig = SessionSettings::new();
+/// let _: SessionSettings = old;
+/// ```
+#[deprecated(
+    since = "0.1.0",
+    note = "renamed to `proto::realtime::SessionSettings`"
+)]
+pub type SessionConfig = SessionSettings;
+
+impl SessionSettings {
     /// Defaults: µ-law both ways, no tools, everything else left to the server.
-    pub fn new() -> SessionConfig {
-        SessionConfig::default()
+    pub fn new() -> SessionSettings {
+        SessionSettings::default()
     }
     /// The model (usually chosen in the URL instead).
     pub fn model(mut self, m: impl Into<String>) -> Self {
@@ -561,7 +578,7 @@ struct SessionWire {
     max_output_tokens: Option<u32>,
 }
 
-impl Serialize for SessionConfig {
+impl Serialize for SessionSettings {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let c = self.clone();
         SessionWire {
@@ -597,7 +614,7 @@ impl Serialize for SessionConfig {
     }
 }
 
-impl<'de> Deserialize<'de> for SessionConfig {
+impl<'de> Deserialize<'de> for SessionSettings {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let w = SessionWire::deserialize(d)?;
         if w.kind != "realtime" {
@@ -606,7 +623,7 @@ impl<'de> Deserialize<'de> for SessionConfig {
                 w.kind
             )));
         }
-        Ok(SessionConfig {
+        Ok(SessionSettings {
             model: w.model,
             instructions: w.instructions,
             voice: w.audio.output.voice,
@@ -783,7 +800,7 @@ pub enum ClientEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         event_id: Option<String>,
         /// The settings.
-        session: SessionConfig,
+        session: SessionSettings,
     },
     /// Append caller audio (base64).
     #[serde(rename = "input_audio_buffer.append")]

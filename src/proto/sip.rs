@@ -44,7 +44,7 @@ use serde_json::Value;
 use sha2::Sha256;
 
 use crate::agent::Agent;
-use crate::proto::realtime::{SessionConfig, TurnDetection};
+use crate::proto::realtime::{SessionSettings, TurnDetection};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -350,10 +350,10 @@ impl fmt::Display for SipConfigError {
 impl std::error::Error for SipConfigError {}
 
 /// The session configuration `cfg` as a SIP call takes it (for `accept` and for a
-/// sideband `session.update`): the GA shape of [`SessionConfig`] without the audio formats
+/// sideband `session.update`): the GA shape of [`SessionSettings`] without the audio formats
 /// (the codec is negotiated in SDP, brief §4.1), refusing the server-VAD fields the Calls API
 /// rejects.
-pub fn sip_session(cfg: &SessionConfig) -> Result<Value, SipConfigError> {
+pub fn sip_session(cfg: &SessionSettings) -> Result<Value, SipConfigError> {
     if let Some(TurnDetection::ServerVad {
         threshold,
         prefix_padding_ms,
@@ -383,7 +383,7 @@ pub fn sip_session(cfg: &SessionConfig) -> Result<Value, SipConfigError> {
 /// transcription, noise reduction, …) with the agent's instructions, tools (its function
 /// tools, handoffs, `end_call`, `transfer_call`) and voice, as the Media Streams path
 /// builds it but without audio formats.
-pub fn agent_session(agent: &Agent, base: &SessionConfig) -> SessionConfig {
+pub fn agent_session(agent: &Agent, base: &SessionSettings) -> SessionSettings {
     let mut cfg = base
         .clone()
         .instructions(agent.instructions())
@@ -399,11 +399,11 @@ pub fn agent_session(agent: &Agent, base: &SessionConfig) -> SessionConfig {
 ///
 /// ```
 /// use twilio_realtime::agent::Agent;
-/// use twilio_realtime::proto::realtime::{SessionConfig, TurnDetection};
+/// use twilio_realtime::proto::realtime::{SessionSettings, TurnDetection};
 /// use twilio_realtime::proto::sip::{accept_body, SipConfigError};
 ///
 /// let agent = Agent::new("Concierge", "Be brief.").voice("marin");
-/// let body = accept_body(&agent, &SessionConfig::new(), "gpt-realtime").unwrap();
+/// let body = accept_body(&agent, &SessionSettings::new(), "gpt-realtime").unwrap();
 /// assert_eq!(body["type"], "realtime");
 /// assert_eq!(body["model"], "gpt-realtime");
 /// assert_eq!(body["audio"]["output"]["voice"], "marin");
@@ -413,12 +413,12 @@ pub fn agent_session(agent: &Agent, base: &SessionConfig) -> SessionConfig {
 ///     threshold: Some(0.6), prefix_padding_ms: None, silence_duration_ms: None,
 ///     create_response: None, interrupt_response: None, idle_timeout_ms: None,
 /// };
-/// let refused = accept_body(&agent, &SessionConfig::new().turn_detection(vad), "gpt-realtime");
+/// let refused = accept_body(&agent, &SessionSettings::new().turn_detection(vad), "gpt-realtime");
 /// assert_eq!(refused.unwrap_err(), SipConfigError::UnsupportedTurnDetectionField("threshold"));
 /// ```
 pub fn accept_body(
     agent: &Agent,
-    base: &SessionConfig,
+    base: &SessionSettings,
     model: &str,
 ) -> Result<Value, SipConfigError> {
     let cfg = agent_session(agent, base).model(model);

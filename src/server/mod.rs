@@ -1359,7 +1359,7 @@ impl ConnCtx {
         &self,
         form: WebhookForm,
         params: &[(&str, String)],
-    ) -> Option<realtime::SessionConfig> {
+    ) -> Option<realtime::SessionSettings> {
         if self.cfg.session.call.model_api.is_live() {
             // GPT-Live starts with the call's own `session.start`, sent on connect: a warm
             // connection is only opened, never configured with Realtime's update.

@@ -466,7 +466,7 @@ impl SipState {
         body: &[u8],
         now_unix: i64,
         agent: impl FnOnce(&IncomingCall) -> crate::agent::Agent,
-        base: &crate::proto::realtime::SessionConfig,
+        base: &crate::proto::realtime::SessionSettings,
     ) -> Outcome {
         use crate::proto::sip::{self, WebhookEvent};
         let verified = match sip::verify(&self.cfg.secret, headers, body, now_unix) {

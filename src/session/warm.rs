@@ -66,7 +66,7 @@ use crossbeam_channel::{bounded, RecvTimeoutError, Sender};
 use crate::call::Preconfigured;
 use crate::error::CallError;
 use crate::io::ws::{WsConn, WsError};
-use crate::proto::realtime::{ClientEvent, ServerEvent, SessionConfig};
+use crate::proto::realtime::{ClientEvent, ServerEvent, SessionSettings};
 use crate::session::ModelConfig;
 
 const LOG: &str = "twilio_realtime::warm";
@@ -282,10 +282,10 @@ pub enum SetupStep {
 ///
 /// ```
 /// use twilio_realtime::call::Preconfigured;
-/// use twilio_realtime::proto::realtime::{ServerEvent, SessionConfig};
+/// use twilio_realtime::proto::realtime::{ServerEvent, SessionSettings};
 /// use twilio_realtime::session::warm::{SetupStep, WarmSetup};
 ///
-/// let mut setup = WarmSetup::new(SessionConfig::new().instructions("Be brief."));
+/// let mut setup = WarmSetup::new(SessionSettings::new().instructions("Be brief."));
 /// let created = ServerEvent::parse(r#"{"type":"session.created","event_id":"e1","session":{}}"#)?;
 /// assert!(matches!(setup.on_event(created), SetupStep::Send(u) if u.event_type() == "session.update"));
 /// let updated = ServerEvent::parse(r#"{"type":"session.updated","event_id":"e2","session":{"type":"realtime"}}"#)?;
@@ -294,14 +294,14 @@ pub enum SetupStep {
 /// ```
 #[derive(Debug)]
 pub struct WarmSetup {
-    config: SessionConfig,
+    config: SessionSettings,
     sent: bool,
     done: bool,
 }
 
 impl WarmSetup {
     /// Will configure the session with `config`.
-    pub fn new(config: SessionConfig) -> WarmSetup {
+    pub fn new(config: SessionSettings) -> WarmSetup {
         WarmSetup {
             config,
             sent: false,
@@ -361,7 +361,7 @@ pub type Delivery = Box<dyn FnOnce(Result<WarmConn, CallError>) + Send>;
 /// Runs [`WarmSetup`] on a socket whose threads have not started, within `within`.
 fn configure(
     mut conn: WsConn,
-    config: Option<SessionConfig>,
+    config: Option<SessionSettings>,
     within: Duration,
 ) -> Result<WarmConn, CallError> {
     let Some(config) = config else {
@@ -479,7 +479,7 @@ impl WarmModels {
         self: &Arc<Self>,
         call_sid: &str,
         model: &ModelConfig,
-        config: Option<SessionConfig>,
+        config: Option<SessionSettings>,
     ) -> Open {
         let decided = self.lock().open_at(call_sid, Instant::now());
         if decided != Open::Started {
@@ -682,7 +682,7 @@ mod tests {
 
     #[test]
     fn setup_answers_session_created_with_its_update_once() {
-        let config = SessionConfig::new().instructions("Be brief.");
+        let config = SessionSettings::new().instructions("Be brief.");
         let mut setup = WarmSetup::new(config.clone());
         // Nothing is sent before the session exists.
         assert_eq!(
@@ -714,7 +714,7 @@ mod tests {
 
     #[test]
     fn setup_reports_a_refusal_of_its_update() {
-        let config = SessionConfig::new().voice("robot");
+        let config = SessionSettings::new().voice("robot");
         let mut setup = WarmSetup::new(config.clone());
         assert!(matches!(
             setup.on_event(ev(r#"{"type":"session.created","session":{}}"#)),
