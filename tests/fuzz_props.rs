@@ -1,8 +1,9 @@
 //! Property tests in place of fuzz targets (they run on stable Rust and in CI, and shrink a
-//! failure to a minimal case): the Twilio parser, the model-event parser, and the call core
-//! together with the caller-audio lane (wired as the session wires them) fed arbitrary event
-//! sequences: `media` timestamps over the whole `u64` range (jitter, gaps, jumps, clocks that go
-//! backwards), transcripts with multibyte characters from interleaved items.
+//! failure to a minimal case): the Twilio parser, the model-event parser, and the call core fed
+//! arbitrary sequences of its own [`Input`]s, with the caller-audio lane and the agent-audio
+//! lane wired as the session wires them: `media` timestamps over the whole `u64` range (jitter,
+//! gaps, jumps, clocks that go backwards), transcripts with multibyte characters from
+//! interleaved items, runs of one item's audio deltas that take the agent-audio lane.
 //!
 //! Invariants: nothing panics (debug builds check overflow); a parsed `media` or audio delta
 //! always carries valid base64; every frame for Twilio carries the streamSid from `start` (never
@@ -10,7 +11,11 @@
 //! sent to Twilio for that item; caller frames reach the model only while it is ready, in
 //! order, byte-exact, each at most once, and only frames the early buffer dropped go missing;
 //! gap padding never exceeds the wall time since the first frame; a response's text is its
-//! items' texts in order of first appearance, each item's final text replacing its deltas.
+//! items' texts in order of first appearance, each item's final text replacing its deltas;
+//! audio sent on the agent-audio lane leaves the playback ledger where the lane's chunk marks
+//! say; every audio frame for Twilio is followed by its chunk mark, whose offset counts the
+//! frame on from the item's last one; the core and the caller-audio lane never ask to be woken
+//! again and again at a time they were woken at.
 //!
 //! CI runs proptest's default 256 cases per property. A long run:
 //!
@@ -25,14 +30,17 @@ use base64::Engine;
 use proptest::prelude::*;
 use serde_json::json;
 use twilio_realtime::agent::{Agent, FunctionTool, OutputGuardrail, ToolFailure, Verdict};
+use twilio_realtime::call::audio_lane::AudioLane;
 use twilio_realtime::call::inbound::{InboundAudio, InboundConfig};
 use twilio_realtime::call::playback::MarkName;
 use twilio_realtime::call::{CallConfig, CallCore, Command, Input, Output};
 use twilio_realtime::events::SessionEvent;
 use twilio_realtime::proto::mulaw;
-use twilio_realtime::proto::realtime::{AudioDeltaFrame, ClientEvent, ServerEvent};
+use twilio_realtime::proto::realtime::{AudioDelta, AudioDeltaFrame, ClientEvent, ServerEvent};
 use twilio_realtime::proto::twilio::{MediaFrame, TwilioCommand, TwilioMessage};
 use twilio_realtime::CallError;
+
+mod common;
 
 const SIDS: [&str; 2] = [
     "MZ18ad3ab5a668481ce02b83e7395059f0",
@@ -283,7 +291,44 @@ proptest! {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The call core on arbitrary sequences
+// The call core on arbitrary sequences of its own inputs
+//
+// A call is a `Vec<(Duration, Input)>`: the core's own `Input`s, each with the time that
+// passed before it. The harness feeds them the way the threaded shell (`session`) does: a
+// `media` frame goes to the caller-audio lane on the Twilio reader (it does not wake the
+// session thread), echoed chunk marks wait for the session thread's next wake-up and are
+// applied then with their arrival time, an audio delta the core granted a lane for goes to
+// Twilio without the core (reported later as `AudioLaneSent`), everything else wakes the
+// session thread, which first applies what waited, then tells the core what its sockets saw
+// (`TwilioActivity`, `ModelActivity`), then the input; and it wakes at every deadline the core
+// or the lane asked for.
+
+/// A generated input that names something the core sent earlier (which the generator cannot
+/// know) carries a placeholder, resolved by the harness when it feeds the input:
+///
+/// - a `mark` echo named `#echo N` echoes the N-th (modulo their number) mark sent to Twilio
+///   so far, by the core or on the agent-audio lane; with none sent, Twilio has nothing to
+///   echo and the input is skipped;
+/// - a tool call id `#tool N` (in `ToolResult`, `Approve`, `Reject`) is the N-th (modulo) call
+///   id of the function calls the model made so far; with none, the input is skipped.
+const ECHO: &str = "#echo ";
+/// See [`ECHO`].
+const TOOL: &str = "#tool ";
+
+/// Resolves a placeholder `{prefix}N` against `sent` (see [`ECHO`]); any other text is kept.
+fn resolve(text: &mut String, prefix: &str, sent: &[String]) -> bool {
+    let Some(n) = text.strip_prefix(prefix) else {
+        return true;
+    };
+    let n: usize = n.parse().expect("placeholders carry a number");
+    match sent.len() {
+        0 => false,
+        len => {
+            *text = sent[n % len].clone();
+            true
+        }
+    }
+}
 
 /// A `media` timestamp: the next one Twilio would send moved by some ms (jitter, a gap, a
 /// step back), any `u64`, one near `u64::MAX`, or none (it did not parse).
@@ -317,86 +362,199 @@ fn text() -> impl Strategy<Value = String> {
     ]
 }
 
-#[derive(Debug, Clone)]
-enum Step {
-    Start(usize),
-    /// A caller frame of one of [`FRAME_SIZES`] bytes with this timestamp.
-    Media(Ts, usize),
-    EchoMark(usize),
-    BogusMark(String),
-    Stop,
-    Dtmf,
-    SessionCreated,
-    ResponseCreated(u8),
-    ItemAdded(u8, u8),
-    Delta(u8, u8, u16),
-    AudioDone(u8, u8),
-    Transcript(u8, u8, bool, String),
-    FunctionCall(u8, bool),
-    ResponseDone(u8, bool),
-    SpeechStarted,
-    SpeechStopped,
-    Truncated(u8, u32),
-    ModelError(bool),
-    Interrupt,
-    SendMessage,
-    ToolDone(usize, bool),
-    Approve(usize),
-    ModelClosed,
-    ModelConnected,
-    TwilioClosed,
-    Advance(u16),
+fn twilio(v: serde_json::Value) -> Input {
+    Input::Twilio(TwilioMessage::parse(&v.to_string()).expect("generated messages parse"))
 }
 
-fn step() -> impl Strategy<Value = Step> {
+fn model(v: serde_json::Value) -> Input {
+    Input::Model(ServerEvent::parse(&v.to_string()).expect("generated events parse"))
+}
+
+/// One generated input, the time before it, and for a `media` frame how its timestamp follows
+/// the previous frame's (set by [`call`] once the frames are in order).
+type Gen = (Duration, Input, Option<Ts>);
+
+/// Inputs at the moment the one before them was fed.
+fn now(input: Input) -> Vec<Gen> {
+    vec![(Duration::ZERO, input, None)]
+}
+
+fn start(sid: &str, encoding: &str) -> Input {
+    twilio(json!({"event":"start","streamSid":sid,
+        "start":{"accountSid":"AC1","streamSid":sid,"callSid":"CA1","tracks":["inbound"],
+        "customParameters":{},"mediaFormat":{"encoding":encoding,"sampleRate":8000,"channels":1}}}))
+}
+
+/// A caller frame of `size` bytes, each in 1..=250 (never silence) and from `tag`, so frames
+/// with different tags differ.
+fn media(tag: u32, size: usize) -> Input {
+    let tag = tag.to_le_bytes();
+    let bytes: Vec<u8> = (0..size).map(|i| 1 + tag[i % 4] % 250).collect();
+    let payload = base64::engine::general_purpose::STANDARD.encode(bytes);
+    twilio(json!({"event":"media","streamSid":SIDS[0],
+        "media":{"track":"inbound","chunk":"1","timestamp":"0","payload":payload}}))
+}
+
+fn resp(r: u8) -> String {
+    format!("resp_{r}")
+}
+
+fn item(i: u8) -> String {
+    format!("item_{i}")
+}
+
+fn delta(r: u8, i: u8, bytes: u16) -> Input {
+    model(json!({"type":"response.output_audio.delta",
+        "event_id":"e","response_id":resp(r),"item_id":item(i),"output_index":0,
+        "content_index":0,"delta":common::audio_b64(bytes as usize)}))
+}
+
+/// The tool call `#tool n` (see [`ECHO`]).
+fn tool(n: u32) -> String {
+    format!("{TOOL}{n}")
+}
+
+/// What may happen next in a call, with the weights of a busy one: mostly caller audio, agent
+/// audio (single deltas and runs of one item's deltas, as the model sends them), echoes and
+/// time passing.
+fn step() -> impl Strategy<Value = Vec<Gen>> {
     prop_oneof![
-        // 0 and 1: the two stream ids; 2: the first id in a format the bridge refuses.
-        40 => (0..2usize).prop_map(Step::Start),
-        3 => Just(Step::Start(2)),
-        64 => (ts(), 0..FRAME_SIZES.len()).prop_map(|(t, n)| Step::Media(t, n)),
-        48 => any::<usize>().prop_map(Step::EchoMark),
-        8 => "[a-z0-9:_]{0,20}".prop_map(Step::BogusMark),
-        1 => Just(Step::Stop),
-        8 => Just(Step::Dtmf),
-        16 => Just(Step::SessionCreated),
-        24 => (0..3u8).prop_map(Step::ResponseCreated),
-        24 => (0..3u8, 0..4u8).prop_map(|(r, i)| Step::ItemAdded(r, i)),
-        80 => (0..3u8, 0..4u8, 1..4000u16).prop_map(|(r, i, n)| Step::Delta(r, i, n)),
-        16 => (0..3u8, 0..4u8).prop_map(|(r, i)| Step::AudioDone(r, i)),
-        24 => (0..3u8, 0..4u8, any::<bool>(), text())
-            .prop_map(|(r, i, d, t)| Step::Transcript(r, i, d, t)),
-        8 => (0..3u8, any::<bool>()).prop_map(|(r, known)| Step::FunctionCall(r, known)),
-        24 => (0..3u8, any::<bool>()).prop_map(|(r, c)| Step::ResponseDone(r, c)),
-        24 => Just(Step::SpeechStarted),
-        16 => Just(Step::SpeechStopped),
-        8 => (0..4u8, any::<u32>()).prop_map(|(i, ms)| Step::Truncated(i, ms)),
-        8 => any::<bool>().prop_map(Step::ModelError),
-        16 => Just(Step::Interrupt),
-        8 => Just(Step::SendMessage),
-        8 => (any::<usize>(), any::<bool>()).prop_map(|(i, ok)| Step::ToolDone(i, ok)),
-        8 => any::<usize>().prop_map(Step::Approve),
-        1 => Just(Step::ModelClosed),
-        8 => Just(Step::ModelConnected),
-        1 => Just(Step::TwilioClosed),
-        40 => (0..60u16).prop_map(Step::Advance),
-        8 => (0..3000u16).prop_map(Step::Advance),
+        // The two stream ids, and the first in a format the bridge refuses.
+        40 => (0..2usize).prop_map(|i| now(start(SIDS[i], "audio/x-mulaw"))),
+        3 => Just(()).prop_map(|_| now(start(SIDS[0], "audio/l16"))),
+        64 => (ts(), 0..FRAME_SIZES.len(), any::<u32>())
+            .prop_map(|(t, n, tag)| vec![(Duration::ZERO, media(tag, FRAME_SIZES[n]), Some(t))]),
+        48 => any::<u32>().prop_map(|n| now(twilio(json!({"event":"mark","streamSid":SIDS[0],
+            "mark":{"name":format!("{ECHO}{n}")}})))),
+        8 => "[a-z0-9:_]{0,20}".prop_map(|name| now(twilio(json!({"event":"mark",
+            "streamSid":SIDS[0],"mark":{"name":name}})))),
+        1 => Just(()).prop_map(|_| now(twilio(json!({"event":"stop","streamSid":SIDS[0],
+            "stop":{"accountSid":"AC1","callSid":"CA1"}})))),
+        8 => Just(()).prop_map(|_| now(twilio(json!({"event":"dtmf","streamSid":SIDS[0],
+            "dtmf":{"track":"inbound_track","digit":"5"}})))),
+        // The model's handshake: created, then the server confirms µ-law (the core is ready
+        // only then).
+        16 => Just(()).prop_map(|_| {
+            let mut v = now(model(json!({"type":"session.created","event_id":"e",
+                "session":{"type":"realtime"}})));
+            v.extend(now(model(json!({"type":"session.updated","event_id":"e",
+                "session":{"type":"realtime","audio":{"input":{"format":{"type":"audio/pcmu"}},
+                "output":{"format":{"type":"audio/pcmu"}}}}}))));
+            v
+        }),
+        24 => (0..3u8).prop_map(|r| now(model(json!({"type":"response.created","event_id":"e",
+            "response":{"id":resp(r),"status":"in_progress","output":[]}})))),
+        24 => (0..3u8, 0..4u8).prop_map(|(r, i)| now(model(json!({
+            "type":"response.output_item.added","event_id":"e","response_id":resp(r),
+            "output_index":0,"item":{"id":item(i),"type":"message","role":"assistant",
+            "content":[]}})))),
+        80 => (0..3u8, 0..4u8, 1..4000u16).prop_map(|(r, i, n)| now(delta(r, i, n))),
+        // A run of one item's deltas (what the agent-audio lane takes), caller audio between.
+        24 => (0..3u8, 0..4u8, prop::collection::vec((1..4000u16, any::<bool>(), any::<u32>()), 2..6))
+            .prop_map(|(r, i, run)| {
+                let mut v = Vec::new();
+                for (n, frame, tag) in run {
+                    v.extend(now(delta(r, i, n)));
+                    if frame {
+                        v.push((Duration::ZERO, media(tag, 160), Some(Ts::Next(0))));
+                    }
+                }
+                v
+            }),
+        16 => (0..3u8, 0..4u8).prop_map(|(r, i)| now(model(json!({
+            "type":"response.output_audio.done","event_id":"e","response_id":resp(r),
+            "item_id":item(i),"output_index":0,"content_index":0})))),
+        24 => (0..3u8, 0..4u8, any::<bool>(), text()).prop_map(|(r, i, done, text)| {
+            let (ty, field) = if done {
+                ("response.output_audio_transcript.done", "transcript")
+            } else {
+                ("response.output_audio_transcript.delta", "delta")
+            };
+            let mut v = json!({"type":ty,"event_id":"e","response_id":resp(r),
+                "item_id":item(i),"output_index":0,"content_index":0});
+            v[field] = json!(text);
+            now(model(v))
+        }),
+        8 => (0..3u8, any::<bool>(), any::<u32>()).prop_map(|(r, known, id)| {
+            let name = if known { "get_weather" } else { "nope" };
+            now(model(json!({"type":"response.output_item.done","event_id":"e",
+                "response_id":resp(r),"output_index":0,
+                "item":{"id":format!("fc_{id}"),"type":"function_call","status":"completed",
+                "name":name,"call_id":format!("call_{id}"),
+                "arguments":"{\"location\":\"Paris\"}"}})))
+        }),
+        24 => (0..3u8, any::<bool>()).prop_map(|(r, cancelled)| now(model(json!({
+            "type":"response.done","event_id":"e","response":{"id":resp(r),
+            "status": if cancelled {"cancelled"} else {"completed"},"output":[]}})))),
+        24 => Just(()).prop_map(|_| now(model(json!({"type":"input_audio_buffer.speech_started",
+            "event_id":"e","audio_start_ms":100,"item_id":"item_user"})))),
+        16 => Just(()).prop_map(|_| now(model(json!({"type":"input_audio_buffer.speech_stopped",
+            "event_id":"e","audio_end_ms":900,"item_id":"item_user"})))),
+        8 => (0..4u8, any::<u32>()).prop_map(|(i, ms)| now(model(json!({
+            "type":"conversation.item.truncated","event_id":"e","item_id":item(i),
+            "content_index":0,"audio_end_ms":ms})))),
+        8 => any::<bool>().prop_map(|expired| {
+            let code = if expired { "session_expired" } else { "invalid_value" };
+            now(model(json!({"type":"error","event_id":"e","error":{
+                "type":"invalid_request_error","code":code,"message":"m","param":null,
+                "event_id":null}})))
+        }),
+        16 => Just(()).prop_map(|_| now(Input::Command(Command::Interrupt))),
+        8 => Just(()).prop_map(|_| now(Input::Command(Command::SendMessage("hi".into())))),
+        4 => Just(()).prop_map(|_| now(Input::Command(Command::CreateResponse(Default::default())))),
+        1 => Just(()).prop_map(|_| now(Input::Command(Command::HangUp))),
+        8 => (any::<u32>(), any::<bool>()).prop_map(|(n, ok)| now(Input::ToolResult {
+            call_id: tool(n),
+            result: if ok { Ok("ok".into()) } else { Err(ToolFailure::Failed("bad".into())) },
+        })),
+        8 => any::<u32>().prop_map(|n| now(Input::Command(Command::Approve(tool(n))))),
+        4 => any::<u32>().prop_map(|n| now(Input::Command(Command::Reject {
+            call_id: tool(n),
+            message: None,
+        }))),
+        1 => Just(()).prop_map(|_| now(Input::ModelClosed {
+            error: CallError::model_closed(None, None),
+        })),
+        8 => Just(()).prop_map(|_| now(Input::ModelConnected)),
+        1 => Just(()).prop_map(|_| now(Input::TwilioClosed {
+            error: CallError::twilio_gone(None, None),
+        })),
+        40 => (0..60u64).prop_map(|ms| vec![(Duration::from_millis(ms), Input::Timeout, None)]),
+        8 => (0..3000u64).prop_map(|ms| vec![(Duration::from_millis(ms), Input::Timeout, None)]),
     ]
 }
 
+/// A whole call: the steps in order, each `media` timestamp set from the frame before it.
+fn call() -> impl Strategy<Value = Vec<(Duration, Input)>> {
+    prop::collection::vec(step(), 1..150).prop_map(|steps| {
+        // Twilio's clock: the timestamp of the last frame.
+        let mut last = 0u64;
+        let mut call = Vec::new();
+        for (after, mut input, ts) in steps.into_iter().flatten() {
+            if let (Some(t), Input::Twilio(TwilioMessage::Media(m))) = (ts, &mut input) {
+                let ts = match t {
+                    Ts::Next(d) => Some(last.saturating_add(20).saturating_add_signed(d.into())),
+                    Ts::Any(v) => Some(v),
+                    Ts::NearMax(d) => Some(u64::MAX - u64::from(d)),
+                    Ts::Missing => None,
+                };
+                last = ts.unwrap_or(last);
+                m.media.timestamp = ts.map(|t| t.to_string());
+            }
+            call.push((after, input));
+        }
+        call
+    })
+}
+
 fn agent() -> Agent {
-    let weather = FunctionTool::new(
-        "get_weather",
-        "Weather",
-        json!({"type":"object","properties":{"location":{"type":"string"}}}),
-        |_| Ok("sunny".into()),
-    );
     let careful = FunctionTool::new("refund", "Refund", json!({"type":"object"}), |_| {
         Ok("done".into())
     })
     .needs_approval(true);
     let billing = Agent::new("Billing", "Billing.");
     Agent::new("Front", "Calls.")
-        .tool(weather)
+        .tool(common::weather_tool())
         .tool(careful)
         .handoff(&billing)
         .output_guardrail(OutputGuardrail::new("no_x", |t: &str| {
@@ -419,46 +577,360 @@ struct Texts {
     expected: VecDeque<String>,
 }
 
+impl Texts {
+    fn text(&mut self, resp: &str, item: &str, text: &str, done: bool) {
+        let seq = self.seq;
+        let e = self
+            .items
+            .entry(item.to_owned())
+            .or_insert_with(|| (resp.to_owned(), seq, String::new()));
+        if e.1 == seq {
+            self.seq += 1;
+        }
+        if done {
+            e.2.clear();
+        }
+        e.2.push_str(text);
+    }
+
+    fn response_done(&mut self, resp: &str) {
+        let mut items: Vec<(u64, String)> = Vec::new();
+        self.items.retain(|_, (owner, seq, text)| {
+            if owner != resp {
+                return true;
+            }
+            items.push((*seq, std::mem::take(text)));
+            false
+        });
+        items.sort_by_key(|(seq, _)| *seq);
+        self.expected
+            .push_back(items.into_iter().map(|(_, t)| t).collect());
+    }
+}
+
+/// Echoed chunk marks the Twilio reader lets wait before it wakes the session thread anyway
+/// (`session::MAX_DEFERRED_MARKS`).
+const MAX_DEFERRED_MARKS: usize = 64;
+/// Chunks the agent-audio lane sends before it leaves deltas to the session thread again
+/// (`session::MAX_LANE_CHUNKS`).
+const MAX_LANE_CHUNKS: usize = 64;
+/// Wake-ups at deadlines between two inputs after which the core is taken to busy-loop.
+const MAX_WAKES: usize = 10_000;
+
+/// Why the session thread wakes (`session::ShellMsg`, or its deadline).
+enum Wake {
+    Input(Box<Input>),
+    /// Deferred marks are waiting and one of them matters now.
+    Marks,
+    Deadline,
+}
+
+/// The core, its caller-audio lane and its agent-audio lane wired as the threaded shell wires
+/// them (see the section comment), and what the checks keep.
 struct World {
     core: CallCore,
     lane: InboundAudio,
+    now: Instant,
+    /// When the Twilio socket last received a frame (it opened at the call's start).
+    twilio_rx: Instant,
+    /// When the model socket last received a frame, while one is open.
+    model_rx: Option<Instant>,
+    /// Echoed marks waiting for the session thread, with when each arrived.
+    deferred: Vec<(Instant, TwilioMessage)>,
+    /// The agent-audio lane the core granted, and the chunks sent on it not yet reported.
+    grant: Option<AudioLane>,
+    lane_chunks: Vec<(Instant, u64)>,
     /// The model is ready for caller audio (as the core said).
     ready: bool,
-    now: Instant,
     first_media_at: Option<Instant>,
-    /// Twilio's clock: the timestamp of the last frame sent.
-    last_ts: u64,
-    /// Tags of caller frames sent but not yet seen at the model, in order.
-    in_flight: VecDeque<u8>,
-    next_tag: u8,
+    /// Caller frames sent but not yet seen at the model, in order.
+    in_flight: VecDeque<String>,
     /// Frames that went missing on the way (must be ones the early buffer dropped).
     skipped: u64,
     texts: Texts,
     stream_sid: Option<String>,
+    /// Every mark sent to Twilio, in order.
     marks: Vec<String>,
     /// Bytes of each (item, content index) sent to Twilio, from the ledger marks.
     sent: HashMap<String, u64>,
+    /// The bytes of the last audio frame for Twilio, until its chunk mark follows it.
+    unmarked: Option<u64>,
+    /// The offset of each (generation, item, content index)'s last chunk mark, until its done
+    /// mark is echoed (the item leaves the ledger).
+    offsets: HashMap<(u64, String, u32), u64>,
+    /// Call ids of the model's function calls.
     tools: Vec<String>,
-    truncations: u64,
-}
-
-fn b64(n: usize) -> String {
-    base64::engine::general_purpose::STANDARD.encode(vec![0x55u8; n])
 }
 
 impl World {
-    fn model(&mut self, v: serde_json::Value) {
-        let ev = ServerEvent::parse(&v.to_string()).expect("generated events parse");
-        self.core.handle_input(self.now, Input::Model(ev));
+    fn new(now: Instant) -> World {
+        // A small early buffer, so that dropping the oldest is exercised too.
+        let mut inbound = InboundConfig::default();
+        inbound.max_buffered_bytes = 4000;
+        World {
+            core: CallCore::new(agent(), CallConfig::default(), now),
+            lane: InboundAudio::new(inbound),
+            now,
+            twilio_rx: now,
+            model_rx: None,
+            deferred: Vec::new(),
+            grant: None,
+            lane_chunks: Vec::new(),
+            ready: false,
+            first_media_at: None,
+            in_flight: VecDeque::new(),
+            skipped: 0,
+            texts: Texts::default(),
+            stream_sid: None,
+            marks: Vec::new(),
+            sent: HashMap::new(),
+            unmarked: None,
+            offsets: HashMap::new(),
+            tools: Vec::new(),
+        }
     }
 
-    fn twilio(&mut self, v: serde_json::Value) {
-        let msg = TwilioMessage::parse(&v.to_string()).expect("generated messages parse");
-        self.core.handle_input(self.now, Input::Twilio(msg));
+    /// Feeds one generated input `after` the one before, as the shell's threads would.
+    fn feed(&mut self, after: Duration, input: Input) -> Result<(), TestCaseError> {
+        self.advance(after)?;
+        let now = self.now;
+        match input {
+            Input::Twilio(msg) => {
+                self.twilio_rx = now;
+                match msg {
+                    // Caller audio stays on the Twilio reader.
+                    TwilioMessage::Media(m) => {
+                        self.in_flight.push_back(m.media.payload.clone());
+                        self.first_media_at.get_or_insert(now);
+                        let ts = m.media.timestamp_ms();
+                        self.caller_audio(|lane, sink| {
+                            lane.on_media(now, &m.media.payload, ts, sink)
+                        })
+                    }
+                    TwilioMessage::Mark(mut m) => {
+                        if !resolve(&mut m.mark.name, ECHO, &self.marks) {
+                            return Ok(());
+                        }
+                        // Chunk marks wait; any other mark wakes the session thread now.
+                        let urgent =
+                            !matches!(MarkName::parse(&m.mark.name), Some(MarkName::Chunk { .. }));
+                        self.deferred.push((now, TwilioMessage::Mark(m)));
+                        if urgent || self.deferred.len() >= MAX_DEFERRED_MARKS {
+                            self.wake(Wake::Marks)?;
+                        }
+                        Ok(())
+                    }
+                    TwilioMessage::Start(s) => {
+                        // The reader tells the lane, then the session thread tells the core.
+                        self.lane.on_start(&s.start.media_format);
+                        self.deliver(Input::Twilio(TwilioMessage::Start(s)))
+                    }
+                    msg => self.deliver(Input::Twilio(msg)),
+                }
+            }
+            Input::Model(ev) => {
+                self.model_rx = Some(now);
+                if let ServerEvent::OutputAudioDelta(d) = &ev {
+                    if self.lane_send(d)? {
+                        return Ok(());
+                    }
+                }
+                if let ServerEvent::OutputItemDone(e) = &ev {
+                    if let Some(id) = &e.item.call_id {
+                        self.tools.push(id.clone());
+                    }
+                }
+                self.deliver(Input::Model(ev))
+            }
+            Input::ModelConnected => {
+                self.model_rx = Some(now);
+                self.deliver(Input::ModelConnected)
+            }
+            Input::ToolResult {
+                mut call_id,
+                result,
+            } => {
+                if !resolve(&mut call_id, TOOL, &self.tools) {
+                    return Ok(());
+                }
+                self.deliver(Input::ToolResult { call_id, result })
+            }
+            Input::Command(Command::Approve(mut call_id)) => {
+                if !resolve(&mut call_id, TOOL, &self.tools) {
+                    return Ok(());
+                }
+                self.deliver(Input::Command(Command::Approve(call_id)))
+            }
+            Input::Command(Command::Reject {
+                mut call_id,
+                message,
+            }) => {
+                if !resolve(&mut call_id, TOOL, &self.tools) {
+                    return Ok(());
+                }
+                let c = Command::Reject { call_id, message };
+                self.deliver(Input::Command(c))
+            }
+            Input::Timeout => self.wake(Wake::Deadline),
+            input => self.deliver(input),
+        }
     }
 
-    /// Runs `f` on the lane with a sink that checks every append.
-    fn lane(
+    /// Lets time pass up to `after` from now, waking the session thread at every deadline the
+    /// core or the caller-audio lane set on the way.
+    fn advance(&mut self, after: Duration) -> Result<(), TestCaseError> {
+        let to = self.now + after;
+        for _ in 0..MAX_WAKES {
+            let due = [self.core.next_deadline(), self.lane.next_deadline()]
+                .into_iter()
+                .flatten()
+                .min();
+            match due {
+                Some(d) if d <= to => {
+                    self.now = self.now.max(d);
+                    self.wake(Wake::Deadline)?;
+                }
+                _ => {
+                    self.now = to;
+                    return Ok(());
+                }
+            }
+        }
+        Err(TestCaseError::fail(
+            "the core or the lane keeps asking for a wake-up it has had",
+        ))
+    }
+
+    /// A delta the model reader sends to Twilio itself on the granted lane (see
+    /// `session::AgentLane`); false if it goes to the session thread.
+    fn lane_send(&mut self, d: &AudioDelta) -> Result<bool, TestCaseError> {
+        let Some(lane) = &mut self.grant else {
+            return Ok(false);
+        };
+        if self.lane_chunks.len() >= MAX_LANE_CHUNKS
+            || d.delta.is_empty()
+            || !lane.matches(&d.response_id, &d.item_id, d.content_index)
+        {
+            return Ok(false);
+        }
+        let bytes = mulaw::base64_decoded_len(&d.delta) as u64;
+        self.lane_chunks.push((self.now, bytes));
+        let stream_sid = lane.stream_sid().to_owned();
+        let name = lane.chunk(bytes);
+        self.for_twilio(&TwilioCommand::Media {
+            stream_sid: stream_sid.clone(),
+            payload: d.delta.clone(),
+        })?;
+        self.for_twilio(&TwilioCommand::Mark { stream_sid, name })?;
+        Ok(true)
+    }
+
+    /// The session thread wakes for `input` (a message from a socket reader, a worker or the
+    /// application).
+    fn deliver(&mut self, input: Input) -> Result<(), TestCaseError> {
+        self.wake(Wake::Input(Box::new(input)))
+    }
+
+    /// One wake-up of the session thread (`session::Shell::run_loop`).
+    fn wake(&mut self, why: Wake) -> Result<(), TestCaseError> {
+        // The lane closes first; its chunks are recorded, then the marks that waited.
+        if let Some(lane) = self.grant.take() {
+            for (at, bytes) in std::mem::take(&mut self.lane_chunks) {
+                self.core.handle_input(at, Input::AudioLaneSent { bytes });
+            }
+            // The ledger now holds what the lane's last mark says was sent of the item.
+            let mut probe = lane.clone();
+            let Some(MarkName::Chunk { offset, .. }) = MarkName::parse(&probe.chunk(0)) else {
+                unreachable!("a lane names chunk marks");
+            };
+            let ledger = self.core.ledger();
+            let kept = ledger
+                .entries()
+                .iter()
+                .find(|e| e.item_id == lane.item_id() && e.content_index == lane.content_index())
+                .map(|e| e.sent);
+            prop_assert_eq!(
+                kept,
+                Some(offset),
+                "the ledger lost count of the lane's audio"
+            );
+        }
+        for (at, mark) in std::mem::take(&mut self.deferred) {
+            self.before_core(&mark);
+            self.core.handle_input(at, Input::Twilio(mark));
+        }
+        self.core
+            .handle_input(self.twilio_rx, Input::TwilioActivity);
+        if let Some(at) = self.model_rx {
+            self.core.handle_input(at, Input::ModelActivity);
+        }
+        let now = self.now;
+        match why {
+            Wake::Input(input) => match *input {
+                Input::Twilio(msg) => {
+                    self.before_core(&msg);
+                    self.core.handle_input(now, Input::Twilio(msg));
+                }
+                input => {
+                    self.texts_before_core(&input);
+                    self.core.handle_input(now, input);
+                }
+            },
+            Wake::Marks => {}
+            Wake::Deadline => {
+                self.core.handle_input(now, Input::Timeout);
+                self.caller_audio(|lane, sink| lane.on_timeout(now, sink))?;
+            }
+        }
+        self.drain()
+    }
+
+    /// What the checks note of a Twilio message just before the core takes it.
+    fn before_core(&mut self, msg: &TwilioMessage) {
+        match msg {
+            // The first start wins (a second one is ignored by the core); one in another format
+            // ends the call before any frame.
+            TwilioMessage::Start(s)
+                if self.stream_sid.is_none()
+                    && self.core.ended().is_none()
+                    && s.start.media_format.is_mulaw_8k_mono() =>
+            {
+                self.stream_sid = Some(s.stream_sid.clone());
+            }
+            TwilioMessage::Mark(m) => {
+                if let Some(MarkName::Done {
+                    generation,
+                    content_index,
+                    item_id,
+                }) = MarkName::parse(&m.mark.name)
+                {
+                    self.offsets
+                        .remove(&(generation, item_id.to_owned(), content_index));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// What the text check notes of a model event just before the core takes it.
+    fn texts_before_core(&mut self, input: &Input) {
+        match input {
+            Input::Model(ServerEvent::OutputAudioTranscriptDelta(d)) => {
+                self.texts.text(&d.response_id, &d.item_id, &d.delta, false)
+            }
+            Input::Model(ServerEvent::OutputAudioTranscriptDone(d)) => {
+                self.texts
+                    .text(&d.response_id, &d.item_id, &d.transcript, true)
+            }
+            Input::Model(ServerEvent::ResponseDone(e)) if self.core.ended().is_none() => {
+                self.texts.response_done(&e.response.id)
+            }
+            _ => {}
+        }
+    }
+
+    /// Runs `f` on the caller-audio lane with a sink that checks every append.
+    fn caller_audio(
         &mut self,
         f: impl FnOnce(&mut InboundAudio, &mut dyn FnMut(&str)),
     ) -> Result<(), TestCaseError> {
@@ -473,10 +945,7 @@ impl World {
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(&a)
                 .map_err(|e| TestCaseError::fail(format!("append is not base64: {e}")))?;
-            let Some(&first) = bytes.first() else {
-                continue;
-            };
-            if first == mulaw::SILENCE {
+            if bytes.first() == Some(&mulaw::SILENCE) {
                 prop_assert!(
                     bytes.iter().all(|&b| b == mulaw::SILENCE),
                     "padding is silence"
@@ -484,279 +953,111 @@ impl World {
                 prop_assert!(bytes.len() <= 8000, "padding in appends of at most 1 s");
                 continue;
             }
-            prop_assert!(
-                bytes.iter().all(|&b| b == first),
-                "a frame arrives byte-exact"
-            );
-            // In order, at most once: skip the frames the early buffer dropped.
+            // In order, byte-exact, at most once: skip the frames the early buffer dropped.
             loop {
                 match self.in_flight.pop_front() {
-                    Some(t) if t == first => break,
+                    Some(f) if f == a => break,
                     Some(_) => self.skipped += 1,
-                    None => prop_assert!(false, "frame {first} out of order or twice"),
+                    None => prop_assert!(false, "a frame out of order, twice or changed: {a}"),
                 }
             }
         }
         Ok(())
     }
 
-    fn media(&mut self, t: &Ts, size: usize) -> Result<(), TestCaseError> {
-        let ts = match t {
-            Ts::Next(d) => Some(
-                self.last_ts
-                    .saturating_add(20)
-                    .saturating_add_signed(*d as i64),
-            ),
-            Ts::Any(v) => Some(*v),
-            Ts::NearMax(d) => Some(u64::MAX - *d as u64),
-            Ts::Missing => None,
+    /// Checks a frame for Twilio, from the core or the agent-audio lane.
+    fn for_twilio(&mut self, cmd: &TwilioCommand) -> Result<(), TestCaseError> {
+        let sid = match cmd {
+            TwilioCommand::Media { stream_sid, .. }
+            | TwilioCommand::Mark { stream_sid, .. }
+            | TwilioCommand::Clear { stream_sid } => stream_sid.clone(),
+            _ => String::new(), // a new kind of frame: must carry a sid too
         };
-        if let Some(ts) = ts {
-            self.last_ts = ts;
-        }
-        // Tags 1..=250: never silence, never 0.
-        self.next_tag = self.next_tag % 250 + 1;
-        let tag = self.next_tag;
-        let payload = base64::engine::general_purpose::STANDARD.encode(vec![tag; size]);
-        self.in_flight.push_back(tag);
-        self.first_media_at.get_or_insert(self.now);
-        let now = self.now;
-        self.core.handle_input(now, Input::TwilioActivity);
-        self.lane(|lane, sink| lane.on_media(now, &payload, ts, sink))
-    }
-
-    fn transcript(&mut self, r: u8, i: u8, done: bool, text: &str) {
-        let (resp, item) = (format!("resp_{r}"), format!("item_{i}"));
-        let t = &mut self.texts;
-        let seq = t.seq;
-        let e = t
-            .items
-            .entry(item.clone())
-            .or_insert_with(|| (resp.clone(), seq, String::new()));
-        if e.1 == seq {
-            t.seq += 1;
-        }
-        if done {
-            e.2.clear();
-        }
-        e.2.push_str(text);
-        let v = if done {
-            json!({"type":"response.output_audio_transcript.done","event_id":"e",
-                "response_id":resp,"item_id":item,"output_index":0,"content_index":0,
-                "transcript":text})
-        } else {
-            json!({"type":"response.output_audio_transcript.delta","event_id":"e",
-                "response_id":resp,"item_id":item,"output_index":0,"content_index":0,
-                "delta":text})
-        };
-        self.model(v);
-    }
-
-    fn response_done(&mut self, r: u8, cancelled: bool) {
-        let resp = format!("resp_{r}");
-        if self.core.ended().is_none() {
-            let mut items: Vec<(u64, String)> = Vec::new();
-            self.texts.items.retain(|_, (owner, seq, text)| {
-                if *owner != resp {
-                    return true;
-                }
-                items.push((*seq, std::mem::take(text)));
-                false
-            });
-            items.sort_by_key(|(seq, _)| *seq);
-            self.texts
-                .expected
-                .push_back(items.into_iter().map(|(_, t)| t).collect());
-        }
-        self.model(json!({"type":"response.done",
-            "event_id":"e","response":{"id":resp,
-            "status": if cancelled {"cancelled"} else {"completed"},"output":[]}}));
-    }
-
-    fn apply(&mut self, s: &Step) -> Result<(), TestCaseError> {
-        let now = self.now;
-        let resp = |r: u8| format!("resp_{r}");
-        let item = |i: u8| format!("item_{i}");
-        match s {
-            Step::Start(i) => {
-                let (sid, encoding) = match i {
-                    2 => (SIDS[0], "audio/l16"),
-                    _ => (SIDS[*i], "audio/x-mulaw"),
-                };
-                let v = json!({"event":"start","streamSid":sid,
-                    "start":{"accountSid":"AC1","streamSid":sid,"callSid":"CA1","tracks":["inbound"],
-                    "customParameters":{},"mediaFormat":{"encoding":encoding,"sampleRate":8000,"channels":1}}});
-                // The Twilio reader tells the lane, then the session thread tells the core.
-                if let Ok(TwilioMessage::Start(st)) = TwilioMessage::parse(&v.to_string()) {
-                    self.lane.on_start(&st.start.media_format);
-                }
-                self.twilio(v)
+        prop_assert!(!sid.is_empty(), "empty streamSid: {cmd:?}");
+        prop_assert_eq!(Some(&sid), self.stream_sid.as_ref(), "frame before start");
+        match cmd {
+            TwilioCommand::Media { payload, .. } => {
+                prop_assert!(
+                    self.unmarked.is_none(),
+                    "an audio frame without its chunk mark"
+                );
+                self.unmarked = Some(mulaw::base64_decoded_len(payload) as u64);
             }
-            Step::Media(t, n) => self.media(t, FRAME_SIZES[*n])?,
-            Step::EchoMark(i) => {
-                if !self.marks.is_empty() {
-                    let name = self.marks[i % self.marks.len()].clone();
-                    self.twilio(json!({"event":"mark","streamSid":SIDS[0],"mark":{"name":name}}));
-                }
-            }
-            Step::BogusMark(name) => {
-                self.twilio(json!({"event":"mark","streamSid":SIDS[0],"mark":{"name":name}}))
-            }
-            Step::Stop => self.twilio(json!({"event":"stop","streamSid":SIDS[0],
-                "stop":{"accountSid":"AC1","callSid":"CA1"}})),
-            Step::Dtmf => self.twilio(json!({"event":"dtmf","streamSid":SIDS[0],
-                "dtmf":{"track":"inbound_track","digit":"5"}})),
-            Step::SessionCreated => {
-                self.model(json!({"type":"session.created","event_id":"e",
-                    "session":{"type":"realtime"}}));
-                // The server confirms µ-law (the core is ready only then).
-                self.model(json!({"type":"session.updated","event_id":"e","session":{"type":"realtime",
-                    "audio":{"input":{"format":{"type":"audio/pcmu"}},"output":{"format":{"type":"audio/pcmu"}}}}}))
-            }
-            Step::ResponseCreated(r) => self
-                .model(json!({"type":"response.created","event_id":"e",
-                "response":{"id":resp(*r),"status":"in_progress","output":[]}})),
-            Step::ItemAdded(r, i) => self.model(json!({"type":"response.output_item.added",
-                "event_id":"e","response_id":resp(*r),"output_index":0,
-                "item":{"id":item(*i),"type":"message","role":"assistant","content":[]}})),
-            Step::Delta(r, i, n) => self.model(json!({"type":"response.output_audio.delta",
-                "event_id":"e","response_id":resp(*r),"item_id":item(*i),"output_index":0,
-                "content_index":0,"delta":b64(*n as usize)})),
-            Step::AudioDone(r, i) => self.model(json!({"type":"response.output_audio.done",
-                "event_id":"e","response_id":resp(*r),"item_id":item(*i),"output_index":0,
-                "content_index":0})),
-            Step::Transcript(r, i, done, text) => self.transcript(*r, *i, *done, text),
-            Step::FunctionCall(r, known) => {
-                let name = if *known { "get_weather" } else { "nope" };
-                let call_id = format!("call_{}", self.tools.len());
-                self.model(json!({"type":"response.output_item.done","event_id":"e",
-                    "response_id":resp(*r),"output_index":0,
-                    "item":{"id":format!("fc_{}", self.tools.len()),"type":"function_call",
-                    "status":"completed","name":name,"call_id":call_id,
-                    "arguments":"{\"location\":\"Paris\"}"}}));
-                self.tools.push(call_id);
-            }
-            Step::ResponseDone(r, cancelled) => self.response_done(*r, *cancelled),
-            Step::SpeechStarted => self.model(json!({"type":"input_audio_buffer.speech_started",
-                "event_id":"e","audio_start_ms":100,"item_id":"item_user"})),
-            Step::SpeechStopped => self.model(json!({"type":"input_audio_buffer.speech_stopped",
-                "event_id":"e","audio_end_ms":900,"item_id":"item_user"})),
-            Step::Truncated(i, ms) => self.model(json!({"type":"conversation.item.truncated",
-                "event_id":"e","item_id":item(*i),"content_index":0,"audio_end_ms":ms})),
-            Step::ModelError(expired) => {
-                let code = if *expired {
-                    "session_expired"
-                } else {
-                    "invalid_value"
-                };
-                self.model(json!({"type":"error","event_id":"e","error":{
-                    "type":"invalid_request_error","code":code,"message":"m","param":null,
-                    "event_id":null}}))
-            }
-            Step::Interrupt => self
-                .core
-                .handle_input(now, Input::Command(Command::Interrupt)),
-            Step::SendMessage => self
-                .core
-                .handle_input(now, Input::Command(Command::SendMessage("hi".into()))),
-            Step::ToolDone(i, ok) => {
-                if !self.tools.is_empty() {
-                    let id = self.tools[i % self.tools.len()].clone();
-                    let r = if *ok {
-                        Ok("ok".into())
-                    } else {
-                        Err(ToolFailure::Failed("bad".into()))
+            TwilioCommand::Mark { name, .. } => {
+                let chunk = MarkName::parse(name);
+                if let Some(MarkName::Chunk {
+                    generation,
+                    content_index,
+                    offset,
+                    item_id,
+                }) = chunk
+                {
+                    // Each chunk mark counts its frame's bytes on from the item's last one.
+                    let Some(bytes) = self.unmarked.take() else {
+                        return Err(TestCaseError::fail(format!(
+                            "a chunk mark without audio: {name}"
+                        )));
                     };
-                    self.core.handle_input(
-                        now,
-                        Input::ToolResult {
-                            call_id: id.to_owned(),
-                            result: r,
-                        },
+                    let last = self
+                        .offsets
+                        .entry((generation, item_id.to_owned(), content_index))
+                        .or_default();
+                    prop_assert_eq!(
+                        offset,
+                        *last + bytes,
+                        "chunk mark {} after {} bytes",
+                        name,
+                        bytes
+                    );
+                    *last = offset;
+                    let v = self
+                        .sent
+                        .entry(format!("{item_id}/{content_index}"))
+                        .or_default();
+                    *v = (*v).max(offset);
+                } else {
+                    prop_assert!(
+                        self.unmarked.is_none(),
+                        "an audio frame without its chunk mark"
                     );
                 }
+                self.marks.push(name.clone());
             }
-            Step::Approve(i) => {
-                if !self.tools.is_empty() {
-                    let id = self.tools[i % self.tools.len()].clone();
-                    self.core
-                        .handle_input(now, Input::Command(Command::Approve(id)));
-                }
-            }
-            Step::ModelClosed => self.core.handle_input(
-                now,
-                Input::ModelClosed {
-                    error: CallError::model_closed(None, None),
-                },
+            _ => prop_assert!(
+                self.unmarked.is_none(),
+                "an audio frame without its chunk mark"
             ),
-            Step::ModelConnected => self.core.handle_input(now, Input::ModelConnected),
-            Step::TwilioClosed => self.core.handle_input(
-                now,
-                Input::TwilioClosed {
-                    error: CallError::twilio_gone(None, None),
-                },
-            ),
-            Step::Advance(ms) => {
-                self.now += Duration::from_millis(*ms as u64);
-                let now = self.now;
-                self.core.handle_input(now, Input::Timeout);
-                if self.lane.next_deadline().is_some_and(|d| d <= now) {
-                    self.lane(|lane, sink| lane.on_timeout(now, sink))?;
-                }
-            }
         }
         Ok(())
     }
 
-    /// Checks every output against the invariants.
+    /// Performs the core's outputs as the shell does, checking each against the invariants.
     fn drain(&mut self) -> Result<(), TestCaseError> {
+        let mut granted = None;
+        let mut ended = false;
         while let Some(o) = self.core.poll_output() {
             match o {
-                // Wired to the lane as the session wires them.
                 Output::ModelReady => {
                     self.ready = true;
-                    self.lane(|lane, sink| lane.set_ready(true, sink))?;
+                    self.caller_audio(|lane, sink| lane.set_ready(true, sink))?;
                 }
                 Output::ModelNotReady => {
                     self.ready = false;
-                    self.lane(|lane, sink| lane.set_ready(false, sink))?;
+                    self.caller_audio(|lane, sink| lane.set_ready(false, sink))?;
                 }
                 Output::CallerSpeaking(s) => self.lane.set_caller_speaking(s),
                 Output::Event(SessionEvent::AgentEnd { text, .. }) => {
                     let expected = self.texts.expected.pop_front();
                     prop_assert_eq!(Some(text), expected, "a response's text, per item");
                 }
-                Output::Twilio(cmd) => {
-                    let sid = match &cmd {
-                        TwilioCommand::Media { stream_sid, .. }
-                        | TwilioCommand::Mark { stream_sid, .. }
-                        | TwilioCommand::Clear { stream_sid } => stream_sid.clone(),
-                        _ => String::new(), // a new kind of frame: must carry a sid too
-                    };
-                    prop_assert!(!sid.is_empty(), "empty streamSid: {cmd:?}");
-                    prop_assert_eq!(Some(&sid), self.stream_sid.as_ref(), "frame before start");
-                    if let TwilioCommand::Mark { name, .. } = &cmd {
-                        if let Some(MarkName::Chunk {
-                            content_index,
-                            offset,
-                            item_id,
-                            ..
-                        }) = MarkName::parse(name)
-                        {
-                            let e = self.sent.entry(format!("{item_id}/{content_index}"));
-                            let v = e.or_default();
-                            *v = (*v).max(offset);
-                        }
-                        self.marks.push(name.clone());
-                    }
-                }
+                Output::Event(SessionEvent::Closed { .. }) => ended = true,
+                Output::Twilio(cmd) => self.for_twilio(&cmd)?,
                 Output::Model(ClientEvent::ConversationItemTruncate {
                     item_id,
                     content_index,
                     audio_end_ms,
                     ..
                 }) => {
-                    self.truncations += 1;
                     let sent = self
                         .sent
                         .get(&format!("{item_id}/{content_index}"))
@@ -767,8 +1068,15 @@ impl World {
                         "truncate {item_id} at {audio_end_ms} ms but only {sent} bytes were sent"
                     );
                 }
+                // The shell drops the connection (and its socket's clock) for a new one.
+                Output::ConnectModel => self.model_rx = None,
+                // Opened once this wake-up's outputs are performed.
+                Output::AudioLane(lane) => granted = Some(lane),
                 _ => {}
             }
+        }
+        if !ended {
+            self.grant = granted;
         }
         let stats = self.lane.stats();
         let wall = self
@@ -790,39 +1098,10 @@ impl World {
 
 proptest! {
     #[test]
-    fn call_core_keeps_its_invariants(steps in prop::collection::vec(step(), 1..150)) {
-        let now = Instant::now();
-        let mut w = World {
-            core: CallCore::new(agent(), CallConfig::default(), now),
-            // A small early buffer, so that dropping the oldest is exercised too.
-            lane: InboundAudio::new({
-let mut o = InboundConfig::default();
-o.max_buffered_bytes = 4000;
-o
-}),
-            ready: false,
-            now,
-            first_media_at: None,
-            last_ts: 0,
-            in_flight: VecDeque::new(),
-            next_tag: 0,
-            skipped: 0,
-            texts: Texts::default(),
-            stream_sid: None,
-            marks: Vec::new(),
-            sent: HashMap::new(),
-            tools: Vec::new(),
-            truncations: 0,
-        };
-        for s in &steps {
-            if let Step::Start(i) = s {
-                // The first start wins; a second one is ignored by the core.
-                if w.stream_sid.is_none() && w.core.ended().is_none() && *i < 2 {
-                    w.stream_sid = Some(SIDS[*i].to_owned());
-                }
-            }
-            w.apply(s)?;
-            w.drain()?;
+    fn call_core_keeps_its_invariants(call in call()) {
+        let mut w = World::new(Instant::now());
+        for (after, input) in call {
+            w.feed(after, input)?;
         }
     }
 }
