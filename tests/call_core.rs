@@ -225,9 +225,10 @@ fn assert_pcmu(session: &Value) {
 #[test]
 fn first_session_update_is_pcmu_with_empty_tools_then_ready() {
     let mut h = H::new(Agent::new("A", "Be brief."));
+    let first = h.drain();
     assert!(
-        h.drain().is_empty(),
-        "nothing before the model session exists"
+        matches!(first.as_slice(), [Output::ConnectModel]),
+        "the model connection is asked for first, and nothing else before the model session exists: {first:?}"
     );
     h.model(json!({"type":"session.created","event_id":"e0","session":{}}));
     let out = h.drain();
@@ -1582,6 +1583,141 @@ fn a_start_in_another_media_format_is_refused() {
         assert!(events(&out).contains(&SessionEvent::Closed { reason: expected }));
         assert_eq!(h.core.stream_sid(), None);
     }
+}
+
+/// Issue 11 §2: the core decides when the application's start check runs (the first
+/// acceptable `start`: not a refused format, not a second one) and when the model connection
+/// opens (at once, or after an approved `start`); the shell only answers.
+#[test]
+fn the_core_asks_to_approve_the_first_start_then_connects_the_model() {
+    let mut opts = CallConfig::default();
+    opts.approve_start = true;
+    opts.connect_model_on_start = true;
+    let mut h = H::with(Agent::new("Default", "Default agent."), opts);
+    assert!(
+        h.drain().is_empty(),
+        "no model connection before an approved start"
+    );
+    h.start();
+    let out = h.drain();
+    match out.as_slice() {
+        [Output::ApproveStart(start)] => assert_eq!(start.start.call_sid, "CA123"),
+        other => panic!("expected exactly an approval request, got {other:?}"),
+    }
+    assert_eq!(h.core.phase(), &CallPhase::AwaitingStart);
+    assert_eq!(h.core.stream_sid(), None, "not live before the approval");
+    // A second start while the first waits is Twilio misbehaving, not a second question.
+    h.start();
+    let out = h.drain();
+    assert!(
+        !out.iter().any(|o| matches!(o, Output::ApproveStart(_))),
+        "{out:?}"
+    );
+    // The application approves, naming the call's agent.
+    let chosen = Agent::new("Chosen", "You were chosen for this caller.");
+    h.core.handle_input(
+        h.now,
+        Input::StartApproved {
+            agent: Some(chosen),
+        },
+    );
+    let out = h.drain();
+    assert!(
+        out.iter().any(|o| matches!(o, Output::ConnectModel)),
+        "{out:?}"
+    );
+    assert_eq!(h.core.phase(), &CallPhase::Live);
+    assert_eq!(h.core.stream_sid(), Some(SID));
+    h.core.handle_input(h.now, Input::ModelConnected);
+    h.model(json!({"type":"session.created","event_id":"e0","session":{}}));
+    let update = model_events(&h.drain())
+        .into_iter()
+        .find(|e| e["type"] == "session.update")
+        .expect("a session.update");
+    assert_eq!(
+        update["session"]["instructions"],
+        "You were chosen for this caller."
+    );
+    // An answer with no question waiting changes nothing.
+    h.core
+        .handle_input(h.now, Input::StartApproved { agent: None });
+    assert!(h.drain().is_empty());
+}
+
+#[test]
+fn a_refused_start_ends_the_call_without_ever_asking_for_a_model() {
+    let mut opts = CallConfig::default();
+    opts.approve_start = true;
+    opts.connect_model_on_start = true;
+    let mut h = H::with(Agent::new("A", "x"), opts);
+    h.start();
+    h.drain();
+    h.core.handle_input(
+        h.now,
+        Input::Rejected {
+            why: "bad token".into(),
+        },
+    );
+    let out = h.drain();
+    assert!(
+        !out.iter().any(|o| matches!(o, Output::ConnectModel)),
+        "{out:?}"
+    );
+    assert!(out.iter().any(|o| matches!(o, Output::CloseTwilio)));
+    let expected = CloseReason::Error(CallError::StreamRefused {
+        reason: "bad token".into(),
+    });
+    assert_eq!(h.core.ended(), Some(&expected));
+    // A late approval does not revive it.
+    h.core
+        .handle_input(h.now, Input::StartApproved { agent: None });
+    assert!(h.drain().is_empty());
+}
+
+#[test]
+fn an_approval_that_never_comes_ends_the_call_like_a_start_that_never_came() {
+    let mut opts = CallConfig::default();
+    opts.approve_start = true;
+    opts.start_timeout = Duration::from_secs(5);
+    let mut h = H::with(Agent::new("A", "x"), opts);
+    let first = h.drain();
+    assert!(
+        matches!(first.as_slice(), [Output::ConnectModel]),
+        "{first:?}"
+    );
+    h.start();
+    h.drain();
+    h.ms(5_001);
+    h.tick();
+    assert!(
+        matches!(
+            h.core.ended(),
+            Some(CloseReason::Error(CallError::StreamNeverStarted { .. }))
+        ),
+        "{:?}",
+        h.core.ended()
+    );
+}
+
+/// Which echoes may wait for the shell's next wake-up is the core's rule: chunk marks only
+/// move the playback position; an item's last mark, a probe or a stranger's name must not wait.
+#[test]
+fn only_chunk_echoes_may_wait() {
+    let mut h = H::ready(Agent::new("A", "x"));
+    h.response_created("r1");
+    h.delta("r1", "i1", 0, &audio(800));
+    h.audio_done("r1", "i1");
+    let sent = marks(&h.drain());
+    let (chunks, others): (Vec<_>, Vec<_>) = sent.iter().partition(|m| !m.contains(":done:"));
+    assert!(!chunks.is_empty() && !others.is_empty(), "{sent:?}");
+    for m in chunks {
+        assert!(CallCore::echo_can_wait(m), "{m}");
+    }
+    for m in others {
+        assert!(!CallCore::echo_can_wait(m), "{m}");
+    }
+    assert!(!CallCore::echo_can_wait("rtt:3"));
+    assert!(!CallCore::echo_can_wait("someone else's mark"));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ use crate::proto::twilio::TwilioMessage;
 ///
 /// let now = Instant::now();
 /// let mut core = CallCore::new(Agent::new("Assistant", "Be brief."), CallConfig::default(), now);
+/// assert!(matches!(core.poll_output(), Some(Output::ConnectModel)));
 /// core.handle_input(now, Input::ModelConnected);
 /// let created = ServerEvent::parse(r#"{"type":"session.created","event_id":"e1","session":{}}"#).unwrap();
 /// core.handle_input(now, Input::Model(created));
@@ -50,6 +51,14 @@ pub enum Input {
     TwilioClosed {
         /// What happened.
         error: CallError,
+    },
+    /// The application approved the `start` the core asked about
+    /// ([`crate::call::Output::ApproveStart`]): the call goes live, speaking as `agent` if one
+    /// is given (an agent chosen from the call's details; ignored once the model session is
+    /// configured).
+    StartApproved {
+        /// The call's starting agent, if the application chose one for this call.
+        agent: Option<crate::agent::Agent>,
     },
     /// The application refused the stream (a failed one-time token, the start check): the
     /// call ends with [`CallError::StreamRefused`] without a model session.
@@ -132,6 +141,7 @@ impl CallCore {
             Input::TwilioActivity => self.handle_twilio_activity(now),
             Input::TwilioOverBudget { messages } => self.handle_twilio_over_budget(now, messages),
             Input::TwilioClosed { error } => self.handle_twilio_closed(now, error),
+            Input::StartApproved { agent } => self.handle_start_approved(now, agent),
             Input::Rejected { why } => self.reject(now, why),
             Input::ModelConnected => self.handle_model_connected(now),
             Input::ModelConnectedConfigured(pre) => self.handle_model_preconfigured(now, pre),

@@ -60,6 +60,7 @@
 //! let mut opts = CallConfig::default();
 //! opts.model_api = ModelApi::Live(LiveConfig::default());
 //! let mut core = CallCore::new(Agent::new("Assistant", "Be brief."), opts, now);
+//! assert!(matches!(core.poll_output(), Some(Output::ConnectModel)));
 //! core.handle_input(now, Input::ModelConnected);
 //! let start = core.poll_output();
 //! assert!(matches!(start, Some(Output::LiveModel(ClientEvent::SessionStart { .. }))));

@@ -34,6 +34,9 @@
 //!
 //! let now = Instant::now();
 //! let mut core = CallCore::new(Agent::new("Assistant", "Be brief."), CallConfig::default(), now);
+//! // First it asks for the model connection (the slow part); the shell opens it and says so.
+//! assert!(matches!(core.poll_output(), Some(Output::ConnectModel)));
+//! core.handle_input(now, Input::ModelConnected);
 //! let created = ServerEvent::parse(r#"{"type":"session.created","event_id":"e1","session":{}}"#).unwrap();
 //! core.handle_input(now, Input::Model(created));
 //! let outputs: Vec<Output> = std::iter::from_fn(|| core.poll_output()).collect();
@@ -67,7 +70,7 @@ use crate::agent::{
     handoff_tool_name, Agent, FunctionTool, OutputGuardrail, ToolCall, ToolFailure, END_CALL_TOOL,
     TRANSFER_TOOL,
 };
-use crate::call::playback::{MarkOutcome, PlaybackLedger};
+use crate::call::playback::{MarkName, MarkOutcome, PlaybackLedger};
 use crate::events::{
     CallError, CloseReason, HistoryItem, HistoryKind, InterruptCause, SessionEvent,
 };
@@ -129,10 +132,18 @@ pub struct CallConfig {
     /// End the call when Twilio has not sent `start` this long after the socket opened (a
     /// stream that never starts holds a model session for nothing). Default 5 s.
     pub start_timeout: Duration,
-    /// Open the model connection only once Twilio's `start` arrived (and passed the
-    /// application's check), instead of at once. The session sets it when a start check is
-    /// configured. Default false.
+    /// Open the model connection only once Twilio's `start` arrived (and was approved, see
+    /// [`CallConfig::approve_start`]), instead of at once ([`CallCore::new`] asks for it then).
+    /// The session sets it when a start check is configured: a stream that fails the check
+    /// never costs a model session. Default false.
     pub connect_model_on_start: bool,
+    /// Ask the application about Twilio's first acceptable `start` ([`Output::ApproveStart`]:
+    /// not a second one, not one in a format the bridge refuses) before the call goes live;
+    /// answer with [`Input::StartApproved`] (optionally naming the call's agent) or
+    /// [`Input::Rejected`]. Until then the call waits in [`CallPhase::AwaitingStart`] and
+    /// its start timeout keeps running. The threaded session always sets it: it records the
+    /// call's details, runs the start check and the per-call agent factory there. Default false.
+    pub approve_start: bool,
     /// After `start`, a Twilio stream that sends nothing (no `media`, mark or any other
     /// message) this long is dead — Twilio sends a `media` frame every 20 ms for the life of a
     /// stream — and the call ends with [`CallError::TwilioSilent`]. Default 10 s.
@@ -233,6 +244,7 @@ impl Default for CallConfig {
             audio_events: false,
             start_timeout: Duration::from_secs(5),
             connect_model_on_start: false,
+            approve_start: false,
             twilio_silence_timeout: Duration::from_secs(10),
             model_ping_interval: Duration::from_secs(20),
             model_pong_timeout: Duration::from_secs(10),
@@ -363,10 +375,14 @@ pub enum Output {
     },
     /// Run output guardrails off the session thread.
     RunGuardrails(GuardrailRun),
-    /// Open a new model connection (after `session_expired`, or on `start` with
-    /// [`CallConfig::connect_model_on_start`]); report with
-    /// [`Input::ModelConnected`] / [`Input::ModelConnectFailed`].
+    /// Open a model connection: the first one (from [`CallCore::new`], or on `start` with
+    /// [`CallConfig::connect_model_on_start`]) or a new one after `session_expired`; report
+    /// with [`Input::ModelConnected`] / [`Input::ModelConnectFailed`].
     ConnectModel,
+    /// Twilio's first acceptable `start` arrived and [`CallConfig::approve_start`] is set:
+    /// check it (and choose the call's agent, if that depends on the call), then answer with
+    /// [`Input::StartApproved`] or [`Input::Rejected`].
+    ApproveStart(Box<crate::proto::twilio::Start>),
     /// Close the model connection.
     CloseModel,
     /// Close the Twilio stream (ends `<Connect><Stream>`).
@@ -543,6 +559,8 @@ pub struct CallCore {
     ping_sent: Option<Instant>,
     phase: CallPhase,
     outputs: VecDeque<Output>,
+    /// A `start` waiting for the application's approval ([`CallConfig::approve_start`]).
+    start_awaiting_approval: Option<Box<crate::proto::twilio::Start>>,
     /// Sideband calls: the server is playing the agent's audio to the caller
     /// (`output_audio_buffer.started` seen, `.stopped`/`.cleared` not yet).
     sip_playing: bool,
@@ -551,9 +569,9 @@ pub struct CallCore {
 }
 
 impl CallCore {
-    /// A new call that will speak as `agent`. The model connection is assumed to be opening
-    /// now; report it with [`Input::ModelConnected`] (optional) and feed the
-    /// model's events.
+    /// A new call that will speak as `agent`. Its first output is [`Output::ConnectModel`]
+    /// (the model connection is the slow part), unless
+    /// [`CallConfig::connect_model_on_start`] defers it to Twilio's `start`.
     pub fn new(agent: Agent, opts: CallConfig, now: Instant) -> CallCore {
         let ledger = PlaybackLedger::new(opts.default_rtt);
         let start_deadline = if opts.sideband {
@@ -564,6 +582,10 @@ impl CallCore {
         let agents = agent.reachable();
         let greeting = opts.greeting.clone();
         let sideband = opts.sideband;
+        let mut outputs = VecDeque::new();
+        if !opts.connect_model_on_start {
+            outputs.push_back(Output::ConnectModel);
+        }
         let live = match &opts.model_api {
             ModelApi::Live(l) => Some(Box::new(live::LiveState::new(l.clone()))),
             ModelApi::Realtime => None,
@@ -613,7 +635,8 @@ impl CallCore {
             } else {
                 CallPhase::AwaitingStart
             },
-            outputs: VecDeque::new(),
+            outputs,
+            start_awaiting_approval: None,
             sip_playing: false,
             live,
         }

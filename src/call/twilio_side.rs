@@ -15,7 +15,7 @@ impl CallCore {
         match msg {
             TwilioMessage::Connected(_) | TwilioMessage::Media(_) | TwilioMessage::Unknown(_) => {}
             TwilioMessage::Start(start) => {
-                if self.stream_sid.is_some() {
+                if self.stream_sid.is_some() || self.start_awaiting_approval.is_some() {
                     log::warn!(target: LOG, "second start on one stream ignored");
                     self.bad_twilio("a second start event was ignored");
                     return;
@@ -32,36 +32,14 @@ impl CallCore {
                     self.close_and_fail(error);
                     return;
                 }
-                log::info!(target: LOG, "stream started call={}", start.start.call_sid);
-                self.start_deadline = None;
-                self.twilio_seen = Some(now);
-                if self.opts.connect_model_on_start && self.model == ModelState::Connecting {
-                    self.out(Output::ConnectModel);
+                if self.opts.approve_start {
+                    // The start timeout keeps running: an approval that never comes ends
+                    // the call as a stream that never started would.
+                    self.out(Output::ApproveStart(Box::new(start.clone())));
+                    self.start_awaiting_approval = Some(Box::new(start));
+                    return;
                 }
-                self.stream_sid = Some(start.stream_sid.clone());
-                self.call_sid = Some(start.start.call_sid.clone());
-                if self.phase == CallPhase::AwaitingStart {
-                    self.phase = CallPhase::Live;
-                }
-                self.maybe_greet();
-                if let Some(name) = self.ledger.start_probe(now) {
-                    self.twilio_mark(name);
-                }
-                for p in std::mem::take(&mut self.pending_twilio) {
-                    match p {
-                        PendingTwilio::Audio {
-                            response_id,
-                            item_id,
-                            content_index,
-                            payload,
-                        } => self.send_audio(now, &response_id, &item_id, content_index, payload),
-                        PendingTwilio::Done {
-                            item_id,
-                            content_index,
-                        } => self.send_audio_done(&item_id, content_index),
-                    }
-                }
-                self.live_pump(now);
+                self.go_live(now, start);
             }
             TwilioMessage::Dtmf(d) => self.on_dtmf(d.dtmf.digit),
             TwilioMessage::Mark(m) => self.on_mark(now, &m.mark.name),
@@ -77,6 +55,81 @@ impl CallCore {
         }
     }
 
+    /// The first acceptable `start` (approved, when [`CallConfig::approve_start`] asks for it):
+    /// the call goes live — the model connection opens if it waited for this, the greeting
+    /// and the agent audio held for Twilio go out, the first round-trip probe is sent.
+    fn go_live(&mut self, now: Instant, start: crate::proto::twilio::Start) {
+        log::info!(target: LOG, "stream started call={}", start.start.call_sid);
+        self.start_deadline = None;
+        self.twilio_seen = Some(now);
+        if self.opts.connect_model_on_start && self.model == ModelState::Connecting {
+            self.out(Output::ConnectModel);
+        }
+        self.stream_sid = Some(start.stream_sid);
+        self.call_sid = Some(start.start.call_sid);
+        if self.phase == CallPhase::AwaitingStart {
+            self.phase = CallPhase::Live;
+        }
+        self.maybe_greet();
+        if let Some(name) = self.ledger.start_probe(now) {
+            self.twilio_mark(name);
+        }
+        for p in std::mem::take(&mut self.pending_twilio) {
+            match p {
+                PendingTwilio::Audio {
+                    response_id,
+                    item_id,
+                    content_index,
+                    payload,
+                } => self.send_audio(now, &response_id, &item_id, content_index, payload),
+                PendingTwilio::Done {
+                    item_id,
+                    content_index,
+                } => self.send_audio_done(&item_id, content_index),
+            }
+        }
+        self.live_pump(now);
+    }
+
+    /// The application approved the `start` the core asked about ([`Output::ApproveStart`]),
+    /// choosing `agent` as the call's starting agent if it gave one.
+    pub(super) fn handle_start_approved(&mut self, now: Instant, agent: Option<Agent>) {
+        if self.is_ended() {
+            return;
+        }
+        let Some(start) = self.start_awaiting_approval.take() else {
+            log::warn!(target: LOG, "a start approval with no start waiting for one was ignored");
+            return;
+        };
+        if let Some(agent) = agent {
+            if !self.set_starting_agent(agent) {
+                log::warn!(target: LOG, "the approved start's agent came too late to be used");
+            }
+        }
+        self.go_live(now, *start);
+    }
+
+    /// Whether Twilio's echo of the mark `name` may reach the core late, batched with others
+    /// and fed (with its arrival time as `now`) just before the next input of another kind,
+    /// instead of as soon as it arrives.
+    ///
+    /// True for the chunk marks the core puts after each piece of agent audio: they only
+    /// move the playback position that the next barge-in reads, and a position fed late with
+    /// its arrival time is the same position. False for every other name — an item's last
+    /// mark (the audio stopped), a round-trip probe, a name the core did not send — because
+    /// those can change what happens next (an event, the end of a drain) and must be handled
+    /// when they arrive. The threaded shell uses this to save a wake-up per echoed chunk, and
+    /// to pick what to let go first when echoes flood in faster than it handles them.
+    ///
+    /// ```
+    /// use twilio_realtime::call::CallCore;
+    ///
+    /// assert!(!CallCore::echo_can_wait("not one of ours"));
+    /// ```
+    pub fn echo_can_wait(name: &str) -> bool {
+        matches!(MarkName::parse(name), Some(MarkName::Chunk { .. }))
+    }
+
     /// The application refused the stream (e.g. a failed one-time token check on `start`):
     /// ends the call without opening or keeping a model connection.
     pub(super) fn reject(&mut self, _now: Instant, why: String) {
@@ -84,6 +137,7 @@ impl CallCore {
             return;
         }
         log::warn!(target: LOG, "stream rejected: {why}");
+        self.start_awaiting_approval = None;
         self.close_and_fail(CallError::StreamRefused { reason: why });
     }
 

@@ -46,7 +46,6 @@ use tungstenite::Message;
 
 use crate::agent::{Agent, ToolFailure};
 use crate::call::inbound::{InboundAudio, InboundConfig, InboundStats};
-use crate::call::playback::MarkName;
 use crate::call::{CallConfig, CallCore, Command, GuardrailRun, Input, Output, Preconfigured};
 use crate::events::{CallError, CloseReason, HistoryItem, SessionEvent, TransportEvent};
 use crate::io::ws::{
@@ -743,19 +742,15 @@ impl Session {
             append: Append::new(opts.call.model_api.is_live(), opts.model_events.clone()),
         }));
 
-        // Model connection first: it is the slow part. With a start check it waits for a
-        // `start` that passed (the core asks for it then).
+        // The core asks for the model connection first (it is the slow part), or, with a
+        // start check, once a `start` passed it; it asks this thread to approve the first
+        // `start` (the call's details, the check, the per-call agent are handled here).
         let mut call_opts = opts.call.clone();
         if opts.start_check.is_some() {
             call_opts.connect_model_on_start = true;
         }
+        call_opts.approve_start = twilio.is_some();
         let counters = Arc::new(Counters::default());
-        if !call_opts.connect_model_on_start {
-            if let Some(r) = &mut recorder {
-                r.now(Record::ModelConnecting);
-            }
-            spawn_model_connect(0, &opts.model, shell_tx.clone(), counters.clone());
-        }
 
         let twilio_duplex = match twilio {
             None => None,
@@ -1023,20 +1018,17 @@ impl TwilioReader {
                     let _ = tx.send_wait(ShellMsg::Twilio(msg), None);
                     return;
                 };
-                // Most echoes are chunk marks, which only move the playback position the
-                // next barge-in will read; they wait in the lane with their arrival time
-                // and the session thread applies them the next time it wakes (for the
-                // next delta, a barge-in, a timer), which saves a wake-up per mark. An
-                // item's last mark, a round-trip probe or anything unexpected can change
-                // what happens next (audio stopped, end of a drain), so it wakes it now.
-                let urgent = !matches!(MarkName::parse(&m.mark.name), Some(MarkName::Chunk { .. }));
+                // Echoes the core says may wait (`CallCore::echo_can_wait`: chunk marks,
+                // most of them) wait in the lane with their arrival time and are fed the
+                // next time the session thread wakes (for the next delta, a barge-in, a
+                // timer), which saves a wake-up per mark; any other echo wakes it now.
+                let urgent = !CallCore::echo_can_wait(&m.mark.name);
                 let (wake, dropped) = {
                     let mut l = lock(lane);
                     let mut dropped = false;
                     if l.marks.len() >= MAX_LANE_MARKS {
                         let oldest_chunk = l.marks.iter().position(|(_, mk)| {
-                            matches!(mk, TwilioMessage::Mark(mk)
-                                if matches!(MarkName::parse(&mk.mark.name), Some(MarkName::Chunk { .. })))
+                            matches!(mk, TwilioMessage::Mark(mk) if CallCore::echo_can_wait(&mk.mark.name))
                         });
                         l.marks_dropped = l.marks_dropped.saturating_add(1);
                         dropped = true;
@@ -1287,6 +1279,10 @@ impl Shell {
     }
 
     fn run_loop(&mut self, rx: &InboxReceiver<ShellMsg>) {
+        // What the core asked for before anything happened (the model connection).
+        if self.drain_outputs() {
+            return;
+        }
         loop {
             let deadline = {
                 let lane_deadline = lock(&self.lane).inbound.next_deadline();
@@ -1359,9 +1355,6 @@ impl Shell {
             record_shell_msg(r, &msg, self.model_gen);
         }
         match msg {
-            ShellMsg::Twilio(TwilioMessage::Start(start)) if self.core.stream_sid().is_none() => {
-                self.on_start(now, start)
-            }
             ShellMsg::Twilio(m) => self.core.handle_input(now, Input::Twilio(m)),
             ShellMsg::TwilioBad(message) => {
                 self.emit(SessionEvent::Error(CallError::BadTwilioMessage { message }))
@@ -1424,9 +1417,11 @@ impl Shell {
         }
     }
 
-    /// Twilio's first `start`: the call's details, the application's check, the per-call
-    /// agent, then the core; a model connection held for the agent is taken into use.
-    fn on_start(&mut self, now: Instant, start: crate::proto::twilio::Start) {
+    /// The core asks about Twilio's first acceptable `start`: the call's details, the
+    /// application's check, the per-call agent, then the answer; a model connection held for
+    /// the agent is taken into use.
+    fn approve_start(&mut self, start: crate::proto::twilio::Start) {
+        let now = Instant::now();
         self.twilio_started = Some(now);
         let webhook = self
             .webhook_fields
@@ -1440,12 +1435,11 @@ impl Shell {
                 return self.core.handle_input(now, Input::Rejected { why });
             }
         }
+        let mut agent = None;
         if let Some(factory) = self.agent_for.take() {
             let chosen = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| factory(&info)));
             match chosen {
-                Ok(agent) => {
-                    self.core.set_starting_agent(agent);
-                }
+                Ok(a) => agent = Some(a),
                 Err(_) => {
                     log::error!(target: LOG, "the agent factory panicked; ending this call");
                     self.held_model = None;
@@ -1458,8 +1452,7 @@ impl Shell {
                 }
             }
         }
-        self.core
-            .handle_input(now, Input::Twilio(TwilioMessage::Start(start)));
+        self.core.handle_input(now, Input::StartApproved { agent });
         if let Some((gen, conn)) = self.held_model.take() {
             self.model_connected(now, gen, conn, None);
         }
@@ -1469,10 +1462,12 @@ impl Shell {
     /// CallSid and delivered to this thread as `ModelConnected` (now, or when its handshake
     /// finishes). False when there is none to claim (connect cold).
     fn claim_warm_model(&mut self) -> bool {
-        let Some(warm) = self.warm_models.take() else {
+        // Claimed by CallSid: a connection asked for before `start` (none is, with warm
+        // models: they come with a start check) connects cold and leaves the pool alone.
+        let Some(call_sid) = self.core.call_sid() else {
             return false;
         };
-        let Some(call_sid) = self.core.call_sid() else {
+        let Some(warm) = self.warm_models.take() else {
             return false;
         };
         let gen = self.model_gen;
@@ -1637,6 +1632,7 @@ impl Shell {
                         log::error!(target: LOG, "could not spawn a guardrail worker: {e}");
                     }
                 }
+                Output::ApproveStart(start) => self.approve_start(*start),
                 Output::ConnectModel => {
                     if let Some(m) = self.model.take() {
                         m.close();
