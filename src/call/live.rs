@@ -74,7 +74,7 @@
 use std::time::{Duration, Instant};
 
 use crate::call::pacer::{Pacer, PacerConfig};
-use crate::call::{after, CallCore, Command, ModelState, Output, MAX_CALLS_PER_RESPONSE};
+use crate::call::{CallCore, Command, ModelState, Output, MAX_CALLS_PER_RESPONSE};
 use crate::error::CallError;
 use crate::events::{CloseReason, HistoryItem, HistoryKind, InterruptCause, SessionEvent};
 use crate::proto::live::{self, ApiError, ServerEvent};
@@ -641,13 +641,7 @@ impl CallCore {
         self.out(Output::ModelNotReady);
         self.out(Output::CloseModel);
         self.live_pump(now);
-        if self.ledger.is_playing() && self.stream_sid.is_some() {
-            self.draining = Some((after(now, self.opts.drain_timeout), reason));
-            self.enter_draining();
-        } else {
-            self.out(Output::CloseTwilio);
-            self.finish(reason);
-        }
+        self.drain_or_finish(now, reason);
     }
 
     fn live_error(&mut self, now: Instant, e: ApiError) {

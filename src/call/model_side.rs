@@ -113,7 +113,13 @@ impl CallCore {
         self.model = ModelState::Gone;
         self.out(Output::ModelNotReady);
         self.error(error.clone());
-        let reason = CloseReason::Error(error);
+        self.drain_or_finish(now, CloseReason::Error(error));
+    }
+
+    /// The model is gone for good (either API): the audio sent to Twilio plays out first (the
+    /// call drains, for at most `drain_timeout`, then ends with `reason`); with nothing
+    /// playing, Twilio is closed and the call ends now.
+    pub(super) fn drain_or_finish(&mut self, now: Instant, reason: CloseReason) {
         if self.ledger.is_playing() && self.stream_sid.is_some() {
             self.draining = Some((after(now, self.opts.drain_timeout), reason));
             self.enter_draining();
