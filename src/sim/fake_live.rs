@@ -499,6 +499,11 @@ impl Engine {
         self.event("error", client_event_id, json!({"error": err}));
     }
 
+    /// Answers `problem` with an `error` event, as `error` does.
+    fn problem(&self, (code, param, message): Problem, client_event_id: Option<&str>) {
+        self.error(code, message, Some(&param), client_event_id)
+    }
+
     /// A client event production refuses that a correct bridge never sends: recorded as a
     /// violation, and answered with production's error.
     fn refuse(
@@ -607,12 +612,7 @@ impl Engine {
             );
         }
         let Some(cfg) = v["session"].as_object() else {
-            return self.error(
-                "missing_required_parameter",
-                "Missing required parameter: 'session'.".into(),
-                Some("session"),
-                id,
-            );
+            return self.problem(missing_parameter("session"), id);
         };
         if let Some(bad) = cfg.keys().find(|k| !START_FIELDS.contains(&k.as_str())) {
             return self.error(
@@ -622,8 +622,8 @@ impl Engine {
                 id,
             );
         }
-        if let Err((code, param, msg)) = check_start(cfg) {
-            return self.error(code, msg, Some(&param), id);
+        if let Err(problem) = check_start(cfg) {
+            return self.problem(problem, id);
         }
         self.sh.rec().starts.push(Value::Object(cfg.clone()));
         let format = cfg
@@ -669,12 +669,7 @@ impl Engine {
 
     fn on_audio(&mut self, v: &Value) {
         let Some(b64) = v["audio"].as_str() else {
-            return self.error(
-                "missing_required_parameter",
-                "Missing required parameter: 'audio'.".into(),
-                Some("audio"),
-                None,
-            );
+            return self.problem(missing_parameter("audio"), None);
         };
         let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(b64) else {
             return self.error(
@@ -771,12 +766,7 @@ impl Engine {
         let Some(obj) = v.as_object() else { return };
         if !obj.contains_key("delegation_id") {
             // Required, nullable (§6.4).
-            return self.error(
-                "missing_required_parameter",
-                "Missing required parameter: 'delegation_id'.".into(),
-                Some("delegation_id"),
-                id,
-            );
+            return self.problem(missing_parameter("delegation_id"), id);
         }
         let content = v["content"].as_str().unwrap_or("");
         if content.chars().count() > 500 * 4 {
@@ -815,12 +805,7 @@ impl Engine {
 
     fn on_update(&mut self, v: &Value, id: Option<&str>) {
         let Some(cfg) = v["session"].as_object() else {
-            return self.error(
-                "missing_required_parameter",
-                "Missing required parameter: 'session'.".into(),
-                Some("session"),
-                id,
-            );
+            return self.problem(missing_parameter("session"), id);
         };
         if let Some(bad) = cfg.keys().find(|k| *k != "delegation" && *k != "triggers") {
             // Everything else is immutable after start (§2.4).
@@ -1102,27 +1087,36 @@ impl Engine {
     }
 }
 
-/// Checks a `session.start` config (§2.2): (code, param, message) of the first problem.
-fn check_start(cfg: &Map<String, Value>) -> Result<(), (&'static str, String, String)> {
+/// What is wrong with a client event: the `code`, `param` and `message` of the `error`
+/// event's `error` object (§7.4).
+type Problem = (&'static str, String, String);
+
+/// The problem of a required field the event lacks, `param` its path: code
+/// `missing_required_parameter`, message "Missing required parameter: '…'." The brief lists
+/// no error codes (§7.4 "no list of error codes is published"); assumption: GPT-Live words
+/// it as OpenAI's other APIs do, as it does `unknown_parameter` (the SDK's example, §7.4).
+/// The fields it is used for are required per the event table (§9.1: `session`, `audio`,
+/// `delegation_id` "required, nullable"), §2.2 (`model`, `audio.format.rate`) and §6
+/// (`responses.model`).
+fn missing_parameter(param: &str) -> Problem {
+    (
+        "missing_required_parameter",
+        param.to_owned(),
+        format!("Missing required parameter: '{param}'."),
+    )
+}
+
+/// Checks a `session.start` config (§2.2): the first problem.
+fn check_start(cfg: &Map<String, Value>) -> Result<(), Problem> {
     let bad = |code, param: &str, msg: &str| Err((code, param.to_owned(), msg.to_owned()));
     if !cfg.get("model").is_some_and(Value::is_string) {
-        return bad(
-            "missing_required_parameter",
-            "session.model",
-            "Missing required parameter: 'session.model'.",
-        );
+        return Err(missing_parameter("session.model"));
     }
     if let Some(audio) = cfg.get("audio") {
         if let Some(f) = audio.get("format") {
             let rate = f.get("rate").and_then(Value::as_u64);
             match (f["type"].as_str(), rate) {
-                (_, None) => {
-                    return bad(
-                        "missing_required_parameter",
-                        "session.audio.format.rate",
-                        "Missing required parameter: 'session.audio.format.rate'.",
-                    )
-                }
+                (_, None) => return Err(missing_parameter("session.audio.format.rate")),
                 (Some("audio/pcm"), Some(16000 | 24000))
                 | (Some("audio/pcmu" | "audio/pcma"), Some(_)) => {}
                 _ => {
@@ -1162,11 +1156,7 @@ fn check_start(cfg: &Map<String, Value>) -> Result<(), (&'static str, String, St
             Some("client") => {}
             Some("responses") => {
                 if !d.pointer("/responses/model").is_some_and(Value::is_string) {
-                    return bad(
-                        "missing_required_parameter",
-                        "session.delegation.responses.model",
-                        "Missing required parameter: 'session.delegation.responses.model'.",
-                    );
+                    return Err(missing_parameter("session.delegation.responses.model"));
                 }
                 let tools = d.pointer("/responses/tools").and_then(Value::as_array);
                 for t in tools.into_iter().flatten() {
@@ -1195,4 +1185,39 @@ fn check_start(cfg: &Map<String, Value>) -> Result<(), (&'static str, String, St
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn start(v: Value) -> Result<(), Problem> {
+        check_start(v.as_object().expect("an object"))
+    }
+
+    #[test]
+    fn a_start_without_a_required_field_is_refused_naming_its_path() {
+        let missing = |p: &str| {
+            Err((
+                "missing_required_parameter",
+                p.to_owned(),
+                format!("Missing required parameter: '{p}'."),
+            ))
+        };
+        assert_eq!(start(json!({})), missing("session.model"));
+        assert_eq!(
+            start(json!({"model":"gpt-live-1","audio":{"format":{"type":"audio/pcmu"}}})),
+            missing("session.audio.format.rate")
+        );
+        assert_eq!(
+            start(json!({"model":"gpt-live-1","delegation":{"type":"responses","responses":{}}})),
+            missing("session.delegation.responses.model")
+        );
+        assert_eq!(
+            start(
+                json!({"model":"gpt-live-1","audio":{"format":{"type":"audio/pcmu","rate":8000}}})
+            ),
+            Ok(())
+        );
+    }
 }
