@@ -33,8 +33,9 @@ use twilio_realtime::agent::{Agent, FunctionTool, OutputGuardrail, ToolFailure, 
 use twilio_realtime::call::audio_lane::AudioLane;
 use twilio_realtime::call::inbound::{InboundAudio, InboundConfig};
 use twilio_realtime::call::playback::MarkName;
-use twilio_realtime::call::{CallConfig, CallCore, Command, Input, Output};
+use twilio_realtime::call::{CallConfig, CallCore, Command, GuardrailRun, Input, Output};
 use twilio_realtime::events::SessionEvent;
+use twilio_realtime::io::ws::WsError;
 use twilio_realtime::proto::mulaw;
 use twilio_realtime::proto::realtime::{AudioDelta, AudioDeltaFrame, ClientEvent, ServerEvent};
 use twilio_realtime::proto::twilio::{MediaFrame, TwilioCommand, TwilioMessage};
@@ -310,10 +311,15 @@ proptest! {
 ///   so far, by the core or on the agent-audio lane; with none sent, Twilio has nothing to
 ///   echo and the input is skipped;
 /// - a tool call id `#tool N` (in `ToolResult`, `Approve`, `Reject`) is the N-th (modulo) call
-///   id of the function calls the model made so far; with none, the input is skipped.
+///   id of the function calls the model made so far; with none, the input is skipped;
+/// - a guardrail result whose run's text is `#guardrail N` is the worker of the N-th (modulo)
+///   guardrail run the core asked for and nobody answered yet finishing: the run as the core
+///   handed it out, with what its guardrails return; with none running, it is skipped.
 const ECHO: &str = "#echo ";
 /// See [`ECHO`].
 const TOOL: &str = "#tool ";
+/// See [`ECHO`].
+const GUARDRAIL: &str = "#guardrail ";
 
 /// Resolves a placeholder `{prefix}N` against `sent` (see [`ECHO`]); any other text is kept.
 fn resolve(text: &mut String, prefix: &str, sent: &[String]) -> bool {
@@ -512,6 +518,27 @@ fn step() -> impl Strategy<Value = Vec<Gen>> {
             call_id: tool(n),
             message: None,
         }))),
+        8 => any::<u32>().prop_map(|n| now(Input::GuardrailResult {
+            run: GuardrailRun { id: 0, text: format!("{GUARDRAIL}{n}"), guardrails: Vec::new() },
+            trip: None,
+        })),
+        2 => Just(()).prop_map(|_| now(Input::Command(Command::UpdateAgent(agent())))),
+        2 => Just(()).prop_map(|_| now(Input::Command(Command::CommitAudio))),
+        2 => prop_oneof![
+            Just(r#"{"type":"response.cancel"}"#),
+            Just(r#"{"type":"session.update","session":{"type":"realtime","instructions":"x"}}"#),
+            Just(r#"{"type":"session.update","session":{"type":"realtime","audio":{"output":{"format":{"type":"audio/pcm","rate":24000}}}}}"#),
+            Just("[1]"),
+        ].prop_map(|raw| now(Input::Command(Command::SendRaw(raw.into())))),
+        // Ends the call at once, one way or another.
+        1 => prop_oneof![
+            Just(()).prop_map(|_| Input::Command(Command::Close)),
+            any::<u64>().prop_map(|messages| Input::TwilioOverBudget { messages }),
+            Just(()).prop_map(|_| Input::Panicked { what: "a reader".into() }),
+            (400..600u16).prop_map(|status| Input::ModelConnectFailed {
+                error: CallError::model_connect(WsError::Rejected { status }),
+            }),
+        ].prop_map(now),
         1 => Just(()).prop_map(|_| now(Input::ModelClosed {
             error: CallError::model_closed(None, None),
         })),
@@ -660,6 +687,8 @@ struct World {
     offsets: HashMap<(u64, String, u32), u64>,
     /// Call ids of the model's function calls.
     tools: Vec<String>,
+    /// Guardrail runs the core asked for that no worker answered yet.
+    guardrails: Vec<GuardrailRun>,
 }
 
 impl World {
@@ -687,6 +716,7 @@ impl World {
             unmarked: None,
             offsets: HashMap::new(),
             tools: Vec::new(),
+            guardrails: Vec::new(),
         }
     }
 
@@ -770,6 +800,18 @@ impl World {
                 }
                 let c = Command::Reject { call_id, message };
                 self.deliver(Input::Command(c))
+            }
+            Input::GuardrailResult { run, .. } => {
+                let Some(n) = run.text.strip_prefix(GUARDRAIL) else {
+                    return Err(TestCaseError::fail("guardrail results are placeholders"));
+                };
+                let n: usize = n.parse().expect("placeholders carry a number");
+                if self.guardrails.is_empty() {
+                    return Ok(());
+                }
+                let run = self.guardrails.remove(n % self.guardrails.len());
+                let trip = run.run();
+                self.deliver(Input::GuardrailResult { run, trip })
             }
             Input::Timeout => self.wake(Wake::Deadline),
             input => self.deliver(input),
@@ -1070,6 +1112,7 @@ impl World {
                 }
                 // The shell drops the connection (and its socket's clock) for a new one.
                 Output::ConnectModel => self.model_rx = None,
+                Output::RunGuardrails(run) => self.guardrails.push(run),
                 // Opened once this wake-up's outputs are performed.
                 Output::AudioLane(lane) => granted = Some(lane),
                 _ => {}
