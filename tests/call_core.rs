@@ -1128,6 +1128,53 @@ fn audio_sent_on_the_lane_keeps_the_ledger_as_the_core_would() {
     assert!(types(&out_b).contains(&"conversation.item.truncate".to_owned()));
 }
 
+/// `CallCore::catch_up` (what the shell calls at each wake-up) feeds the lane's chunks before
+/// the echoes that waited, so a chunk and its own echo handed over together move the playback
+/// position exactly as the core's own path does; the other order would lose the echo.
+#[test]
+fn catch_up_feeds_lane_chunks_before_the_echoes_that_waited() {
+    let echo = |name: &str| {
+        TwilioMessage::parse(
+            &json!({"event":"mark","sequenceNumber":"9","streamSid":SID,"mark":{"name":name}})
+                .to_string(),
+        )
+        .expect("a mark")
+    };
+    let mut a = H::ready(Agent::new("A", "x"));
+    let mut b = H::ready(Agent::new("A", "x"));
+    for h in [&mut a, &mut b] {
+        h.response_created("r1");
+        h.delta("r1", "i1", 0, &audio(1600));
+    }
+    let mut lane = lane_of(&b.drain()).expect("a lane after the first delta");
+    let mut marks_a = marks(&a.drain());
+    let sent_at = a.now + Duration::from_millis(40);
+    a.ms(40);
+    a.delta("r1", "i1", 0, &audio(800));
+    marks_a.extend(marks(&a.drain()));
+    let second = lane.chunk(800);
+    assert_eq!(marks_a.last(), Some(&second));
+    // Both chunks are echoed 250 ms later; the session thread wakes after that.
+    a.ms(250);
+    a.mark(&marks_a[0]);
+    a.mark(&second);
+    b.ms(290);
+    let echoed_at = b.now;
+    b.core.catch_up(
+        [(sent_at, 800u64)],
+        [(echoed_at, echo(&marks_a[0])), (echoed_at, echo(&second))],
+    );
+    assert!(b.drain().is_empty());
+    assert_eq!(a.core.ledger().entries(), b.core.ledger().entries());
+    for h in [&mut a, &mut b] {
+        h.ms(100);
+        speech_started(h);
+    }
+    let (out_a, out_b) = (a.drain(), b.drain());
+    assert!(types(&out_b).contains(&"conversation.item.truncate".to_owned()));
+    assert_eq!(model_events(&out_a), model_events(&out_b));
+}
+
 #[test]
 fn the_lane_holds_until_the_next_other_input() {
     let mut h = H::ready(Agent::new("A", "x"));

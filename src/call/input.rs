@@ -159,3 +159,42 @@ impl CallCore {
         }
     }
 }
+
+impl CallCore {
+    /// Feeds what the shell's other threads did for the call without waking the session
+    /// thread, in the one order that keeps the playback ledger exact; call it at the top of
+    /// every wake-up, before the input that woke the shell.
+    ///
+    /// `lane_sent`: each chunk written on the agent-audio lane ([`crate::call::audio_lane`])
+    /// since the last wake-up, as (when it was written, its µ-law bytes), fed as
+    /// [`Input::AudioLaneSent`]. `echoes`: each mark echo that waited
+    /// ([`CallCore::echo_can_wait`]), as (when it arrived, the `mark` message), fed as
+    /// [`Input::Twilio`]. The chunks go first: an echo that waited was echoed after its chunk
+    /// was written, and the ledger must hold a chunk before its echo can move the playback
+    /// position past it.
+    ///
+    /// ```
+    /// use std::time::Instant;
+    /// use twilio_realtime::agent::Agent;
+    /// use twilio_realtime::call::{CallConfig, CallCore};
+    /// use twilio_realtime::proto::twilio::TwilioMessage;
+    ///
+    /// let now = Instant::now();
+    /// let mut core = CallCore::new(Agent::new("A", "x"), CallConfig::default(), now);
+    /// let lane_sent: Vec<(Instant, u64)> = Vec::new();
+    /// let echoes: Vec<(Instant, TwilioMessage)> = Vec::new();
+    /// core.catch_up(lane_sent, echoes);
+    /// ```
+    pub fn catch_up(
+        &mut self,
+        lane_sent: impl IntoIterator<Item = (Instant, u64)>,
+        echoes: impl IntoIterator<Item = (Instant, TwilioMessage)>,
+    ) {
+        for (at, bytes) in lane_sent {
+            self.handle_input(at, Input::AudioLaneSent { bytes });
+        }
+        for (at, echo) in echoes {
+            self.handle_input(at, Input::Twilio(echo));
+        }
+    }
+}

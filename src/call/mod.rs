@@ -12,6 +12,10 @@
 //! Caller audio (`media` frames) does not pass through here: it takes the one-wake-up lane of
 //! [`crate::call::inbound::InboundAudio`]. The core tells that lane when the model is ready
 //! ([`Output::ModelReady`]) and when the caller speaks ([`Output::CallerSpeaking`]).
+//! Two things the shell's other threads do without waking the session thread reach the core
+//! in one call at the top of each wake-up, [`CallCore::catch_up`]: agent audio written on the
+//! [`audio_lane`] and the mark echoes [`CallCore::echo_can_wait`] let wait, in the order that
+//! keeps the playback ledger exact.
 //!
 //! **Ready means confirmed.** A Realtime session starts as 24 kHz PCM both ways. On
 //! `session.created` the core sends one `session.update` (µ-law both ways, tagged with an

@@ -1331,15 +1331,13 @@ impl Shell {
             a.grant = None;
             std::mem::swap(&mut a.chunks, &mut self.lane_chunks);
         }
-        for (at, bytes) in self.lane_chunks.drain(..) {
-            self.core.handle_input(at, Input::AudioLaneSent { bytes });
-        }
-        for (at, mark) in self.marks.drain(..) {
-            if let Some(r) = &mut self.recorder {
-                r.mark_echoed(at, &mark);
+        if let Some(r) = &mut self.recorder {
+            for (at, mark) in &self.marks {
+                r.mark_echoed(*at, mark);
             }
-            self.core.handle_input(at, Input::Twilio(mark));
         }
+        self.core
+            .catch_up(self.lane_chunks.drain(..), self.marks.drain(..));
     }
 
     fn handle(&mut self, msg: ShellMsg) {
