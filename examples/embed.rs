@@ -182,6 +182,7 @@ fn run_call(conn: Connection, app: &App) {
         Err(e) => return eprintln!("embed: the call did not start: {e}"),
     };
     let mut meter = app.metrics.start_call(began);
+    meter.watch_queues(session.queue_gauge());
     for event in session.events().iter() {
         meter.observe(&event);
         (app.on_event)(&event);

@@ -9,11 +9,11 @@
 //! * [`Metrics`] holds the process's metrics in a `prometheus-client` [`Registry`]: live
 //!   events as they happen ([`Metrics::observe`]: barge-ins, tool calls, dropped events, bad
 //!   input), a call's traffic and latencies once it ends ([`Metrics::call_ended`]), and gauges
-//!   of live calls (among them the bytes they hold queued toward their peers,
-//!   [`Metrics::set_queued_bytes`], summed from each call's
-//!   [`QueueGauge`](crate::session::QueueGauge) when scraped). [`Metrics::encode`] writes the Prometheus text format (what `GET /metrics`
-//!   answers); [`Metrics::register_into`] mounts the same metrics in an application's own
-//!   registry.
+//!   of live calls (among them the bytes they hold queued toward their peers, summed when
+//!   scraped from the [`QueueGauge`] of each call a [`CallMeter`] watches,
+//!   [`CallMeter::watch_queues`]). [`Metrics::encode`] writes the Prometheus text format (what
+//!   `GET /metrics` answers); [`Metrics::register_into`] mounts the same metrics in an
+//!   application's own registry.
 //!
 //! Nothing here is touched per audio frame: traffic is counted by the session (a relaxed
 //! atomic add per frame, which it does anyway) and published when the call ends. Labels never
@@ -45,17 +45,21 @@
 //! ```
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::events::{CallError, CloseReason, InterruptCause, SessionEvent};
-use crate::session::{Session, SessionStats};
+use crate::session::{QueueGauge, Session, SessionStats};
 
 /// The log target of the one summary line per call (`RUST_LOG=twilio_realtime::calls=info`).
 pub const CALLS_LOG: &str = "twilio_realtime::calls";
@@ -353,7 +357,64 @@ struct Families {
     events_dropped: Counter,
     bad_input: Family<Labels, Counter>,
     ready: Gauge,
-    queued_bytes: Family<Labels, Gauge>,
+    queued_bytes: QueuedBytes,
+}
+
+/// The `queued_bytes` gauge: the [`QueueGauge`]s of the live calls [`CallMeter`]s watch,
+/// summed each time the metrics are encoded (a collector, so a scrape of an application's
+/// own registry sums them too).
+#[derive(Debug, Clone, Default)]
+struct QueuedBytes {
+    /// Watched calls by meter number; an entry lives until its meter finishes or drops.
+    calls: Arc<Mutex<HashMap<u64, QueueGauge>>>,
+    next: Arc<AtomicU64>,
+}
+
+impl QueuedBytes {
+    fn watch(&self, gauge: QueueGauge) -> u64 {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        lock(&self.calls).insert(id, gauge);
+        id
+    }
+
+    fn forget(&self, id: u64) {
+        lock(&self.calls).remove(&id);
+    }
+
+    /// Bytes the watched calls hold toward Twilio and toward the model, summed.
+    fn sum(&self) -> (u64, u64) {
+        // Copied out first: no call's lane is locked while the map is.
+        let gauges: Vec<QueueGauge> = lock(&self.calls).values().cloned().collect();
+        gauges.iter().fold((0, 0), |(twilio, model), g| {
+            (
+                twilio.saturating_add(g.to_twilio()),
+                model.saturating_add(g.to_model()),
+            )
+        })
+    }
+}
+
+impl Collector for QueuedBytes {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let (twilio, model) = self.sum();
+        let mut metric = encoder.encode_descriptor(
+            "queued_bytes",
+            "Bytes live calls hold queued toward a peer (twilio, model) that its socket has not taken yet",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (peer, bytes) in [("twilio", twilio), ("model", model)] {
+            metric
+                .encode_family(&label("peer", peer))?
+                .encode_gauge(&i64::try_from(bytes).unwrap_or(i64::MAX))?;
+        }
+        Ok(())
+    }
+}
+
+/// A poisoned lock still holds a usable map (entries are inserted or removed whole).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Families {
@@ -377,7 +438,7 @@ impl Families {
             events_dropped: Counter::default(),
             bad_input: Family::default(),
             ready: Gauge::default(),
-            queued_bytes: Family::default(),
+            queued_bytes: QueuedBytes::default(),
         }
     }
 
@@ -458,11 +519,7 @@ impl Families {
             "1 while the server takes new calls (what /readyz says)",
             f.ready,
         );
-        r.register(
-            "queued_bytes",
-            "Bytes live calls hold queued toward a peer (twilio, model) that its socket has not taken yet",
-            f.queued_bytes,
-        );
+        r.register_collector(Box::new(f.queued_bytes));
     }
 }
 
@@ -514,6 +571,7 @@ impl Metrics {
             metrics: self,
             stats: CallStats::new(began),
             ended: false,
+            queues: None,
         }
     }
 
@@ -615,18 +673,6 @@ impl Metrics {
             .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
-    /// Sets the gauges of bytes live calls hold queued toward Twilio and toward the model
-    /// (sums of [`QueueGauge`](crate::session::QueueGauge)s, taken when the metrics are
-    /// scraped).
-    pub fn set_queued_bytes(&self, twilio: u64, model: u64) {
-        for (peer, bytes) in [("twilio", twilio), ("model", model)] {
-            self.families
-                .queued_bytes
-                .get_or_create(&label("peer", peer))
-                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
-        }
-    }
-
     /// Sets the readiness gauge.
     pub fn set_ready(&self, ready: bool) {
         self.families.ready.set(i64::from(ready));
@@ -673,9 +719,45 @@ pub struct CallMeter<'a> {
     metrics: &'a Metrics,
     stats: CallStats,
     ended: bool,
+    /// The watched [`QueueGauge`]'s entry in the `queued_bytes` gauge.
+    queues: Option<u64>,
 }
 
 impl CallMeter<'_> {
+    /// Counts the call's queued bytes ([`Session::queue_gauge`]) in the
+    /// `twilio_realtime_queued_bytes{peer}` gauge until the meter finishes or is dropped: the
+    /// gauge is read whenever the metrics are encoded (through [`Metrics::encode`] or an
+    /// application's registry, [`Metrics::register_into`]). What the bundled server does for
+    /// each call. A second call replaces the first gauge.
+    ///
+    /// ```
+    /// use std::time::Instant;
+    /// use twilio_realtime::metrics::Metrics;
+    /// use twilio_realtime::session::Session;
+    ///
+    /// fn run(metrics: &Metrics, session: &Session) {
+    ///     let mut meter = metrics.start_call(Instant::now());
+    ///     meter.watch_queues(session.queue_gauge());
+    ///     for event in session.events().iter() {
+    ///         meter.observe(&event);
+    ///     }
+    ///     meter.finish(session);
+    /// }
+    /// // No call watched: nothing queued.
+    /// let text = Metrics::new().encode();
+    /// assert!(text.contains("twilio_realtime_queued_bytes{peer=\"model\"} 0"));
+    /// ```
+    pub fn watch_queues(&mut self, gauge: QueueGauge) {
+        self.forget_queues();
+        self.queues = Some(self.metrics.families.queued_bytes.watch(gauge));
+    }
+
+    fn forget_queues(&mut self) {
+        if let Some(id) = self.queues.take() {
+            self.metrics.families.queued_bytes.forget(id);
+        }
+    }
+
     /// Counts one of the call's events, as it happens.
     pub fn observe(&mut self, event: &SessionEvent) {
         self.metrics.observe(&mut self.stats, Instant::now(), event);
@@ -696,6 +778,7 @@ impl CallMeter<'_> {
             self.stats.caller = info.from.clone();
         }
         self.ended = true;
+        self.forget_queues();
         self.metrics.call_ended(&self.stats);
         let started = self.stats.started;
         std::mem::replace(&mut self.stats, CallStats::new(started))
@@ -704,6 +787,7 @@ impl CallMeter<'_> {
 
 impl Drop for CallMeter<'_> {
     fn drop(&mut self) {
+        self.forget_queues();
         if !self.ended {
             self.stats.duration = self.stats.started.elapsed();
             self.metrics.call_ended(&self.stats);

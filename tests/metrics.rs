@@ -4,13 +4,18 @@
 
 mod common;
 
+use std::net::{SocketAddr, TcpListener};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::{http_request, Rig};
 use serde_json::{json, Value};
 use twilio_realtime::agent::Agent;
-use twilio_realtime::sim::fake_model::{FakeModelConfig, Faults, Reply};
+use twilio_realtime::events::SessionEvent;
+use twilio_realtime::io::ws::{WsConfig, WsConn};
+use twilio_realtime::metrics::Metrics;
+use twilio_realtime::session::{Session, SessionConfig};
+use twilio_realtime::sim::fake_model::{FakeModel, FakeModelConfig, Faults, Reply};
 use twilio_realtime::sim::twilio_call::{CallReport, Segment, TwilioCall, TwilioCallConfig};
 
 static LINES: Mutex<Vec<String>> = Mutex::new(Vec::new());
@@ -243,60 +248,78 @@ fn the_summary_line_carries_the_caller_number_only_when_the_operator_opts_in() {
     rig.stop();
 }
 
-#[test]
-fn the_queued_bytes_gauge_shows_caller_audio_piling_up_behind_a_model_that_stopped_reading() {
-    // The model stops reading 500 ms into its connection (its TCP window closes once the
-    // kernel buffers are full: a 16 KiB send buffer on the bridge's side, ~3 s of caller
-    // audio); the caller keeps talking, so the appends pile up in the bridge.
-    let rig = Rig::start_with(
-        FakeModelConfig {
-            faults: Faults {
-                stall_reads: Some((Duration::from_millis(500), Duration::from_secs(60))),
-                ..Default::default()
-            },
+const QUEUED_TO_MODEL: &str = "twilio_realtime_queued_bytes{peer=\"model\"}";
+const QUEUED_TO_TWILIO: &str = "twilio_realtime_queued_bytes{peer=\"twilio\"}";
+
+/// A model that stops reading 500 ms into its connection (its TCP window closes once the
+/// kernel buffers are full: a 16 KiB send buffer on the bridge's side, `stalled_socket`, ~3 s
+/// of caller audio).
+fn stalled_model() -> FakeModelConfig {
+    FakeModelConfig {
+        faults: Faults {
+            stall_reads: Some((Duration::from_millis(500), Duration::from_secs(60))),
             ..Default::default()
         },
-        || Agent::new("Assistant", "Be brief."),
-        |cfg| {
-            cfg.session.model.ws.send_buffer_size = Some(16 * 1024);
-            // Not given up by the write-timeout rule while the test looks: the caller hangs up.
-            cfg.session.model.ws.write_timeout = Duration::from_secs(60);
-        },
+        ..Default::default()
+    }
+}
+
+/// The bridge's side of the stalled model's connection.
+fn stalled_socket(ws: &mut WsConfig) {
+    ws.send_buffer_size = Some(16 * 1024);
+    // Not given up by the write-timeout rule while the test looks: the caller hangs up.
+    ws.write_timeout = Duration::from_secs(60);
+}
+
+/// A caller who talks, then stays on the line for 8 s (sending silence), then hangs up: the
+/// appends keep coming (about 13 KB a second).
+fn caller_on_the_line(addr: SocketAddr, call_sid: &str) -> std::thread::JoinHandle<CallReport> {
+    let mut cfg = TwilioCallConfig::new(
+        addr,
+        vec![
+            Segment::Speech(600),
+            Segment::Silence(8_000),
+            Segment::HangUp,
+        ],
     );
-    let addr = rig.addr;
-    let call = std::thread::spawn(move || {
-        let mut cfg = TwilioCallConfig::new(
-            addr,
-            vec![
-                Segment::Speech(600),
-                Segment::Silence(8_000),
-                Segment::HangUp,
-            ],
-        );
-        cfg.call_sid = Some("CA0000000000000000000000000000a003".into());
-        cfg.max_duration = Duration::from_secs(30);
-        TwilioCall::run(cfg).expect("call runs")
-    });
-    let model = "twilio_realtime_queued_bytes{peer=\"model\"}";
-    let twilio = "twilio_realtime_queued_bytes{peer=\"twilio\"}";
+    cfg.call_sid = Some(call_sid.into());
+    cfg.max_duration = Duration::from_secs(30);
+    std::thread::spawn(move || TwilioCall::run(cfg).expect("call runs"))
+}
+
+/// Reads the exposition text until bytes are queued toward the model (within 7 s); nothing
+/// piles up toward Twilio, which reads. Returns how many.
+fn queued_toward_the_model(mut exposition: impl FnMut() -> String) -> f64 {
     let deadline = Instant::now() + Duration::from_secs(7);
-    let first = loop {
-        let text = metrics(addr);
-        let queued = sample(&text, model).unwrap_or(0.0);
+    loop {
+        let text = exposition();
+        let queued = sample(&text, QUEUED_TO_MODEL).unwrap_or(0.0);
         if queued > 0.0 {
-            // Nothing piles up toward Twilio, which reads.
-            assert_eq!(sample(&text, twilio), Some(0.0), "{text}");
-            break queued;
+            assert_eq!(sample(&text, QUEUED_TO_TWILIO), Some(0.0), "{text}");
+            return queued;
         }
         assert!(
             Instant::now() < deadline,
             "no queued bytes toward the stalled model:\n{text}"
         );
         std::thread::sleep(Duration::from_millis(100));
-    };
-    // The caller still talks (about 13 KB of appends a second): it keeps growing.
+    }
+}
+
+#[test]
+fn the_queued_bytes_gauge_shows_caller_audio_piling_up_behind_a_model_that_stopped_reading() {
+    // The caller keeps talking, so the appends pile up in the bridge.
+    let rig = Rig::start_with(
+        stalled_model(),
+        || Agent::new("Assistant", "Be brief."),
+        |cfg| stalled_socket(&mut cfg.session.model.ws),
+    );
+    let addr = rig.addr;
+    let call = caller_on_the_line(addr, "CA0000000000000000000000000000a003");
+    let first = queued_toward_the_model(|| metrics(addr));
+    // The caller still talks: it keeps growing.
     std::thread::sleep(Duration::from_millis(1000));
-    let later = sample(&metrics(addr), model).unwrap_or(0.0);
+    let later = sample(&metrics(addr), QUEUED_TO_MODEL).unwrap_or(0.0);
     eprintln!("queued toward the stalled model: {first} bytes, 1 s later {later}");
     assert!(later >= first + 5_000.0, "{first} -> {later}");
     let report = call.join().unwrap();
@@ -305,9 +328,65 @@ fn the_queued_bytes_gauge_shows_caller_audio_piling_up_behind_a_model_that_stopp
     // socket gives the writes stuck behind it the close timeout (1 s).
     rig.wait_idle();
     let text = metrics(addr);
-    assert_eq!(sample(&text, model), Some(0.0), "{text}");
-    assert_eq!(sample(&text, twilio), Some(0.0), "{text}");
+    assert_eq!(sample(&text, QUEUED_TO_MODEL), Some(0.0), "{text}");
+    assert_eq!(sample(&text, QUEUED_TO_TWILIO), Some(0.0), "{text}");
     rig.stop();
+}
+
+/// An application that runs its own sessions (no bundled server) gets the same gauge: its
+/// `CallMeter` watches the call's `QueueGauge`, read whenever the metrics are encoded (also
+/// through the application's own registry), until the meter is finished or dropped.
+#[test]
+fn a_call_meter_feeds_the_queued_bytes_gauge_of_an_embedded_call_until_it_ends() {
+    let model = FakeModel::start(stalled_model()).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let call = caller_on_the_line(
+        listener.local_addr().unwrap(),
+        "CA0000000000000000000000000000a005",
+    );
+    let (tcp, _) = listener.accept().unwrap();
+    let (twilio, _) = WsConn::accept(tcp, None, &WsConfig::default()).unwrap();
+    let mut opts = SessionConfig::new(Some("sk-test".into())).url(model.url());
+    stalled_socket(&mut opts.model.ws);
+    let session = Session::start(twilio, Agent::new("Assistant", "Be brief."), opts).unwrap();
+
+    let metrics = Metrics::new();
+    let mut own = prometheus_client::registry::Registry::default();
+    metrics.register_into(&mut own);
+    let own_text = || {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &own).unwrap();
+        text
+    };
+    assert_eq!(sample(&metrics.encode(), QUEUED_TO_MODEL), Some(0.0));
+    let mut meter = metrics.start_call(Instant::now());
+    meter.watch_queues(session.queue_gauge());
+    queued_toward_the_model(|| metrics.encode());
+    queued_toward_the_model(own_text);
+
+    // The meter goes (here dropped: the application's loop ended early): its call no longer
+    // counts, though its bytes are still queued.
+    drop(meter);
+    assert!(session.queue_gauge().to_model() > 0);
+    assert_eq!(sample(&metrics.encode(), QUEUED_TO_MODEL), Some(0.0));
+    assert_eq!(sample(&own_text(), QUEUED_TO_MODEL), Some(0.0));
+
+    // The ordinary loop: watch, observe the events until the call closes, finish.
+    let mut meter = metrics.start_call(Instant::now());
+    meter.watch_queues(session.queue_gauge());
+    assert!(sample(&metrics.encode(), QUEUED_TO_MODEL).unwrap_or(0.0) > 0.0);
+    while let Ok(event) = session.events().recv_timeout(Duration::from_secs(20)) {
+        meter.observe(&event);
+        if matches!(event, SessionEvent::Closed { .. }) {
+            break;
+        }
+    }
+    meter.finish(&session);
+    let text = metrics.encode();
+    assert_eq!(sample(&text, QUEUED_TO_MODEL), Some(0.0), "{text}");
+    assert!(text.contains("twilio_realtime_calls_active 0"), "{text}");
+    call.join().unwrap();
+    session.join();
 }
 
 #[test]

@@ -81,8 +81,7 @@ use crate::metrics::{CallMeter, Metrics, CALLS_LOG};
 use crate::proto::realtime;
 use crate::session::warm::WarmModels;
 use crate::session::{
-    AgentForCall, AgentSource, CallControl, QueueGauge, Session, SessionCloser, SessionConfig,
-    TransportEvents,
+    AgentForCall, AgentSource, CallControl, Session, SessionCloser, SessionConfig, TransportEvents,
 };
 use crate::telephony::call_info::{CallInfo, WebhookCalls, WebhookForm};
 use crate::telephony::outbound::{
@@ -604,8 +603,8 @@ struct Shared {
     busy: AtomicU64,
     accept_errors: AtomicU64,
     open_connections: AtomicUsize,
-    /// Live calls: their number, a closer, and their queued bytes (for `/metrics`).
-    sessions: Mutex<Vec<(u64, SessionCloser, QueueGauge)>>,
+    /// Live calls: their number and a closer (each call's meter watches its queued bytes).
+    sessions: Mutex<Vec<(u64, SessionCloser)>>,
     /// Signal iterators to close when the server stops (see [`stop_on_signals`]).
     signals: Mutex<Vec<signal_hook::iterator::Handle>>,
     /// Draining: not ready, stops once no call is live or pending.
@@ -627,21 +626,6 @@ impl Shared {
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         p.retain(|_, t| now.saturating_duration_since(*t) < PENDING_STREAM_TTL);
         p.len()
-    }
-
-    /// Bytes the live calls hold queued toward Twilio and toward the model, summed.
-    fn queued_bytes(&self) -> (u64, u64) {
-        // Copied out first: no call's lane is locked while the list is.
-        let gauges: Vec<QueueGauge> = match self.sessions.lock() {
-            Ok(s) => s.iter().map(|(_, _, g)| g.clone()).collect(),
-            Err(_) => Vec::new(),
-        };
-        gauges.iter().fold((0, 0), |(twilio, model), g| {
-            (
-                twilio.saturating_add(g.to_twilio()),
-                model.saturating_add(g.to_model()),
-            )
-        })
     }
 
     fn stream_arrived(&self, call_sid: &str) {
@@ -1038,7 +1022,7 @@ impl Server {
         if self.shared.live_calls.load(Ordering::SeqCst) > 0 {
             log::warn!(target: LOG, "grace period over; closing live calls");
             if let Ok(s) = self.shared.sessions.lock() {
-                for (_, closer, _) in s.iter() {
+                for (_, closer) in s.iter() {
                     closer.close();
                 }
             }
@@ -1661,8 +1645,9 @@ impl ConnCtx {
         let metrics = self.shared.metrics.clone();
         let mut meter = metrics.start_call(began);
         meter.stats_mut().model = model;
+        meter.watch_queues(handle.queue_gauge());
         if let Ok(mut s) = self.shared.sessions.lock() {
-            s.push((call_no, handle.closer(), handle.queue_gauge()));
+            s.push((call_no, handle.closer()));
         }
         let mut on_events = None;
         if let Some(h) = &self.call_handler {
@@ -1737,7 +1722,7 @@ struct LiveGuard(Arc<Shared>, u64);
 impl Drop for LiveGuard {
     fn drop(&mut self) {
         if let Ok(mut s) = self.0.sessions.lock() {
-            s.retain(|(n, _, _)| *n != self.1);
+            s.retain(|(n, _)| *n != self.1);
         }
         if self.0.live_calls.fetch_sub(1, Ordering::SeqCst) == 1 {
             // The last call just ended: hand the heap pages the calls freed back to the OS,
@@ -1796,8 +1781,6 @@ fn ops_route(shared: &Shared, cfg: &ServerConfig, stream: &mut TcpStream, head: 
             let m = &shared.metrics;
             m.set_pending_webhooks(shared.pending_calls(Instant::now()));
             m.set_ready(shared.not_ready(cfg.max_calls).is_none());
-            let (twilio, model) = shared.queued_bytes();
-            m.set_queued_bytes(twilio, model);
             respond(stream, 200, crate::metrics::CONTENT_TYPE, &m.encode());
         }
         _ => respond(stream, 404, "text/plain", "not found\n"),

@@ -1190,7 +1190,7 @@ pub struct SessionStats {
 /// the kernel has not taken: they grow behind a peer that stops reading), from any thread,
 /// without the [`Session`]; see [`Session::queue_gauge`]. Both are 0 once the
 /// call's sockets are gone. Summing them over live calls gives the server's
-/// `twilio_realtime_queued_bytes` gauge ([`crate::metrics::Metrics::set_queued_bytes`]).
+/// `twilio_realtime_queued_bytes` gauge ([`crate::metrics::CallMeter::watch_queues`]).
 ///
 /// ```
 /// use twilio_realtime::session::QueueGauge;
