@@ -302,7 +302,9 @@ proptest! {
 // Twilio without the core (reported later as `AudioLaneSent`), everything else wakes the
 // session thread, which first applies what waited, then tells the core what its sockets saw
 // (`TwilioActivity`, `ModelActivity`), then the input; and it wakes at every deadline the core
-// or the lane asked for.
+// or the lane asked for. The session answers the core's `ApproveStart` at once, as the call's
+// application would (generated per call, see `OnStart`), and holds a model connection that
+// opened before a per-call agent was chosen.
 
 /// A generated input that names something the core sent earlier (which the generator cannot
 /// know) carries a placeholder, resolved by the harness when it feeds the input:
@@ -551,6 +553,29 @@ fn step() -> impl Strategy<Value = Vec<Gen>> {
     ]
 }
 
+/// What the application does with a call's first `start` (the session thread runs it when the
+/// core asks, [`Output::ApproveStart`], and answers at once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OnStart {
+    /// Nothing to check: approved.
+    Approve,
+    /// A per-call agent factory (`AgentSource::per_call`) picks the agent: approved with it.
+    PerCallAgent,
+    /// A start check (then the model connects only once it passed) that passes.
+    CheckPasses,
+    /// A start check that refuses the stream.
+    CheckRefuses,
+}
+
+fn on_start() -> impl Strategy<Value = OnStart> {
+    prop_oneof![
+        4 => Just(OnStart::Approve),
+        2 => Just(OnStart::PerCallAgent),
+        2 => Just(OnStart::CheckPasses),
+        1 => Just(OnStart::CheckRefuses),
+    ]
+}
+
 /// A whole call: the steps in order, each `media` timestamp set from the frame before it.
 fn call() -> impl Strategy<Value = Vec<(Duration, Input)>> {
     prop::collection::vec(step(), 1..150).prop_map(|steps| {
@@ -689,15 +714,29 @@ struct World {
     tools: Vec<String>,
     /// Guardrail runs the core asked for that no worker answered yet.
     guardrails: Vec<GuardrailRun>,
+    on_start: OnStart,
+    /// The core asked about a `start` and was answered.
+    start_answered: bool,
+    /// A model connection that opened before the per-call agent was chosen: the session holds
+    /// it unread until then, so what the model sends meanwhile waits (in its socket).
+    held_model: Option<Vec<Input>>,
+    /// Inputs the held connection's reader delivers once it runs, before the next generated
+    /// input.
+    replay: VecDeque<Input>,
 }
 
 impl World {
-    fn new(now: Instant) -> World {
+    fn new(now: Instant, on_start: OnStart) -> World {
         // A small early buffer, so that dropping the oldest is exercised too.
         let mut inbound = InboundConfig::default();
         inbound.max_buffered_bytes = 4000;
+        // As the session configures a Twilio call's core.
+        let mut config = CallConfig::default();
+        config.approve_start = true;
+        config.connect_model_on_start =
+            matches!(on_start, OnStart::CheckPasses | OnStart::CheckRefuses);
         World {
-            core: CallCore::new(agent(), CallConfig::default(), now),
+            core: CallCore::new(agent(), config, now),
             lane: InboundAudio::new(inbound),
             now,
             twilio_rx: now,
@@ -717,7 +756,24 @@ impl World {
             offsets: HashMap::new(),
             tools: Vec::new(),
             guardrails: Vec::new(),
+            on_start,
+            start_answered: false,
+            held_model: None,
+            replay: VecDeque::new(),
         }
+    }
+
+    /// Feeds a whole call, then what a held model connection delivers after it.
+    fn run(&mut self, call: Vec<(Duration, Input)>) -> Result<(), TestCaseError> {
+        // What the core asked for before anything happened (the model connection).
+        self.drain()?;
+        for (after, input) in call {
+            self.feed(after, input)?;
+            while let Some(input) = self.replay.pop_front() {
+                self.feed(Duration::ZERO, input)?;
+            }
+        }
+        Ok(())
     }
 
     /// Feeds one generated input `after` the one before, as the shell's threads would.
@@ -742,8 +798,7 @@ impl World {
                             return Ok(());
                         }
                         // Chunk marks wait; any other mark wakes the session thread now.
-                        let urgent =
-                            !matches!(MarkName::parse(&m.mark.name), Some(MarkName::Chunk { .. }));
+                        let urgent = !CallCore::echo_can_wait(&m.mark.name);
                         self.deferred.push((now, TwilioMessage::Mark(m)));
                         if urgent || self.deferred.len() >= MAX_DEFERRED_MARKS {
                             self.wake(Wake::Marks)?;
@@ -758,6 +813,12 @@ impl World {
                     msg => self.deliver(Input::Twilio(msg)),
                 }
             }
+            input @ (Input::Model(_) | Input::ModelClosed { .. }) if self.held_model.is_some() => {
+                if let Some(held) = &mut self.held_model {
+                    held.push(input);
+                }
+                Ok(())
+            }
             Input::Model(ev) => {
                 self.model_rx = Some(now);
                 if let ServerEvent::OutputAudioDelta(d) = &ev {
@@ -771,6 +832,14 @@ impl World {
                     }
                 }
                 self.deliver(Input::Model(ev))
+            }
+            // The session drops a connection that opens after the call ended.
+            Input::ModelConnected if self.core.ended().is_some() => Ok(()),
+            Input::ModelConnected
+                if self.on_start == OnStart::PerCallAgent && !self.start_answered =>
+            {
+                self.held_model = Some(Vec::new());
+                Ok(())
             }
             Input::ModelConnected => {
                 self.model_rx = Some(now);
@@ -1073,6 +1142,31 @@ impl World {
         Ok(())
     }
 
+    /// The session thread answers the core's `ApproveStart` at once (`Shell::approve_start`).
+    fn approve_start(&mut self) {
+        self.start_answered = true;
+        let now = self.now;
+        let answer = match self.on_start {
+            OnStart::CheckRefuses => {
+                self.held_model = None;
+                Input::Rejected {
+                    why: "the start check refused".into(),
+                }
+            }
+            OnStart::PerCallAgent => Input::StartApproved {
+                agent: Some(agent()),
+            },
+            OnStart::Approve | OnStart::CheckPasses => Input::StartApproved { agent: None },
+        };
+        self.core.handle_input(now, answer);
+        if let Some(held) = self.held_model.take() {
+            // The held connection is taken into use; its reader starts reading.
+            self.model_rx = Some(now);
+            self.core.handle_input(now, Input::ModelConnected);
+            self.replay.extend(held);
+        }
+    }
+
     /// Performs the core's outputs as the shell does, checking each against the invariants.
     fn drain(&mut self) -> Result<(), TestCaseError> {
         let mut granted = None;
@@ -1113,6 +1207,7 @@ impl World {
                 // The shell drops the connection (and its socket's clock) for a new one.
                 Output::ConnectModel => self.model_rx = None,
                 Output::RunGuardrails(run) => self.guardrails.push(run),
+                Output::ApproveStart(_) => self.approve_start(),
                 // Opened once this wake-up's outputs are performed.
                 Output::AudioLane(lane) => granted = Some(lane),
                 _ => {}
@@ -1141,10 +1236,7 @@ impl World {
 
 proptest! {
     #[test]
-    fn call_core_keeps_its_invariants(call in call()) {
-        let mut w = World::new(Instant::now());
-        for (after, input) in call {
-            w.feed(after, input)?;
-        }
+    fn call_core_keeps_its_invariants(on_start in on_start(), call in call()) {
+        World::new(Instant::now(), on_start).run(call)?;
     }
 }
