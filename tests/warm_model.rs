@@ -178,6 +178,11 @@ fn the_claimed_call_forwards_the_callers_first_frame_without_waiting() {
     let stream_began = Instant::now();
     let report = stream_with(rig.addr, "CA0009", Some(&token), common::short_call());
     rig.wait_idle();
+    // The fake acts on (and records) what is still on its way when it reads the close: wait
+    // for that, or a loaded machine reads the recording a round trip short.
+    wait_until("the model saw the close", Duration::from_secs(10), || {
+        rig.model.recording().closed_by_client >= 1
+    });
     let rec = rig.model.recording();
     assert_eq!(rec.violations, Vec::<String>::new());
     assert_eq!(
