@@ -141,7 +141,9 @@ fn live_model() -> std::io::Result<FakeLive> {
     FakeLive::start(FakeLiveConfig {
         script: vec![
             LiveReply::say("Hello Ada, welcome back! How can I help you today?", 2600),
-            LiveReply::say("Let me look.", 700).then_call("get_weather", r#"{"location":"Paris"}"#),
+            // No spoken preamble ("Let me look."): the caller's barge-in counts from the first
+            // agent audio after the question, which must be the answer (as with Realtime).
+            LiveReply::call("get_weather", r#"{"location":"Paris"}"#),
             LiveReply::say(
                 "In Paris it is 18 degrees and sunny today, and the rest of the week looks just as \
                  pleasant, with light winds from the west and",
@@ -266,8 +268,13 @@ fn call(t0: Instant, model: Fake) -> Result<(), Box<dyn std::error::Error>> {
                 timeout_ms: 15_000,
             },
             Segment::Speech(1200),
+            // Early in the 6 s weather answer, its first audible audio since the question: the
+            // simulated caller counts from the start of an unbroken run of agent audio, and on
+            // a loaded machine a late chunk (the lead ahead of the caller is ~35 ms with
+            // GPT-Live's paced stream) starts a new run, so a late barge-in could miss the
+            // answer altogether.
             Segment::BargeIn {
-                after_ms: 2200,
+                after_ms: 800,
                 speech_ms: 900,
                 timeout_ms: 15_000,
             },
