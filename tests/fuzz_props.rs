@@ -14,7 +14,8 @@
 //! items' texts in order of first appearance, each item's final text replacing its deltas;
 //! audio sent on the agent-audio lane leaves the playback ledger where the lane's chunk marks
 //! say; every audio frame for Twilio is followed by its chunk mark, whose offset counts the
-//! frame on from the item's last one; the core and the caller-audio lane never ask to be woken
+//! frame on from the item's last one; in a running call, the echo of a chunk mark moves the
+//! ledger's playback position of its item at least to it; the core and the caller-audio lane never ask to be woken
 //! again and again at a time they were woken at.
 //!
 //! CI runs proptest's default 256 cases per property. A long run:
@@ -945,17 +946,49 @@ impl World {
     /// One wake-up of the session thread (`session::Shell::run_loop`).
     fn wake(&mut self, why: Wake) -> Result<(), TestCaseError> {
         // The lane closes first; its chunks are recorded, then the marks that waited.
-        if let Some(lane) = self.grant.take() {
-            for (at, bytes) in std::mem::take(&mut self.lane_chunks) {
-                self.core.handle_input(at, Input::AudioLaneSent { bytes });
+        let lane = self.grant.take();
+        let deferred = std::mem::take(&mut self.deferred);
+        let mut echoed = Vec::new();
+        for (_, mark) in &deferred {
+            self.before_core(mark);
+            if let TwilioMessage::Mark(m) = mark {
+                if let Some(MarkName::Chunk {
+                    generation,
+                    content_index,
+                    offset,
+                    item_id,
+                }) = MarkName::parse(&m.mark.name)
+                {
+                    echoed.push((generation, content_index, offset, item_id.to_owned()));
+                }
             }
+        }
+        self.core.catch_up(self.lane_chunks.drain(..), deferred);
+        // In a call still running, playback reached every chunk echoed for audio the ledger
+        // holds.
+        let ledger = self.core.ledger();
+        let running = self.core.ended().is_none();
+        for (generation, content_index, offset, item_id) in echoed.into_iter().filter(|_| running) {
+            let entry = ledger
+                .entries()
+                .iter()
+                .find(|e| e.item_id == item_id && e.content_index == content_index);
+            if let (true, Some(e)) = (generation == ledger.generation(), entry) {
+                prop_assert!(
+                    e.sent < offset || e.acked >= offset,
+                    "the echo of {item_id} at {offset} was lost: {e:?}"
+                );
+            }
+        }
+        if let Some(lane) = lane {
             // The ledger now holds what the lane's last mark says was sent of the item.
             let mut probe = lane.clone();
             let Some(MarkName::Chunk { offset, .. }) = MarkName::parse(&probe.chunk(0)) else {
                 unreachable!("a lane names chunk marks");
             };
-            let ledger = self.core.ledger();
-            let kept = ledger
+            let kept = self
+                .core
+                .ledger()
                 .entries()
                 .iter()
                 .find(|e| e.item_id == lane.item_id() && e.content_index == lane.content_index())
@@ -965,10 +998,6 @@ impl World {
                 Some(offset),
                 "the ledger lost count of the lane's audio"
             );
-        }
-        for (at, mark) in std::mem::take(&mut self.deferred) {
-            self.before_core(&mark);
-            self.core.handle_input(at, Input::Twilio(mark));
         }
         self.core
             .handle_input(self.twilio_rx, Input::TwilioActivity);
