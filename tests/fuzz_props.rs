@@ -324,12 +324,18 @@ const TOOL: &str = "#tool ";
 /// See [`ECHO`].
 const GUARDRAIL: &str = "#guardrail ";
 
+/// The `N` of a placeholder `{prefix}N` (see [`ECHO`]), if `text` is one.
+fn placeholder(text: &str, prefix: &str) -> Option<usize> {
+    let n = text.strip_prefix(prefix)?;
+    Some(n.parse().expect("placeholders carry a number"))
+}
+
 /// Resolves a placeholder `{prefix}N` against `sent` (see [`ECHO`]); any other text is kept.
+/// False if there is nothing to resolve it to.
 fn resolve(text: &mut String, prefix: &str, sent: &[String]) -> bool {
-    let Some(n) = text.strip_prefix(prefix) else {
+    let Some(n) = placeholder(text, prefix) else {
         return true;
     };
-    let n: usize = n.parse().expect("placeholders carry a number");
     match sent.len() {
         0 => false,
         len => {
@@ -872,10 +878,9 @@ impl World {
                 self.deliver(Input::Command(c))
             }
             Input::GuardrailResult { run, .. } => {
-                let Some(n) = run.text.strip_prefix(GUARDRAIL) else {
+                let Some(n) = placeholder(&run.text, GUARDRAIL) else {
                     return Err(TestCaseError::fail("guardrail results are placeholders"));
                 };
-                let n: usize = n.parse().expect("placeholders carry a number");
                 if self.guardrails.is_empty() {
                     return Ok(());
                 }
