@@ -187,40 +187,22 @@ impl CallCore {
         }
         if self.model_setup_deadline().is_some_and(|t| t <= now) {
             self.setup_deadline = None;
-            log::warn!(
-                target: LOG,
-                "the model session was not confirmed within {:?}; ending the call",
-                self.opts.model_setup_timeout
-            );
             self.model = ModelState::Gone;
             self.out(Output::ModelNotReady);
-            self.close_and_fail(CallError::ModelSetupTimeout {
+            return self.timed_out(CallError::ModelSetupTimeout {
                 waited: self.opts.model_setup_timeout,
             });
-            return;
         }
         if self.start_deadline.is_some_and(|t| t <= now) {
             self.start_deadline = None;
-            log::warn!(
-                target: LOG,
-                "no start from twilio within {:?}; ending the call",
-                self.opts.start_timeout
-            );
-            self.close_and_fail(CallError::StreamNeverStarted {
+            return self.timed_out(CallError::StreamNeverStarted {
                 waited: self.opts.start_timeout,
             });
-            return;
         }
         if self.twilio_silence_deadline().is_some_and(|t| t <= now) {
-            log::warn!(
-                target: LOG,
-                "twilio sent nothing for {:?}; the stream is dead, ending the call",
-                self.opts.twilio_silence_timeout
-            );
-            self.close_and_fail(CallError::TwilioSilent {
+            return self.timed_out(CallError::TwilioSilent {
                 waited: self.opts.twilio_silence_timeout,
             });
-            return;
         }
         if self.model_liveness_deadline().is_some_and(|t| t <= now) {
             if self.ping_sent.is_some() {
@@ -245,5 +227,12 @@ impl CallCore {
             }
         }
         self.live_on_timeout(now);
+    }
+
+    /// A call-ending timer ran out (`error` says which and how long it waited): log it, close
+    /// both sockets, end the call.
+    fn timed_out(&mut self, error: CallError) {
+        log::warn!(target: LOG, "{error}; ending the call");
+        self.close_and_fail(error);
     }
 }
